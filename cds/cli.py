@@ -1,0 +1,158 @@
+"""The `cds` command: serve, train, score, evaluate, feedback export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .settings import Settings, get_settings
+
+app = typer.Typer(help="FHIR-native clinical decision support: sepsis risk over CDS Hooks.", no_args_is_help=True)
+feedback_app = typer.Typer(help="Clinician feedback records.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+class ModelName(str, Enum):
+    sepsis = "sepsis"
+
+
+DataOption = Annotated[Path | None, typer.Option("--data", help="PhysioNet 2019 parquet file or directory of .psv files")]
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _sepsis_data_path(data: Path | None) -> Path:
+    from models import default_sepsis_path
+
+    return data or default_sepsis_path(_settings().data_dir)
+
+
+def _load_model(name: ModelName, version: str | None) -> object:
+    from fhir_mappings import sepsis_feature_spec
+    from models import ModelRegistry, RiskModel, choose_device
+
+    spec = sepsis_feature_spec()
+    artifact = ModelRegistry(_settings().model_dir).load(name.value, spec, version)
+    return RiskModel(artifact, spec, device=choose_device())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default: CDS_HOST or 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default: CDS_PORT or 8000")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (share state through CDS_REDIS_URL)")] = 1,
+) -> None:
+    """Run the CDS Hooks server."""
+    import uvicorn
+
+    from .logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        "cds.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
+def train(
+    model: ModelName,
+    data: DataOption = None,
+    seed: Annotated[int, typer.Option(help="random seed (same data + seed = same model file)")] = 2019,
+    patients: Annotated[int | None, typer.Option(help="train on the first N patients only (for quick runs)")] = None,
+    rounds: Annotated[int, typer.Option(help="maximum boosting rounds")] = 1500,
+    activate: Annotated[bool, typer.Option(help="make the new version the served one")] = True,
+) -> None:
+    """Train a model, evaluate it on held-out patients and register it."""
+    from models import ModelRegistry, train_sepsis
+
+    registry = ModelRegistry(_settings().model_dir)
+    manifest = train_sepsis(
+        _sepsis_data_path(data), registry, seed=seed, patients=patients, num_boost_round=rounds, activate=activate
+    )
+    typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
+
+
+@app.command()
+def score(
+    model: ModelName,
+    data: DataOption = None,
+    version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
+) -> None:
+    """Print one JSON line {patient, hour, probability} per row of a table in set A's layout."""
+    from fhir_mappings import sepsis_feature_spec
+    from models import load_sepsis_data, score_sepsis
+
+    risk_model = _load_model(model, version)
+    loaded = load_sepsis_data(_sepsis_data_path(data), sepsis_feature_spec())
+    probability = score_sepsis(risk_model, loaded)  # type: ignore[arg-type]
+    out = sys.stdout
+    for patient, hour, p in zip(loaded.patient.tolist(), loaded.hour.tolist(), probability.tolist(), strict=True):
+        out.write(f'{{"patient": {json.dumps(patient)}, "hour": {int(hour)}, "probability": {p!r}}}\n')
+
+
+@app.command()
+def evaluate(
+    model: ModelName,
+    data: DataOption = None,
+    version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
+) -> None:
+    """Print hour-level AUROC/AUPRC and the PhysioNet 2019 normalised utility as one JSON object."""
+    from fhir_mappings import sepsis_feature_spec
+    from models import evaluate_sepsis, load_sepsis_data
+
+    risk_model = _load_model(model, version)
+    loaded = load_sepsis_data(_sepsis_data_path(data), sepsis_feature_spec())
+    typer.echo(json.dumps(evaluate_sepsis(risk_model, loaded)))  # type: ignore[arg-type]
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Option("--out", help="directory for RiskAssessment.ndjson and Provenance.ndjson")] = Path(
+        "export"
+    ),
+) -> None:
+    """Write the recorded RiskAssessments and feedback Provenances as FHIR NDJSON."""
+    from .stores import open_store
+
+    settings = _settings()
+
+    async def run() -> dict[str, int]:
+        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path)
+        counts = {}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for resource_type in ("RiskAssessment", "Provenance"):
+                n = 0
+                with open(out / f"{resource_type}.ndjson", "w", encoding="utf-8") as f:
+                    async for resource in store.iter_resources(resource_type):
+                        f.write(json.dumps(resource, separators=(",", ":")) + "\n")
+                        n += 1
+                counts[resource_type] = n
+        finally:
+            await store.close()
+        return counts
+
+    typer.echo(json.dumps({"out": str(out), **asyncio.run(run())}))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

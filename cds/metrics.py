@@ -1,0 +1,53 @@
+"""In-process counters and latency histograms, exposed as Prometheus text at /metrics.
+
+Labels are service ids and reason codes only: nothing about a patient.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+
+__all__ = ["Metrics"]
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[tuple[str, str]] = Counter()  # (service, reason)
+        self.feedback: Counter[tuple[str, str]] = Counter()  # (service, status)
+        self._hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
+        self._sum: Counter[str] = Counter()
+
+    def hook(self, service: str, reason: str, seconds: float) -> None:
+        with self._lock:
+            self.calls[(service, reason)] += 1
+            buckets = self._hist[service]
+            for i, bound in enumerate(_BUCKETS):
+                if seconds <= bound:
+                    buckets[i] += 1
+            buckets[-1] += 1
+            self._sum[service] += seconds
+
+    def feedback_item(self, service: str, status: str) -> None:
+        with self._lock:
+            self.feedback[(service, status)] += 1
+
+    def render(self) -> str:
+        lines = ["# TYPE cds_hook_calls_total counter"]
+        with self._lock:
+            for (service, reason), n in sorted(self.calls.items()):
+                lines.append(f'cds_hook_calls_total{{service="{service}",reason="{reason}"}} {n}')
+            lines.append("# TYPE cds_hook_seconds histogram")
+            for service, buckets in sorted(self._hist.items()):
+                for bound, n in zip(_BUCKETS, buckets, strict=False):
+                    lines.append(f'cds_hook_seconds_bucket{{service="{service}",le="{bound}"}} {n}')
+                lines.append(f'cds_hook_seconds_bucket{{service="{service}",le="+Inf"}} {buckets[-1]}')
+                lines.append(f'cds_hook_seconds_count{{service="{service}"}} {buckets[-1]}')
+                lines.append(f'cds_hook_seconds_sum{{service="{service}"}} {self._sum[service]:.6f}')
+            lines.append("# TYPE cds_feedback_items_total counter")
+            for (service, status), n in sorted(self.feedback.items()):
+                lines.append(f'cds_feedback_items_total{{service="{service}",status="{status}"}} {n}')
+        return "\n".join(lines) + "\n"

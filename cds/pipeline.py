@@ -1,0 +1,184 @@
+"""One hook call: prefetch or fetch -> de-identified table -> features -> score + SHAP -> card.
+
+The only module that awaits between those steps, and the one that enforces the hook's time
+budget: a slow or failing EHR never holds the answer past it. Prefetch semantics (CDS Hooks 2.0):
+an absent key is fetched; `null` means no such resource; an OperationOutcome or a value that is
+not FHIR means the EHR failed, so the key is fetched; a search Bundle with a `next` link is
+completed from the FHIR server. When data is needed and there is no FHIR server to ask: 412.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_mappings import Pseudonymizer, read_search_page
+from hooks import ScoringInput, Service, render_template
+from models import RiskModel
+
+from .errors import BadRequest, FHIRServerError, FHIRTimeout, ModelNotFound, PreconditionFailed, StoreError
+from .fhir_client import FhirClient
+from .schemas import HookRequest
+from .stores import CardRecord, RecordStore
+
+__all__ = ["HookDeps", "HookOutcome", "run_hook"]
+
+log = logging.getLogger("cds.hook")
+
+
+@dataclass
+class HookDeps:
+    fhir: FhirClient
+    store: RecordStore
+    models: Mapping[str, RiskModel]
+    pseudonymizer: Pseudonymizer
+    budget_s: float = 2.0
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    new_uuid: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class HookOutcome:
+    body: dict[str, Any]
+    reason: str  # stable code for logs and metrics: "card", "not-applicable", "fhir-timeout", ...
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Need:
+    key: str
+    query: str
+    search: bool
+
+
+def _is_search(template: str) -> bool:
+    return "?" in template
+
+
+def _from_prefetch(key: str, template: str, value: Any) -> tuple[Any, bool]:
+    """(usable value, needs fetching). Search values become lists of resources."""
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return None, True  # not FHIR: the EHR failed to prefetch
+    if value["resourceType"] == "OperationOutcome":
+        return None, True
+    if not _is_search(template):
+        if value["resourceType"] == "Bundle":
+            entries = [e.get("resource") for e in value.get("entry") or () if isinstance(e, dict)]
+            found = [r for r in entries if isinstance(r, dict) and r.get("resourceType") != "OperationOutcome"]
+            return (found[0] if len(found) == 1 else None), len(found) != 1
+        return value, False
+    page = read_search_page(value, f"prefetch.{key}")
+    return page, page.next_url is not None
+
+
+async def _gather(service: Service, request: HookRequest, deps: HookDeps) -> tuple[dict[str, Any], dict[str, int]]:
+    prefetch = request.prefetch or {}
+    fetched: dict[str, Any] = {}
+    needs: list[_Need] = []
+    partial: dict[str, Any] = {}
+    counts = {"prefetched": 0, "fetched": 0}
+    for key, template in service.prefetch.items():
+        query = render_template(template, request.context)
+        if query is None:
+            continue  # a token the context cannot fill (e.g. no encounterId)
+        if key in prefetch:
+            if prefetch[key] is None:
+                fetched[key] = [] if _is_search(template) else None
+                counts["prefetched"] += 1
+                continue
+            value, missing = _from_prefetch(key, template, prefetch[key])
+            if not missing:
+                fetched[key] = value.resources if _is_search(template) else value
+                counts["prefetched"] += 1
+                continue
+            if _is_search(template) and value is not None:
+                partial[key] = value  # a first page to complete
+        needs.append(_Need(key, query, _is_search(template)))
+    await _fetch(needs, partial, fetched, request, deps, counts)
+    if service.followups is not None:
+        more = service.followups(request.context, fetched)
+        await _fetch([_Need(k, q, _is_search(q)) for k, q in more.items()], {}, fetched, request, deps, counts)
+    return fetched, counts
+
+
+async def _fetch(
+    needs: list[_Need],
+    partial: Mapping[str, Any],
+    fetched: dict[str, Any],
+    request: HookRequest,
+    deps: HookDeps,
+    counts: dict[str, int],
+) -> None:
+    if not needs:
+        return
+    if request.fhirServer is None:
+        keys = ", ".join(n.key for n in needs)
+        raise PreconditionFailed(f"prefetch incomplete ({keys}) and no fhirServer to fetch it from")
+    base = request.fhirServer
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+
+    async def one(need: _Need) -> Any:
+        if need.search:
+            if need.key in partial:
+                return (await deps.fhir.complete(base, partial[need.key], token)).resources
+            return (await deps.fhir.search(base, need.query, token)).resources
+        return await deps.fhir.read(base, need.query, token)
+
+    results = await asyncio.gather(*(one(n) for n in needs))
+    for need, result in zip(needs, results, strict=True):
+        fetched[need.key] = result
+    counts["fetched"] += len(needs)
+
+
+async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> HookOutcome:
+    started = time.perf_counter()
+    if request.hook not in service.hooks:
+        raise BadRequest(f"service {service.id} does not answer hook {request.hook!r}")
+    for name in service.required_context:
+        if not isinstance(request.context.get(name), str) or not request.context[name]:
+            raise BadRequest(f"context.{name} is required for {request.hook}")
+    model = deps.models.get(service.model_name)
+    if model is None:
+        raise ModelNotFound(f"no {service.model_name} model is loaded")
+
+    try:
+        async with asyncio.timeout(deps.budget_s):
+            fetched, counts = await _gather(service, request, deps)
+    except (TimeoutError, FHIRTimeout):
+        return HookOutcome({"cards": []}, "fhir-timeout")
+    except FHIRServerError as exc:
+        raise PreconditionFailed(f"required data could not be fetched: {exc.message}") from exc
+
+    card_uuid = deps.new_uuid()
+    scored = service.score(
+        ScoringInput(
+            context=request.context,
+            fetched=fetched,
+            model=model,
+            now=deps.clock(),
+            pseudonymizer=deps.pseudonymizer,
+            card_uuid=card_uuid,
+            source=request.fhirServer or "",
+        )
+    )
+    if scored is None:
+        return HookOutcome({"cards": []}, "not-applicable", counts)
+
+    remaining = max(0.05, deps.budget_s - (time.perf_counter() - started))
+    reason = "card"
+    try:
+        async with asyncio.timeout(remaining):
+            await deps.store.put_card(
+                CardRecord(card_uuid, service.id, scored.user_pseudonym, scored.risk_assessment, time.time())
+            )
+    except (TimeoutError, StoreError):
+        # The advice still goes out; feedback for this card will be refused as unknown.
+        reason = "card-unrecorded"
+    return HookOutcome({"cards": [scored.card]}, reason, {**counts, **scored.log})
+

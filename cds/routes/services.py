@@ -1,0 +1,46 @@
+"""POST /cds-services/{id}: one hook call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ..logs import log_event
+from ..pipeline import run_hook
+from ..schemas import HookRequest
+from ._body import parse_body
+from ._state import app_state, service_or_404
+
+router = APIRouter()
+log = logging.getLogger("cds.hook")
+
+
+@router.post("/cds-services/{service_id}")
+async def call_service(service_id: str, request: Request) -> dict[str, Any]:
+    service = service_or_404(service_id)
+    body = await parse_body(request, HookRequest)
+    state = app_state(request)
+    started = time.perf_counter()
+    reason = "error"
+    try:
+        outcome = await run_hook(service, body, state.deps)
+        reason = outcome.reason
+        log_event(
+            log,
+            "hook answered",
+            service=service.id,
+            hookInstance=body.hookInstance,
+            reason=reason,
+            ms=round(1000 * (time.perf_counter() - started), 1),
+            **{k: v for k, v in outcome.details.items() if k in _LOGGED},
+        )
+        return outcome.body
+    finally:
+        state.metrics.hook(service.id, reason, time.perf_counter() - started)
+
+
+# Counts and codes only: what may appear in a hook log line.
+_LOGGED = {"prefetched", "fetched", "icu_hour", "band", "observations", "measurements", "skipped", "unmapped_codes", "unit_errors"}

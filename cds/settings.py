@@ -1,0 +1,67 @@
+"""Configuration: `CDS_*` environment variables (or a `.env` file), read once.
+
+Embedded default: with nothing set the server runs on one machine with no external service
+(SQLite file store, in-process caches, the committed model). `CDS_REDIS_URL` moves what several
+workers must share (the card and feedback store) to Redis.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models import DEFAULT_DATA_DIR, DEFAULT_REGISTRY
+
+__all__ = ["Settings", "get_settings"]
+
+log = logging.getLogger("cds.settings")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDS_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(default=None, description="Base URL the EHR uses to reach us")
+    data_dir: Path = DEFAULT_DATA_DIR
+    model_dir: Path = DEFAULT_REGISTRY
+    var_dir: Path = Path("var")
+    store_path: Path | None = None  # default: <var_dir>/cds.sqlite3
+    redis_url: str | None = None
+    pseudonym_key: SecretStr | None = None  # default: a random key kept in <var_dir>/pseudonym.key
+    hook_timeout_s: float = 2.0
+    fhir_timeout_s: float = 1.5
+    fhir_max_pages: int = 20
+    log_level: str = "INFO"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.store_path or self.var_dir / "cds.sqlite3"
+
+    def pseudonym_key_bytes(self) -> bytes:
+        """The HMAC key for pseudonyms. Set CDS_PSEUDONYM_KEY in production (shared by every worker)."""
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        path = self.var_dir / "pseudonym.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another worker made it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+                log.warning("no CDS_PSEUDONYM_KEY set: created a random key in %s", path)
+        return path.read_text().strip().encode()
+
+
+@functools.lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,20 @@
+"""A demo EHR for tests, benchmarks and the demo: PhysioNet stays as FHIR, served over loopback."""
+
+from __future__ import annotations
+
+from .fhir_server import DemoFhirServer
+from .hook_requests import patient_view_request, searchset
+from .loopback import LoopbackServer, free_port, serve_in_thread
+from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
+
+__all__ = [
+    "DemoFhirServer",
+    "LoopbackServer",
+    "StayResources",
+    "free_port",
+    "icu_start_for_hour",
+    "patient_view_request",
+    "searchset",
+    "serve_in_thread",
+    "stay_to_fhir",
+]

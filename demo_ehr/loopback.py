@@ -1,0 +1,53 @@
+"""Run an ASGI app with uvicorn on a free loopback port, in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+__all__ = ["LoopbackServer", "free_port", "serve_in_thread"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LoopbackServer:
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> LoopbackServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def serve_in_thread(app: Any, *, port: int | None = None, timeout_s: float = 30.0) -> LoopbackServer:
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True, name=f"uvicorn-{port}")
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("server thread exited before it started")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
+        time.sleep(0.02)
+    return LoopbackServer(server, thread, f"http://127.0.0.1:{port}")

@@ -1,0 +1,142 @@
+"""The ICU clock of a hospital stay, read from its Encounter.
+
+Conventions (shared with PhysioNet 2019): the encounter in context is the hospital stay; the ICU
+stay starts at the `period.start` of its ICU `location` entry (else at the encounter's own
+`period.start`); an observation at time t falls in ICU hour ceil((t - icu_start) / 1 h), at least
+1 (PhysioNet's ICULOS); HospAdmTime is hospital admission minus ICU start, in hours.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import InvalidResourceError, MappingError
+from .profiles import VendorProfile
+from .resources import codings, parse_datetime, reference_id
+
+__all__ = ["INPATIENT_CLASSES", "IcuClock", "icu_clock", "select_encounter"]
+
+_HOUR = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IcuClock:
+    icu_start: datetime
+    hospital_admission: datetime | None
+    unit: str | None  # "medical" | "surgical" | None
+    from_location: bool
+
+    def hour_of(self, t: datetime) -> int:
+        return max(1, math.ceil((t - self.icu_start) / _HOUR))
+
+    @property
+    def window_start(self) -> datetime:
+        """Observations before this belong to an earlier stay."""
+        if self.hospital_admission is None:
+            return self.icu_start
+        return min(self.hospital_admission, self.icu_start)
+
+    @property
+    def hosp_adm_hours(self) -> float:
+        if self.hospital_admission is None:
+            return math.nan
+        return round((self.hospital_admission - self.icu_start) / _HOUR, 2)
+
+
+def _words_match(text: str, words: tuple[str, ...]) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)
+
+
+def _describe_location(
+    entry: Mapping[str, Any], locations: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, set[tuple[str, str]]]:
+    """Lower-case words naming a location entry, and the codes of its Location.type."""
+    ref = entry.get("location") if isinstance(entry.get("location"), Mapping) else {}
+    texts = [ref.get("display")]
+    codes: set[tuple[str, str]] = set()
+    loc = locations.get(reference_id(ref, "Location") or "")
+    if loc:
+        texts += [loc.get("name"), loc.get("description")]
+        for concept in loc.get("type") or ():
+            codes.update(codings(concept))
+            if isinstance(concept, Mapping):
+                texts.append(concept.get("text"))
+                texts += [c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)]
+    return " ".join(t for t in texts if isinstance(t, str)).lower(), codes
+
+
+def icu_clock(
+    encounter: Mapping[str, Any],
+    locations: Mapping[str, Mapping[str, Any]],
+    as_of: datetime,
+    profile: VendorProfile,
+) -> IcuClock:
+    period = encounter.get("period") if isinstance(encounter.get("period"), Mapping) else {}
+    admission = parse_datetime(period["start"], "Encounter.period.start") if period.get("start") else None
+
+    icu_entries: list[tuple[datetime, datetime | None, str]] = []
+    for i, entry in enumerate(encounter.get("location") or ()):
+        if not isinstance(entry, Mapping):
+            continue
+        text, codes = _describe_location(entry, locations)
+        if not (codes & profile.icu_location_codes or _words_match(text, profile.icu_words)):
+            continue
+        p = entry.get("period") if isinstance(entry.get("period"), Mapping) else {}
+        if not p.get("start"):
+            continue
+        start = parse_datetime(p["start"], f"Encounter.location[{i}].period.start")
+        end = parse_datetime(p["end"], f"Encounter.location[{i}].period.end") if p.get("end") else None
+        if start <= as_of:
+            icu_entries.append((start, end, text))
+
+    if icu_entries:
+        icu_entries.sort(key=lambda e: e[0])
+        # The current ICU stay: the latest ICU entry, extended back over contiguous ICU beds.
+        start, _, text = icu_entries[-1]
+        for prev_start, prev_end, _ in reversed(icu_entries[:-1]):
+            if prev_end is None or prev_end >= start - _HOUR:
+                start = min(start, prev_start)
+            else:
+                break
+        unit = None
+        if _words_match(text, profile.medical_icu_words):
+            unit = "medical"
+        elif _words_match(text, profile.surgical_icu_words):
+            unit = "surgical"
+        return IcuClock(start, admission, unit, from_location=True)
+    if admission is None:
+        raise InvalidResourceError("has neither an ICU location period nor a start", path="Encounter.period")
+    return IcuClock(admission, admission, None, from_location=False)
+
+
+INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "inpatient", "ICU"})
+
+
+def select_encounter(
+    encounters: list[Mapping[str, Any]], encounter_id: str | None
+) -> Mapping[str, Any] | None:
+    """The hospital stay in context: the one named by `encounterId`, else the latest in-progress
+    inpatient encounter (or None when the patient is not in hospital)."""
+    if encounter_id:
+        return next((e for e in encounters if e.get("id") == encounter_id), None)
+    candidates = []
+    for e in encounters:
+        if e.get("resourceType") != "Encounter" or e.get("status") != "in-progress":
+            continue
+        cls = e.get("class") if isinstance(e.get("class"), Mapping) else {}
+        period = e.get("period") if isinstance(e.get("period"), Mapping) else {}
+        try:
+            start = parse_datetime(period.get("start"), "Encounter.period.start")
+        except MappingError:
+            start = _EPOCH
+        candidates.append((cls.get("code") in INPATIENT_CLASSES, start, e))
+    if not candidates:
+        return None
+    inpatient = [c for c in candidates if c[0]] or candidates
+    return max(inpatient, key=lambda c: c[1])[2]

@@ -1,0 +1,151 @@
+"""The FHIR resources we write: a RiskAssessment per scored card, a Provenance per feedback.
+
+Built from plain values and validated with fhir.resources (R4B models, which serve R4).
+Subjects and agents are keyed pseudonyms, never EHR ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from fhir.resources.R4B.provenance import Provenance
+from fhir.resources.R4B.riskassessment import RiskAssessment
+
+__all__ = [
+    "CANONICAL",
+    "Contribution",
+    "FEEDBACK_OUTCOME_SYSTEM",
+    "PSEUDONYM_SYSTEM",
+    "build_provenance",
+    "build_risk_assessment",
+    "provenance_id",
+]
+
+# Base of the identifiers (extensions, code systems) this product defines.
+CANONICAL = "http://cds-ml.org/fhir"
+PSEUDONYM_SYSTEM = f"{CANONICAL}/NamingSystem/patient-pseudonym"
+PRACTITIONER_PSEUDONYM_SYSTEM = f"{CANONICAL}/NamingSystem/practitioner-pseudonym"
+MODEL_SYSTEM = f"{CANONICAL}/CodeSystem/model"
+FEEDBACK_OUTCOME_SYSTEM = f"{CANONICAL}/CodeSystem/cds-feedback-outcome"
+EXT = f"{CANONICAL}/StructureDefinition"
+RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
+
+
+class Contribution(Protocol):
+    """One feature's share of a score (models.explain.Contribution satisfies it)."""
+
+    @property
+    def feature(self) -> str: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def shap(self) -> float: ...
+
+
+def build_risk_assessment(
+    *,
+    card_uuid: str,
+    service_id: str,
+    pseudonym: str,
+    occurrence: datetime,
+    icu_hour: int | None,
+    model_name: str,
+    model_version: str,
+    probability: float,
+    band: str,
+    outcome_code: tuple[str, str, str],
+    horizon_hours: float | None,
+    base_value: float,
+    contributions: Sequence[Contribution],
+) -> dict[str, Any]:
+    system, code, display = outcome_code
+    prediction: dict[str, Any] = {
+        "outcome": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+        "probabilityDecimal": float(probability),
+        "qualitativeRisk": {"coding": [{"system": RISK_PROBABILITY, "code": band}]},
+    }
+    if horizon_hours is not None:
+        prediction["whenRange"] = {"high": {"value": horizon_hours, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}}
+    extensions: list[dict[str, Any]] = [
+        {"url": f"{EXT}/cds-service", "valueString": service_id},
+        {"url": f"{EXT}/model-version", "valueString": model_version},
+        {"url": f"{EXT}/shap-base-value", "valueDecimal": round(float(base_value), 6)},
+    ]
+    if icu_hour is not None:
+        extensions.append({"url": f"{EXT}/icu-hour", "valueInteger": int(icu_hour)})
+    for c in contributions:
+        parts: list[dict[str, Any]] = [
+            {"url": "feature", "valueString": c.feature},
+            {"url": "shap", "valueDecimal": round(float(c.shap), 6)},
+        ]
+        if c.value is not None:
+            parts.append({"url": "value", "valueDecimal": round(float(c.value), 6)})
+        extensions.append({"url": f"{EXT}/shap-contribution", "extension": parts})
+    resource = {
+        "resourceType": "RiskAssessment",
+        "id": card_uuid,
+        "extension": extensions,
+        "status": "final",
+        "subject": {"identifier": {"system": PSEUDONYM_SYSTEM, "value": pseudonym}},
+        "occurrenceDateTime": occurrence.isoformat(),
+        "method": {"coding": [{"system": MODEL_SYSTEM, "code": model_name, "version": model_version}]},
+        "prediction": [prediction],
+    }
+    return RiskAssessment.model_validate(resource).model_dump(mode="json", exclude_none=True)
+
+
+def provenance_id(card_uuid: str) -> str:
+    """One Provenance per card: repeated feedback for a card lands on the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{CANONICAL}/feedback/{card_uuid}"))
+
+
+def build_provenance(
+    *,
+    card_uuid: str,
+    outcome: str,
+    outcome_timestamp: datetime,
+    practitioner_pseudonym: str | None,
+    override_reason: dict[str, Any] | None,
+    user_comment: str | None,
+    accepted_suggestions: Sequence[str] = (),
+) -> dict[str, Any]:
+    extensions: list[dict[str, Any]] = []
+    if user_comment:
+        extensions.append({"url": f"{EXT}/override-comment", "valueString": user_comment})
+    for suggestion in accepted_suggestions:
+        extensions.append({"url": f"{EXT}/accepted-suggestion", "valueString": suggestion})
+    who: dict[str, Any] = (
+        {"identifier": {"system": PRACTITIONER_PSEUDONYM_SYSTEM, "value": practitioner_pseudonym}}
+        if practitioner_pseudonym
+        else {"display": "unknown user"}
+    )
+    resource: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "id": provenance_id(card_uuid),
+        "target": [{"reference": f"RiskAssessment/{card_uuid}"}],
+        "recorded": outcome_timestamp.isoformat(),
+        "activity": {
+            "coding": [{"system": FEEDBACK_OUTCOME_SYSTEM, "code": outcome, "display": outcome.capitalize()}]
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": who,
+            }
+        ],
+    }
+    if override_reason:
+        resource["reason"] = [{"coding": [override_reason]}]
+    if extensions:
+        resource["extension"] = extensions
+    return Provenance.model_validate(resource).model_dump(mode="json", exclude_none=True)

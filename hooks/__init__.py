@@ -1,0 +1,33 @@
+"""CDS services, one module each: discovery entry, prefetch templates and card wording.
+
+`SERVICES` is the explicit registry; adding a service is one module and one line here.
+"""
+
+from __future__ import annotations
+
+from .cards import CARD_EXTENSION, Driver, RiskCardText, build_risk_card, format_percent, format_value, strip_empty
+from .prefetch import render_template, template_tokens
+from .sepsis import SEPSIS, sepsis_card
+from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
+
+SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS,)}
+
+__all__ = [
+    "CARD_EXTENSION",
+    "Driver",
+    "Fetched",
+    "OverrideReason",
+    "RiskCardText",
+    "SEPSIS",
+    "SERVICES",
+    "ScoredCard",
+    "ScoringInput",
+    "Service",
+    "build_risk_card",
+    "format_percent",
+    "format_value",
+    "render_template",
+    "sepsis_card",
+    "strip_empty",
+    "template_tokens",
+]

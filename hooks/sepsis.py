@@ -1,0 +1,190 @@
+"""The `sepsis-risk` CDS service: patient-view, ICU vital signs and labs, XGBoost + SHAP card."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fhir_mappings import (
+    PatientRecord,
+    build_features,
+    build_risk_assessment,
+    reference_id,
+    select_encounter,
+    to_canonical,
+)
+from models import HORIZON_HOURS, SEPSIS_OUTCOME
+
+from .cards import Driver, RiskCardText, build_risk_card, format_percent
+from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
+
+__all__ = ["SEPSIS", "sepsis_card"]
+
+NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"  # CDS Hooks 3.0 suggests these
+TOP_DRIVERS = 5
+_BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
+
+
+def _resources(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, str]:
+    """Reads that only the first round reveals: the named encounter, its ICU Locations."""
+    wanted: dict[str, str] = {}
+    encounters = _resources(fetched.get("encounters"))
+    encounter_id = context.get("encounterId")
+    encounter = select_encounter(encounters, encounter_id)
+    if encounter is None and isinstance(encounter_id, str) and encounter_id:
+        wanted["encounter"] = f"Encounter/{encounter_id}"
+    if encounter is not None:
+        known = {r.get("id") for key in fetched for r in _resources(fetched[key]) if r.get("resourceType") == "Location"}
+        for entry in (encounter.get("location") or ())[:5]:
+            ref = entry.get("location") if isinstance(entry, Mapping) else None
+            location_id = reference_id(ref, "Location")
+            if location_id and location_id not in known and not (ref or {}).get("display"):
+                wanted[f"location:{location_id}"] = f"Location/{location_id}"
+    return wanted
+
+
+def _score(inp: ScoringInput) -> ScoredCard | None:
+    fetched = inp.fetched
+    encounters = _resources(fetched.get("encounters")) + _resources(fetched.get("encounter"))
+    encounter = select_encounter(encounters, inp.context.get("encounterId"))
+    if encounter is None:
+        return None  # not in hospital: nothing to say
+    observations: dict[str, dict[str, Any]] = {}
+    locations: dict[str, dict[str, Any]] = {}
+    for key, value in fetched.items():
+        for r in _resources(value):
+            if r.get("resourceType") == "Observation":
+                observations[r.get("id") or f"{key}#{len(observations)}"] = r
+            elif r.get("resourceType") == "Location" and isinstance(r.get("id"), str):
+                locations[r["id"]] = r
+    patient_id = str(inp.context["patientId"])
+    patient = fetched.get("patient")
+    record = PatientRecord(
+        patient_id=patient_id,
+        patient=patient if isinstance(patient, dict) else None,
+        encounter=encounter,
+        observations=list(observations.values()),
+        locations=locations,
+    )
+    stay = to_canonical(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source)
+    model = inp.model
+    row = build_features(stay.table, model.spec)[-1:]
+    probability = float(model.predict(row)[0])
+    band = model.band(probability)
+    explanation = model.explain(row[0])
+    drivers = explanation.top(TOP_DRIVERS, min_abs=0.01)
+    card = sepsis_card(
+        card_uuid=inp.card_uuid,
+        probability=probability,
+        band=band,
+        threshold=model.threshold,
+        icu_hour=stay.current_hour,
+        model_label=model.manifest.title,
+        model_version=model.version,
+        drivers=drivers,
+        all_contributions=explanation.contributions,
+        base_value=explanation.base_value,
+    )
+    risk = build_risk_assessment(
+        card_uuid=inp.card_uuid,
+        service_id=SEPSIS.id,
+        pseudonym=stay.pseudonym,
+        occurrence=inp.now,
+        icu_hour=stay.current_hour,
+        model_name=model.name,
+        model_version=model.version,
+        probability=probability,
+        band=band,
+        outcome_code=SEPSIS_OUTCOME,
+        horizon_hours=HORIZON_HOURS,
+        base_value=explanation.base_value,
+        contributions=[c for c in explanation.contributions if c.shap != 0.0],
+    )
+    user = inp.context.get("userId")
+    user_pseudonym = (
+        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source) if isinstance(user, str) and user else None
+    )
+    return ScoredCard(
+        card=card,
+        risk_assessment=risk,
+        user_pseudonym=user_pseudonym,
+        probability=probability,
+        log={"icu_hour": stay.current_hour, "band": band, **stay.report.as_dict()},
+    )
+
+
+SEPSIS = Service(
+    id="sepsis-risk",
+    hooks=("patient-view",),
+    title="Sepsis risk (ICU)",
+    description=(
+        "Estimates the probability that an ICU patient has or will develop sepsis (Sepsis-3) within the next "
+        "6 hours from vital signs and laboratory results, and explains the score with SHAP."
+    ),
+    prefetch={
+        "patient": "Patient/{{context.patientId}}",
+        "encounters": "Encounter?patient={{context.patientId}}&status=in-progress",
+        "vitals": "Observation?patient={{context.patientId}}&category=vital-signs&_sort=-date&_count=1000",
+        "labs": "Observation?patient={{context.patientId}}&category=laboratory&_sort=-date&_count=1000",
+    },
+    model_name="sepsis",
+    score=_score,
+    followups=_followups,
+    usage_requirements=(
+        "For adult ICU patients during an inpatient encounter. Needs vital-sign and laboratory Observations coded "
+        "with LOINC; give `encounterId` in context when the patient has several encounters in progress."
+    ),
+    override_reasons=(
+        OverrideReason(NON_ADHERENCE, "cds-not-applicable", "Not applicable to this patient"),
+        OverrideReason(NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: clinical picture does not fit"),
+        OverrideReason(NON_ADHERENCE, "action-completed", "Already assessed or treated for sepsis"),
+        OverrideReason(NON_ADHERENCE, "cds-suboptimal-context", "Data shown is incomplete or out of date"),
+    ),
+)
+
+
+def sepsis_card(
+    *,
+    card_uuid: str,
+    probability: float,
+    band: str,
+    threshold: float,
+    icu_hour: int,
+    model_label: str,
+    model_version: str,
+    drivers: Sequence[Driver],
+    all_contributions: Sequence[Driver],
+    base_value: float,
+) -> dict[str, Any]:
+    pct = format_percent(probability)
+    text = RiskCardText(
+        summary=f"Sepsis risk {pct} (next 6 h): {_BAND_WORDS[band]}",
+        headline=(
+            f"**Sepsis risk: {pct}** within the next 6 hours (alert threshold {format_percent(threshold)}), "
+            f"ICU hour {icu_hour}."
+        ),
+        footer=(
+            "_Arrows show how each factor moves this patient's score from the model's average. "
+            "A decision aid, not a diagnosis: assess the patient._"
+        ),
+    )
+    return build_risk_card(
+        card_uuid=card_uuid,
+        service=SEPSIS,
+        band=band,
+        probability=probability,
+        threshold=threshold,
+        model_label=model_label,
+        model_version=model_version,
+        text=text,
+        drivers=drivers,
+        all_contributions=all_contributions,
+        base_value=base_value,
+        extra={"icuHour": icu_hour},
+    )

@@ -1,0 +1,65 @@
+"""Training, evaluation, registry and explanation of the risk models.
+
+Imports `fhir_mappings` (the feature code shared with serving); nothing here does HTTP.
+"""
+
+from __future__ import annotations
+
+from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
+from .device import choose_device, serving_device
+from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
+from .manifest import Calibration, FeatureEntry, ModelManifest
+from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
+from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
+from .score import Contribution, Explanation, RiskModel
+from .sepsis import (
+    HORIZON_HOURS,
+    SEPSIS_OUTCOME,
+    SepsisData,
+    best_threshold,
+    evaluate_sepsis,
+    load_sepsis_data,
+    score_sepsis,
+    sepsis_metrics,
+    train_sepsis,
+)
+from .train import TrainedBooster, default_params, patient_split, train_booster
+
+__all__ = [
+    "Calibration",
+    "Contribution",
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_REGISTRY",
+    "DatasetError",
+    "Explanation",
+    "FeatureEntry",
+    "FeatureSchemaMismatch",
+    "HORIZON_HOURS",
+    "LoadedArtifact",
+    "ModelError",
+    "ModelManifest",
+    "ModelNotFound",
+    "ModelRegistry",
+    "RiskModel",
+    "SEPSIS_OUTCOME",
+    "SepsisData",
+    "TrainedBooster",
+    "accuracy_f_measure",
+    "best_threshold",
+    "challenge_auc",
+    "choose_device",
+    "data_fingerprint",
+    "default_params",
+    "default_sepsis_path",
+    "evaluate_sepsis",
+    "load_sepsis_data",
+    "normalized_utility",
+    "patient_split",
+    "read_physionet",
+    "score_sepsis",
+    "sepsis_metrics",
+    "serving_device",
+    "train_booster",
+    "train_sepsis",
+    "utility_table",
+]

@@ -1,0 +1,94 @@
+"""Reading training and evaluation files (the I/O edge of the models layer).
+
+PhysioNet 2019 layout: a parquet file like setA.parquet (columns `patient`, `hour`, the 40
+variables, `SepsisLabel`) or a directory of `pNNNNNN.psv` files (pipe-separated, one file per
+patient, `NaN` for missing). Both become one frame with `patient`, `hour`, variables, label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fhir_mappings import PHYSIONET_COLUMNS
+
+from .errors import DatasetError
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "data_fingerprint",
+    "default_sepsis_path",
+    "read_physionet",
+]
+
+DEFAULT_DATA_DIR = Path("../shared/data")
+_PSV_NAME = re.compile(r"^p?(\d+)\.psv$", re.IGNORECASE)
+
+
+def default_sepsis_path(data_dir: Path | str = DEFAULT_DATA_DIR) -> Path:
+    return Path(data_dir) / "physionet2019" / "setA.parquet"
+
+
+def _read_psv_dir(path: Path) -> pd.DataFrame:
+    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() == ".psv")
+    if not files:
+        raise DatasetError(f"no .psv files in {path}")
+    frames = []
+    for i, f in enumerate(files):
+        m = _PSV_NAME.match(f.name)
+        patient_id = int(m.group(1)) if m else i
+        frame = pd.read_csv(f, sep="|", na_values=["NaN", "nan", ""])
+        frame.insert(0, "hour", np.arange(len(frame), dtype=np.int32))
+        frame.insert(0, "patient", patient_id)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_physionet(path: Path | str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    if path.is_dir():
+        frame = _read_psv_dir(path)
+    elif path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix.lower() == ".psv":
+        frame = pd.read_csv(path, sep="|", na_values=["NaN", "nan", ""])
+        frame.insert(0, "hour", np.arange(len(frame), dtype=np.int32))
+        m = _PSV_NAME.match(path.name)
+        frame.insert(0, "patient", int(m.group(1)) if m else 0)
+    else:
+        raise DatasetError(f"unsupported dataset format: {path.name} (parquet, .psv or a directory of .psv)")
+    missing = [c for c in PHYSIONET_COLUMNS if c not in frame]
+    if "ICULOS" in missing:
+        raise DatasetError(f"{path} is not in PhysioNet 2019 layout: no ICULOS column")
+    for column in missing:  # another hospital may lack some variables entirely
+        frame[column] = np.nan
+    if "patient" not in frame:
+        raise DatasetError(f"{path} has no patient column")
+    return frame.sort_values(["patient", "hour" if "hour" in frame else "ICULOS"], kind="stable").reset_index(drop=True)
+
+
+def data_fingerprint(path: Path | str) -> str:
+    """sha256 of a file, or of the sorted (name, sha256) list of a directory's files."""
+    path = Path(path)
+
+    def file_hash(p: Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(path.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                h.update(f"{f.name}\0{file_hash(f)}\n".encode())
+        return h.hexdigest()
+    return file_hash(path)
+

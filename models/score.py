@@ -1,0 +1,104 @@
+"""A loaded model that scores feature rows: calibrated probability, risk band, SHAP explanation.
+
+Pure given a loaded booster. SHAP values are XGBoost's exact TreeSHAP (`pred_contribs`) in
+log-odds: contributions plus the base value equal the raw margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xgboost as xgb
+
+from fhir_mappings import FeatureSpec
+
+from .manifest import ModelManifest
+from .registry import LoadedArtifact
+
+__all__ = ["Contribution", "Explanation", "RiskModel"]
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    feature: str
+    label: str
+    unit: str
+    value: float | None  # the feature's value, None when missing
+    shap: float  # log-odds
+
+
+@dataclass(frozen=True)
+class Explanation:
+    base_value: float
+    margin: float
+    contributions: tuple[Contribution, ...]  # every feature, in spec order
+
+    def top(self, k: int, *, min_abs: float = 0.0) -> list[Contribution]:
+        ranked = sorted(self.contributions, key=lambda c: (-abs(c.shap), c.feature))
+        return [c for c in ranked[:k] if abs(c.shap) > min_abs]
+
+
+class RiskModel:
+    def __init__(self, artifact: LoadedArtifact, spec: FeatureSpec, *, device: str = "cpu", nthread: int = 0) -> None:
+        self.manifest: ModelManifest = artifact.manifest
+        self.spec = spec
+        self.booster = artifact.booster
+        params: dict[str, object] = {"device": device}
+        if nthread:
+            params["nthread"] = nthread
+        self.booster.set_param(params)
+        cal = self.manifest.calibration
+        self._cal = (np.asarray(cal.x, dtype=np.float64), np.asarray(cal.y, dtype=np.float64)) if cal.method != "none" else None
+        self._labels = {f.name: (f.label, f.unit) for f in spec.features}
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.threshold
+
+    def margin(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.inplace_predict(features, predict_type="margin", missing=np.nan), dtype=np.float64)
+
+    def calibrate(self, raw_probability: np.ndarray) -> np.ndarray:
+        if self._cal is None:
+            return raw_probability
+        x, y = self._cal
+        return np.interp(raw_probability, x, y)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, one per row."""
+        raw = 1.0 / (1.0 + np.exp(-self.margin(features)))
+        return self.calibrate(raw)
+
+    def band(self, probability: float) -> str:
+        """The highest risk band whose lower bound the probability reaches."""
+        chosen = "low"
+        for band, lower in sorted(self.manifest.risk_bands.items(), key=lambda kv: kv[1]):
+            if probability >= lower:
+                chosen = band
+        return chosen
+
+    def explain(self, row: np.ndarray) -> Explanation:
+        """TreeSHAP for one feature row (shape (n_features,) or (1, n_features))."""
+        x = np.asarray(row, dtype=np.float32).reshape(1, -1)
+        contribs = self.booster.predict(xgb.DMatrix(x, missing=np.nan), pred_contribs=True)[0]
+        values = x[0]
+        out = tuple(
+            Contribution(
+                feature=name,
+                label=self._labels[name][0],
+                unit=self._labels[name][1],
+                value=None if np.isnan(values[j]) else float(values[j]),
+                shap=float(contribs[j]),
+            )
+            for j, name in enumerate(self.spec.names)
+        )
+        return Explanation(base_value=float(contribs[-1]), margin=float(contribs.sum()), contributions=out)

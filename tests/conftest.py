@@ -1,0 +1,88 @@
+"""Shared fixtures: the datasets (skip outside CI when absent, fail in CI), real Redis, and real
+HTTP servers on loopback (the CDS service and a demo EHR FHIR server)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cds import Settings, create_app
+from demo_ehr import DemoFhirServer, LoopbackServer, serve_in_thread
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+DATA_DIR = Path(os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SET_A = DATA_DIR / "physionet2019" / "setA.parquet"
+
+
+def need(path: Path, what: str) -> Path:
+    """A dataset a test needs: missing in CI is a failure, elsewhere a skip with the reason."""
+    if not path.exists():
+        message = f"{what} not found at {path} (set CDS_DATA_DIR or put ../shared/data beside the repository)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def set_a_path() -> Path:
+    return need(SET_A, "PhysioNet 2019 set A")
+
+
+@pytest.fixture(scope="session")
+def set_a(set_a_path: Path) -> pd.DataFrame:
+    return pd.read_parquet(set_a_path)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.exceptions.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required at 127.0.0.1:6379 in CI: {exc}")
+        pytest.skip(f"Redis not running at 127.0.0.1:6379: {exc}")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own, removed afterwards."""
+    import redis
+
+    prefix = f"cds-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=2.0)
+
+
+@pytest.fixture
+def cds_server(settings: Settings) -> Iterator[LoopbackServer]:
+    with serve_in_thread(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def ehr() -> DemoFhirServer:
+    return DemoFhirServer(token="ehr-access-token", page_size=40)
+
+
+@pytest.fixture
+def ehr_server(ehr: DemoFhirServer) -> Iterator[LoopbackServer]:
+    with serve_in_thread(ehr.app()) as server:
+        yield server
