@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models = load_models(settings)
-        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path)
+        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
             deps = HookDeps(

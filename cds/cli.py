@@ -132,7 +132,7 @@ def feedback_export(
     settings = _settings()
 
     async def run() -> dict[str, int]:
-        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path)
+        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
         counts = {}
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     store_path: Path | None = None  # default: <var_dir>/cds.sqlite3
     redis_url: str | None = None
+    redis_prefix: str = "cds:"
     pseudonym_key: SecretStr | None = None  # default: a random key kept in <var_dir>/pseudonym.key
     hook_timeout_s: float = 2.0
     fhir_timeout_s: float = 1.5

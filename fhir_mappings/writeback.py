@@ -19,6 +19,7 @@ __all__ = [
     "Contribution",
     "FEEDBACK_OUTCOME_SYSTEM",
     "PSEUDONYM_SYSTEM",
+    "RECORDED_CONTRIBUTIONS",
     "build_provenance",
     "build_risk_assessment",
     "provenance_id",
@@ -32,6 +33,9 @@ MODEL_SYSTEM = f"{CANONICAL}/CodeSystem/model"
 FEEDBACK_OUTCOME_SYSTEM = f"{CANONICAL}/CodeSystem/cds-feedback-outcome"
 EXT = f"{CANONICAL}/StructureDefinition"
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
+# The largest SHAP contributions kept as structured extensions; the card carries them all.
+# (Validating ~130 nested extensions with fhir.resources costs ~25 ms on the hook path.)
+RECORDED_CONTRIBUTIONS = 20
 
 
 class Contribution(Protocol):
@@ -76,7 +80,8 @@ def build_risk_assessment(
     ]
     if icu_hour is not None:
         extensions.append({"url": f"{EXT}/icu-hour", "valueInteger": int(icu_hour)})
-    for c in contributions:
+    ranked = sorted(contributions, key=lambda c: -abs(c.shap))
+    for c in ranked[:RECORDED_CONTRIBUTIONS]:
         parts: list[dict[str, Any]] = [
             {"url": "feature", "valueString": c.feature},
             {"url": "shap", "valueDecimal": round(float(c.shap), 6)},
@@ -84,6 +89,10 @@ def build_risk_assessment(
         if c.value is not None:
             parts.append({"url": "value", "valueDecimal": round(float(c.value), 6)})
         extensions.append({"url": f"{EXT}/shap-contribution", "extension": parts})
+    if len(ranked) > RECORDED_CONTRIBUTIONS:
+        # The rest in one sum, so base value + contributions still add up to the model's margin.
+        rest = sum(float(c.shap) for c in ranked[RECORDED_CONTRIBUTIONS:])
+        extensions.append({"url": f"{EXT}/shap-other", "valueDecimal": round(rest, 6)})
     resource = {
         "resourceType": "RiskAssessment",
         "id": card_uuid,
@@ -94,7 +103,8 @@ def build_risk_assessment(
         "method": {"coding": [{"system": MODEL_SYSTEM, "code": model_name, "version": model_version}]},
         "prediction": [prediction],
     }
-    return RiskAssessment.model_validate(resource).model_dump(mode="json", exclude_none=True)
+    RiskAssessment.model_validate(resource)  # raises on anything that is not valid R4
+    return resource
 
 
 def provenance_id(card_uuid: str) -> str:
@@ -148,4 +158,5 @@ def build_provenance(
         resource["reason"] = [{"coding": [override_reason]}]
     if extensions:
         resource["extension"] = extensions
-    return Provenance.model_validate(resource).model_dump(mode="json", exclude_none=True)
+    Provenance.model_validate(resource)
+    return resource

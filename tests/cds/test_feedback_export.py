@@ -1,0 +1,72 @@
+"""Feedback survives a server restart and comes out of `cds feedback export` as valid FHIR R4."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from fhir.resources.R4B.provenance import Provenance
+from fhir.resources.R4B.riskassessment import RiskAssessment
+
+from cds import Settings, create_app
+from demo_ehr import patient_view_request, serve_in_thread
+from tests.cds.helpers import feedback, synthetic_stay
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    extra = {}
+    if request.param == "redis":
+        extra = {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
+    return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", **extra)
+
+
+def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: Settings, tmp_path: Path) -> None:
+    stay = synthetic_stay()
+    with serve_in_thread(create_app(backend_settings)) as server:
+        card = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=patient_view_request(stay), timeout=10).json()["cards"][0]
+        item = feedback(card["uuid"], reason=card["overrideReasons"][1], comment="lactate was from a tourniquet draw")
+        first = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10)
+        assert first.json()["results"][0]["status"] == "created"
+
+    with serve_in_thread(create_app(backend_settings)) as server:  # a new process would see the same
+        again = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10)
+        assert again.json()["results"][0]["status"] == "unchanged"
+
+    env = {
+        **os.environ,
+        "CDS_VAR_DIR": str(backend_settings.var_dir),
+        "CDS_PSEUDONYM_KEY": "test-key-0123456789abcdef",
+        "CDS_REDIS_PREFIX": backend_settings.redis_prefix,
+    }
+    if backend_settings.redis_url:
+        env["CDS_REDIS_URL"] = backend_settings.redis_url
+    out = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True, timeout=120)
+    risks = [json.loads(line) for line in (out / "RiskAssessment.ndjson").read_text().splitlines()]
+    provenances = [json.loads(line) for line in (out / "Provenance.ndjson").read_text().splitlines()]
+    assert [r["id"] for r in risks] == [card["uuid"]]
+    assert len(provenances) == 1
+    risk = RiskAssessment.model_validate(risks[0])
+    prov = Provenance.model_validate(provenances[0])
+    assert float(risk.prediction[0].probabilityDecimal) == pytest.approx(card["extension"]["org.cds-ml.risk"]["probability"])
+    assert prov.target[0].reference == f"RiskAssessment/{card['uuid']}"
+    assert prov.activity.coding[0].code == "overridden"
+    assert prov.reason[0].coding[0].code == card["overrideReasons"][1]["code"]
+    assert provenances[0]["recorded"].startswith("2026-11-20T10:00:00")
+    assert prov.agent[0].who.identifier.value.startswith("pr-")
+    assert "demo-clinician" not in json.dumps(provenances) and stay.patient_id not in json.dumps(risks)
+    assert any(e.valueString == "lactate was from a tourniquet draw" for e in prov.extension)
+    shap = [e for e in risk.extension if e.url.endswith("/shap-contribution")]
+    card_shap = card["extension"]["org.cds-ml.risk"]["shap"]
+    assert len(shap) == min(20, len(card_shap["contributions"]))
+    # Recorded contributions, the remainder and the base value add up to the card's margin.
+    recorded = sum(float(next(x.valueDecimal for x in e.extension if x.url == "shap")) for e in shap)
+    other = sum(float(e.valueDecimal) for e in risk.extension if e.url.endswith("/shap-other"))
+    base = float(next(e.valueDecimal for e in risk.extension if e.url.endswith("/shap-base-value")))
+    assert recorded + other + base == pytest.approx(card_shap["baseValue"] + sum(c["shap"] for c in card_shap["contributions"]), abs=1e-4)

@@ -1,0 +1,100 @@
+"""When prefetch is missing, the service fetches from the EHR's FHIR server (a real loopback HTTP
+server here), with the fhirAuthorization token, paging within the same base, inside its budget."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from cds import Settings, create_app
+from demo_ehr import DemoFhirServer, patient_view_request, serve_in_thread
+from tests.cds.helpers import synthetic_stay
+
+
+def probability(response: httpx.Response) -> float:
+    assert response.status_code == 200, response.text
+    return response.json()["cards"][0]["extension"]["org.cds-ml.risk"]["probability"]
+
+
+def test_missing_prefetch_is_fetched_with_the_token(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
+    stay = synthetic_stay(hours=40)
+    ehr.add(stay.all())
+    assert len(stay.vitals()) > ehr.page_size  # the search needs several pages
+    with httpx.Client(base_url=cds_server.url, timeout=10) as client:
+        prefetched = probability(client.post("/cds-services/sepsis-risk", json=patient_view_request(stay)))
+        assert ehr.seen == []
+        body = patient_view_request(stay, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
+        fetched = probability(client.post("/cds-services/sepsis-risk", json=body))
+    assert fetched == prefetched
+    paths = [s.path for s in ehr.seen]
+    assert f"/Patient/{stay.patient_id}" in paths
+    assert paths.count("/Observation") >= 3  # first pages and at least one `next`
+    assert any("_offset" in s.query for s in ehr.seen)
+    assert all(s.authorized for s in ehr.seen)
+
+
+def test_partial_prefetch_is_completed(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    body = patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=ehr_server.url, access_token=ehr.token)
+    body["prefetch"]["labs"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    with httpx.Client(base_url=cds_server.url, timeout=10) as client:
+        full = probability(client.post("/cds-services/sepsis-risk", json=patient_view_request(stay)))
+        partial = probability(client.post("/cds-services/sepsis-risk", json=body))
+    assert partial == full
+    assert {s.path for s in ehr.seen} == {"/Observation"}
+
+
+def test_no_prefetch_and_no_fhir_server_is_412(cds_server) -> None:
+    body = patient_view_request(synthetic_stay(), prefetch=["patient"])
+    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 412
+    assert "no fhirServer" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_refused_token_is_412(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    body = patient_view_request(stay, prefetch=False, fhir_server=ehr_server.url, access_token="wrong-token")
+    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 412
+    assert "wrong-token" not in response.text
+
+
+def test_next_links_to_another_host_are_not_followed(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
+    other = DemoFhirServer()
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    with serve_in_thread(other.app()) as elsewhere:
+        body = patient_view_request(stay, fhir_server=ehr_server.url, access_token=ehr.token)
+        body["prefetch"]["vitals"]["link"] = [{"relation": "next", "url": f"{elsewhere.url}/Observation?_offset=1"}]
+        response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 412
+    assert other.seen == []
+
+
+def test_a_hung_fhir_server_does_not_hold_the_answer(tmp_path, ehr: DemoFhirServer, ehr_server) -> None:
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=0.5, fhir_timeout_s=10)
+    ehr.delay_s = 5.0
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    with serve_in_thread(create_app(settings)) as server:
+        body = patient_view_request(stay, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
+        started = time.perf_counter()
+        response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+        elapsed = time.perf_counter() - started
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert response.status_code == 200 and response.json() == {"cards": []}
+    assert elapsed < 1.5
+    assert 'reason="fhir-timeout"' in metrics
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_failing_fhir_server_is_412(cds_server, ehr: DemoFhirServer, ehr_server, status: int) -> None:
+    ehr.fail_status = status
+    body = patient_view_request(synthetic_stay(), prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
+    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 412
+    assert str(status) in response.json()["issue"][0]["diagnostics"]

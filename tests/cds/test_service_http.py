@@ -1,0 +1,142 @@
+"""The service over real HTTP (uvicorn on loopback): discovery, a hook call, bad input, feedback."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from demo_ehr import patient_view_request
+from tests.cds.helpers import feedback, no_empty_values, synthetic_stay
+
+
+@pytest.fixture
+def client(cds_server) -> httpx.Client:
+    with httpx.Client(base_url=cds_server.url, timeout=10) as c:
+        yield c
+
+
+def call(client: httpx.Client, body: dict) -> httpx.Response:
+    return client.post("/cds-services/sepsis-risk", json=body)
+
+
+def test_discovery_lists_the_sepsis_service(client: httpx.Client) -> None:
+    services = client.get("/cds-services").json()["services"]
+    sepsis = next(s for s in services if s["id"] == "sepsis-risk")
+    assert sepsis["hook"] == "patient-view"
+    assert sepsis["title"] and sepsis["description"] and sepsis["usageRequirements"]
+    assert sepsis["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    assert {"encounters", "vitals", "labs"} <= sepsis["prefetch"].keys()
+    assert no_empty_values(services) == []
+
+
+def test_hook_call_answers_with_an_explained_card(client: httpx.Client) -> None:
+    response = call(client, patient_view_request(synthetic_stay()))
+    assert response.status_code == 200
+    body = response.json()
+    assert no_empty_values(body) == []
+    [card] = body["cards"]
+    assert uuid.UUID(card["uuid"])
+    assert len(card["summary"]) < 140 and "%" in card["summary"]
+    assert card["indicator"] in ("info", "warning", "critical")
+    data = card["extension"]["org.cds-ml.risk"]
+    assert 0 < data["probability"] < 1 and data["modelVersion"] == card["source"]["label"].rsplit("v", 1)[1]
+    assert f"{100 * data['probability']:.1f}%" in card["summary"] or "<0.1%" in card["summary"]
+    assert data["icuHour"] == 30
+    contributions = data["shap"]["contributions"]
+    assert contributions and all({"feature", "shap"} <= c.keys() for c in contributions)
+    top = max(contributions, key=lambda c: abs(c["shap"]))
+    assert "**What drives this score** (SHAP):" in card["detail"]
+    assert card["detail"].count("\n- ") >= 3  # driver lines with values and units
+    assert any(unit in card["detail"] for unit in ("/min", "mmHg", "°C", " h", "mmol/L", "years"))
+    assert top["feature"] in {c["feature"] for c in contributions}
+    assert all(r["display"] for r in card["overrideReasons"])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status"),
+    [
+        (lambda b: "{not json", 400),
+        (lambda b: {**b, "context": {k: v for k, v in b["context"].items() if k != "patientId"}}, 400),
+        (lambda b: {k: v for k, v in b.items() if k != "hookInstance"}, 400),
+        (lambda b: {**b, "hook": "order-sign"}, 400),
+        (lambda b: {**b, "prefetch": {**b["prefetch"], "patient": "<html>502 Bad Gateway</html>"}}, 412),
+        (lambda b: {**b, "prefetch": {**b["prefetch"], "vitals": {"resourceType": "Bundle", "entry": [{"resource": {"no": "type"}}]}}}, 422),
+        (lambda b: {**b, "prefetch": {**b["prefetch"], "patient": {**b["prefetch"]["patient"], "birthDate": "yesterday"}}}, 422),
+        (lambda b: {**b, "fhirAuthorization": {"access_token": "x", "token_type": "Bearer", "expires_in": 1, "scope": "s", "subject": "c"}}, 400),
+        (lambda b: [b], 400),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: httpx.Client, cds_server, settings, mutate, status: int) -> None:
+    body = mutate(patient_view_request(synthetic_stay()))
+    if isinstance(body, str):
+        response = client.post("/cds-services/sepsis-risk", content=body, headers={"content-type": "application/json"})
+    else:
+        response = call(client, body)
+    assert response.status_code == status, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["diagnostics"]
+    assert _stored_cards(settings) == 0
+
+
+def test_unknown_service_is_404(client: httpx.Client) -> None:
+    response = client.post("/cds-services/no-such-service", json=patient_view_request(synthetic_stay()))
+    assert response.status_code == 404
+    assert "no-such-service" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_patient_not_in_hospital_gets_no_cards(client: httpx.Client) -> None:
+    stay = synthetic_stay()
+    stay.encounter["status"] = "finished"
+    body = patient_view_request(stay, with_encounter_id=False)
+    response = call(client, body)
+    assert response.status_code == 200 and response.json() == {"cards": []}
+
+
+def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client) -> None:
+    card = call(client, patient_view_request(synthetic_stay())).json()["cards"][0]
+    reason = card["overrideReasons"][0]
+    item = feedback(card["uuid"], reason=reason, comment="reviewed at bedside")
+    first = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [item]})
+    assert first.status_code == 200 and first.json()["results"][0]["status"] == "created"
+    again = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [item, item]})
+    assert [r["status"] for r in again.json()["results"]] == ["unchanged", "unchanged"]
+    later = feedback(card["uuid"], "accepted", when="2026-11-20T11:00:00Z")
+    assert client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [later]}).json()["results"][0]["status"] == "updated"
+    earlier = feedback(card["uuid"], "accepted", when="2026-11-20T09:00:00Z")
+    assert client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [earlier]}).json()["results"][0]["status"] == "unchanged"
+
+
+@pytest.mark.parametrize(
+    "bad_item",
+    [
+        {"card": "unknown-card", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"card": "CARD", "outcome": "maybe", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00"},
+        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"reason": {"system": "x", "code": "made-up"}}},
+    ],
+)
+def test_a_bad_feedback_item_refuses_the_whole_batch(client: httpx.Client, settings, bad_item: dict) -> None:
+    card = call(client, patient_view_request(synthetic_stay())).json()["cards"][0]
+    good = feedback(card["uuid"], comment="ok")
+    bad = {k: (card["uuid"] if v == "CARD" else v) for k, v in bad_item.items()}
+    response = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [good, bad]})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["issue"][0]["diagnostics"]
+    assert _stored_feedback(settings) == 0
+
+
+def _stored_cards(settings) -> int:
+    import sqlite3
+
+    if not settings.sqlite_path.exists():
+        return 0
+    return sqlite3.connect(settings.sqlite_path).execute("SELECT COUNT(*) FROM card").fetchone()[0]
+
+
+def _stored_feedback(settings) -> int:
+    import sqlite3
+
+    return sqlite3.connect(settings.sqlite_path).execute("SELECT COUNT(*) FROM feedback").fetchone()[0]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from hooks import SEPSIS, SERVICES, format_percent, format_value, render_template, sepsis_card, strip_empty, template_tokens
+
+
+@dataclass(frozen=True)
+class D:
+    feature: str
+    label: str
+    unit: str
+    value: float | None
+    shap: float
+
+
+def test_render_context_and_user_tokens() -> None:
+    ctx = {"patientId": "123", "userId": "Practitioner/abc", "encounterId": "e 1"}
+    assert render_template("Patient/{{context.patientId}}", ctx) == "Patient/123"
+    assert render_template("Encounter/{{context.encounterId}}", ctx) == "Encounter/e%201"
+    assert render_template("Observation?performer={{userPractitionerId}}", ctx) == "Observation?performer=abc"
+    assert render_template("Observation?performer={{userPatientId}}", ctx) is None
+    assert render_template("Encounter/{{context.missing}}", ctx) is None
+    assert template_tokens("A/{{context.a}}?b={{ userPractitionerId }}") == ["context.a", "userPractitionerId"]
+
+
+def test_every_prefetch_template_uses_only_cds_hooks_2_tokens() -> None:
+    allowed_user = {"userPractitionerId", "userPractitionerRoleId", "userPatientId", "userRelatedPersonId"}
+    for service in SERVICES.values():
+        for template in service.prefetch.values():
+            for token in template_tokens(template):
+                assert token.startswith("context.") or token in allowed_user
+
+
+def test_value_formatting_in_clinical_words() -> None:
+    assert format_value("Temp__last", 38.44, "Cel") == "38.4 °C"
+    assert format_value("SBP__last", 92, "mm[Hg]") == "92 mmHg"
+    assert format_value("Lactate__last", None, "mmol/L") == "not measured"
+    assert format_value("Gender", 1.0, "1") == "male"
+    assert format_value("Age", 67, "a") == "67 years"
+    assert format_percent(0.0004) == "<0.1%" and format_percent(0.0734) == "7.3%" and format_percent(0.42) == "42%"
+
+
+def test_sepsis_card_shape() -> None:
+    drivers = [D("Lactate__last", "Lactate", "mmol/L", 4.2, 0.8), D("SBP__min_6h", "Systolic blood pressure, lowest over 6 h", "mm[Hg]", 84, 0.3), D("Age", "Age", "a", 54, -0.2)]
+    card = sepsis_card(
+        card_uuid="u-1", probability=0.071, band="high", threshold=0.03, icu_hour=12, model_label="Sepsis risk (XGBoost)",
+        model_version="3", drivers=drivers, all_contributions=[*drivers, D("HR__last", "Heart rate", "/min", None, 0.0)], base_value=-3.2,
+    )
+    assert card["indicator"] == "critical" and card["summary"].startswith("Sepsis risk 7.1%")
+    assert "↑ **Lactate**: 4.2 mmol/L (raises risk)" in card["detail"]
+    assert "↓ **Age**: 54 years (lowers risk)" in card["detail"]
+    assert card["source"]["label"] == "Sepsis risk (XGBoost) v3"
+    contributions = card["extension"]["org.cds-ml.risk"]["shap"]["contributions"]
+    assert [c["feature"] for c in contributions] == ["Lactate__last", "SBP__min_6h", "Age"]  # zero contributions left out
+    assert len(card["overrideReasons"]) == len(SEPSIS.override_reasons)
+
+
+def test_strip_empty_removes_nulls_and_empties_but_keeps_zero() -> None:
+    assert strip_empty({"a": None, "b": "", "c": [], "d": {}, "e": 0, "f": [{"g": None}], "h": False}) == {"e": 0, "h": False}
+
+
+def test_summary_longer_than_140_is_refused() -> None:
+    from hooks import RiskCardText, build_risk_card
+
+    with pytest.raises(ValueError):
+        build_risk_card(
+            card_uuid="u", service=SEPSIS, band="low", probability=0.1, threshold=0.2, model_label="m", model_version="1",
+            text=RiskCardText("x" * 140, "h", "f"), drivers=[], all_contributions=[], base_value=0.0,
+        )

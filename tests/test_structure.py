@@ -1,0 +1,51 @@
+"""The public surface of each package, and the import direction between them."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["fhir_mappings", "models", "hooks", "cds", "demo_ehr"]
+# Each package may import only those listed (besides itself).
+ALLOWED = {
+    "fhir_mappings": set(),
+    "models": {"fhir_mappings"},
+    "hooks": {"fhir_mappings", "models"},
+    "cds": {"fhir_mappings", "models", "hooks"},
+    "demo_ehr": {"fhir_mappings"},
+}
+PURE = {"fhir_mappings", "hooks"}  # no network, Redis or web framework
+IO_MODULES = {"httpx", "redis", "fastapi", "starlette", "uvicorn", "requests", "socket"}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_all_is_sorted_complete_and_importable(package: str) -> None:
+    module = importlib.import_module(package)
+    exported = list(module.__all__)
+    assert exported == sorted(exported, key=str)
+    for name in exported:
+        assert hasattr(module, name), f"{package}.{name}"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_layers_import_only_downwards(package: str) -> None:
+    for path in (ROOT / package).rglob("*.py"):
+        ours = _imports(path) & set(PACKAGES)
+        assert ours <= ALLOWED[package] | {package}, f"{path.relative_to(ROOT)} imports {ours - ALLOWED[package] - {package}}"
+        if package in PURE:
+            assert not _imports(path) & IO_MODULES, f"{path.relative_to(ROOT)} does I/O"
