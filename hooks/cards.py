@@ -112,7 +112,12 @@ def build_risk_card(
     all_contributions: Iterable[Driver],
     base_value: float,
     extra: dict[str, Any] | None = None,
+    suggestions: Sequence[dict[str, Any]] = (),
+    links: Sequence[dict[str, Any]] = (),
+    selection_behavior: str = "at-most-one",
 ) -> dict[str, Any]:
+    """`suggestions` and `links` are CDS Hooks Suggestion and Link objects, passed through
+    (each suggestion should carry its own `uuid`); `selectionBehavior` is set when there are any."""
     if len(text.summary) >= 140:
         raise ValueError("card summary must be shorter than 140 characters")
     lines = [text.headline, ""]
@@ -142,6 +147,9 @@ def build_risk_card(
         "detail": "\n".join(lines),
         "source": {"label": f"{model_label} v{model_version}"},
         "overrideReasons": [r.coding() for r in service.override_reasons],
+        "suggestions": list(suggestions),
+        "selectionBehavior": selection_behavior if suggestions else None,
+        "links": list(links),
         "extension": {CARD_EXTENSION: data},
     }
     return strip_empty(card)
