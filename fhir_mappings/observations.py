@@ -155,9 +155,9 @@ def _value(part: Mapping[str, Any]) -> tuple[float, Any] | str:
         return "no-value"
     value = q.get("value")
     kind = type(value)
-    if kind is not float and kind is not int:
-        return "non-numeric"
-    if kind is float and not math.isfinite(value):
+    if kind is not float and kind is not int and (kind is bool or not isinstance(value, int | float)):
+        return "non-numeric"  # a string, a bool, null (numpy numbers from our own converters pass)
+    if kind is not int and not math.isfinite(value):
         return "non-numeric"
     if q.get("comparator") is not None:
         return "comparator"
