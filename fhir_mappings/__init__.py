@@ -7,7 +7,7 @@ other packages.
 from __future__ import annotations
 
 from .bundle import SearchPage, next_link, read_search_page
-from .bundle_map import BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
+from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .codes import CodeRow, CodeTable, default_code_table
 from .deid import AGE_CAP, Pseudonymizer, age_in_years
 from .errors import CDSError, InvalidResourceError, MappingError, NotFHIRError, UnitError
@@ -63,6 +63,7 @@ __all__ = [
     "MappingError",
     "MappingReport",
     "Measurement",
+    "NO_ROW",
     "NotFHIRError",
     "ORACLE_HEALTH",
     "PHYSIONET_COLUMNS",

@@ -26,7 +26,7 @@ from .resources import ensure_resource, parse_datetime
 from .stay import INPATIENT_CLASSES
 from .validation import ValidationIssue, validate_resources
 
-__all__ = ["BundleMapping", "UnmappedCode", "bundle_entries", "map_bundle", "unmapped_reason"]
+__all__ = ["BundleMapping", "NO_ROW", "UnmappedCode", "bundle_entries", "map_bundle", "unmapped_reason"]
 
 NO_ROW = "no row in tables/observation_codes.csv (not one of the 40 variables, or a code to add)"
 
