@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 models=models,
                 pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
                 budget_s=settings.hook_timeout_s,
+                profiles=settings.vendor_profile,
             )
             app.state.cds = AppState(settings, deps, store, Metrics())
             log.info(

@@ -150,6 +150,46 @@ def feedback_export(
     typer.echo(json.dumps({"out": str(out), **asyncio.run(run())}))
 
 
+@app.command("map")
+def map_bundle_command(
+    bundle: Annotated[Path, typer.Option("--bundle", help="a FHIR R4 Bundle (JSON) of one patient")],
+    profile: Annotated[str | None, typer.Option(help="vendor profile: generic, epic, oracle-health (default: from settings)")] = None,
+    encounter: Annotated[str | None, typer.Option(help="Encounter id of the stay (default: the latest inpatient one)")] = None,
+    validate: Annotated[bool, typer.Option(help="validate every resource with fhir.resources first")] = True,
+) -> None:
+    """Print the canonical table of a bundle's stay and the codes left unmapped, with counts and reasons."""
+    import pandas as pd
+
+    from fhir_mappings import PROFILES, Pseudonymizer, map_bundle
+
+    settings = _settings()
+    chosen = PROFILES[profile] if profile else settings.vendor_profile(None)
+    mapped = map_bundle(
+        json.loads(bundle.read_text(encoding="utf-8")),
+        pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
+        profile=chosen,
+        encounter_id=encounter,
+        validate=validate,
+    )
+    report = mapped.report
+    typer.echo(f"profile: {chosen.name}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome entries skipped: {mapped.outcomes}")
+    typer.echo(f"validation issues: {len(mapped.validation)}")
+    for issue in mapped.validation[:20]:
+        typer.echo(f"  {issue}")
+    typer.echo(f"Observations: {report.observations}; measurements: {report.measurements}; per variable: {json.dumps(dict(sorted(report.mapped.items())))}")
+    typer.echo(f"skipped: {json.dumps(dict(sorted(report.skipped.items())))}; unit errors: {json.dumps(dict(sorted(report.unit_errors.items())))}")
+    typer.echo("unmapped codes:")
+    for item in mapped.unmapped():
+        typer.echo(f"  {item.count:6d}  {item.code}  ({item.reason})")
+    if mapped.stay is None:
+        typer.echo("no Encounter in the bundle: no canonical table")
+        return
+    frame = mapped.stay.table.to_frame().dropna(axis=1, how="all")
+    typer.echo(f"canonical table: {len(frame)} ICU hours, pseudonym {mapped.stay.pseudonym}")
+    with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 250):
+        typer.echo(frame.to_string(index=False))
+
+
 def main() -> None:
     app()
 

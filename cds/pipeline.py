@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir_mappings import Pseudonymizer, read_search_page
+from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile, read_search_page
 from hooks import ScoringInput, Service, render_template
 from models import RiskModel
 
@@ -41,6 +41,7 @@ class HookDeps:
     budget_s: float = 2.0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     new_uuid: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
+    profiles: Callable[[str | None, str | None], VendorProfile] = field(default=lambda server, issuer: GENERIC)
 
 
 @dataclass
@@ -165,6 +166,7 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> Ho
             pseudonymizer=deps.pseudonymizer,
             card_uuid=card_uuid,
             source=request.fhirServer or "",
+            profile=deps.profiles(request.fhirServer, None),
         )
     )
     if scored is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fhir_mappings import VendorProfile, select_profile
 from models import DEFAULT_DATA_DIR, DEFAULT_REGISTRY
 
 __all__ = ["Settings", "get_settings"]
@@ -40,6 +41,17 @@ class Settings(BaseSettings):
     fhir_timeout_s: float = 1.5
     fhir_max_pages: int = 20
     log_level: str = "INFO"
+    # EHR vendor profiles (fhir_mappings.profiles): FHIR base URL or JWT issuer prefix -> profile name,
+    # e.g. CDS_EHR_PROFILES='{"https://fhir.example-epic.org/api/FHIR/R4": "epic"}'.
+    ehr_profiles: dict[str, str] = Field(default_factory=dict)
+    ehr_profile_default: str = "generic"
+    accept_preliminary: bool = False  # count `preliminary` Observations (a site's explicit choice)
+
+    def vendor_profile(self, fhir_server: str | None, issuer: str | None = None) -> VendorProfile:
+        """The mapping profile for the EHR behind a request (pure look-up in the settings above)."""
+        return select_profile(
+            fhir_server, issuer, self.ehr_profiles, default=self.ehr_profile_default, accept_preliminary=self.accept_preliminary
+        )
 
     @property
     def sqlite_path(self) -> Path:

@@ -7,13 +7,21 @@ other packages.
 from __future__ import annotations
 
 from .bundle import SearchPage, next_link, read_search_page
+from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .codes import CodeRow, CodeTable, default_code_table
 from .deid import AGE_CAP, Pseudonymizer, age_in_years
 from .errors import CDSError, InvalidResourceError, MappingError, NotFHIRError, UnitError
 from .features import FEATURE_CODE_VERSION, Feature, FeatureSpec, build_features, sepsis_feature_spec
 from .fhir_to_table import MappedStay, PatientRecord, to_canonical
-from .observations import MappingReport, Measurement, measurements_from_observation, observation_time
-from .profiles import GENERIC, VendorProfile
+from .observations import (
+    MappingReport,
+    Measurement,
+    measurements_from_observation,
+    observation_time,
+    safe_token,
+    scan_observation,
+)
+from .profiles import EPIC, GENERIC, ORACLE_HEALTH, PROFILES, VendorProfile, observation_queries, select_profile
 from .resources import ensure_resource, parse_date, parse_datetime, reference_id
 from .stay import INPATIENT_CLASSES, IcuClock, icu_clock, select_encounter
 from .table import CanonicalTable
@@ -29,10 +37,12 @@ from .variables import (
     Variable,
     variable,
 )
+from .validation import ValidationIssue, validate_resource, validate_resources
 from .writeback import build_provenance, build_risk_assessment, provenance_id
 
 __all__ = [
     "AGE_CAP",
+    "BundleMapping",
     "CANONICAL_COLUMNS",
     "CDSError",
     "CLINICAL_VARIABLES",
@@ -40,6 +50,7 @@ __all__ = [
     "CodeRow",
     "CodeTable",
     "Conversion",
+    "EPIC",
     "FEATURE_CODE_VERSION",
     "Feature",
     "FeatureSpec",
@@ -52,8 +63,11 @@ __all__ = [
     "MappingError",
     "MappingReport",
     "Measurement",
+    "NO_ROW",
     "NotFHIRError",
+    "ORACLE_HEALTH",
     "PHYSIONET_COLUMNS",
+    "PROFILES",
     "PatientRecord",
     "Pseudonymizer",
     "STATIC_VARIABLES",
@@ -61,20 +75,25 @@ __all__ = [
     "TabularTable",
     "UnitError",
     "UnitTable",
+    "UnmappedCode",
     "VARIABLES",
     "VITAL_VARIABLES",
+    "ValidationIssue",
     "Variable",
     "VendorProfile",
     "age_in_years",
     "build_features",
     "build_provenance",
     "build_risk_assessment",
+    "bundle_entries",
     "default_code_table",
     "default_unit_table",
     "ensure_resource",
     "icu_clock",
+    "map_bundle",
     "measurements_from_observation",
     "next_link",
+    "observation_queries",
     "observation_time",
     "parse_date",
     "parse_datetime",
@@ -82,8 +101,14 @@ __all__ = [
     "provenance_id",
     "read_search_page",
     "reference_id",
+    "safe_token",
+    "scan_observation",
     "select_encounter",
+    "select_profile",
     "sepsis_feature_spec",
     "to_canonical",
+    "unmapped_reason",
+    "validate_resource",
+    "validate_resources",
     "variable",
 ]

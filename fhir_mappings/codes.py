@@ -16,6 +16,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from .variables import CLINICAL_VARIABLES
 
@@ -38,6 +39,7 @@ class CodeTable:
     def __init__(self, rows: Iterable[CodeRow]) -> None:
         self.rows = tuple(rows)
         self._index: dict[tuple[str, str], list[CodeRow]] = {}
+        self._lookup_cache: dict[tuple[tuple[Any, Any], ...], str | None] = {}
         for row in self.rows:
             if row.variable not in CLINICAL_VARIABLES:
                 raise ValueError(f"observation code table names unknown variable {row.variable!r}")
@@ -60,7 +62,27 @@ class CodeTable:
     def extended(self, rows: Iterable[CodeRow]) -> CodeTable:
         return CodeTable((*self.rows, *rows))
 
-    def match(self, codings: Iterable[tuple[str, str]], categories: frozenset[str]) -> str | None:
+    # `lookup` answers this when the Observation's categories decide (see `match`).
+    BY_CATEGORY = "<by-category>"
+
+    def lookup(self, codings: tuple[tuple[Any, Any], ...]) -> str | None:
+        """The variable these (system, code) pairs mean regardless of category, None, or
+        `BY_CATEGORY`. Memoised: an EHR sends the same few codings over and over."""
+        try:
+            return self._lookup_cache[codings]
+        except KeyError:
+            pass
+        rows = [row for key in codings for row in self._index.get(key, ())]
+        found: str | None
+        if any(row.category is not None for row in rows):
+            found = self.BY_CATEGORY
+        else:
+            found = min(rows, key=lambda r: r.priority).variable if rows else None
+        if len(self._lookup_cache) < 50_000:
+            self._lookup_cache[codings] = found
+        return found
+
+    def match(self, codings: Iterable[tuple[Any, Any]], categories: frozenset[str]) -> str | None:
         """The variable that these (system, code) pairs mean, or None."""
         best: CodeRow | None = None
         for key in codings:

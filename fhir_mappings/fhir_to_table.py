@@ -7,7 +7,7 @@ hours relative to the ICU start, nothing else about the person.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,7 +16,7 @@ import numpy as np
 
 from .deid import Pseudonymizer, age_in_years
 from .errors import MappingError
-from .observations import MappingReport, measurements_from_observation
+from .observations import MappingReport, scan_observation
 from .profiles import GENERIC, VendorProfile
 from .resources import ensure_resource, parse_date, reference_id
 from .stay import icu_clock
@@ -48,6 +48,26 @@ class MappedStay:
     report: MappingReport
 
 
+def _subject_matcher(patient_id: str) -> Callable[[Any], bool]:
+    """Whether an Observation.subject reference names this patient (memoised per reference)."""
+    seen: dict[Any, bool] = {}
+
+    def own(subject: Any) -> bool:
+        ref = subject.get("reference") if type(subject) is dict or isinstance(subject, Mapping) else None
+        try:
+            return seen[ref]
+        except KeyError:
+            pass
+        except TypeError:
+            return False
+        rid = reference_id(subject, "Patient")
+        answer = rid is None or rid == patient_id
+        seen[ref] = answer
+        return answer
+
+    return own
+
+
 def to_canonical(
     record: PatientRecord,
     *,
@@ -77,30 +97,39 @@ def to_canonical(
     values[:, [_COL[c] for c in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")]] = static
 
     report = MappingReport()
-    latest: dict[tuple[int, str], tuple[datetime, tuple[str, int], float]] = {}
-    window_start = clock.window_start
-    for i, obs in enumerate(record.observations):
-        if not isinstance(obs, Mapping) or obs.get("resourceType") != "Observation":
-            report.skipped["not-an-observation"] += 1
-            continue
-        subject = reference_id(obs.get("subject"), "Patient")
-        if subject is not None and subject != record.patient_id:
+    found: list[tuple[Any, ...]] = []
+    own = _subject_matcher(record.patient_id)
+    for obs in record.observations:
+        if type(obs) is not dict or obs.get("resourceType") != "Observation":
+            if not isinstance(obs, Mapping) or obs.get("resourceType") != "Observation":
+                report.skipped["not-an-observation"] += 1
+                continue
+        subject = obs.get("subject")
+        if subject is not None and not own(subject):
             report.skipped["other-patient"] += 1
             continue
-        for m in measurements_from_observation(obs, profile, report):
-            if m.time > as_of:
-                report.skipped["after-now"] += 1
-                continue
-            if m.time < window_start:
-                report.skipped["before-stay"] += 1
-                continue
-            key = (clock.hour_of(m.time), m.variable)
-            rank = (m.time, m.order, m.value)
-            kept = latest.get(key)
-            if kept is None or rank > kept:
-                latest[key] = rank
-    for (hour, var), (_, _, value) in latest.items():
-        values[hour - 1, _COL[var]] = value
+        scan_observation(obs, profile, report, found)
+
+    # The latest value of each variable in each ICU hour (ties: resource id, component, value).
+    now_ts = as_of.timestamp()
+    start_ts = clock.icu_start.timestamp()
+    window_ts = clock.window_start.timestamp()
+    latest: dict[tuple[int, str], tuple[Any, ...]] = {}
+    for m in found:
+        ts = m[0]
+        if ts > now_ts:
+            report.skipped["after-now"] += 1
+            continue
+        if ts < window_ts:
+            report.skipped["before-stay"] += 1
+            continue
+        hour = math.ceil((ts - start_ts) / 3600.0)
+        key = (hour if hour > 1 else 1, m[1])
+        kept = latest.get(key)
+        if kept is None or (ts, m[3], m[4], m[2]) > (kept[0], kept[3], kept[4], kept[2]):
+            latest[key] = m
+    for (hour, var), m in latest.items():
+        values[hour - 1, _COL[var]] = m[2]
 
     pseudonym = pseudonymizer.pseudonym("Patient", record.patient_id, source=source)
     table = CanonicalTable(

@@ -1,13 +1,28 @@
 """Observation -> canonical measurements (time, variable, value in the canonical unit).
 
-One Observation can give several measurements: a blood-pressure panel gives SBP and DBP from its
-components. What cannot be used is counted by reason in a `MappingReport`, never silently
-dropped and never guessed.
+One Observation can give several measurements: a blood-pressure panel (85354-9, or Synthea's
+55284-4) gives SBP and DBP from its components. What cannot be used is counted by reason in a
+`MappingReport`, never silently dropped and never guessed:
+
+- status not in the profile's valid statuses (final, amended, corrected; preliminary only when a
+  profile says so) -> `status:<status>`;
+- no usable time -> `no-time` / `bad-time`; effective[x] (dateTime, instant, a period's end, else
+  its start) is when the value was true, `issued` is used only when effective[x] is absent;
+- `dataAbsentReason` -> `data-absent`; valueString / valueCodeableConcept / a non-number ->
+  `non-numeric`; a quantity with a comparator (`<0.01`) -> `comparator` (a limit, not a value);
+- a unit the profile's unit table cannot convert -> `unit_errors["<variable>|<unit>"]`;
+- a code no table row maps -> `unmapped_codes["<system>|<code>"]`.
+
+Speed: this is the hot path of every hook call (~700 Observations), so it reads plain JSON dicts
+with a few `get`s, and memoises the three things that repeat across Observations: parsed
+timestamps, (codings, categories) -> variable, and (variable, unit) -> conversion. Malformed
+resources (a field of the wrong JSON type) are counted as `malformed`, never raised.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,11 +31,26 @@ from typing import Any
 
 from .errors import MappingError
 from .profiles import VendorProfile
-from .resources import categories, codings, parse_datetime
+from .resources import parse_datetime
 
 __all__ = ["MappingReport", "Measurement", "measurements_from_observation", "observation_time"]
 
 UCUM = "http://unitsofmeasure.org"
+_NON_NUMERIC = ("valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio")
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/\[\]{}%*^+\-]{1,80}$")
+_TIME_CACHE: dict[str, tuple[datetime, float]] = {}
+_TIME_CACHE_MAX = 200_000
+
+
+def safe_token(text: Any) -> str:
+    """A code, system or unit as it may appear in reports and logs: free text is never echoed.
+
+    Codes and units are short tokens; anything else (spaces, long strings) could be a name or a
+    note put in the wrong field, so it is replaced by a marker.
+    """
+    if isinstance(text, str) and _SAFE_TOKEN.match(text):
+        return text
+    return "<none>" if text is None or text == "" else "<free-text>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +70,7 @@ class MappingReport:
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     unmapped_codes: Counter[str] = field(default_factory=Counter)  # "system|code" -> count
     unit_errors: Counter[str] = field(default_factory=Counter)  # "variable|unit" -> count
+    mapped: Counter[str] = field(default_factory=Counter)  # variable -> measurements
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,83 +81,172 @@ class MappingReport:
             "unit_errors": dict(self.unit_errors),
         }
 
+    def merge(self, other: MappingReport) -> None:
+        self.observations += other.observations
+        self.measurements += other.measurements
+        self.skipped.update(other.skipped)
+        self.unmapped_codes.update(other.unmapped_codes)
+        self.unit_errors.update(other.unit_errors)
+        self.mapped.update(other.mapped)
 
-def observation_time(obs: Mapping[str, Any]) -> datetime | None:
-    """When the value was true: effective[x] (a period's end, when it is known), else `issued`."""
-    if "effectiveDateTime" in obs:
-        return parse_datetime(obs["effectiveDateTime"], "Observation.effectiveDateTime")
-    if "effectiveInstant" in obs:
-        return parse_datetime(obs["effectiveInstant"], "Observation.effectiveInstant")
+
+def _parse_time(text: Any, path: str) -> tuple[datetime, float]:
+    got = _TIME_CACHE.get(text) if isinstance(text, str) else None
+    if got is None:
+        when = parse_datetime(text, path)
+        got = (when, when.timestamp())
+        if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
+            _TIME_CACHE.clear()
+        _TIME_CACHE[text] = got
+    return got
+
+
+def _time(obs: Mapping[str, Any]) -> tuple[datetime, float] | None:
+    text = obs.get("effectiveDateTime")
+    if text is not None:
+        return _parse_time(text, "Observation.effectiveDateTime")
+    text = obs.get("effectiveInstant")
+    if text is not None:
+        return _parse_time(text, "Observation.effectiveInstant")
     period = obs.get("effectivePeriod")
     if isinstance(period, Mapping):
         for key in ("end", "start"):
             if period.get(key):
-                return parse_datetime(period[key], f"Observation.effectivePeriod.{key}")
+                return _parse_time(period[key], f"Observation.effectivePeriod.{key}")
     if obs.get("issued"):
-        return parse_datetime(obs["issued"], "Observation.issued")
+        return _parse_time(obs["issued"], "Observation.issued")
     return None
 
 
-def _quantity(element: Mapping[str, Any]) -> tuple[float, str | None] | str:
+def observation_time(obs: Mapping[str, Any]) -> datetime | None:
+    """When the value was true: effective[x] (a period's end, when it is known), else `issued`."""
+    got = _time(obs)
+    return got[0] if got is not None else None
+
+
+def _coding_key(concept: Any) -> tuple[tuple[Any, Any], ...]:
+    codings = concept.get("coding") if type(concept) is dict or isinstance(concept, Mapping) else None
+    if not codings:
+        return ()
+    if len(codings) == 1:
+        c = codings[0]
+        return ((c.get("system"), c.get("code")),)
+    return tuple((c.get("system"), c.get("code")) for c in codings)
+
+
+def _category_codes(obs: Mapping[str, Any]) -> frozenset[str]:
+    found: set[str] = set()
+    for concept in obs.get("category") or ():
+        for c in concept.get("coding") or ():
+            code = c.get("code")
+            if isinstance(code, str):
+                found.add(code)
+    return frozenset(found)
+
+
+def _value(part: Mapping[str, Any]) -> tuple[float, Any] | str:
     """(value, unit) or a skip reason."""
-    if "dataAbsentReason" in element and "valueQuantity" not in element:
-        return "data-absent"
-    q = element.get("valueQuantity")
-    if not isinstance(q, Mapping):
-        return "no-quantity"
+    q = part.get("valueQuantity")
+    if q is None:
+        if "dataAbsentReason" in part:
+            return "data-absent"
+        if any(k in part for k in _NON_NUMERIC):
+            return "non-numeric"
+        return "no-value"
     value = q.get("value")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    kind = type(value)
+    if kind is not float and kind is not int and (kind is bool or not isinstance(value, int | float)):
+        return "non-numeric"  # a string, a bool, null (numpy numbers from our own converters pass)
+    if kind is not int and not math.isfinite(value):
         return "non-numeric"
-    unit = q.get("code") if q.get("system") == UCUM and isinstance(q.get("code"), str) else None
+    if q.get("comparator") is not None:
+        return "comparator"
+    unit = q.get("code") if q.get("system") == UCUM else None
     if unit is None:
-        unit = q.get("unit") if isinstance(q.get("unit"), str) else q.get("code")
-    return float(value), unit if isinstance(unit, str) else None
+        unit = q.get("unit")
+        if unit is None:
+            unit = q.get("code")
+    return float(value), unit
+
+
+def scan_observation(
+    obs: Mapping[str, Any], profile: VendorProfile, report: MappingReport, out: list[tuple[Any, ...]]
+) -> None:
+    """Append (timestamp, variable, value, resource id, component index, datetime) for each
+    usable value of one Observation to `out`; count everything else in `report`."""
+    report.observations += 1
+    try:
+        status = obs.get("status")
+        if status not in profile.valid_statuses:
+            report.skipped[f"status:{safe_token(status)}"] += 1
+            return
+        try:
+            when = _time(obs)
+        except MappingError:
+            report.skipped["bad-time"] += 1
+            return
+        if when is None:
+            report.skipped["no-time"] += 1
+            return
+        codes = profile.codes
+        units = profile.units
+        rid = obs.get("id")
+        if not isinstance(rid, str):
+            rid = ""
+        key = _coding_key(obs.get("code"))
+        var = codes.lookup(key)
+        if var is codes.BY_CATEGORY:
+            var = codes.match(key, _category_codes(obs))
+        components = obs.get("component")
+        found = 0
+        if var is not None:
+            found = 1
+            _emit(obs, var, -1, when, rid, units, report, out)
+        if components:
+            # Panels (blood pressure) and US Core pulse oximetry (FiO2 as a component).
+            for index, part in enumerate(components):
+                ckey = _coding_key(part.get("code"))
+                cvar = codes.lookup(ckey)
+                if cvar is codes.BY_CATEGORY:
+                    cvar = codes.match(ckey, _category_codes(obs))
+                if cvar is not None:
+                    found += 1
+                    _emit(part, cvar, index, when, rid, units, report, out)
+        if not found:
+            system, code = key[0] if key else (None, None)
+            report.unmapped_codes[f"{safe_token(system)}|{safe_token(code)}"] += 1
+    except (AttributeError, TypeError, KeyError, IndexError):
+        report.skipped["malformed"] += 1
+
+
+def _emit(
+    part: Mapping[str, Any],
+    var: str,
+    index: int,
+    when: tuple[datetime, float],
+    rid: str,
+    units: Any,
+    report: MappingReport,
+    out: list[tuple[Any, ...]],
+) -> None:
+    got = _value(part)
+    if type(got) is str:
+        report.skipped[got] += 1
+        return
+    value, unit = got  # type: ignore[misc]
+    conversion = units.lookup(var, unit)
+    if conversion is None:
+        report.unit_errors[f"{var}|{safe_token(unit)}"] += 1
+        return
+    factor, offset = conversion
+    out.append((when[1], var, value * factor + offset if offset or factor != 1.0 else value, rid, index, when[0]))
+    report.measurements += 1
+    report.mapped[var] += 1
 
 
 def measurements_from_observation(
     obs: Mapping[str, Any], profile: VendorProfile, report: MappingReport
 ) -> list[Measurement]:
-    report.observations += 1
-    status = obs.get("status")
-    if status not in profile.valid_statuses:
-        report.skipped[f"status:{status}"] += 1
-        return []
-    try:
-        when = observation_time(obs)
-    except MappingError:
-        report.skipped["bad-time"] += 1
-        return []
-    if when is None:
-        report.skipped["no-time"] += 1
-        return []
-    cats = categories(obs)
-    rid = obs.get("id") if isinstance(obs.get("id"), str) else ""
-    out: list[Measurement] = []
-    parts: list[tuple[int, Mapping[str, Any]]] = [(-1, obs)]
-    parts += [(i, c) for i, c in enumerate(obs.get("component") or ()) if isinstance(c, Mapping)]
-    any_mapped = False
-    for index, part in parts:
-        codes = list(codings(part.get("code")))
-        var = profile.codes.match(codes, cats)
-        if var is None:
-            if index == -1 and not parts[1:]:
-                for system, code in codes[:1]:
-                    report.unmapped_codes[f"{system}|{code}"] += 1
-            continue
-        any_mapped = True
-        got = _quantity(part)
-        if isinstance(got, str):
-            report.skipped[got] += 1
-            continue
-        value, unit = got
-        try:
-            conversion = profile.units.conversion(var, unit)
-        except MappingError:
-            report.unit_errors[f"{var}|{unit}"] += 1
-            continue
-        out.append(Measurement(when, var, conversion.apply(value), (rid, index)))
-    if not any_mapped and parts[1:]:
-        for system, code in list(codings(obs.get("code")))[:1]:
-            report.unmapped_codes[f"{system}|{code}"] += 1
-    report.measurements += len(out)
-    return out
+    out: list[tuple[Any, ...]] = []
+    scan_observation(obs, profile, report, out)
+    return [Measurement(dt, var, value, (rid, index)) for _, var, value, rid, index, dt in out]

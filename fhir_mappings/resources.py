@@ -1,7 +1,7 @@
 """Narrow, typed readers for the few FHIR R4 fields the mapping needs.
 
 The hot path reads plain JSON dicts and checks each field it touches, instead of building full
-pydantic models of every resource (see `validate.py` for full validation where it is worth it).
+pydantic models of every resource (see `validation.py` for full validation, which runs off the hot path).
 Every problem names a dotted FHIR path and never the value itself.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from .errors import UnitError
 from .variables import variable
@@ -38,6 +39,7 @@ class UnitTable:
         self.aliases = aliases
         self._folded = {k.casefold(): v for k, v in aliases.items()}
         self._cache: dict[tuple[str, str], Conversion | None] = {}
+        self._fast: dict[tuple[str, Any], tuple[float, float] | None] = {}
 
     @classmethod
     def from_csv(cls, units_text: str, aliases_text: str) -> UnitTable:
@@ -61,6 +63,19 @@ class UnitTable:
         if found is None:
             raise UnitError(f"unit {unit!r} cannot be converted to {variable(var).unit!r} for {var}")
         return found
+
+    def lookup(self, var: str, unit: Any) -> tuple[float, float] | None:
+        """(factor, offset) for the hot path, or None when the unit cannot be converted."""
+        key = (var, unit)
+        try:
+            return self._fast[key]
+        except KeyError:
+            pass
+        found = self._find(var, unit) if unit is None or isinstance(unit, str) else None
+        pair = (found.factor, found.offset) if found is not None else None
+        if len(self._fast) < 10_000:
+            self._fast[key] = pair
+        return pair
 
     def _find(self, var: str, unit: str | None) -> Conversion | None:
         canonical = variable(var).unit

@@ -72,7 +72,7 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
         observations=list(observations.values()),
         locations=locations,
     )
-    stay = to_canonical(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source)
+    stay = to_canonical(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source, profile=inp.profile)
     model = inp.model
     row = build_features(stay.table, model.spec)[-1:]
     probability = float(model.predict(row)[0])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fhir_mappings import Pseudonymizer
+from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile
 from models import RiskModel
 
 __all__ = ["Fetched", "OverrideReason", "ScoredCard", "ScoringInput", "Service"]
@@ -36,6 +36,7 @@ class ScoringInput:
     pseudonymizer: Pseudonymizer
     card_uuid: str
     source: str  # the FHIR base the data came from (scopes pseudonyms)
+    profile: VendorProfile = GENERIC  # the EHR's mapping profile (codes, ICU locations, statuses)
 
 
 @dataclass(frozen=True)

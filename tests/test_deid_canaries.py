@@ -1,0 +1,139 @@
+"""HIPAA Safe Harbor, end to end: resources full of canary identifiers go through the whole
+service over HTTP, and none of them comes out in features, cards, stores (SQLite file, Redis keys
+and values), exports (`cds feedback export`), JSON logs or /metrics."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cds import Settings, create_app
+from cds.logs import JsonFormatter
+from demo_ehr import StayResources, patient_view_request, serve_in_thread
+from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical
+from tests.cds.helpers import feedback, synthetic_stay
+
+KEY = "canary-key-0123456789abcdef"
+PID = "CANARYPID7731"
+CANARIES = [
+    PID, "Zebulon", "Quackenbush", "MRN88442211", "999-12-3456", "42 Wallaby Way", "Springfieldia", "555-0199",
+    "zq.canary@example.org", "1951-04-17", "CANARYNARRATIVE", "CANARYNOTE", "CANARYDOC991", "CANARYFREETEXT",
+]
+
+
+def _canary_stay() -> StayResources:
+    stay = synthetic_stay(hours=20)
+    text = json.dumps(stay.all()).replace(stay.patient_id, PID)
+    patient, encounter, location, *observations = json.loads(text)
+    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zebulon Quackenbush CANARYNARRATIVE</div>'}
+    patient.update(
+        name=[{"family": "Quackenbush", "given": ["Zebulon"]}],
+        identifier=[{"system": "urn:mrn", "value": "MRN88442211"}, {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"}],
+        address=[{"line": ["42 Wallaby Way"], "city": "Springfieldia"}],
+        telecom=[{"system": "phone", "value": "555-0199"}, {"system": "email", "value": "zq.canary@example.org"}],
+        birthDate="1951-04-17",
+        text=narrative,
+    )
+    encounter.update(text=narrative, identifier=[{"value": "MRN88442211"}])
+    encounter["location"][0]["location"]["display"] += " (Zebulon Quackenbush)"
+    for obs in observations:
+        obs["subject"]["display"] = "Zebulon Quackenbush"
+        obs["note"] = [{"text": "CANARYNOTE called 555-0199"}]
+        obs["performer"] = [{"reference": "Practitioner/CANARYDOC991", "display": "Dr Quackenbush"}]
+    single = next(o for o in observations if "valueQuantity" in o and "component" not in o)
+    free = json.loads(json.dumps(single))
+    free.update(id="free-text", code={"coding": [{"system": "urn:local", "code": "Zebulon Quackenbush"}], "text": "CANARYFREETEXT"})
+    free.pop("valueQuantity", None)
+    free["valueString"] = "CANARYFREETEXT Zebulon"
+    odd_unit = json.loads(json.dumps(single))
+    odd_unit.update(id="odd-unit")
+    odd_unit["valueQuantity"] = {"value": 80, "unit": "MRN88442211 Quackenbush"}
+    return StayResources(patient, encounter, location, [*observations, free, odd_unit])
+
+
+def _leaks(blob: str) -> list[str]:
+    return [c for c in CANARIES if c in blob]
+
+
+def _redis_dump(url: str, prefix: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    parts = []
+    for key in client.scan_iter(match=prefix + "*"):
+        kind = client.type(key)
+        value = {
+            "string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+            "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+        }.get(kind, lambda k: "")(key)
+        parts.append(f"{key}={value}")
+    assert parts, "nothing was stored in Redis"
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_no_canary_identifier_leaves_the_service(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    extra = {}
+    if backend == "redis":
+        extra = {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key=KEY, **extra)
+    stay = _canary_stay()
+
+    # Features: the canonical table and the feature rows computed from the same resources.
+    record = PatientRecord(PID, stay.patient, stay.encounter, stay.observations, {})
+    mapped = to_canonical(record, as_of=datetime.now(UTC), pseudonymizer=Pseudonymizer(KEY.encode()))
+    features = build_features(mapped.table, sepsis_feature_spec())
+    assert not _leaks(mapped.table.to_frame().to_string() + repr(features.tolist()) + json.dumps(mapped.report.as_dict()))
+    assert mapped.table.column("Age")[0] == 75  # the birth date was read, and only the age leaves
+
+    logs = io.StringIO()
+    handler = logging.StreamHandler(logs)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        with serve_in_thread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+            body = patient_view_request(stay, user="Practitioner/CANARYDOC991")
+            response = client.post("/cds-services/sepsis-risk", json=body)
+            assert response.status_code == 200, response.text
+            card = response.json()["cards"][0]
+            done = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [feedback(card["uuid"], "accepted")]})
+            assert done.status_code == 200
+            metrics = client.get("/metrics").text
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+    assert not _leaks(response.text), "card"
+    assert not _leaks(metrics), "metrics"
+    log_text = logs.getvalue()
+    assert "hook answered" in log_text
+    assert not _leaks(log_text), "logs"
+    assert KEY not in log_text
+
+    if backend == "sqlite":
+        stored = settings.sqlite_path.read_bytes().decode("latin-1")
+        assert card["uuid"] in stored
+    else:
+        stored = _redis_dump(settings.redis_url, settings.redis_prefix)
+    assert not _leaks(stored), "store"
+
+    env = {**os.environ, "CDS_VAR_DIR": str(settings.var_dir), "CDS_PSEUDONYM_KEY": KEY, "CDS_REDIS_PREFIX": settings.redis_prefix}
+    if settings.redis_url:
+        env["CDS_REDIS_URL"] = settings.redis_url
+    out = tmp_path / "export"
+    subprocess.run([sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True, timeout=120)
+    exported = "".join(p.read_text() for p in out.glob("*.ndjson"))
+    assert card["uuid"] in exported
+    assert not _leaks(exported), "export"
