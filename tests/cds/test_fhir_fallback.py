@@ -76,7 +76,8 @@ def test_next_links_to_another_host_are_not_followed(cds_server, ehr: DemoFhirSe
 
 
 def test_a_hung_fhir_server_does_not_hold_the_answer(tmp_path, ehr: DemoFhirServer, ehr_server) -> None:
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=0.5, fhir_timeout_s=10)
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=0.5, fhir_timeout_s=10,
+                        auth_disabled_for_local_demo=True)
     ehr.delay_s = 5.0
     stay = synthetic_stay()
     ehr.add(stay.all())

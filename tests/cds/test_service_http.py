@@ -12,9 +12,14 @@ from tests.cds.helpers import feedback, no_empty_values, synthetic_stay
 
 
 @pytest.fixture
-def client(cds_server) -> httpx.Client:
-    with httpx.Client(base_url=cds_server.url, timeout=10) as c:
-        yield c
+def client(ehr_client: httpx.Client) -> httpx.Client:
+    """Every call here is authenticated as the loopback test EHR (ES384 JWT per request)."""
+    return ehr_client
+
+
+@pytest.fixture
+def settings(secure_settings):
+    return secure_settings
 
 
 def call(client: httpx.Client, body: dict) -> httpx.Response:
@@ -68,7 +73,7 @@ def test_hook_call_answers_with_an_explained_card(client: httpx.Client) -> None:
         (lambda b: [b], 400),
     ],
 )
-def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: httpx.Client, cds_server, settings, mutate, status: int) -> None:
+def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: httpx.Client, settings, mutate, status: int) -> None:
     body = mutate(patient_view_request(synthetic_stay()))
     if isinstance(body, str):
         response = client.post("/cds-services/sepsis-risk", content=body, headers={"content-type": "application/json"})
