@@ -167,7 +167,6 @@ class JwksCache:
         text = response.text
         _parse(text)  # refuse to cache something unusable
         await self.backend.put(url, text, self.ttl_s)
-        await self.backend.claim_refresh(url, self.min_refresh_s)  # a fresh download counts as the refresh
         return text
 
     def _remember(self, url: str, text: str) -> dict[str, PublicKey]:
