@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_mappings import Pseudonymizer, read_search_page
-from hooks import ScoringInput, Service, render_template
+from hooks import ScoringInput, Service, explanation_link, render_template
 from models import RiskModel
 
 from .errors import BadRequest, FHIRServerError, FHIRTimeout, ModelNotFound, PreconditionFailed, StoreError
@@ -136,7 +136,8 @@ async def _fetch(
     counts["fetched"] += len(needs)
 
 
-async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> HookOutcome:
+async def run_hook(service: Service, request: HookRequest, deps: HookDeps, *, launch_url: str | None = None) -> HookOutcome:
+    """`launch_url`: our explanation app's SMART launch URL; each card then links to it."""
     started = time.perf_counter()
     if request.hook not in service.hooks:
         raise BadRequest(f"service {service.id} does not answer hook {request.hook!r}")
@@ -169,6 +170,10 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> Ho
     )
     if scored is None:
         return HookOutcome({"cards": []}, "not-applicable", counts)
+    card = scored.card
+    if launch_url:
+        link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)
+        card = {**card, "links": [*card.get("links", ()), link]}
 
     remaining = max(0.05, deps.budget_s - (time.perf_counter() - started))
     reason = "card"
@@ -180,5 +185,5 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> Ho
     except (TimeoutError, StoreError):
         # The advice still goes out; feedback for this card will be refused as unknown.
         reason = "card-unrecorded"
-    return HookOutcome({"cards": [scored.card]}, reason, {**counts, **scored.log})
+    return HookOutcome({"cards": [card]}, reason, {**counts, **scored.log})
 

@@ -101,6 +101,8 @@ class FeedbackItem(BaseModel):
             raise ValueError("overrideReason is only for overridden outcomes")
         if self.outcome == "overridden" and self.acceptedSuggestions:
             raise ValueError("acceptedSuggestions is only for accepted outcomes")
+        if self.outcome == "accepted" and not self.acceptedSuggestions:
+            raise ValueError("acceptedSuggestions is required for accepted outcomes")
         return self
 
 
