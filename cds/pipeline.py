@@ -39,6 +39,9 @@ class HookDeps:
     models: Mapping[str, RiskModel]
     pseudonymizer: Pseudonymizer
     budget_s: float = 2.0
+    # Kept back from the FHIR part of the budget for scoring, the store and the reply, so a hung
+    # EHR never pushes the answer past `budget_s`.
+    reserve_s: float = 0.15
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     new_uuid: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
 
@@ -149,7 +152,7 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps, *, la
         raise ModelNotFound(f"no {service.model_name} model is loaded")
 
     try:
-        async with asyncio.timeout(deps.budget_s):
+        async with asyncio.timeout(max(0.05, deps.budget_s - min(deps.reserve_s, deps.budget_s / 4))):
             fetched, counts = await _gather(service, request, deps)
     except (TimeoutError, FHIRTimeout):
         return HookOutcome({"cards": []}, "fhir-timeout")
