@@ -99,3 +99,13 @@ def test_a_failing_fhir_server_is_412(cds_server, ehr: DemoFhirServer, ehr_serve
     response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
     assert response.status_code == 412
     assert str(status) in response.json()["issue"][0]["diagnostics"]
+
+
+def test_null_prefetch_means_no_such_resource_and_is_not_fetched(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    body = patient_view_request(stay, fhir_server=ehr_server.url, access_token=ehr.token)
+    body["prefetch"]["patient"] = None  # the EHR has no such Patient (CDS Hooks 2.0: null)
+    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 200 and response.json()["cards"]
+    assert ehr.seen == []
