@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .app import AppState, create_app
+from .auth import AuthFailure, Caller, CallerVerifier
 from .errors import (
     BadRequest,
     CDSError,
@@ -16,14 +17,19 @@ from .errors import (
     status_for,
 )
 from .fhir_client import FhirClient
+from .jwks import JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .pipeline import HookDeps, HookOutcome, run_hook
-from .settings import Settings, get_settings
+from .replay import RedisReplayStore, ReplayStore, SQLiteReplayStore, replay_key
+from .settings import Settings, TrustedIssuer, get_settings
 from .stores import CardRecord, FeedbackRecord, RecordStore, RedisStore, SQLiteStore, open_store
 
 __all__ = [
     "AppState",
+    "AuthFailure",
     "BadRequest",
     "CDSError",
+    "Caller",
+    "CallerVerifier",
     "CardRecord",
     "FHIRServerError",
     "FHIRTimeout",
@@ -31,18 +37,26 @@ __all__ = [
     "FhirClient",
     "HookDeps",
     "HookOutcome",
+    "JwksCache",
+    "MemoryJwksBackend",
     "PreconditionFailed",
     "RecordStore",
+    "RedisJwksBackend",
+    "RedisReplayStore",
     "RedisStore",
+    "ReplayStore",
+    "SQLiteReplayStore",
     "SQLiteStore",
     "ServiceNotFound",
     "Settings",
     "StoreError",
+    "TrustedIssuer",
     "Unauthorized",
     "UnknownCard",
     "create_app",
     "get_settings",
     "open_store",
+    "replay_key",
     "run_hook",
     "status_for",
 ]

@@ -18,6 +18,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.calls: Counter[tuple[str, str]] = Counter()  # (service, reason)
         self.feedback: Counter[tuple[str, str]] = Counter()  # (service, status)
+        self.auth_failures: Counter[str] = Counter()  # reason code
         self._hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
         self._sum: Counter[str] = Counter()
 
@@ -35,6 +36,10 @@ class Metrics:
         with self._lock:
             self.feedback[(service, status)] += 1
 
+    def auth_failure(self, reason: str) -> None:
+        with self._lock:
+            self.auth_failures[reason] += 1
+
     def render(self) -> str:
         lines = ["# TYPE cds_hook_calls_total counter"]
         with self._lock:
@@ -50,4 +55,7 @@ class Metrics:
             lines.append("# TYPE cds_feedback_items_total counter")
             for (service, status), n in sorted(self.feedback.items()):
                 lines.append(f'cds_feedback_items_total{{service="{service}",status="{status}"}} {n}')
+            lines.append("# TYPE cds_auth_failures_total counter")
+            for reason, n in sorted(self.auth_failures.items()):
+                lines.append(f'cds_auth_failures_total{{reason="{reason}"}} {n}')
         return "\n".join(lines) + "\n"

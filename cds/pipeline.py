@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile, read_search_page
-from hooks import ScoringInput, Service, render_template
+from hooks import ScoringInput, Service, explanation_link, render_template
 from models import RiskModel
 
 from .errors import BadRequest, FHIRServerError, FHIRTimeout, ModelNotFound, PreconditionFailed, StoreError
@@ -39,6 +39,9 @@ class HookDeps:
     models: Mapping[str, RiskModel]
     pseudonymizer: Pseudonymizer
     budget_s: float = 2.0
+    # Kept back from the FHIR part of the budget for scoring, the store and the reply, so a hung
+    # EHR never pushes the answer past `budget_s`.
+    reserve_s: float = 0.15
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     new_uuid: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
     profiles: Callable[[str | None, str | None], VendorProfile] = field(default=lambda server, issuer: GENERIC)
@@ -137,7 +140,11 @@ async def _fetch(
     counts["fetched"] += len(needs)
 
 
-async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> HookOutcome:
+async def run_hook(
+    service: Service, request: HookRequest, deps: HookDeps, *, launch_url: str | None = None, issuer: str | None = None
+) -> HookOutcome:
+    """`launch_url`: our explanation app's SMART launch URL; each card then links to it. `issuer`: the
+    verified JWT `iss` of the calling EHR, which (with `fhirServer`) selects its vendor profile."""
     started = time.perf_counter()
     if request.hook not in service.hooks:
         raise BadRequest(f"service {service.id} does not answer hook {request.hook!r}")
@@ -149,7 +156,7 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> Ho
         raise ModelNotFound(f"no {service.model_name} model is loaded")
 
     try:
-        async with asyncio.timeout(deps.budget_s):
+        async with asyncio.timeout(max(0.05, deps.budget_s - min(deps.reserve_s, deps.budget_s / 4))):
             fetched, counts = await _gather(service, request, deps)
     except (TimeoutError, FHIRTimeout):
         return HookOutcome({"cards": []}, "fhir-timeout")
@@ -166,11 +173,15 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> Ho
             pseudonymizer=deps.pseudonymizer,
             card_uuid=card_uuid,
             source=request.fhirServer or "",
-            profile=deps.profiles(request.fhirServer, None),
+            profile=deps.profiles(request.fhirServer, issuer),
         )
     )
     if scored is None:
         return HookOutcome({"cards": []}, "not-applicable", counts)
+    card = scored.card
+    if launch_url:
+        link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)
+        card = {**card, "links": [*card.get("links", ()), link]}
 
     remaining = max(0.05, deps.budget_s - (time.perf_counter() - started))
     reason = "card"
@@ -182,5 +193,5 @@ async def run_hook(service: Service, request: HookRequest, deps: HookDeps) -> Ho
     except (TimeoutError, StoreError):
         # The advice still goes out; feedback for this card will be refused as unknown.
         reason = "card-unrecorded"
-    return HookOutcome({"cards": [scored.card]}, reason, {**counts, **scored.log})
+    return HookOutcome({"cards": [card]}, reason, {**counts, **scored.log})
 

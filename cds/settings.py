@@ -13,15 +13,43 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fhir_mappings import VendorProfile, select_profile
 from models import DEFAULT_DATA_DIR, DEFAULT_REGISTRY
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "TrustedIssuer", "get_settings"]
 
 log = logging.getLogger("cds.settings")
+
+
+# Asymmetric signatures only: `none` and HMAC (HS*) can never be configured.
+ALLOWED_JWT_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+
+
+class TrustedIssuer(BaseModel):
+    """One EHR allowed to call us. Keys come from `jwks_url`, or from a token's `jku` header when
+    that URL is listed in `jku`; nothing else is ever fetched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iss: str = Field(min_length=1)
+    jwks_url: str | None = None
+    jku: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()  # when set, the token's `tenant` must be one of these
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> TrustedIssuer:
+        if not self.jwks_url and not self.jku:
+            raise ValueError(f"issuer {self.iss!r} needs jwks_url or an allow-listed jku")
+        for url in (self.jwks_url, *self.jku):
+            if url is not None and not url.startswith(("https://", "http://")):
+                raise ValueError(f"issuer {self.iss!r}: JWKS URL must be absolute")
+        return self
+
+    def key_urls(self) -> tuple[str, ...]:
+        return tuple(u for u in (self.jwks_url, *self.jku) if u)
 
 
 class Settings(BaseSettings):
@@ -53,6 +81,44 @@ class Settings(BaseSettings):
             fhir_server, issuer, self.ehr_profiles, default=self.ehr_profile_default, accept_preliminary=self.accept_preliminary
         )
 
+    # --- caller authentication (CDS Hooks 2.0 "Trusting CDS Clients") ---------------------
+    # JSON list, e.g. [{"iss": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/jwks.json"}]
+    auth_issuers: tuple[TrustedIssuer, ...] = ()
+    auth_algorithms: tuple[str, ...] = ("ES384", "RS384")
+    auth_leeway_s: float = 30.0  # clock skew allowed on exp, iat, nbf
+    auth_max_token_lifetime_s: float = 3600.0  # exp - iat; also bounds the replay store
+    # Local demos only: every caller is trusted. Refused unless the server listens on loopback.
+    auth_disabled_for_local_demo: bool = False
+    jwks_cache_s: float = 300.0
+    jwks_min_refresh_s: float = 30.0  # at most one refetch per JWKS URL this often (unknown kid)
+    jwks_timeout_s: float = 1.0
+
+    # --- browser-based EHR clients ------------------------------------------------------
+    cors_origins: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
+
+    # SMART launch URL of the explanation app in card links (default: <public_url>/smart/launch)
+    smart_launch_url: str | None = None
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in value if a not in ALLOWED_JWT_ALGORITHMS]
+        if bad or not value:
+            raise ValueError(f"auth_algorithms must be asymmetric JWS algorithms, not {bad or 'empty'}")
+        return value
+
+    @model_validator(mode="after")
+    def _safe_combinations(self) -> Settings:
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            raise ValueError("CORS: '*' cannot be combined with credentials; list the EHR origins")
+        if self.auth_disabled_for_local_demo and self.host not in _LOOPBACK:
+            raise ValueError("auth_disabled_for_local_demo is for local demos: the host must be a loopback address")
+        return self
+
+    def jwks_allowlist(self) -> frozenset[str]:
+        return frozenset(u for issuer in self.auth_issuers for u in issuer.key_urls())
+
     @property
     def sqlite_path(self) -> Path:
         return self.store_path or self.var_dir / "cds.sqlite3"
@@ -73,6 +139,9 @@ class Settings(BaseSettings):
                     f.write(secrets.token_hex(32))
                 log.warning("no CDS_PSEUDONYM_KEY set: created a random key in %s", path)
         return path.read_text().strip().encode()
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @functools.lru_cache

@@ -5,9 +5,18 @@
 
 from __future__ import annotations
 
-from .cards import CARD_EXTENSION, Driver, RiskCardText, build_risk_card, format_percent, format_value, strip_empty
+from .cards import (
+    CARD_EXTENSION,
+    Driver,
+    RiskCardText,
+    build_risk_card,
+    explanation_link,
+    format_percent,
+    format_value,
+    strip_empty,
+)
 from .prefetch import render_template, template_tokens
-from .sepsis import SEPSIS, sepsis_card
+from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
 from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
 
 SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS,)}
@@ -24,9 +33,11 @@ __all__ = [
     "ScoringInput",
     "Service",
     "build_risk_card",
+    "explanation_link",
     "format_percent",
     "format_value",
     "render_template",
+    "sepsis_bundle_suggestion",
     "sepsis_card",
     "strip_empty",
     "template_tokens",

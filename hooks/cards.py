@@ -6,10 +6,12 @@ string, list or object (CDS Hooks forbids them): optional fields are left out in
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from .service import Service
 
@@ -19,6 +21,7 @@ __all__ = [
     "RiskCardText",
     "build_risk_card",
     "driver_line",
+    "explanation_link",
     "format_percent",
     "format_value",
     "strip_empty",
@@ -89,6 +92,19 @@ def strip_empty(value: Any) -> Any:
         cleaned_list = [strip_empty(v) for v in value]
         return [v for v in cleaned_list if v not in (None, "", [], {})]
     return value
+
+
+def explanation_link(launch_url: str, *, card_uuid: str, service_id: str, model_version: str | None = None) -> dict[str, Any]:
+    """A `smart` link to our explanation app. `appContext` (a string, per CDS Hooks) names the card;
+    the card uuid is in the URL too, for EHRs that drop appContext."""
+    context = {"cardUuid": card_uuid, "serviceId": service_id, **({"modelVersion": model_version} if model_version else {})}
+    separator = "&" if "?" in launch_url else "?"
+    return {
+        "label": "Explain this score",
+        "url": f"{launch_url}{separator}card={quote(card_uuid, safe='')}",
+        "type": "smart",
+        "appContext": json.dumps(context, separators=(",", ":"), sort_keys=True),
+    }
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from fhir_mappings import (
     PatientRecord,
@@ -18,11 +21,24 @@ from models import HORIZON_HOURS, SEPSIS_OUTCOME
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
 from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
 
-__all__ = ["SEPSIS", "sepsis_card"]
+__all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
 
 NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"  # CDS Hooks 3.0 suggests these
 TOP_DRIVERS = 5
 _BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+# The laboratory part of the Surviving Sepsis Campaign hour-1 bundle: lactate, blood cultures
+# before antibiotics. Antibiotics and fluids stay the clinician's order: they need a drug and dose.
+_BUNDLE_ORDERS = (
+    ("2524-7", "Lactate [Moles/volume] in Serum or Plasma", "Order lactate (stat)", None),
+    (
+        "600-7",
+        "Bacteria identified in Blood by Culture",
+        "Order blood cultures (stat, before antibiotics)",
+        "Two sets from separate sites, drawn before the first antibiotic dose.",
+    ),
+)
 
 
 def _resources(value: Any) -> list[dict[str, Any]]:
@@ -90,6 +106,8 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
         drivers=drivers,
         all_contributions=explanation.contributions,
         base_value=explanation.base_value,
+        patient_id=patient_id,
+        encounter_id=encounter.get("id") if isinstance(encounter.get("id"), str) else None,
     )
     risk = build_risk_assessment(
         card_uuid=inp.card_uuid,
@@ -149,6 +167,36 @@ SEPSIS = Service(
 )
 
 
+def sepsis_bundle_suggestion(card_uuid: str, patient_id: str, encounter_id: str | None) -> dict[str, Any]:
+    """One suggestion: draft stat ServiceRequests for the bundle's labs (validated as FHIR R4).
+
+    Its uuid derives from the card's, so feedback that accepts it can be traced to both."""
+    actions = []
+    for code, display, description, note in _BUNDLE_ORDERS:
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "order",
+            "priority": "stat",
+            "category": [{"coding": [{"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}]}],
+            "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "reasonCode": [{"text": "Suspected sepsis (sepsis risk alert)"}],
+        }
+        if encounter_id:
+            resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+        if note:
+            resource["note"] = [{"text": note}]
+        ServiceRequest.model_validate(resource)  # raises on an invalid resource
+        actions.append({"type": "create", "description": description, "resource": resource})
+    return {
+        "label": "Order sepsis bundle labs: lactate and blood cultures",
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:uuid:{card_uuid}/sepsis-bundle-labs")),
+        "isRecommended": True,
+        "actions": actions,
+    }
+
+
 def sepsis_card(
     *,
     card_uuid: str,
@@ -161,7 +209,10 @@ def sepsis_card(
     drivers: Sequence[Driver],
     all_contributions: Sequence[Driver],
     base_value: float,
+    patient_id: str | None = None,
+    encounter_id: str | None = None,
 ) -> dict[str, Any]:
+    """Elevated and high-risk cards offer the bundle's lab orders (when the patient id is known)."""
     pct = format_percent(probability)
     text = RiskCardText(
         summary=f"Sepsis risk {pct} (next 6 h): {_BAND_WORDS[band]}",
@@ -187,4 +238,6 @@ def sepsis_card(
         all_contributions=all_contributions,
         base_value=base_value,
         extra={"icuHour": icu_hour},
+        suggestions=[sepsis_bundle_suggestion(card_uuid, patient_id, encounter_id)] if patient_id and band != "low" else [],
+        selection_behavior="at-most-one",
     )

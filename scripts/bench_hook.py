@@ -94,7 +94,8 @@ def main() -> None:
     # The whole hook call over HTTP against a separate server process.
     port = free_port()
     with tempfile.TemporaryDirectory() as var:
-        env = {**os.environ, "CDS_VAR_DIR": var, "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": "bench-key-0123456789abcdef", "CDS_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "CDS_VAR_DIR": var, "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": "bench-key-0123456789abcdef", "CDS_LOG_LEVEL": "WARNING",
+               "CDS_AUTH_DISABLED_FOR_LOCAL_DEMO": "true"}  # auth cost: scripts/bench_auth.py
         server = subprocess.Popen([sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"

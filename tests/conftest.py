@@ -8,11 +8,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
-from cds import Settings, create_app
-from demo_ehr import DemoFhirServer, LoopbackServer, serve_in_thread
+from cds import Settings, TrustedIssuer, create_app
+from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, LoopbackServer, serve_in_thread
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATA_DIR = Path(os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
@@ -68,7 +69,40 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=2.0)
+    """For tests that are not about caller authentication: the explicit local-demo switch."""
+    return Settings(
+        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=2.0, auth_disabled_for_local_demo=True
+    )
+
+
+@pytest.fixture
+def ehr_identity() -> Iterator[EhrIdentity]:
+    """The loopback test EHR as a CDS Client: ES384 + RS384 keys, its JWKS served over HTTP."""
+    identity = EhrIdentity()
+    with serve_in_thread(identity.app()) as server:
+        identity.jwks_url = f"{server.url}/.well-known/jwks.json"
+        yield identity
+
+
+@pytest.fixture
+def secure_settings(tmp_path: Path, ehr_identity: EhrIdentity) -> Settings:
+    """Authentication on (the default), trusting only the loopback test EHR."""
+    assert ehr_identity.jwks_url
+    issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url, jku=(ehr_identity.jwks_url,))
+    return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,))
+
+
+@pytest.fixture
+def secure_server(secure_settings: Settings) -> Iterator[LoopbackServer]:
+    with serve_in_thread(create_app(secure_settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def ehr_client(secure_server: LoopbackServer, ehr_identity: EhrIdentity) -> Iterator[httpx.Client]:
+    """An httpx client that calls the secured service as the test EHR does: a fresh JWT per request."""
+    with httpx.Client(base_url=secure_server.url, timeout=10, auth=EhrJwtAuth(ehr_identity)) as client:
+        yield client
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cds import Settings, create_app
+from cds import Settings, TrustedIssuer, create_app
 from cds.logs import JsonFormatter
-from demo_ehr import StayResources, patient_view_request, serve_in_thread
+from demo_ehr import EhrIdentity, EhrJwtAuth, StayResources, patient_view_request, serve_in_thread
 from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical
 from tests.cds.helpers import feedback, synthetic_stay
 
@@ -60,6 +60,26 @@ def _canary_stay() -> StayResources:
     return StayResources(patient, encounter, location, [*observations, free, odd_unit])
 
 
+class _RecordingAuth(EhrJwtAuth):
+    """Signs every call as the loopback EHR does, and keeps the tokens to prove none is kept by us."""
+
+    def __init__(self, identity: EhrIdentity) -> None:
+        super().__init__(identity)
+        self.tokens: list[str] = []
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        for prepared in super().auth_flow(request):
+            self.tokens.append(prepared.headers["Authorization"].removeprefix("Bearer "))
+            yield prepared
+
+
+def _feedback_for(card: dict) -> dict:
+    """Accept the card's suggestion when it has one (2.0 requires acceptedSuggestions), else override."""
+    if card.get("suggestions"):
+        return feedback(card["uuid"], "accepted", accepted=[card["suggestions"][0]["uuid"]])
+    return feedback(card["uuid"], "overridden", reason=card["overrideReasons"][0])
+
+
 def _leaks(blob: str) -> list[str]:
     return [c for c in CANARIES if c in blob]
 
@@ -81,11 +101,16 @@ def _redis_dump(url: str, prefix: str) -> str:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_no_canary_identifier_leaves_the_service(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_no_canary_identifier_leaves_the_service(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, ehr_identity: EhrIdentity
+) -> None:
     extra = {}
     if backend == "redis":
         extra = {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key=KEY, **extra)
+    assert ehr_identity.jwks_url
+    issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url)
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key=KEY, auth_issuers=(issuer,), **extra)
+    auth = _RecordingAuth(ehr_identity)
     stay = _canary_stay()
 
     # Features: the canonical table and the feature rows computed from the same resources.
@@ -103,24 +128,32 @@ def test_no_canary_identifier_leaves_the_service(backend: str, request: pytest.F
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        with serve_in_thread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        with serve_in_thread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10, auth=auth) as client:
             body = patient_view_request(stay, user="Practitioner/CANARYDOC991")
             response = client.post("/cds-services/sepsis-risk", json=body)
             assert response.status_code == 200, response.text
             card = response.json()["cards"][0]
-            done = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [feedback(card["uuid"], "accepted")]})
+            done = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [_feedback_for(card)]})
             assert done.status_code == 200
             metrics = client.get("/metrics").text
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
 
-    assert not _leaks(response.text), "card"
+    # The only identifiers a card may carry are the EHR's own patient and encounter references, inside the draft orders
+    # it proposes back to that EHR (ServiceRequest.subject is required); nowhere else, and never stored.
+    outside_orders = json.loads(response.text)
+    for suggestion in outside_orders["cards"][0].get("suggestions", []):
+        for action in suggestion["actions"]:
+            assert action["resource"]["subject"] == {"reference": f"Patient/{PID}"}
+            del action["resource"]["subject"], action["resource"]["encounter"]
+    assert not _leaks(json.dumps(outside_orders)), "card"
     assert not _leaks(metrics), "metrics"
     log_text = logs.getvalue()
     assert "hook answered" in log_text
     assert not _leaks(log_text), "logs"
     assert KEY not in log_text
+    assert len(auth.tokens) >= 3 and not any(token in log_text for token in auth.tokens), "bearer JWT in logs"
 
     if backend == "sqlite":
         stored = settings.sqlite_path.read_bytes().decode("latin-1")
@@ -128,6 +161,7 @@ def test_no_canary_identifier_leaves_the_service(backend: str, request: pytest.F
     else:
         stored = _redis_dump(settings.redis_url, settings.redis_prefix)
     assert not _leaks(stored), "store"
+    assert not any(token in stored for token in auth.tokens), "bearer JWT in store"
 
     env = {**os.environ, "CDS_VAR_DIR": str(settings.var_dir), "CDS_PSEUDONYM_KEY": KEY, "CDS_REDIS_PREFIX": settings.redis_prefix}
     if settings.redis_url:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from ..logs import log_event
 from ..pipeline import run_hook
 from ..schemas import HookRequest
+from ..settings import Settings
 from ._body import parse_body
 from ._state import app_state, service_or_404
 
@@ -26,7 +27,14 @@ async def call_service(service_id: str, request: Request) -> dict[str, Any]:
     started = time.perf_counter()
     reason = "error"
     try:
-        outcome = await run_hook(service, body, state.deps)
+        caller = getattr(request.state, "caller", None)
+        outcome = await run_hook(
+            service,
+            body,
+            state.deps,
+            launch_url=launch_url(request, state.settings),
+            issuer=caller.iss if caller else None,
+        )
         reason = outcome.reason
         log_event(
             log,
@@ -40,6 +48,14 @@ async def call_service(service_id: str, request: Request) -> dict[str, Any]:
         return outcome.body
     finally:
         state.metrics.hook(service.id, reason, time.perf_counter() - started)
+
+
+def launch_url(request: Request, settings: Settings) -> str:
+    """Where card links launch the explanation app (CDS_SMART_LAUNCH_URL, else our own /smart/launch)."""
+    if settings.smart_launch_url:
+        return settings.smart_launch_url
+    base = settings.public_url.rstrip("/") if settings.public_url else f"{request.url.scheme}://{request.url.netloc}"
+    return f"{base}/smart/launch"
 
 
 # Counts and codes only: what may appear in a hook log line.

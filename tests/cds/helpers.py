@@ -39,8 +39,13 @@ def synthetic_stay(hours: int = 30, *, patient: int = 424242, septic_like: bool 
     return stay_to_fhir(frame, icu_start=icu_start_for_hour(datetime.now(UTC), hours), up_to_hour=hours)
 
 
-def feedback(card: str, outcome: str = "overridden", *, when: str = "2026-11-20T10:00:00Z", reason: dict | None = None, comment: str | None = None) -> dict:
+def feedback(
+    card: str, outcome: str = "overridden", *, when: str = "2026-11-20T10:00:00Z", reason: dict | None = None,
+    comment: str | None = None, accepted: list[str] | None = None,
+) -> dict:
     item: dict[str, Any] = {"card": card, "outcome": outcome, "outcomeTimestamp": when}
+    if accepted:
+        item["acceptedSuggestions"] = [{"id": s} for s in accepted]
     if outcome == "overridden" and (reason or comment):
         item["overrideReason"] = {k: v for k, v in (("reason", reason), ("userComment", comment)) if v}
     return item

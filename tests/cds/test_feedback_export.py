@@ -13,29 +13,30 @@ import pytest
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from cds import Settings, create_app
-from demo_ehr import patient_view_request, serve_in_thread
+from cds import Settings, TrustedIssuer, create_app
+from demo_ehr import EhrIdentity, EhrJwtAuth, patient_view_request, serve_in_thread
 from tests.cds.helpers import feedback, synthetic_stay
 
 
 @pytest.fixture(params=["sqlite", "redis"])
-def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    extra = {}
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, ehr_identity: EhrIdentity) -> Settings:
+    extra: dict = {"auth_issuers": (TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url),)}
     if request.param == "redis":
-        extra = {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
+        extra |= {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
     return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", **extra)
 
 
-def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: Settings, tmp_path: Path) -> None:
+def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: Settings, tmp_path: Path, ehr_identity: EhrIdentity) -> None:
     stay = synthetic_stay()
+    auth = EhrJwtAuth(ehr_identity, alg="RS384", epic=True)
     with serve_in_thread(create_app(backend_settings)) as server:
-        card = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=patient_view_request(stay), timeout=10).json()["cards"][0]
+        card = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=patient_view_request(stay), timeout=10, auth=auth).json()["cards"][0]
         item = feedback(card["uuid"], reason=card["overrideReasons"][1], comment="lactate was from a tourniquet draw")
-        first = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10)
+        first = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
         assert first.json()["results"][0]["status"] == "created"
 
     with serve_in_thread(create_app(backend_settings)) as server:  # a new process would see the same
-        again = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10)
+        again = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
         assert again.json()["results"][0]["status"] == "unchanged"
 
     env = {

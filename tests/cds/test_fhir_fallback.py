@@ -76,7 +76,8 @@ def test_next_links_to_another_host_are_not_followed(cds_server, ehr: DemoFhirSe
 
 
 def test_a_hung_fhir_server_does_not_hold_the_answer(tmp_path, ehr: DemoFhirServer, ehr_server) -> None:
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=0.5, fhir_timeout_s=10)
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=0.5, fhir_timeout_s=10,
+                        auth_disabled_for_local_demo=True)
     ehr.delay_s = 5.0
     stay = synthetic_stay()
     ehr.add(stay.all())
@@ -98,3 +99,13 @@ def test_a_failing_fhir_server_is_412(cds_server, ehr: DemoFhirServer, ehr_serve
     response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
     assert response.status_code == 412
     assert str(status) in response.json()["issue"][0]["diagnostics"]
+
+
+def test_null_prefetch_means_no_such_resource_and_is_not_fetched(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    body = patient_view_request(stay, fhir_server=ehr_server.url, access_token=ehr.token)
+    body["prefetch"]["patient"] = None  # the EHR has no such Patient (CDS Hooks 2.0: null)
+    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 200 and response.json()["cards"]
+    assert ehr.seen == []

@@ -12,9 +12,14 @@ from tests.cds.helpers import feedback, no_empty_values, synthetic_stay
 
 
 @pytest.fixture
-def client(cds_server) -> httpx.Client:
-    with httpx.Client(base_url=cds_server.url, timeout=10) as c:
-        yield c
+def client(ehr_client: httpx.Client) -> httpx.Client:
+    """Every call here is authenticated as the loopback test EHR (ES384 JWT per request)."""
+    return ehr_client
+
+
+@pytest.fixture
+def settings(secure_settings):
+    return secure_settings
 
 
 def call(client: httpx.Client, body: dict) -> httpx.Response:
@@ -68,7 +73,7 @@ def test_hook_call_answers_with_an_explained_card(client: httpx.Client) -> None:
         (lambda b: [b], 400),
     ],
 )
-def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: httpx.Client, cds_server, settings, mutate, status: int) -> None:
+def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: httpx.Client, settings, mutate, status: int) -> None:
     body = mutate(patient_view_request(synthetic_stay()))
     if isinstance(body, str):
         response = client.post("/cds-services/sepsis-risk", content=body, headers={"content-type": "application/json"})
@@ -102,9 +107,10 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
     assert first.status_code == 200 and first.json()["results"][0]["status"] == "created"
     again = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [item, item]})
     assert [r["status"] for r in again.json()["results"]] == ["unchanged", "unchanged"]
-    later = feedback(card["uuid"], "accepted", when="2026-11-20T11:00:00Z")
+    accepted = [card["suggestions"][0]["uuid"]]
+    later = feedback(card["uuid"], "accepted", when="2026-11-20T11:00:00Z", accepted=accepted)
     assert client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [later]}).json()["results"][0]["status"] == "updated"
-    earlier = feedback(card["uuid"], "accepted", when="2026-11-20T09:00:00Z")
+    earlier = feedback(card["uuid"], "accepted", when="2026-11-20T09:00:00Z", accepted=accepted)
     assert client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [earlier]}).json()["results"][0]["status"] == "unchanged"
 
 
@@ -113,6 +119,10 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
     [
         {"card": "unknown-card", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"card": "CARD", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"card": "CARD", "outcome": "accepted", "acceptedSuggestions": [], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"card": "CARD", "outcome": "overridden", "acceptedSuggestions": [{"id": "x"}], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        "not an object",
         {"card": "CARD", "outcome": "maybe", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00"},
         {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"reason": {"system": "x", "code": "made-up"}}},
@@ -121,7 +131,7 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
 def test_a_bad_feedback_item_refuses_the_whole_batch(client: httpx.Client, settings, bad_item: dict) -> None:
     card = call(client, patient_view_request(synthetic_stay())).json()["cards"][0]
     good = feedback(card["uuid"], comment="ok")
-    bad = {k: (card["uuid"] if v == "CARD" else v) for k, v in bad_item.items()}
+    bad = {k: (card["uuid"] if v == "CARD" else v) for k, v in bad_item.items()} if isinstance(bad_item, dict) else bad_item
     response = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [good, bad]})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["issue"][0]["diagnostics"]

@@ -1,0 +1,100 @@
+"""The `jti` replay store: each EHR token may be used once within its lifetime.
+
+Two implementations of one small interface, like the record stores: `SQLiteReplayStore`, the
+embedded default (a file, so several workers on one machine share it), and `RedisReplayStore`
+(`SET NX` with an expiry) when `CDS_REDIS_URL` is set. Only a SHA-256 of issuer and jti is kept,
+never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import StoreError
+
+__all__ = ["RedisReplayStore", "ReplayStore", "SQLiteReplayStore", "open_replay_store", "replay_key"]
+
+
+def replay_key(issuer: str, jti: str) -> str:
+    return hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
+
+
+class ReplayStore(Protocol):
+    async def first_use(self, key: str, expires_at: float) -> bool:
+        """True the first time `key` is seen before `expires_at` (epoch seconds); False on a replay."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SQLiteReplayStore:
+    def __init__(self, path: Path | str, *, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS jti (key TEXT PRIMARY KEY, expires REAL NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jti_expires ON jti (expires)")
+        self._writes = 0
+
+    def _first_use(self, key: str, expires_at: float) -> bool:
+        now = self._clock()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    # An expired entry no longer blocks (its token is dead anyway); sweep now and then.
+                    self._db.execute("DELETE FROM jti WHERE key = ? AND expires <= ?", (key, now))
+                    cursor = self._db.execute("INSERT OR IGNORE INTO jti VALUES (?, ?)", (key, expires_at))
+                    self._writes += 1
+                    if self._writes % 256 == 0:
+                        self._db.execute("DELETE FROM jti WHERE expires <= ?", (now,))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"replay store failed ({type(exc).__name__})") from exc
+            return cursor.rowcount == 1
+
+    async def first_use(self, key: str, expires_at: float) -> bool:
+        return await asyncio.to_thread(self._first_use, key, expires_at)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class RedisReplayStore:
+    def __init__(self, url: str, *, prefix: str = "cds:", timeout_s: float = 1.0, clock: Any = time.time) -> None:
+        import redis.asyncio as aioredis
+
+        self.prefix = prefix + "jti:"
+        self._clock = clock
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    async def first_use(self, key: str, expires_at: float) -> bool:
+        import redis.exceptions
+
+        ttl_ms = max(1, int(1000 * (expires_at - self._clock())))
+        try:
+            return bool(await self._redis.set(self.prefix + key, b"1", nx=True, px=ttl_ms))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise StoreError(f"replay store failed ({type(exc).__name__})") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def open_replay_store(*, redis_url: str | None, sqlite_path: Path, redis_prefix: str = "cds:") -> ReplayStore:
+    if redis_url:
+        return RedisReplayStore(redis_url, prefix=redis_prefix)
+    return SQLiteReplayStore(sqlite_path)

@@ -1,0 +1,28 @@
+"""The dependency that guards every CDS Hooks endpoint (discovery, service, feedback)."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from ..auth import AuthFailure, Caller, bearer_token
+from ._state import app_state
+
+
+def endpoint_url(request: Request, public_url: str | None) -> str:
+    """The exact URL the EHR called, as it must appear in the token's `aud`."""
+    base = public_url.rstrip("/") if public_url else f"{request.url.scheme}://{request.url.netloc}"
+    return base + request.url.path
+
+
+async def authenticate(request: Request) -> Caller | None:
+    state = app_state(request)
+    if state.verifier is None:  # auth_disabled_for_local_demo
+        return None
+    try:
+        token = bearer_token(request.headers.get("authorization"))
+        caller = await state.verifier.verify(token, endpoint_url(request, state.settings.public_url))
+    except AuthFailure as failure:
+        state.metrics.auth_failure(failure.reason)
+        raise
+    request.state.caller = caller
+    return caller
