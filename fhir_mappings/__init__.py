@@ -10,7 +10,16 @@ from .bundle import SearchPage, next_link, read_search_page
 from .codes import CodeRow, CodeTable, default_code_table
 from .deid import AGE_CAP, Pseudonymizer, age_in_years
 from .errors import CDSError, InvalidResourceError, MappingError, NotFHIRError, UnitError
-from .features import FEATURE_CODE_VERSION, Feature, FeatureSpec, build_features, sepsis_feature_spec
+from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
+from .features import (
+    CLOCK_FEATURES,
+    FEATURE_CODE_VERSION,
+    SCORE_SERIES,
+    Feature,
+    FeatureSpec,
+    build_features,
+    sepsis_feature_spec,
+)
 from .fhir_to_table import MappedStay, PatientRecord, to_canonical
 from .observations import MappingReport, Measurement, measurements_from_observation, observation_time
 from .profiles import GENERIC, VendorProfile
@@ -36,6 +45,7 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "CDSError",
     "CLINICAL_VARIABLES",
+    "CLOCK_FEATURES",
     "CanonicalTable",
     "CodeRow",
     "CodeTable",
@@ -56,6 +66,8 @@ __all__ = [
     "PHYSIONET_COLUMNS",
     "PatientRecord",
     "Pseudonymizer",
+    "SCORE_INPUTS",
+    "SCORE_SERIES",
     "STATIC_VARIABLES",
     "SearchPage",
     "TabularTable",
@@ -74,16 +86,22 @@ __all__ = [
     "ensure_resource",
     "icu_clock",
     "measurements_from_observation",
+    "mews",
+    "news2",
     "next_link",
     "observation_time",
     "parse_date",
     "parse_datetime",
     "physionet_to_table",
     "provenance_id",
+    "qsofa",
     "read_search_page",
     "reference_id",
     "select_encounter",
     "sepsis_feature_spec",
+    "shock_index",
+    "sirs",
+    "sofa_partial",
     "to_canonical",
     "variable",
 ]
