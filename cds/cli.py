@@ -74,15 +74,15 @@ def train(
     data: DataOption = None,
     seed: Annotated[int, typer.Option(help="random seed (same data + seed = same model file)")] = 2019,
     patients: Annotated[int | None, typer.Option(help="train on the first N patients only (for quick runs)")] = None,
-    rounds: Annotated[int, typer.Option(help="maximum boosting rounds")] = 1500,
+    rounds: Annotated[int | None, typer.Option(help="boosting rounds (default: the tuned number)")] = None,
     activate: Annotated[bool, typer.Option(help="make the new version the served one")] = True,
 ) -> None:
     """Train a model, evaluate it on held-out patients and register it."""
-    from models import ModelRegistry, train_sepsis
+    from models import SEPSIS_ROUNDS, ModelRegistry, train_sepsis
 
     registry = ModelRegistry(_settings().model_dir)
     manifest = train_sepsis(
-        _sepsis_data_path(data), registry, seed=seed, patients=patients, num_boost_round=rounds, activate=activate
+        _sepsis_data_path(data), registry, seed=seed, patients=patients, num_boost_round=rounds or SEPSIS_ROUNDS, activate=activate
     )
     typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
 
@@ -110,14 +110,24 @@ def evaluate(
     model: ModelName,
     data: DataOption = None,
     version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")] = None,
+    holdout: Annotated[bool, typer.Option(help="only the patients the model held out for testing (same data and seed)")] = False,
+    replicates: Annotated[int, typer.Option(help="bootstrap replicates (by patient) for the 95 % intervals")] = 200,
 ) -> None:
-    """Print hour-level AUROC/AUPRC and the PhysioNet 2019 normalised utility as one JSON object."""
+    """Print the clinical evaluation (official utility, AUROC/AUPRC, operating point, calibration,
+    subgroups, baselines, bootstrap intervals) as one JSON object; --report also writes files."""
     from fhir_mappings import sepsis_feature_spec
-    from models import evaluate_sepsis, load_sepsis_data
+    from models import development_split, evaluate_sepsis, load_sepsis_data, read_physionet
 
     risk_model = _load_model(model, version)
-    loaded = load_sepsis_data(_sepsis_data_path(data), sepsis_feature_spec())
-    typer.echo(json.dumps(evaluate_sepsis(risk_model, loaded)))  # type: ignore[arg-type]
+    path = _sepsis_data_path(data)
+    only = None
+    if holdout:
+        only = development_split(read_physionet(path)["patient"].to_numpy(), risk_model.manifest.seed)[1]  # type: ignore[attr-defined]
+    loaded = load_sepsis_data(path, sepsis_feature_spec(), baselines=True, only=only)
+    label = f"{path.name}" + (" (held-out test patients)" if holdout else "")
+    metrics = evaluate_sepsis(risk_model, loaded, report=report, replicates=replicates, data_label=label)  # type: ignore[arg-type]
+    typer.echo(json.dumps(metrics))
 
 
 @feedback_app.command("export")

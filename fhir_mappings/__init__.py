@@ -11,7 +11,16 @@ from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map
 from .codes import CodeRow, CodeTable, default_code_table
 from .deid import AGE_CAP, Pseudonymizer, age_in_years
 from .errors import CDSError, InvalidResourceError, MappingError, NotFHIRError, UnitError
-from .features import FEATURE_CODE_VERSION, Feature, FeatureSpec, build_features, sepsis_feature_spec
+from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
+from .features import (
+    CLOCK_FEATURES,
+    FEATURE_CODE_VERSION,
+    SCORE_SERIES,
+    Feature,
+    FeatureSpec,
+    build_features,
+    sepsis_feature_spec,
+)
 from .fhir_to_table import MappedStay, PatientRecord, to_canonical
 from .observations import (
     MappingReport,
@@ -46,6 +55,7 @@ __all__ = [
     "CANONICAL_COLUMNS",
     "CDSError",
     "CLINICAL_VARIABLES",
+    "CLOCK_FEATURES",
     "CanonicalTable",
     "CodeRow",
     "CodeTable",
@@ -70,6 +80,8 @@ __all__ = [
     "PROFILES",
     "PatientRecord",
     "Pseudonymizer",
+    "SCORE_INPUTS",
+    "SCORE_SERIES",
     "STATIC_VARIABLES",
     "SearchPage",
     "TabularTable",
@@ -92,6 +104,8 @@ __all__ = [
     "icu_clock",
     "map_bundle",
     "measurements_from_observation",
+    "mews",
+    "news2",
     "next_link",
     "observation_queries",
     "observation_time",
@@ -99,6 +113,7 @@ __all__ = [
     "parse_datetime",
     "physionet_to_table",
     "provenance_id",
+    "qsofa",
     "read_search_page",
     "reference_id",
     "safe_token",
@@ -106,6 +121,9 @@ __all__ = [
     "select_encounter",
     "select_profile",
     "sepsis_feature_spec",
+    "shock_index",
+    "sirs",
+    "sofa_partial",
     "to_canonical",
     "unmapped_reason",
     "validate_resource",

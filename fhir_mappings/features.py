@@ -5,8 +5,14 @@ own rows only: each number is produced by the same sequence of floating-point op
 whether the table holds one patient (a hook call) or twenty thousand (training), so the two
 paths agree bit for bit. Windows are in hours; the table's rows are consecutive hours.
 
+Besides the canonical columns, a feature may read a bedside score (`clinical_scores`) as if it
+were a measured series: the score of the latest values carried forward, NaN until one of its
+inputs has been measured (so leading empty hours change nothing).
+
 A `FeatureSpec` is a declarative list of `Feature`s; its `spec_hash` (names, ops, windows and
 FEATURE_CODE_VERSION) is stored in every model manifest and checked when a model is loaded.
+Each feature belongs to a `family` (value, measurement, clock, demographic) so that analyses
+can ask how much a model leans on measurement habits or on the ICU clock.
 """
 
 from __future__ import annotations
@@ -18,13 +24,36 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import clinical_scores
 from .table import CanonicalTable
-from .variables import CLINICAL_VARIABLES, VITAL_VARIABLES, variable
+from .variables import CLINICAL_VARIABLES, LAB_VARIABLES, VITAL_VARIABLES, variable
 
-__all__ = ["FEATURE_CODE_VERSION", "Feature", "FeatureSpec", "build_features", "sepsis_feature_spec"]
+__all__ = [
+    "CLOCK_FEATURES",
+    "FEATURE_CODE_VERSION",
+    "Feature",
+    "FeatureSpec",
+    "SCORE_SERIES",
+    "build_features",
+    "sepsis_feature_spec",
+]
 
 # Bump when the arithmetic behind an existing op changes, so old models refuse to load.
-FEATURE_CODE_VERSION = "1"
+FEATURE_CODE_VERSION = "2"
+
+# Bedside scores usable as series: name -> (function, canonical inputs, label).
+SCORE_SERIES: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...], str]] = {
+    "qsofa": (clinical_scores.qsofa, clinical_scores.SCORE_INPUTS["qsofa"], "qSOFA (partial, no mentation)"),
+    "sirs": (clinical_scores.sirs, clinical_scores.SCORE_INPUTS["sirs"], "SIRS criteria met (no bands)"),
+    "news2": (clinical_scores.news2, clinical_scores.SCORE_INPUTS["news2"], "NEWS2 (partial, no consciousness)"),
+    "mews": (clinical_scores.mews, clinical_scores.SCORE_INPUTS["mews"], "MEWS (partial, no AVPU)"),
+    "sofa_partial": (clinical_scores.sofa_partial, clinical_scores.SCORE_INPUTS["sofa_partial"], "SOFA (partial)"),
+    "shock_index": (clinical_scores.shock_index, clinical_scores.SCORE_INPUTS["shock_index"], "Shock index (HR/SBP)"),
+}
+# Features that read the ICU clock or the time before ICU admission.
+CLOCK_FEATURES = ("HospAdmTime", "ICULOS")
+
+_MEASUREMENT_OPS = ("hours_since", "count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +68,17 @@ class Feature:
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "op": self.op, "variable": self.variable, "window": self.window}
 
+    @property
+    def family(self) -> str:
+        """clock | measurement (when and how often something was measured) | demographic | value."""
+        if self.name in CLOCK_FEATURES or self.op == "iculos":
+            return "clock"
+        if self.op in _MEASUREMENT_OPS:
+            return "measurement"
+        if self.op == "static":
+            return "demographic"
+        return "value"
+
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -50,7 +90,7 @@ class FeatureSpec:
         object.__setattr__(self, "names", tuple(f.name for f in self.features))
         if len(set(self.names)) != len(self.names):
             raise ValueError("feature names must be unique")
-        unknown = {f.op for f in self.features} - set(_OPS) - set(_DERIVED)
+        unknown = {f.op for f in self.features} - set(_OPS)
         if unknown:
             raise ValueError(f"unknown feature ops: {sorted(unknown)}")
 
@@ -68,6 +108,10 @@ class FeatureSpec:
     def feature(self, name: str) -> Feature:
         return self.features[self.names.index(name)]
 
+    def columns(self, *, exclude_families: Sequence[str] = ()) -> list[int]:
+        """Column indices of the features outside the given families."""
+        return [j for j, f in enumerate(self.features) if f.family not in exclude_families]
+
 
 # --- primitives on (n rows x k variables) blocks, group-aware -------------------------------
 
@@ -82,13 +126,29 @@ class _Context:
         self.start = table.group_start_index()
         self.iculos = table.iculos.astype(np.float64)
         self._last_idx: dict[str, np.ndarray] = {}
+        self._series: dict[str, np.ndarray] = {}
+        self._windows: dict[int, tuple[list[str], dict[str, np.ndarray]]] = {}
+
+    def series(self, name: str) -> np.ndarray:
+        if name not in self._series:
+            if name in SCORE_SERIES:
+                fn, inputs, _ = SCORE_SERIES[name]
+                last = _last(self, inputs, None)
+                value = fn(*last.T)
+                value[np.isnan(last).all(axis=1)] = np.nan
+                self._series[name] = value
+            else:
+                self._series[name] = self.table.values[:, self.table.column_index(name)]
+        return self._series[name]
 
     def block(self, names: Sequence[str]) -> np.ndarray:
-        return self.table.values[:, [self.table.column_index(v) for v in names]]
+        if all(v not in SCORE_SERIES for v in names):
+            return self.table.values[:, [self.table.column_index(v) for v in names]]
+        return np.stack([self.series(v) for v in names], axis=1) if names else np.empty((self.n, 0))
 
     def last_index(self, names: Sequence[str]) -> np.ndarray:
         """Row index of the latest measurement at or before each row, -1 if none yet."""
-        missing = [v for v in names if v not in self._last_idx]
+        missing = [v for v in dict.fromkeys(names) if v not in self._last_idx]
         if missing:
             values = self.block(missing)
             idx = np.where(~np.isnan(values), self.row[:, None], -1)
@@ -110,6 +170,73 @@ class _Context:
             out[k:] = values[: self.n - k]
         out[self.row - k < self.start] = np.nan
         return out
+
+    def plan_windows(self, spec: FeatureSpec) -> None:
+        """Which variables each window length needs, so one pass per window serves all ops."""
+        for f in spec.features:
+            if f.op in _WINDOW_OPS and f.window is not None:
+                names, _ = self._windows.setdefault(f.window, ([], {}))
+                if f.variable not in names:
+                    names.append(f.variable or "")
+
+    def window(self, w: int, names: Sequence[str], stat: str) -> np.ndarray:
+        planned, stats = self._windows.setdefault(w, (list(dict.fromkeys(names)), {}))
+        if any(v not in planned for v in names):
+            planned.extend(v for v in dict.fromkeys(names) if v not in planned)
+            stats.clear()
+        if not stats:
+            stats.update(_window_stats(self, planned, w))
+        cols = [planned.index(v) for v in names]
+        return stats[stat][:, cols]
+
+
+def _window_stats(ctx: _Context, names: Sequence[str], w: int) -> dict[str, np.ndarray]:
+    """count, mean, min, max, std and OLS slope (per hour) over the last `w` hours, one pass
+    over the shifted copies, newest first; NaN where fewer than 1 (2 for std, slope) values."""
+    values = ctx.block(names)
+    n, shape = ctx.n, values.shape
+    padded = np.full((n + w, shape[1]), np.nan)
+    padded[w:] = values
+    position = ctx.row - ctx.start  # hours since the patient's first row
+    count = np.zeros(shape)
+    total = np.zeros(shape)
+    lo = np.full(shape, np.inf)
+    hi = np.full(shape, -np.inf)
+    s_t = np.zeros(shape)
+    s_tt = np.zeros(shape)
+    s_tv = np.zeros(shape)
+
+    def term_at(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        term = padded[w - k : w - k + n]  # values[i - k]
+        ok = ~np.isnan(term)
+        ok &= (position >= k)[:, None]  # not another patient's row
+        return term, ok, np.where(ok, term, 0.0)
+
+    for k in range(w):
+        term, ok, filled = term_at(k)
+        t = -float(k)
+        count += ok
+        total += filled
+        np.fmin(lo, np.where(ok, term, np.nan), out=lo)
+        np.fmax(hi, np.where(ok, term, np.nan), out=hi)
+        if k:
+            s_t += ok * t
+            s_tt += ok * (t * t)
+            s_tv += filled * t
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+        dev = np.zeros(shape)
+        for k in range(w):
+            _, ok, filled = term_at(k)
+            dev = dev + np.where(ok, (filled - mean) ** 2, 0.0)
+        std = np.sqrt(dev / count)
+        slope = (count * s_tv - s_t * total) / (count * s_tt - s_t * s_t)
+    none = count == 0
+    for a in (mean, lo, hi):
+        a[none] = np.nan
+    std[count < 2] = np.nan
+    slope[count < 2] = np.nan
+    return {"count": count, "mean": mean, "min": lo, "max": hi, "std": std, "slope": slope}
 
 
 def _last(ctx: _Context, names: Sequence[str], _w: int | None) -> np.ndarray:
@@ -135,61 +262,6 @@ def _delta_prev(ctx: _Context, names: Sequence[str], _w: int | None) -> np.ndarr
     return ctx.take(values, idx) - ctx.take(values, prev_idx)
 
 
-def _window_terms(ctx: _Context, names: Sequence[str], w: int) -> list[np.ndarray]:
-    values = ctx.block(names)
-    return [ctx.shifted(values, k) for k in range(w)]
-
-
-def _window_reduce(ctx: _Context, names: Sequence[str], w: int | None, how: str) -> np.ndarray:
-    assert w is not None
-    terms = _window_terms(ctx, names, w)
-    stack = np.stack(terms)  # (w, n, k), fixed order: newest first
-    with np.errstate(invalid="ignore", divide="ignore"):
-        present = ~np.isnan(stack)
-        count = present.sum(axis=0).astype(np.float64)
-        if how == "count":
-            return count
-        filled = np.where(present, stack, 0.0)
-        if how == "mean":
-            total = np.zeros(stack.shape[1:])
-            for term in filled:
-                total = total + term
-            out = total / count
-        elif how == "min":
-            out = np.where(present, stack, np.inf).min(axis=0)
-        elif how == "max":
-            out = np.where(present, stack, -np.inf).max(axis=0)
-        elif how == "std":
-            total = np.zeros(stack.shape[1:])
-            for term in filled:
-                total = total + term
-            mean = total / count
-            dev = np.zeros(stack.shape[1:])
-            for term, ok in zip(filled, present, strict=True):
-                dev = dev + np.where(ok, (term - mean) ** 2, 0.0)
-            out = np.sqrt(dev / count)
-            out[count < 2] = np.nan
-        elif how == "slope":
-            # OLS slope per hour; time runs 0, -1, ..., -(w-1) hours back from now.
-            s_t = np.zeros(stack.shape[1:])
-            s_tt = np.zeros(stack.shape[1:])
-            s_v = np.zeros(stack.shape[1:])
-            s_tv = np.zeros(stack.shape[1:])
-            for k, (term, ok) in enumerate(zip(filled, present, strict=True)):
-                t = -float(k)
-                s_t = s_t + np.where(ok, t, 0.0)
-                s_tt = s_tt + np.where(ok, t * t, 0.0)
-                s_v = s_v + term
-                s_tv = s_tv + term * t
-            denom = count * s_tt - s_t * s_t
-            out = (count * s_tv - s_t * s_v) / denom
-            out[count < 2] = np.nan
-        else:  # pragma: no cover - guarded by FeatureSpec
-            raise ValueError(how)
-    out[count == 0] = np.nan
-    return out
-
-
 def _delta(ctx: _Context, names: Sequence[str], w: int | None) -> np.ndarray:
     """Latest value minus the value carried forward to w hours ago."""
     assert w is not None
@@ -205,6 +277,15 @@ def _iculos(ctx: _Context, names: Sequence[str], _w: int | None) -> np.ndarray:
     return np.repeat(ctx.iculos[:, None], len(names), axis=1)
 
 
+def _windowed(stat: str) -> Callable[[_Context, Sequence[str], int | None], np.ndarray]:
+    def op(ctx: _Context, names: Sequence[str], w: int | None) -> np.ndarray:
+        assert w is not None
+        return ctx.window(w, names, stat)
+
+    return op
+
+
+_WINDOW_OPS = ("count", "mean", "min", "max", "std", "slope")
 _Op = Callable[[_Context, Sequence[str], int | None], np.ndarray]
 _OPS: dict[str, _Op] = {
     "last": _last,
@@ -213,69 +294,98 @@ _OPS: dict[str, _Op] = {
     "delta": _delta,
     "static": _static,
     "iculos": _iculos,
-    "count": lambda c, n, w: _window_reduce(c, n, w, "count"),
-    "mean": lambda c, n, w: _window_reduce(c, n, w, "mean"),
-    "min": lambda c, n, w: _window_reduce(c, n, w, "min"),
-    "max": lambda c, n, w: _window_reduce(c, n, w, "max"),
-    "std": lambda c, n, w: _window_reduce(c, n, w, "std"),
-    "slope": lambda c, n, w: _window_reduce(c, n, w, "slope"),
+    **{stat: _windowed(stat) for stat in _WINDOW_OPS},
 }
 
 
-def _shock_index(ctx: _Context) -> np.ndarray:
-    hr, sbp = _last(ctx, ("HR", "SBP"), None).T
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = hr / sbp
-    out[~np.isfinite(out)] = np.nan
-    return out
-
-
-_DERIVED: dict[str, Callable[[_Context], np.ndarray]] = {"shock_index": _shock_index}
+_CHUNK_ROWS = 50_000
 
 
 def build_features(table: CanonicalTable, spec: FeatureSpec) -> np.ndarray:
-    """(rows x features) float32 matrix in `spec` order; NaN where a feature is undefined."""
+    """(rows x features) float32 matrix in `spec` order; NaN where a feature is undefined.
+
+    Large tables are processed in chunks of whole patients to bound memory; rows never see
+    each other across patients, so chunking changes no bit."""
+    if len(table) > _CHUNK_ROWS:
+        starts = np.flatnonzero(table.group_starts_mask())
+        cuts = starts[np.searchsorted(starts, np.arange(_CHUNK_ROWS, len(table), _CHUNK_ROWS))[:-1]] if len(starts) else []
+        bounds = [0, *sorted(set(int(c) for c in cuts) - {0}), len(table)]
+        return np.concatenate([
+            _build(CanonicalTable(table.patient[a:b], table.iculos[a:b], table.values[a:b]), spec)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ])
+    return _build(table, spec)
+
+
+def _build(table: CanonicalTable, spec: FeatureSpec) -> np.ndarray:
     ctx = _Context(table)
+    ctx.plan_windows(spec)
     out = np.full((len(table), len(spec)), np.nan, dtype=np.float32)
     groups: dict[tuple[str, int | None], list[tuple[int, str]]] = {}
     for j, f in enumerate(spec.features):
-        if f.op in _DERIVED:
-            out[:, j] = _DERIVED[f.op](ctx)
-        else:
-            groups.setdefault((f.op, f.window), []).append((j, f.variable or ""))
+        groups.setdefault((f.op, f.window), []).append((j, f.variable or ""))
     for (op, window), members in groups.items():
         cols = [j for j, _ in members]
-        block = _OPS[op](ctx, [v for _, v in members], window)
-        out[:, cols] = block
+        out[:, cols] = _OPS[op](ctx, [v for _, v in members], window)
     return out
 
 
 # --- the sepsis feature set ------------------------------------------------------------------
 
+# Labs whose trend over a day carries the organ-dysfunction signal of Sepsis-3.
+_TRENDED_LABS = ("Lactate", "Creatinine", "Platelets", "WBC", "Bilirubin_total", "BUN", "HCO3", "pH")
+
 
 def _label(var: str) -> tuple[str, str]:
+    if var in SCORE_SERIES:
+        return SCORE_SERIES[var][2], "1"
     v = variable(var)
     return v.label, v.unit
 
 
-def sepsis_feature_spec() -> FeatureSpec:
+def sepsis_feature_spec(*, include_clock: bool = False) -> FeatureSpec:
+    """The served sepsis features. `include_clock` adds ICULOS and HospAdmTime, kept out of the
+    served model because they encode one hospital's admission and charting routines (measured
+    in docs/sepsis-model.md), and exists for that comparison."""
     features: list[Feature] = []
     measured = [v for v in CLINICAL_VARIABLES if v != "EtCO2"]  # never recorded in set A
+    vitals = [v for v in VITAL_VARIABLES if v in measured]
+    labs = [v for v in LAB_VARIABLES if v in measured]
+
+    def add(var: str, op: str, window: int | None, words: str, unit: str | None = None) -> None:
+        label, var_unit = _label(var)
+        suffix = f"{op}_{window}h" if window else op
+        features.append(Feature(f"{var}__{suffix}", op, var, window, f"{label}{words}", var_unit if unit is None else unit))
+
     for var in measured:
-        label, unit = _label(var)
-        features.append(Feature(f"{var}__last", "last", var, None, f"{label}", unit))
-        features.append(Feature(f"{var}__hours_since", "hours_since", var, None, f"Hours since {label} measured", "h"))
-    for var in (v for v in VITAL_VARIABLES if v in measured):
-        label, unit = _label(var)
-        for op, words in (("mean", "mean"), ("min", "lowest"), ("max", "highest"), ("std", "variability")):
-            features.append(Feature(f"{var}__{op}_6h", op, var, 6, f"{label}, {words} over 6 h", unit))
-        features.append(Feature(f"{var}__delta_6h", "delta", var, 6, f"{label}, change over 6 h", unit))
-    for var in (v for v in measured if v not in VITAL_VARIABLES):
-        label, unit = _label(var)
-        features.append(Feature(f"{var}__delta_prev", "delta_prev", var, None, f"{label}, change since previous", unit))
-    features.append(Feature("shock_index", "shock_index", None, None, "Shock index (HR/SBP)", "1"))
-    for var in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime"):
+        add(var, "last", None, "")
+        add(var, "hours_since", None, ": hours since measured", "h")
+        add(var, "delta_prev", None, ", change since previous")
+    for var in vitals:
+        for w in (6, 24):
+            add(var, "mean", w, f", mean over {w} h")
+            add(var, "min", w, f", lowest over {w} h")
+            add(var, "max", w, f", highest over {w} h")
+            add(var, "slope", w, f", trend per hour over {w} h")
+        add(var, "std", 6, ", variability over 6 h")
+        add(var, "delta", 6, ", change over 6 h")
+        add(var, "count", 24, ": measurements in 24 h", "1")
+    for var in labs:
+        add(var, "count", 24, ": measurements in 24 h", "1")
+    for var in _TRENDED_LABS:
+        add(var, "min", 24, ", lowest over 24 h")
+        add(var, "max", 24, ", highest over 24 h")
+    for var in SCORE_SERIES:
+        add(var, "last", None, "")
+        add(var, "mean", 6, ", mean over 6 h")
+        add(var, "min", 24, ", lowest over 24 h")
+        add(var, "max", 24, ", highest over 24 h")
+        add(var, "slope", 6, ", trend per hour over 6 h")
+    for var in ("Age", "Gender", "Unit1", "Unit2"):
         label, unit = _label(var)
         features.append(Feature(var, "static", var, None, label, unit))
-    features.append(Feature("ICULOS", "iculos", "ICULOS", None, "Hours in ICU", "h"))
-    return FeatureSpec("sepsis", tuple(features))
+    if include_clock:
+        label, unit = _label("HospAdmTime")
+        features.append(Feature("HospAdmTime", "static", "HospAdmTime", None, label, unit))
+        features.append(Feature("ICULOS", "iculos", "ICULOS", None, "Hours in ICU", "h"))
+    return FeatureSpec("sepsis-clock" if include_clock else "sepsis", tuple(features))

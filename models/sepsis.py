@@ -7,6 +7,7 @@ fhir_mappings.features), so scoring a whole stay at once equals scoring it hour 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,28 @@ from fhir_mappings import FEATURE_CODE_VERSION, FeatureSpec, build_features, phy
 
 from .datasets import data_fingerprint, read_physionet
 from .errors import ModelNotFound
-from .manifest import FeatureEntry, ModelManifest
+from .baselines import BASELINES, baseline_scores
+from .calibration import calibration_report, fit_isotonic
+from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, utility_table
 from .registry import ModelRegistry
 from .score import RiskModel
-from .train import default_params, patient_split, train_booster
+from .sepsis_evaluation import sepsis_evaluation, write_sepsis_report
+from .train import patient_split, train_booster
 
 __all__ = [
+    "CV_FOLDS",
     "HORIZON_HOURS",
     "SEPSIS_OUTCOME",
+    "SEPSIS_PARAMS",
+    "SEPSIS_ROUNDS",
     "SepsisData",
     "best_threshold",
+    "development_split",
     "evaluate_sepsis",
+    "grouped_folds",
     "load_sepsis_data",
+    "out_of_fold",
     "score_sepsis",
     "sepsis_metrics",
     "train_sepsis",
@@ -48,21 +58,30 @@ class SepsisData:
     label: np.ndarray | None  # SepsisLabel per input row
     patient: np.ndarray  # per input row
     hour: np.ndarray  # per input row (the file's own row index per patient)
+    baselines: dict[str, np.ndarray] | None = None  # clinical score per input row, when asked for
 
 
-def load_sepsis_data(path: Path | str, spec: FeatureSpec, *, patients: int | None = None) -> SepsisData:
+def load_sepsis_data(
+    path: Path | str, spec: FeatureSpec, *, patients: int | None = None, baselines: bool = False, only: np.ndarray | None = None
+) -> SepsisData:
+    """`only`: keep these patient ids (e.g. the held-out test patients)."""
     frame = read_physionet(path)
     if patients is not None:
         keep = np.unique(frame["patient"].to_numpy())[:patients]
         frame = frame[frame["patient"].isin(keep)].reset_index(drop=True)
+    if only is not None:
+        frame = frame[frame["patient"].isin(only)].reset_index(drop=True)
     tab = physionet_to_table(frame)
     features = build_features(tab.table, spec)
     real = tab.source_row >= 0
     order = np.argsort(tab.source_row[real], kind="stable")
     by_input = features[real][order]  # back to the input's row order
+    scores = None
+    if baselines:
+        scores = {name: v[real][order] for name, v in baseline_scores(tab.table).items()}
     label = frame["SepsisLabel"].to_numpy(dtype=np.int8) if "SepsisLabel" in frame else None
     hour = frame["hour"].to_numpy() if "hour" in frame else frame["ICULOS"].to_numpy()
-    return SepsisData(frame, by_input, label, frame["patient"].to_numpy(), hour)
+    return SepsisData(frame, by_input, label, frame["patient"].to_numpy(), hour, scores)
 
 
 def best_threshold(probability: np.ndarray, label: np.ndarray, patient: np.ndarray) -> tuple[float, float]:
@@ -101,53 +120,104 @@ def sepsis_metrics(probability: np.ndarray, label: np.ndarray, patient: np.ndarr
     }
 
 
+# Fixed by scripts/tune_sepsis.py (patient-grouped CV on set A; see docs/sepsis-model.md).
+SEPSIS_PARAMS: dict[str, Any] = {
+    "objective": "binary:logistic",
+    "eval_metric": ["logloss", "aucpr"],
+    "tree_method": "hist",
+    "eta": 0.05,
+    "max_depth": 5,
+    "min_child_weight": 20.0,
+    "subsample": 0.8,
+    "colsample_bytree": 0.5,
+    "lambda": 1.0,
+    "max_bin": 128,
+    # Imbalance: no re-weighting. Rows are about 2 % positive, but the probability is then
+    # calibrated and the alert threshold is set on utility, which is where the asymmetry of a
+    # missed septic patient lives; weighting would only be undone by the calibration.
+    "scale_pos_weight": 1.0,
+}
+SEPSIS_ROUNDS = 250
+CV_FOLDS = 4
+TEST_FRACTION = 0.2
+
+
+def development_split(patient: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(development, held-out test) patient ids: the split `cds evaluate --holdout` re-derives."""
+    dev, test = patient_split(patient, (1 - TEST_FRACTION, TEST_FRACTION), seed)
+    return dev, test
+
+
+def grouped_folds(patient: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """k disjoint sets of patient ids covering all patients (patient-grouped CV)."""
+    return patient_split(patient, (1.0,) * k, seed + 1)
+
+
+def out_of_fold(
+    x: np.ndarray, y: np.ndarray, patient: np.ndarray, *, params: dict[str, Any], rounds: int, folds: int, seed: int,
+    device: str | None = None, progress: bool = False,
+) -> np.ndarray:
+    """Raw probabilities for every row from a model that never saw that row's patient."""
+    oof = np.full(len(y), np.nan)
+    for i, ids in enumerate(grouped_folds(patient, folds, seed)):
+        held = np.isin(patient, ids)
+        trained = train_booster(
+            x[~held], y[~held], params={**params, "seed": seed + i}, num_boost_round=rounds, progress=progress,
+            description=f"sepsis fold {i + 1}/{folds}", device=device,
+        )
+        oof[held] = trained.booster.inplace_predict(x[held], missing=np.nan)
+    return oof
+
+
 def train_sepsis(
     data_path: Path | str,
     registry: ModelRegistry,
     *,
     seed: int = 2019,
-    num_boost_round: int = 1500,
+    num_boost_round: int = SEPSIS_ROUNDS,
     patients: int | None = None,
     progress: bool = True,
     activate: bool = True,
     device: str | None = None,
+    folds: int = CV_FOLDS,
 ) -> ModelManifest:
+    """Development/test split by patient; patient-grouped CV on development gives out-of-fold
+    probabilities, on which the isotonic calibration and the utility-maximising threshold are
+    fitted; the final booster is trained on all development patients with the same settings
+    and judged once on the held-out test patients."""
     spec = sepsis_feature_spec()
     data = load_sepsis_data(data_path, spec, patients=patients)
     if data.label is None:
         raise ValueError("training data has no SepsisLabel column")
-    train_ids, valid_ids, test_ids = patient_split(data.patient, (0.7, 0.1, 0.2), seed)
-    parts = {name: np.isin(data.patient, ids) for name, ids in (("train", train_ids), ("valid", valid_ids), ("test", test_ids))}
+    dev_ids, test_ids = development_split(data.patient, seed)
+    dev, test = np.isin(data.patient, dev_ids), np.isin(data.patient, test_ids)
+    params = {**SEPSIS_PARAMS, "seed": seed}
 
     started = time.perf_counter()
+    oof_raw = out_of_fold(
+        data.features[dev], data.label[dev], data.patient[dev], params=params, rounds=num_boost_round,
+        folds=folds, seed=seed, device=device, progress=progress,
+    )
+    calibration = fit_isotonic(oof_raw, data.label[dev])
+    model_cal = _calibrator(calibration)
+    oof = model_cal(oof_raw)
+    threshold, oof_utility = best_threshold(oof, data.label[dev], data.patient[dev])
     trained = train_booster(
-        data.features[parts["train"]],
-        data.label[parts["train"]],
-        params=default_params(seed),
-        num_boost_round=num_boost_round,
-        x_valid=data.features[parts["valid"]],
-        y_valid=data.label[parts["valid"]],
-        early_stopping_rounds=100,
-        progress=progress,
-        description="sepsis",
-        device=device,
+        data.features[dev], data.label[dev], params=params, num_boost_round=num_boost_round,
+        progress=progress, description="sepsis final", device=device,
     )
     train_seconds = time.perf_counter() - started
 
-    def predict(mask: np.ndarray) -> np.ndarray:
-        return np.asarray(trained.booster.inplace_predict(data.features[mask], missing=np.nan), dtype=np.float64)
-
-    p_valid = predict(parts["valid"])
-    threshold, valid_utility = best_threshold(p_valid, data.label[parts["valid"]], data.patient[parts["valid"]])
-    threshold = float(np.float32(threshold))
-    p_test = predict(parts["test"])
-    test_metrics = sepsis_metrics(p_test, data.label[parts["test"]], data.patient[parts["test"]], threshold)
+    p_test = model_cal(np.asarray(trained.booster.inplace_predict(data.features[test], missing=np.nan), dtype=np.float64))
+    test_metrics = sepsis_metrics(p_test, data.label[test], data.patient[test], threshold)
+    oof_auroc, _ = challenge_auc(data.label[dev], oof)
+    cal = calibration_report(data.label[test], p_test).as_dict()
 
     model_bytes = trained.model_bytes()
     manifest = ModelManifest(
         name="sepsis",
         version=registry.next_version("sepsis"),
-        title="Sepsis risk (XGBoost)",
+        title="Sepsis risk (XGBoost, calibrated)",
         outcome="Sepsis (Sepsis-3) onset within the next 6 hours, or ongoing",
         horizon_hours=HORIZON_HOURS,
         features=[FeatureEntry(name=f.name, label=f.label, unit=f.unit) for f in spec.features],
@@ -159,16 +229,20 @@ def train_sepsis(
             "sha256": data_fingerprint(data_path),
             "rows": int(len(data.label)),
             "patients": int(len(np.unique(data.patient))),
-            "split": "patients 70/10/20 train/validation/test, seed " + str(seed),
+            "split": f"patients {1 - TEST_FRACTION:.0%} development / {TEST_FRACTION:.0%} held-out test, seed {seed}; "
+            f"{folds}-fold patient-grouped CV on development for calibration and threshold",
         },
         params={k: v for k, v in trained.params.items() if k != "device"},
         num_boost_round=trained.num_boost_round,
         threshold=threshold,
         risk_bands={"low": 0.0, "moderate": threshold / 2, "high": threshold},
+        calibration=calibration,
         metrics={
-            "test": test_metrics,
-            "validation_utility_at_threshold": round(valid_utility, 4),
+            "test": {**test_metrics, "calibration": cal},
+            "out_of_fold": {"auroc": round(oof_auroc, 4), "utility_at_threshold": round(oof_utility, 4)},
             "train_seconds": round(train_seconds, 1),
+            "tuning": "scripts/tune_sepsis.py (patient-grouped CV on set A); parameters fixed in models/sepsis.py",
+            "excluded_features": "ICULOS and HospAdmTime (ICU clock); EtCO2 (never recorded in set A)",
         },
         xgboost_version=xgb.__version__,
         device=trained.device,
@@ -177,6 +251,12 @@ def train_sepsis(
     )
     registry.register(manifest, model_bytes, activate=activate)
     return manifest
+
+
+def _calibrator(calibration: Calibration) -> Callable[[np.ndarray], np.ndarray]:
+    """The same interpolation `RiskModel.calibrate` serves with."""
+    x, y = np.asarray(calibration.x, dtype=np.float64), np.asarray(calibration.y, dtype=np.float64)
+    return lambda raw: np.interp(np.asarray(raw, dtype=np.float64), x, y)
 
 
 def _active_or_none(registry: ModelRegistry, name: str) -> str | None:
@@ -190,10 +270,29 @@ def score_sepsis(model: RiskModel, data: SepsisData) -> np.ndarray:
     return model.predict(data.features)
 
 
-def evaluate_sepsis(model: RiskModel, data: SepsisData) -> dict[str, Any]:
+def evaluate_sepsis(
+    model: RiskModel, data: SepsisData, *, report: Path | None = None, replicates: int = 200, data_label: str = ""
+) -> dict[str, Any]:
+    """The challenge metrics at the stored threshold, plus (when `data` carries baselines) the
+    full clinical evaluation; `report` also writes metrics.json, model_card.md and the plots."""
     if data.label is None:
         raise ValueError("evaluation data has no SepsisLabel column")
     probability = score_sepsis(model, data)
-    metrics = sepsis_metrics(probability, data.label, data.patient, model.threshold)
+    metrics: dict[str, Any] = sepsis_metrics(probability, data.label, data.patient, model.threshold)
     metrics["model"] = f"{model.name}@{model.version}"
+    if data.baselines is None:
+        return metrics
+    cuts = {b.name: b.alert_at for b in BASELINES}
+    columns = {c: data.frame[c].to_numpy(dtype=np.float64) for c in ("Gender", "Age", "Unit1", "Unit2")}
+    metrics.update(
+        sepsis_evaluation(
+            probability, data.label, data.patient, model.threshold, subgroup_columns=columns,
+            baselines={k: (v, cuts[k]) for k, v in data.baselines.items()}, replicates=replicates,
+        )
+    )
+    if report is not None:
+        write_sepsis_report(
+            report, metrics, probability=probability, label=data.label, patient=data.patient, baselines=data.baselines,
+            model_label=f"{model.manifest.title} v{model.version}", data_label=data_label or "the given data",
+        )
     return metrics

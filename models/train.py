@@ -96,7 +96,7 @@ def train_booster(
 ) -> TrainedBooster:
     device = device or choose_device()
     params = {**params, "device": device}
-    dtrain = xgb.QuantileDMatrix(x_train, label=y_train, missing=np.nan)
+    dtrain = xgb.QuantileDMatrix(x_train, label=y_train, missing=np.nan, max_bin=int(params.get("max_bin", 256)))
     evals = []
     if x_valid is not None and y_valid is not None:
         evals.append((xgb.QuantileDMatrix(x_valid, label=y_valid, missing=np.nan, ref=dtrain), "valid"))

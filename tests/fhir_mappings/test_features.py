@@ -55,7 +55,15 @@ def test_hand_computed_values() -> None:
     # delta_6h at row 7: last 110 minus the value carried to row 1 (80).
     assert col(x, "HR__delta_6h")[7] == 30
     assert np.isnan(col(x, "HR__delta_6h")[5])  # row -1 does not exist
-    np.testing.assert_array_equal(col(x, "ICULOS"), np.arange(1, 9))
+    clock = sepsis_feature_spec(include_clock=True)
+    np.testing.assert_array_equal(build_features(t, clock)[:, clock.names.index("ICULOS")], np.arange(1, 9))
+    assert "ICULOS" not in SPEC.names and "HospAdmTime" not in SPEC.names  # the served model has no clock
+    # 24 h window at row 7 covers rows 0..7: 80, 90, 110.
+    assert col(x, "HR__max_24h")[7] == 110 and col(x, "HR__count_24h")[7] == 3
+    assert col(x, "HR__slope_24h")[7] == pytest.approx(np.polyfit([-7, -5, -2], [80, 90, 110], 1)[0], rel=1e-5)
+    # Scores read the latest values carried forward: HR 110 > 90 is one SIRS criterion.
+    np.testing.assert_array_equal(col(x, "sirs__last"), [0, 0, 0, 0, 0, 1, 1, 1])
+    assert col(x, "sirs__max_24h")[7] == 1 and col(x, "sirs__min_24h")[7] == 0
 
 
 def test_features_are_causal() -> None:
@@ -107,3 +115,14 @@ def test_tabular_fills_gaps_and_normalises_like_the_fhir_path() -> None:
     assert tab.table.column("HospAdmTime")[3] == -10.0
     with pytest.raises(MappingError):
         physionet_to_table(pd.DataFrame({"patient": [1, 1], "ICULOS": [2, 2]}))
+
+
+def test_feature_families_separate_clock_and_measurement_habits() -> None:
+    clock = sepsis_feature_spec(include_clock=True)
+    families = {f.name: f.family for f in clock.features}
+    assert families["ICULOS"] == "clock" and families["HospAdmTime"] == "clock"
+    assert families["Lactate__hours_since"] == "measurement" and families["WBC__count_24h"] == "measurement"
+    assert families["HR__mean_6h"] == "value" and families["Age"] == "demographic"
+    kept = clock.columns(exclude_families=("clock", "measurement"))
+    assert all(clock.features[j].family in ("value", "demographic") for j in kept)
+    assert len(SPEC.columns(exclude_families=("clock",))) == len(SPEC)
