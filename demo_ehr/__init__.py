@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .diabetes_fhir import DischargeResources, discharge_hook_request, discharge_to_fhir
 from .fhir_server import DemoFhirServer
 from .hook_requests import patient_view_request, searchset
 from .loopback import LoopbackServer, free_port, serve_in_thread
@@ -9,8 +10,11 @@ from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
 
 __all__ = [
     "DemoFhirServer",
+    "DischargeResources",
     "LoopbackServer",
     "StayResources",
+    "discharge_hook_request",
+    "discharge_to_fhir",
     "free_port",
     "icu_start_for_hour",
     "patient_view_request",

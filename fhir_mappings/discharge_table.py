@@ -34,7 +34,7 @@ __all__ = [
     "diabetes_drugs",
 ]
 
-ADMISSION_TYPES = ("emergency", "urgent", "elective", "newborn")
+ADMISSION_TYPES = ("emergency", "urgent", "elective")  # "Newborn" (4) has no FHIR priority: unknown
 ADMISSION_SOURCES = ("referral", "transfer_hospital", "transfer_facility", "emergency_department", "birth", "other")
 DISCHARGE_GROUPS = (
     "home",
