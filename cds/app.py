@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from fhir_mappings import CDSError, Pseudonymizer, sepsis_feature_spec
+from fhir_mappings import CDSError, Pseudonymizer, readmission_feature_spec, sepsis_feature_spec
 from hooks import SERVICES
 from models import ModelRegistry, RiskModel, serving_device
 
@@ -28,7 +28,7 @@ __all__ = ["AppState", "create_app", "operation_outcome"]
 log = logging.getLogger("cds.app")
 
 # Which feature spec each model name is served with.
-FEATURE_SPECS = {"sepsis": sepsis_feature_spec}
+FEATURE_SPECS = {"sepsis": sepsis_feature_spec, "readmission": readmission_feature_spec}
 
 
 @dataclass

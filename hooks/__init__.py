@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from .cards import CARD_EXTENSION, Driver, RiskCardText, build_risk_card, format_percent, format_value, strip_empty
 from .prefetch import render_template, template_tokens
+from .readmission import READMISSION, follow_up_request, readmission_card
 from .sepsis import SEPSIS, sepsis_card
 from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
 
-SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS,)}
+SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS, READMISSION)}
 
 __all__ = [
     "CARD_EXTENSION",
     "Driver",
     "Fetched",
     "OverrideReason",
+    "READMISSION",
     "RiskCardText",
     "SEPSIS",
     "SERVICES",
@@ -24,8 +26,10 @@ __all__ = [
     "ScoringInput",
     "Service",
     "build_risk_card",
+    "follow_up_request",
     "format_percent",
     "format_value",
+    "readmission_card",
     "render_template",
     "sepsis_card",
     "strip_empty",

@@ -10,6 +10,18 @@ from .device import choose_device, serving_device
 from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
 from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
+from .lace import LACE_DESCRIPTION, lace_score
+from .readmission import (
+    READMISSION_OUTCOME,
+    ReadmissionData,
+    default_readmission_path,
+    evaluate_readmission,
+    load_readmission_data,
+    read_diabetes130,
+    readmission_params,
+    score_readmission,
+    train_readmission,
+)
 from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
 from .score import Contribution, Explanation, RiskModel
 from .sepsis import (
@@ -35,11 +47,14 @@ __all__ = [
     "FeatureEntry",
     "FeatureSchemaMismatch",
     "HORIZON_HOURS",
+    "LACE_DESCRIPTION",
     "LoadedArtifact",
     "ModelError",
     "ModelManifest",
     "ModelNotFound",
     "ModelRegistry",
+    "READMISSION_OUTCOME",
+    "ReadmissionData",
     "RiskModel",
     "SEPSIS_OUTCOME",
     "SepsisData",
@@ -50,16 +65,24 @@ __all__ = [
     "choose_device",
     "data_fingerprint",
     "default_params",
+    "default_readmission_path",
     "default_sepsis_path",
+    "evaluate_readmission",
     "evaluate_sepsis",
+    "lace_score",
+    "load_readmission_data",
     "load_sepsis_data",
     "normalized_utility",
     "patient_split",
+    "read_diabetes130",
     "read_physionet",
+    "readmission_params",
+    "score_readmission",
     "score_sepsis",
     "sepsis_metrics",
     "serving_device",
     "train_booster",
+    "train_readmission",
     "train_sepsis",
     "utility_table",
 ]
