@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from fhir_mappings import CDSError, Pseudonymizer, sepsis_feature_spec
+from fhir_mappings import CDSError, Pseudonymizer, readmission_feature_spec, sepsis_feature_spec
 from hooks import SERVICES
 from models import ModelRegistry, RiskModel, serving_device
 
@@ -34,7 +34,7 @@ __all__ = ["AppState", "UNAUTHORIZED_BODY", "create_app", "make_verifier", "oper
 log = logging.getLogger("cds.app")
 
 # Which feature spec each model name is served with.
-FEATURE_SPECS = {"sepsis": sepsis_feature_spec}
+FEATURE_SPECS = {"sepsis": sepsis_feature_spec, "readmission": readmission_feature_spec}
 
 
 @dataclass

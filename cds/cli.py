@@ -20,9 +20,13 @@ app.add_typer(feedback_app, name="feedback")
 
 class ModelName(str, Enum):
     sepsis = "sepsis"
+    readmission = "readmission"
 
 
-DataOption = Annotated[Path | None, typer.Option("--data", help="PhysioNet 2019 parquet file or directory of .psv files")]
+DataOption = Annotated[
+    Path | None,
+    typer.Option("--data", help="sepsis: PhysioNet 2019 parquet or .psv directory; readmission: Diabetes 130-US csv(.gz)"),
+]
 
 
 def _settings() -> Settings:
@@ -40,6 +44,10 @@ def _load_model(name: ModelName, version: str | None) -> object:
     from models import ModelRegistry, RiskModel, choose_device
 
     spec = sepsis_feature_spec()
+    if name is ModelName.readmission:
+        from fhir_mappings import readmission_feature_spec
+
+        spec = readmission_feature_spec()
     artifact = ModelRegistry(_settings().model_dir).load(name.value, spec, version)
     return RiskModel(artifact, spec, device=choose_device())
 
@@ -81,6 +89,13 @@ def train(
     from models import SEPSIS_ROUNDS, ModelRegistry, train_sepsis
 
     registry = ModelRegistry(_settings().model_dir)
+    if model is ModelName.readmission:
+        from models import default_readmission_path, train_readmission
+
+        path = data or default_readmission_path(_settings().data_dir)
+        manifest = train_readmission(path, registry, seed=seed, activate=activate)
+        typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
+        return
     manifest = train_sepsis(
         _sepsis_data_path(data), registry, seed=seed, patients=patients, num_boost_round=rounds or SEPSIS_ROUNDS, activate=activate
     )
@@ -93,7 +108,15 @@ def score(
     data: DataOption = None,
     version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
 ) -> None:
-    """Print one JSON line {patient, hour, probability} per row of a table in set A's layout."""
+    """Print one JSON line per row: {patient, hour, probability} (sepsis), {patient, encounter, probability} (readmission)."""
+    if model is ModelName.readmission:
+        from models import default_readmission_path, load_readmission_data, score_readmission
+
+        scorer = _load_model(model, version)
+        loaded = load_readmission_data(data or default_readmission_path(_settings().data_dir), scorer.spec)  # type: ignore[attr-defined]
+        for patient, encounter, p in zip(loaded.patient.tolist(), loaded.table.encounter.tolist(), score_readmission(scorer, loaded).tolist(), strict=True):  # type: ignore[arg-type]
+            sys.stdout.write(json.dumps({"patient": patient, "encounter": encounter, "probability": p}) + "\n")
+        return
     from fhir_mappings import sepsis_feature_spec
     from models import load_sepsis_data, score_sepsis
 
@@ -111,11 +134,19 @@ def evaluate(
     data: DataOption = None,
     version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")] = None,
-    holdout: Annotated[bool, typer.Option(help="only the patients the model held out for testing (same data and seed)")] = False,
-    replicates: Annotated[int, typer.Option(help="bootstrap replicates (by patient) for the 95 % intervals")] = 200,
+    holdout: Annotated[bool, typer.Option(help="sepsis: only the patients the model held out for testing (same data and seed)")] = False,
+    replicates: Annotated[int | None, typer.Option(help="bootstrap replicates (by patient) for the 95 % intervals (default: sepsis 200, readmission 500)")] = None,
 ) -> None:
-    """Print the clinical evaluation (official utility, AUROC/AUPRC, operating point, calibration,
-    subgroups, baselines, bootstrap intervals) as one JSON object; --report also writes files."""
+    """Print the clinical evaluation as one JSON object (sepsis: official utility, AUROC/AUPRC, operating
+    point, calibration, subgroups, baselines, bootstrap intervals; readmission: AUROC/AUPRC with
+    intervals, calibration, subgroups, LACE-style baseline); --report also writes files."""
+    if model is ModelName.readmission:
+        from models import default_readmission_path, evaluate_readmission, load_readmission_data
+
+        scorer = _load_model(model, version)
+        loaded = load_readmission_data(data or default_readmission_path(_settings().data_dir), scorer.spec)  # type: ignore[attr-defined]
+        typer.echo(json.dumps(evaluate_readmission(scorer, loaded, report_dir=report, replicates=replicates or 500)))  # type: ignore[arg-type]
+        return
     from fhir_mappings import sepsis_feature_spec
     from models import development_split, evaluate_sepsis, load_sepsis_data, read_physionet
 
@@ -126,7 +157,7 @@ def evaluate(
         only = development_split(read_physionet(path)["patient"].to_numpy(), risk_model.manifest.seed)[1]  # type: ignore[attr-defined]
     loaded = load_sepsis_data(path, sepsis_feature_spec(), baselines=True, only=only)
     label = f"{path.name}" + (" (held-out test patients)" if holdout else "")
-    metrics = evaluate_sepsis(risk_model, loaded, report=report, replicates=replicates, data_label=label)  # type: ignore[arg-type]
+    metrics = evaluate_sepsis(risk_model, loaded, report=report, replicates=replicates or 200, data_label=label)  # type: ignore[arg-type]
     typer.echo(json.dumps(metrics))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .ehr_identity import EhrIdentity, EhrJwtAuth, endpoint_audience
+from .diabetes_fhir import DischargeResources, discharge_hook_request, discharge_to_fhir
 from .fhir_server import DemoFhirServer
 from .hook_requests import patient_view_request, searchset
 from .loopback import LoopbackServer, free_port, serve_in_thread
@@ -10,10 +11,13 @@ from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
 
 __all__ = [
     "DemoFhirServer",
+    "DischargeResources",
     "EhrIdentity",
     "EhrJwtAuth",
     "LoopbackServer",
     "StayResources",
+    "discharge_hook_request",
+    "discharge_to_fhir",
     "endpoint_audience",
     "free_port",
     "icu_start_for_hour",

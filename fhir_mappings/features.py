@@ -84,6 +84,9 @@ class Feature:
 class FeatureSpec:
     name: str
     features: tuple[Feature, ...]
+    # Bumped when the code that computes this spec's features changes; each model's spec has its own,
+    # so changing the sepsis feature code does not invalidate the readmission model.
+    code_version: str = FEATURE_CODE_VERSION
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,7 +103,7 @@ class FeatureSpec:
     @property
     def spec_hash(self) -> str:
         payload = json.dumps(
-            {"version": FEATURE_CODE_VERSION, "features": [f.describe() for f in self.features]},
+            {"version": self.code_version, "features": [f.describe() for f in self.features]},
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()

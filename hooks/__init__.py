@@ -17,15 +17,17 @@ from .cards import (
 )
 from .prefetch import render_template, template_tokens
 from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
+from .readmission import READMISSION, follow_up_request, readmission_card
 from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
 
-SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS,)}
+SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS, READMISSION)}
 
 __all__ = [
     "CARD_EXTENSION",
     "Driver",
     "Fetched",
     "OverrideReason",
+    "READMISSION",
     "RiskCardText",
     "SEPSIS",
     "SERVICES",
@@ -34,8 +36,10 @@ __all__ = [
     "Service",
     "build_risk_card",
     "explanation_link",
+    "follow_up_request",
     "format_percent",
     "format_value",
+    "readmission_card",
     "render_template",
     "sepsis_bundle_suggestion",
     "sepsis_card",

@@ -1,0 +1,244 @@
+"""The `readmission-risk` CDS service: at discharge, 30-day readmission risk with its reasons
+and a suggested follow-up within 7 days.
+
+Answers `encounter-discharge`, and `patient-view` when the context names an inpatient
+`encounterId` (many EHRs do not send encounter-discharge yet); otherwise it has nothing to say.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from fhir_mappings import DischargeRecord, build_readmission_features, build_risk_assessment, discharge_to_table
+from models import READMISSION_OUTCOME, Contribution
+
+from .cards import RiskCardText, build_risk_card, format_percent
+from .service import OverrideReason, ScoredCard, ScoringInput, Service
+
+__all__ = ["READMISSION", "follow_up_request", "readmission_card"]
+
+NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+SNOMED = "http://snomed.info/sct"
+TOP_DRIVERS = 5
+FOLLOW_UP_DAYS = 7
+_INPATIENT = {"IMP", "ACUTE", "NONAC"}
+_BAND_WORDS = {"high": "high", "moderate": "elevated", "low": "low"}
+_A1C = {0: "below 7 %", 1: "7-8 %", 2: "above 8 %"}
+_GLUCOSE = {0: "below 200 mg/dL", 1: "200-300 mg/dL", 2: "above 300 mg/dL"}
+_DRUG = {0: "not given", 1: "dose unchanged", 2: "dose increased", 3: "dose decreased"}
+
+
+def _resources(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _words(c: Contribution) -> str:
+    """A feature's value in plain words, by the unit its spec gives it."""
+    v = c.value
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "not recorded"
+    unit = c.unit
+    if unit == "flag":
+        return "yes" if v >= 0.5 else "no"
+    if unit == "sex":
+        return "male" if v >= 0.5 else "female"
+    if unit == "age-band":
+        return "90 years or older" if v >= 90 else f"{int(v)}-{int(v) + 9} years"
+    if unit == "d":
+        return f"{v:.0f} day{'s' if v != 1 else ''}"
+    if unit == "band-a1c":
+        return _A1C.get(int(v), "recorded")
+    if unit == "band-glucose":
+        return _GLUCOSE.get(int(v), "recorded")
+    if unit == "drug-status":
+        return _DRUG.get(int(v), "recorded")
+    return f"{v:.0f}"
+
+
+def driver_lines(drivers: Sequence[Contribution]) -> list[str]:
+    lines = []
+    for d in drivers:
+        arrow, effect = ("↑", "raises risk") if d.shap > 0 else ("↓", "lowers risk")
+        lines.append(f"- {arrow} **{d.label}**: {_words(d)} ({effect})")
+    return lines
+
+
+def follow_up_request(*, patient_id: str, encounter_id: str, now: datetime, probability: float, request_id: str) -> dict[str, Any]:
+    """A draft ServiceRequest for a follow-up visit within 7 days of discharge (valid R4)."""
+    resource = {
+        "resourceType": "ServiceRequest",
+        "id": request_id,
+        "status": "draft",
+        "intent": "proposal",
+        "priority": "routine",
+        "code": {"coding": [{"system": SNOMED, "code": "390906007", "display": "Follow-up encounter"}], "text": "Follow-up visit after discharge"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "encounter": {"reference": f"Encounter/{encounter_id}"},
+        "occurrencePeriod": {"start": now.isoformat(), "end": (now + timedelta(days=FOLLOW_UP_DAYS)).isoformat()},
+        "reasonCode": [{"text": f"Estimated 30-day readmission risk {format_percent(probability)}"}],
+        "note": [{"text": "Proposed by the readmission-risk decision aid; review before ordering."}],
+    }
+    ServiceRequest.model_validate(resource)  # raises on anything that is not valid R4
+    return resource
+
+
+def _score(inp: ScoringInput) -> ScoredCard | None:
+    encounter_id = inp.context.get("encounterId")
+    if not isinstance(encounter_id, str) or not encounter_id:
+        return None  # patient-view without an encounter: nothing to say at discharge
+    fetched = inp.fetched
+    candidates = _resources(fetched.get("encounter")) + _resources(fetched.get("encounters"))
+    encounter = next((e for e in candidates if e.get("resourceType") == "Encounter" and e.get("id") == encounter_id), None)
+    if encounter is None:
+        return None
+    cls = encounter.get("class") if isinstance(encounter.get("class"), Mapping) else {}
+    if cls.get("code") not in _INPATIENT:
+        return None  # not a hospital stay
+    patient = fetched.get("patient")
+    patient_id = str(inp.context["patientId"])
+    record = DischargeRecord(
+        patient_id=patient_id,
+        patient=patient if isinstance(patient, dict) else None,
+        encounter=encounter,
+        encounters=[e for e in _resources(fetched.get("encounters")) if e.get("resourceType") == "Encounter"],
+        conditions=[r for r in _resources(fetched.get("conditions")) if r.get("resourceType") == "Condition"],
+        observations=[r for r in _resources(fetched.get("labs")) if r.get("resourceType") == "Observation"],
+        medication_requests=[r for r in _resources(fetched.get("medications")) if r.get("resourceType") == "MedicationRequest"],
+        procedures=[r for r in _resources(fetched.get("procedures")) if r.get("resourceType") == "Procedure"],
+    )
+    mapped = discharge_to_table(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source)
+    model = inp.model
+    row = build_readmission_features(mapped.table, model.spec)
+    probability = float(model.predict(row)[0])
+    band = model.band(probability)
+    explanation = model.explain(row[0])
+    suggestions = []
+    if band != "low":
+        request = follow_up_request(
+            patient_id=patient_id, encounter_id=encounter_id, now=inp.now, probability=probability,
+            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"follow-up/{inp.card_uuid}")),
+        )
+        suggestions.append(
+            {
+                "label": f"Arrange follow-up within {FOLLOW_UP_DAYS} days of discharge",
+                "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
+                "isRecommended": band == "high",
+                "actions": [{"type": "create", "description": "Draft a follow-up visit request", "resource": request}],
+            }
+        )
+    card = readmission_card(
+        card_uuid=inp.card_uuid,
+        probability=probability,
+        band=band,
+        threshold=model.threshold,
+        model_label=model.manifest.title,
+        model_version=model.version,
+        drivers=explanation.top(TOP_DRIVERS, min_abs=0.01),
+        all_contributions=explanation.contributions,
+        base_value=explanation.base_value,
+        suggestions=suggestions,
+    )
+    risk = build_risk_assessment(
+        card_uuid=inp.card_uuid,
+        service_id=READMISSION.id,
+        pseudonym=mapped.pseudonym,
+        occurrence=inp.now,
+        icu_hour=None,
+        model_name=model.name,
+        model_version=model.version,
+        probability=probability,
+        band=band,
+        outcome_code=READMISSION_OUTCOME,
+        horizon_hours=model.manifest.horizon_hours,
+        base_value=explanation.base_value,
+        contributions=[c for c in explanation.contributions if c.shap != 0.0],
+    )
+    user = inp.context.get("userId")
+    user_pseudonym = (
+        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source) if isinstance(user, str) and user else None
+    )
+    return ScoredCard(card=card, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability, log={"band": band, **mapped.counts})
+
+
+def readmission_card(
+    *,
+    card_uuid: str,
+    probability: float,
+    band: str,
+    threshold: float,
+    model_label: str,
+    model_version: str,
+    drivers: Sequence[Contribution],
+    all_contributions: Sequence[Contribution],
+    base_value: float,
+    suggestions: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    pct = format_percent(probability)
+    headline = [
+        f"**30-day readmission risk: {pct}** ({_BAND_WORDS[band]}; follow-up is suggested from {format_percent(threshold)}).",
+    ]
+    if drivers:
+        headline += ["", "**What drives this score** (SHAP):", "", *driver_lines(drivers)]
+    text = RiskCardText(
+        summary=f"30-day readmission risk {pct}: {_BAND_WORDS[band]}",
+        headline="\n".join(headline),
+        footer=(
+            "_Arrows show how each factor moves this patient's score from the model's average. "
+            "Consider a follow-up visit within 7 days, medication reconciliation and discharge teaching._"
+        ),
+    )
+    return build_risk_card(
+        card_uuid=card_uuid,
+        service=READMISSION,
+        band=band,
+        probability=probability,
+        threshold=threshold,
+        model_label=model_label,
+        model_version=model_version,
+        text=text,
+        drivers=(),  # worded above, in plain words for these features
+        all_contributions=all_contributions,
+        base_value=base_value,
+        suggestions=suggestions,
+    )
+
+
+READMISSION = Service(
+    id="readmission-risk",
+    hooks=("encounter-discharge", "patient-view"),
+    title="30-day readmission risk at discharge",
+    description=(
+        "Estimates the probability of readmission within 30 days of discharge for adults with diabetes from the stay "
+        "(admission, length of stay, diagnoses, HbA1c and glucose, diabetes medication changes) and the past year's "
+        "visits, explains it with SHAP and suggests follow-up within 7 days."
+    ),
+    prefetch={
+        "patient": "Patient/{{context.patientId}}",
+        "encounter": "Encounter/{{context.encounterId}}",
+        "encounters": "Encounter?patient={{context.patientId}}",
+        "conditions": "Condition?patient={{context.patientId}}",
+        "medications": "MedicationRequest?patient={{context.patientId}}",
+        "labs": "Observation?patient={{context.patientId}}&category=laboratory",
+        "procedures": "Procedure?patient={{context.patientId}}",
+    },
+    model_name="readmission",
+    score=_score,
+    usage_requirements=(
+        "For inpatient stays of adults with diabetes. Needs `encounterId` in context; diagnoses coded in ICD-9-CM, "
+        "ICD-10-CM or SNOMED CT, HbA1c/glucose in LOINC, diabetes drugs in RxNorm."
+    ),
+    override_reasons=(
+        OverrideReason(NON_ADHERENCE, "cds-not-applicable", "Not applicable to this patient"),
+        OverrideReason(NON_ADHERENCE, "action-completed", "Follow-up already arranged"),
+        OverrideReason(NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: risk does not fit the clinical picture"),
+        OverrideReason(NON_ADHERENCE, "cds-suboptimal-context", "Data shown is incomplete or out of date"),
+    ),
+)
