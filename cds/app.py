@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from fhir_mappings import CDSError, Pseudonymizer, readmission_feature_spec, sepsis_feature_spec
+from fhir_mappings import CDSError, Pseudonymizer
 from hooks import SERVICES
-from models import ModelRegistry, RiskModel, serving_device
+from models import ModelRegistry, RiskModel, model_task, serving_device
 
 from .auth import CallerVerifier
 from .errors import status_for
@@ -32,9 +32,6 @@ from .stores import RecordStore, open_store
 __all__ = ["AppState", "UNAUTHORIZED_BODY", "create_app", "make_verifier", "operation_outcome", "unauthorized"]
 
 log = logging.getLogger("cds.app")
-
-# Which feature spec each model name is served with.
-FEATURE_SPECS = {"sepsis": sepsis_feature_spec, "readmission": readmission_feature_spec}
 
 
 @dataclass
@@ -69,7 +66,7 @@ def load_models(settings: Settings) -> dict[str, RiskModel]:
     registry = ModelRegistry(settings.model_dir)
     loaded = {}
     for name in {s.model_name for s in SERVICES.values()}:
-        spec = FEATURE_SPECS[name]()
+        spec = model_task(name).feature_spec()
         loaded[name] = RiskModel(registry.load(name, spec), spec, device=serving_device(), nthread=1)
     return loaded
 

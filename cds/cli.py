@@ -1,4 +1,5 @@
-"""The `cds` command: serve, train, score, evaluate, feedback export."""
+"""The `cds` command: serve, train, score, evaluate, map, feedback export. Model-specific work is
+looked up in `models.MODELS`; nothing here branches on a model's name."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .settings import Settings, get_settings
 
-app = typer.Typer(help="FHIR-native clinical decision support: sepsis risk over CDS Hooks.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from models import RiskModel
+
+app = typer.Typer(help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Clinician feedback records.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
@@ -27,28 +31,24 @@ DataOption = Annotated[
     Path | None,
     typer.Option("--data", help="sepsis: PhysioNet 2019 parquet or .psv directory; readmission: Diabetes 130-US csv(.gz)"),
 ]
+VersionOption = Annotated[str | None, typer.Option(help="registry version (default: the active one)")]
 
 
 def _settings() -> Settings:
     return get_settings()
 
 
-def _sepsis_data_path(data: Path | None) -> Path:
-    from models import default_sepsis_path
+def _data_path(model: ModelName, data: Path | None) -> Path:
+    from models import model_task
 
-    return data or default_sepsis_path(_settings().data_dir)
+    return data or model_task(model.value).default_data(_settings().data_dir)
 
 
-def _load_model(name: ModelName, version: str | None) -> object:
-    from fhir_mappings import sepsis_feature_spec
-    from models import ModelRegistry, RiskModel, choose_device
+def _load_model(model: ModelName, version: str | None) -> RiskModel:
+    from models import ModelRegistry, RiskModel, choose_device, model_task
 
-    spec = sepsis_feature_spec()
-    if name is ModelName.readmission:
-        from fhir_mappings import readmission_feature_spec
-
-        spec = readmission_feature_spec()
-    artifact = ModelRegistry(_settings().model_dir).load(name.value, spec, version)
+    spec = model_task(model.value).feature_spec()
+    artifact = ModelRegistry(_settings().model_dir).load(model.value, spec, version)
     return RiskModel(artifact, spec, device=choose_device())
 
 
@@ -81,84 +81,43 @@ def train(
     model: ModelName,
     data: DataOption = None,
     seed: Annotated[int, typer.Option(help="random seed (same data + seed = same model file)")] = 2019,
-    patients: Annotated[int | None, typer.Option(help="train on the first N patients only (for quick runs)")] = None,
+    patients: Annotated[int | None, typer.Option(help="sepsis: train on the first N patients only (for quick runs)")] = None,
     rounds: Annotated[int | None, typer.Option(help="boosting rounds (default: the tuned number)")] = None,
     activate: Annotated[bool, typer.Option(help="make the new version the served one")] = True,
 ) -> None:
     """Train a model, evaluate it on held-out patients and register it."""
-    from models import SEPSIS_ROUNDS, ModelRegistry, train_sepsis
+    from models import ModelRegistry, TrainOptions, model_task
 
-    registry = ModelRegistry(_settings().model_dir)
-    if model is ModelName.readmission:
-        from models import default_readmission_path, train_readmission
-
-        path = data or default_readmission_path(_settings().data_dir)
-        manifest = train_readmission(path, registry, seed=seed, activate=activate)
-        typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
-        return
-    manifest = train_sepsis(
-        _sepsis_data_path(data), registry, seed=seed, patients=patients, num_boost_round=rounds or SEPSIS_ROUNDS, activate=activate
-    )
+    options = TrainOptions(seed=seed, activate=activate, patients=patients, rounds=rounds)
+    manifest = model_task(model.value).train(_data_path(model, data), ModelRegistry(_settings().model_dir), options)
     typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
 
 
 @app.command()
-def score(
-    model: ModelName,
-    data: DataOption = None,
-    version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
-) -> None:
+def score(model: ModelName, data: DataOption = None, version: VersionOption = None) -> None:
     """Print one JSON line per row: {patient, hour, probability} (sepsis), {patient, encounter, probability} (readmission)."""
-    if model is ModelName.readmission:
-        from models import default_readmission_path, load_readmission_data, score_readmission
+    from models import model_task
 
-        scorer = _load_model(model, version)
-        loaded = load_readmission_data(data or default_readmission_path(_settings().data_dir), scorer.spec)  # type: ignore[attr-defined]
-        for patient, encounter, p in zip(loaded.patient.tolist(), loaded.table.encounter.tolist(), score_readmission(scorer, loaded).tolist(), strict=True):  # type: ignore[arg-type]
-            sys.stdout.write(json.dumps({"patient": patient, "encounter": encounter, "probability": p}) + "\n")
-        return
-    from fhir_mappings import sepsis_feature_spec
-    from models import load_sepsis_data, score_sepsis
-
-    risk_model = _load_model(model, version)
-    loaded = load_sepsis_data(_sepsis_data_path(data), sepsis_feature_spec())
-    probability = score_sepsis(risk_model, loaded)  # type: ignore[arg-type]
-    out = sys.stdout
-    for patient, hour, p in zip(loaded.patient.tolist(), loaded.hour.tolist(), probability.tolist(), strict=True):
-        out.write(f'{{"patient": {json.dumps(patient)}, "hour": {int(hour)}, "probability": {p!r}}}\n')
+    lines = model_task(model.value).score_lines(_load_model(model, version), _data_path(model, data))
+    sys.stdout.writelines(line + "\n" for line in lines)
 
 
 @app.command()
 def evaluate(
     model: ModelName,
     data: DataOption = None,
-    version: Annotated[str | None, typer.Option(help="registry version (default: the active one)")] = None,
+    version: VersionOption = None,
     report: Annotated[Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")] = None,
-    holdout: Annotated[bool, typer.Option(help="sepsis: only the patients the model held out for testing (same data and seed)")] = False,
+    holdout: Annotated[bool, typer.Option(help="only the patients the model held out for testing (same data and seed)")] = False,
     replicates: Annotated[int | None, typer.Option(help="bootstrap replicates (by patient) for the 95 % intervals (default: sepsis 200, readmission 500)")] = None,
 ) -> None:
     """Print the clinical evaluation as one JSON object (sepsis: official utility, AUROC/AUPRC, operating
     point, calibration, subgroups, baselines, bootstrap intervals; readmission: AUROC/AUPRC with
     intervals, calibration, subgroups, LACE-style baseline); --report also writes files."""
-    if model is ModelName.readmission:
-        from models import default_readmission_path, evaluate_readmission, load_readmission_data
+    from models import EvaluateOptions, model_task
 
-        scorer = _load_model(model, version)
-        loaded = load_readmission_data(data or default_readmission_path(_settings().data_dir), scorer.spec)  # type: ignore[attr-defined]
-        typer.echo(json.dumps(evaluate_readmission(scorer, loaded, report_dir=report, replicates=replicates or 500)))  # type: ignore[arg-type]
-        return
-    from fhir_mappings import sepsis_feature_spec
-    from models import development_split, evaluate_sepsis, load_sepsis_data, read_physionet
-
-    risk_model = _load_model(model, version)
-    path = _sepsis_data_path(data)
-    only = None
-    if holdout:
-        only = development_split(read_physionet(path)["patient"].to_numpy(), risk_model.manifest.seed)[1]  # type: ignore[attr-defined]
-    loaded = load_sepsis_data(path, sepsis_feature_spec(), baselines=True, only=only)
-    label = f"{path.name}" + (" (held-out test patients)" if holdout else "")
-    metrics = evaluate_sepsis(risk_model, loaded, report=report, replicates=replicates or 200, data_label=label)  # type: ignore[arg-type]
-    typer.echo(json.dumps(metrics))
+    options = EvaluateOptions(report=report, replicates=replicates, holdout=holdout)
+    typer.echo(json.dumps(model_task(model.value).evaluate(_load_model(model, version), _data_path(model, data), options)))
 
 
 @feedback_app.command("export")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .ehr_identity import EhrIdentity, EhrJwtAuth, endpoint_audience
 from .diabetes_fhir import DischargeResources, discharge_hook_request, discharge_to_fhir
+from .ehr_identity import EhrIdentity, EhrJwtAuth, endpoint_audience
 from .fhir_server import DemoFhirServer
 from .hook_requests import patient_view_request, searchset
 from .loopback import LoopbackServer, free_port, serve_in_thread

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
+from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
 from .codes import CodeRow, CodeTable, default_code_table
 from .deid import AGE_CAP, Pseudonymizer, age_in_years
 from .diabetes130 import (
@@ -45,7 +46,6 @@ from .discharge_table import (
     diabetes_drugs,
 )
 from .errors import CDSError, InvalidResourceError, MappingError, NotFHIRError, UnitError
-from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
 from .features import (
     CLOCK_FEATURES,
     FEATURE_CODE_VERSION,
@@ -77,6 +77,7 @@ from .stay import INPATIENT_CLASSES, IcuClock, icu_clock, select_encounter
 from .table import CanonicalTable
 from .tabular import PHYSIONET_COLUMNS, TabularTable, physionet_to_table
 from .units import Conversion, UnitTable, default_unit_table
+from .validation import ValidationIssue, validate_resource, validate_resources
 from .variables import (
     CANONICAL_COLUMNS,
     CLINICAL_VARIABLES,
@@ -87,7 +88,6 @@ from .variables import (
     Variable,
     variable,
 )
-from .validation import ValidationIssue, validate_resource, validate_resources
 from .writeback import build_provenance, build_risk_assessment, provenance_id
 
 __all__ = [

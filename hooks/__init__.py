@@ -16,8 +16,8 @@ from .cards import (
     strip_empty,
 )
 from .prefetch import render_template, template_tokens
-from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
 from .readmission import READMISSION, follow_up_request, readmission_card
+from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
 from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
 
 SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS, READMISSION)}

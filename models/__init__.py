@@ -5,12 +5,14 @@ Imports `fhir_mappings` (the feature code shared with serving); nothing here doe
 
 from __future__ import annotations
 
+from .baselines import BASELINES, Baseline, baseline_scores
+from .catalog import MODELS, EvaluateOptions, ModelTask, TrainOptions, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
 from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
+from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
-from .lace import LACE_DESCRIPTION, lace_score
 from .readmission import (
     READMISSION_OUTCOME,
     ReadmissionData,
@@ -24,7 +26,6 @@ from .readmission import (
 )
 from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
 from .score import Contribution, Explanation, RiskModel
-from .baselines import BASELINES, Baseline, baseline_scores
 from .sepsis import (
     CV_FOLDS,
     HORIZON_HOURS,
@@ -61,16 +62,19 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_REGISTRY",
     "DatasetError",
+    "EvaluateOptions",
     "Explanation",
     "FeatureEntry",
     "FeatureSchemaMismatch",
     "HORIZON_HOURS",
     "LACE_DESCRIPTION",
     "LoadedArtifact",
+    "MODELS",
     "ModelError",
     "ModelManifest",
     "ModelNotFound",
     "ModelRegistry",
+    "ModelTask",
     "READMISSION_OUTCOME",
     "ReadmissionData",
     "RiskModel",
@@ -78,6 +82,7 @@ __all__ = [
     "SEPSIS_PARAMS",
     "SEPSIS_ROUNDS",
     "SepsisData",
+    "TrainOptions",
     "TrainedBooster",
     "accuracy_f_measure",
     "alert_burden",
@@ -96,6 +101,7 @@ __all__ = [
     "lace_score",
     "load_readmission_data",
     "load_sepsis_data",
+    "model_task",
     "normalized_utility",
     "out_of_fold",
     "patient_operating_point",
