@@ -1,8 +1,8 @@
 """One feedback call: check every item against the cards we issued, then record them all.
 
 Each item becomes a FHIR Provenance targeting the card's RiskAssessment. A batch is all or
-nothing: an unknown card, or an override reason the card never offered, refuses the whole batch
-before anything is stored.
+nothing: an unknown card, an override reason the card never offered, or an accepted suggestion
+that was not on the card refuses the whole batch before anything is stored.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ async def record_feedback(service: Service, request: FeedbackRequest, store: Rec
         reason = item.overrideReason.reason if item.overrideReason else None
         if reason is not None and (reason.system, reason.code) not in offered:
             raise BadRequest(f"feedback[{i}].overrideReason.reason is not one the card offered; nothing was recorded")
+        accepted = [s.id for s in item.acceptedSuggestions or ()]
+        if any(a not in cards[item.card].suggestion_uuids for a in accepted):
+            raise BadRequest(f"feedback[{i}].acceptedSuggestions names a suggestion the card did not offer; nothing was recorded")
         provenance = build_provenance(
             card_uuid=item.card,
             outcome=item.outcome,
@@ -38,7 +41,7 @@ async def record_feedback(service: Service, request: FeedbackRequest, store: Rec
             practitioner_pseudonym=cards[item.card].user_pseudonym,
             override_reason=reason.model_dump(exclude_none=True) if reason else None,
             user_comment=item.overrideReason.userComment if item.overrideReason else None,
-            accepted_suggestions=[s.id for s in item.acceptedSuggestions or ()],
+            accepted_suggestions=accepted,
         )
         records.append(FeedbackRecord(item.card, provenance, item.outcomeTimestamp.timestamp()))
     results = await store.put_feedback(records)

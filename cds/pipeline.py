@@ -188,7 +188,14 @@ async def run_hook(
     try:
         async with asyncio.timeout(remaining):
             await deps.store.put_card(
-                CardRecord(card_uuid, service.id, scored.user_pseudonym, scored.risk_assessment, time.time())
+                CardRecord(
+                    card_uuid,
+                    service.id,
+                    scored.user_pseudonym,
+                    scored.risk_assessment,
+                    time.time(),
+                    tuple(s["uuid"] for s in card.get("suggestions", ())),
+                )
             )
     except (TimeoutError, StoreError):
         # The advice still goes out; feedback for this card will be refused as unknown.

@@ -32,6 +32,7 @@ class CardRecord:
     user_pseudonym: str | None
     risk_assessment: dict[str, Any]
     created: float  # epoch seconds
+    suggestion_uuids: tuple[str, ...] = ()  # what the card offered: feedback may accept only these
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS card (
     service_id TEXT NOT NULL,
     user_pseudonym TEXT,
     resource TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    suggestions TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS feedback (
     provenance_id TEXT PRIMARY KEY,
@@ -82,6 +84,9 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(card)")}
+        if "suggestions" not in columns:  # a file written before cards kept their suggestions
+            self._db.execute("ALTER TABLE card ADD COLUMN suggestions TEXT NOT NULL DEFAULT '[]'")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         def locked() -> Any:
@@ -96,8 +101,16 @@ class SQLiteStore:
     async def put_card(self, record: CardRecord) -> None:
         def write() -> None:
             self._db.execute(
-                "INSERT OR REPLACE INTO card VALUES (?, ?, ?, ?, ?)",
-                (record.card_uuid, record.service_id, record.user_pseudonym, json.dumps(record.risk_assessment), record.created),
+                "INSERT OR REPLACE INTO card (card_uuid, service_id, user_pseudonym, resource, created, suggestions)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.card_uuid,
+                    record.service_id,
+                    record.user_pseudonym,
+                    json.dumps(record.risk_assessment),
+                    record.created,
+                    json.dumps(list(record.suggestion_uuids)),
+                ),
             )
 
         await self._run(write)
@@ -107,8 +120,12 @@ class SQLiteStore:
             if not card_uuids:
                 return {}
             marks = ",".join("?" * len(card_uuids))
-            rows = self._db.execute(f"SELECT * FROM card WHERE card_uuid IN ({marks})", list(card_uuids)).fetchall()
-            return {r[0]: CardRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows}
+            rows = self._db.execute(
+                "SELECT card_uuid, service_id, user_pseudonym, resource, created, suggestions"
+                f" FROM card WHERE card_uuid IN ({marks})",
+                list(card_uuids),
+            ).fetchall()
+            return {r[0]: CardRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], tuple(json.loads(r[5]))) for r in rows}
 
         result: dict[str, CardRecord] = await self._run(read)
         return result
@@ -215,6 +232,7 @@ class RedisStore:
             "user_pseudonym": record.user_pseudonym or "",
             "resource": json.dumps(record.risk_assessment),
             "created": repr(record.created),
+            "suggestions": json.dumps(list(record.suggestion_uuids)),
         }
         key = self._key("card", record.card_uuid)
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -231,7 +249,12 @@ class RedisStore:
         for uuid, row in zip(card_uuids, rows, strict=True):
             if row:
                 found[uuid] = CardRecord(
-                    uuid, row["service_id"], row["user_pseudonym"] or None, json.loads(row["resource"]), float(row["created"])
+                    uuid,
+                    row["service_id"],
+                    row["user_pseudonym"] or None,
+                    json.loads(row["resource"]),
+                    float(row["created"]),
+                    tuple(json.loads(row.get("suggestions", "[]"))),
                 )
         return found
 

@@ -122,6 +122,7 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
         {"card": "CARD", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "accepted", "acceptedSuggestions": [], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "overridden", "acceptedSuggestions": [{"id": "x"}], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {"card": "CARD", "outcome": "accepted", "acceptedSuggestions": [{"id": "not-on-the-card"}], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         "not an object",
         {"card": "CARD", "outcome": "maybe", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00"},

@@ -23,9 +23,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], R
     return lambda: RedisStore(url, prefix=prefix)
 
 
-def card(uuid: str, created: float = 1.0) -> CardRecord:
+def card(uuid: str, created: float = 1.0, suggestions: tuple[str, ...] = ()) -> CardRecord:
     ra = {"resourceType": "RiskAssessment", "id": uuid, "status": "final"}
-    return CardRecord(uuid, "sepsis-risk", "pr-abc", ra, created)
+    return CardRecord(uuid, "sepsis-risk", "pr-abc", ra, created, suggestions)
 
 
 def fb(uuid: str, outcome: str, at: str, epoch: float) -> FeedbackRecord:
@@ -46,10 +46,12 @@ def test_cards_and_feedback_round_trip(make_store: Callable[[], RecordStore]) ->
     async def scenario() -> None:
         store = make_store()
         a, b = new_id(), new_id()
-        await store.put_card(card(a, 1.0))
+        offered = (new_id(), new_id())
+        await store.put_card(card(a, 1.0, offered))
         await store.put_card(card(b, 2.0))
         found = await store.get_cards([a, b, "missing"])
         assert set(found) == {a, b} and found[a].user_pseudonym == "pr-abc"
+        assert found[a].suggestion_uuids == offered and found[b].suggestion_uuids == ()
         assert await store.put_feedback([fb(a, "accepted", "2026-01-01T10:00:00+00:00", 10.0)]) == ["created"]
         assert await store.put_feedback([fb(a, "accepted", "2026-01-01T10:00:00+00:00", 10.0)]) == ["unchanged"]
         assert await store.put_feedback([fb(a, "overridden", "2026-01-01T09:00:00+00:00", 9.0)]) == ["unchanged"]
@@ -94,5 +96,33 @@ def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
         assert a in await second.get_cards([a])
         assert len(await _exported(second, "Provenance")) == 1
         await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_sqlite_file_from_before_suggestions_were_kept_still_opens(tmp_path: Path) -> None:
+    """A store written by an older release (no suggestions column) is upgraded in place."""
+    import sqlite3
+
+    path = tmp_path / "cds.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE card (card_uuid TEXT PRIMARY KEY, service_id TEXT NOT NULL, user_pseudonym TEXT,"
+        " resource TEXT NOT NULL, created REAL NOT NULL);"
+        "CREATE TABLE feedback (provenance_id TEXT PRIMARY KEY, card_uuid TEXT NOT NULL, resource TEXT NOT NULL,"
+        " recorded REAL NOT NULL);"
+    )
+    old.execute("INSERT INTO card VALUES ('old-card', 'sepsis-risk', NULL, '{\"id\": \"old-card\"}', 1.0)")
+    old.commit()
+    old.close()
+
+    async def scenario() -> None:
+        store = SQLiteStore(path)
+        found = await store.get_cards(["old-card"])
+        assert found["old-card"].suggestion_uuids == ()
+        fresh = new_id()
+        await store.put_card(card(fresh, 2.0, ("s-1",)))
+        assert (await store.get_cards([fresh]))[fresh].suggestion_uuids == ("s-1",)
+        await store.close()
 
     asyncio.run(scenario())
