@@ -19,6 +19,7 @@ class Metrics:
         self.calls: Counter[tuple[str, str]] = Counter()  # (service, reason)
         self.feedback: Counter[tuple[str, str]] = Counter()  # (service, status)
         self.auth_failures: Counter[str] = Counter()  # reason code
+        self.outcomes: Counter[str] = Counter()  # service -> OperationOutcome entries skipped in EHR Bundles
         self._hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
         self._sum: Counter[str] = Counter()
 
@@ -31,6 +32,11 @@ class Metrics:
                     buckets[i] += 1
             buckets[-1] += 1
             self._sum[service] += seconds
+
+    def ehr_outcomes(self, service: str, n: int) -> None:
+        if n:
+            with self._lock:
+                self.outcomes[service] += n
 
     def feedback_item(self, service: str, status: str) -> None:
         with self._lock:
@@ -52,6 +58,9 @@ class Metrics:
                 lines.append(f'cds_hook_seconds_bucket{{service="{service}",le="+Inf"}} {buckets[-1]}')
                 lines.append(f'cds_hook_seconds_count{{service="{service}"}} {buckets[-1]}')
                 lines.append(f'cds_hook_seconds_sum{{service="{service}"}} {self._sum[service]:.6f}')
+            lines.append("# TYPE cds_ehr_operation_outcomes_total counter")
+            for service, n in sorted(self.outcomes.items()):
+                lines.append(f'cds_ehr_operation_outcomes_total{{service="{service}"}} {n}')
             lines.append("# TYPE cds_feedback_items_total counter")
             for (service, status), n in sorted(self.feedback.items()):
                 lines.append(f'cds_feedback_items_total{{service="{service}",status="{status}"}} {n}')

@@ -4,7 +4,9 @@ The only module that awaits between those steps, and the one that enforces the h
 budget: a slow or failing EHR never holds the answer past it. Prefetch semantics (CDS Hooks 2.0):
 an absent key is fetched; `null` means no such resource; an OperationOutcome or a value that is
 not FHIR means the EHR failed, so the key is fetched; a search Bundle with a `next` link is
-completed from the FHIR server. When data is needed and there is no FHIR server to ask: 412.
+completed from the FHIR server. OperationOutcome entries inside a search Bundle (warnings or
+partial failures) are skipped and counted (`ehr_outcomes`), so an EHR that keeps failing shows up
+in logs and metrics. When data is needed and there is no FHIR server to ask: 412.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ async def _gather(service: Service, request: HookRequest, deps: HookDeps) -> tup
     fetched: dict[str, Any] = {}
     needs: list[_Need] = []
     partial: dict[str, Any] = {}
-    counts = {"prefetched": 0, "fetched": 0}
+    counts = {"prefetched": 0, "fetched": 0, "ehr_outcomes": 0}
     for key, template in service.prefetch.items():
         query = render_template(template, request.context)
         if query is None:
@@ -98,7 +100,11 @@ async def _gather(service: Service, request: HookRequest, deps: HookDeps) -> tup
                 continue
             value, missing = _from_prefetch(key, template, prefetch[key])
             if not missing:
-                fetched[key] = value.resources if _is_search(template) else value
+                if _is_search(template):
+                    fetched[key] = value.resources
+                    counts["ehr_outcomes"] += len(value.outcomes)
+                else:
+                    fetched[key] = value
                 counts["prefetched"] += 1
                 continue
             if _is_search(template) and value is not None:
@@ -130,13 +136,17 @@ async def _fetch(
     async def one(need: _Need) -> Any:
         if need.search:
             if need.key in partial:
-                return (await deps.fhir.complete(base, partial[need.key], token)).resources
-            return (await deps.fhir.search(base, need.query, token)).resources
+                return await deps.fhir.complete(base, partial[need.key], token)
+            return await deps.fhir.search(base, need.query, token)
         return await deps.fhir.read(base, need.query, token)
 
     results = await asyncio.gather(*(one(n) for n in needs))
     for need, result in zip(needs, results, strict=True):
-        fetched[need.key] = result
+        if need.search:
+            fetched[need.key] = result.resources
+            counts["ehr_outcomes"] += len(result.outcomes)
+        else:
+            fetched[need.key] = result
     counts["fetched"] += len(needs)
 
 

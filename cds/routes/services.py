@@ -36,6 +36,7 @@ async def call_service(service_id: str, request: Request) -> dict[str, Any]:
             issuer=caller.iss if caller else None,
         )
         reason = outcome.reason
+        state.metrics.ehr_outcomes(service.id, int(outcome.details.get("ehr_outcomes", 0)))
         log_event(
             log,
             "hook answered",
@@ -59,4 +60,4 @@ def launch_url(request: Request, settings: Settings) -> str:
 
 
 # Counts and codes only: what may appear in a hook log line.
-_LOGGED = {"prefetched", "fetched", "icu_hour", "band", "observations", "measurements", "skipped", "unmapped_codes", "unit_errors"}
+_LOGGED = {"prefetched", "fetched", "ehr_outcomes", "icu_hour", "band", "observations", "measurements", "skipped", "unmapped_codes", "unit_errors"}

@@ -151,3 +151,25 @@ def _stored_feedback(settings) -> int:
     import sqlite3
 
     return sqlite3.connect(settings.sqlite_path).execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
+
+
+def test_operation_outcome_entries_in_a_prefetch_bundle_are_skipped_and_counted(client: httpx.Client) -> None:
+    stay = synthetic_stay()
+    plain = call(client, patient_view_request(stay)).json()["cards"][0]
+    body = patient_view_request(stay)
+    warning = {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "incomplete"}]}
+    body["prefetch"]["vitals"]["entry"].append({"resource": warning, "search": {"mode": "outcome"}})
+    before = _outcome_count(client)
+    response = call(client, body)
+    assert response.status_code == 200
+    card = response.json()["cards"][0]
+    key = "org.cds-ml.risk"
+    assert card["extension"][key]["probability"] == plain["extension"][key]["probability"]
+    assert _outcome_count(client) == before + 1
+
+
+def _outcome_count(client: httpx.Client) -> int:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('cds_ehr_operation_outcomes_total{service="sepsis-risk"}'):
+            return int(line.rsplit(" ", 1)[1])
+    return 0
