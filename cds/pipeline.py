@@ -19,8 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
-from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile, read_search_page
+from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile, observation_queries, read_search_page
 from hooks import ScoringInput, Service, explanation_link, render_template
 from models import RiskModel
 
@@ -83,7 +84,27 @@ def _from_prefetch(key: str, template: str, value: Any) -> tuple[Any, bool]:
     return page, page.next_url is not None
 
 
-async def _gather(service: Service, request: HookRequest, deps: HookDeps) -> tuple[dict[str, Any], dict[str, int]]:
+def _profile_observation_needs(
+    service: Service, needs: list[_Need], partial: Mapping[str, Any], fetched: Mapping[str, Any], patient_id: str,
+    profile: VendorProfile,
+) -> list[_Need]:
+    """Observation searches the EHR left to us: one per category its vendor profile names, except
+    categories already prefetched (or partly prefetched, which are completed as they are)."""
+    keys = service.observation_keys
+    if not any(n.key in keys and n.key not in partial for n in needs):
+        return needs
+    have = {keys[k] for k in keys if k in fetched or k in partial}
+    key_of = {category: key for key, category in keys.items()}
+    kept = [n for n in needs if n.key not in keys or n.key in partial]
+    for category, query in observation_queries(profile, quote(patient_id, safe="-._~")).items():
+        if category not in have:
+            kept.append(_Need(key_of.get(category, f"observations:{category}"), query, True))
+    return kept
+
+
+async def _gather(
+    service: Service, request: HookRequest, deps: HookDeps, profile: VendorProfile
+) -> tuple[dict[str, Any], dict[str, int]]:
     prefetch = request.prefetch or {}
     fetched: dict[str, Any] = {}
     needs: list[_Need] = []
@@ -110,6 +131,8 @@ async def _gather(service: Service, request: HookRequest, deps: HookDeps) -> tup
             if _is_search(template) and value is not None:
                 partial[key] = value  # a first page to complete
         needs.append(_Need(key, query, _is_search(template)))
+    if isinstance(request.context.get("patientId"), str):
+        needs = _profile_observation_needs(service, needs, partial, fetched, request.context["patientId"], profile)
     await _fetch(needs, partial, fetched, request, deps, counts)
     if service.followups is not None:
         more = service.followups(request.context, fetched)
@@ -165,9 +188,10 @@ async def run_hook(
     if model is None:
         raise ModelNotFound(f"no {service.model_name} model is loaded")
 
+    profile = deps.profiles(request.fhirServer, issuer)
     try:
         async with asyncio.timeout(max(0.05, deps.budget_s - min(deps.reserve_s, deps.budget_s / 4))):
-            fetched, counts = await _gather(service, request, deps)
+            fetched, counts = await _gather(service, request, deps, profile)
     except (TimeoutError, FHIRTimeout):
         return HookOutcome({"cards": []}, "fhir-timeout")
     except FHIRServerError as exc:
@@ -183,7 +207,7 @@ async def run_hook(
             pseudonymizer=deps.pseudonymizer,
             card_uuid=card_uuid,
             source=request.fhirServer or "",
-            profile=deps.profiles(request.fhirServer, issuer),
+            profile=profile,
         )
     )
     if scored is None:

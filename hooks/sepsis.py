@@ -154,6 +154,7 @@ SEPSIS = Service(
     model_name="sepsis",
     score=_score,
     followups=_followups,
+    observation_keys={"vitals": "vital-signs", "labs": "laboratory"},
     usage_requirements=(
         "For adult ICU patients during an inpatient encounter. Needs vital-sign and laboratory Observations coded "
         "with LOINC; give `encounterId` in context when the patient has several encounters in progress."

@@ -61,6 +61,9 @@ class Service:
     required_context: tuple[str, ...] = ("userId", "patientId")
     # Second-round reads needed once the first round is in (e.g. Location of an ICU bed).
     followups: Callable[[Mapping[str, Any], Fetched], dict[str, str]] | None = None
+    # Prefetch keys that are Observation searches by category (key -> category). When the EHR did
+    # not prefetch them, the fallback asks for the categories the EHR's vendor profile names.
+    observation_keys: Mapping[str, str] = field(default_factory=dict)
     override_reasons: tuple[OverrideReason, ...] = ()
     # risk band -> CDS Hooks card indicator
     indicators: Mapping[str, str] = field(default_factory=lambda: {"low": "info", "moderate": "warning", "high": "critical"})
