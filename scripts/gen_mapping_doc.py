@@ -43,7 +43,16 @@ separate Observations; FiO2 may come as a component (3150-0) of a pulse-oximetry
 
 Vendor profiles (`fhir_mappings/profiles.py`): {profiles}. Chosen per EHR by
 `CDS_EHR_PROFILES` (FHIR base URL or JWT issuer prefix -> profile name), default
-`CDS_EHR_PROFILE_DEFAULT`.
+`CDS_EHR_PROFILE_DEFAULT`. A profile adds local codes, maps ICU location names to MICU/SICU, and
+names the Observation categories to query: when the EHR did not prefetch Observations, the FHIR
+fallback searches one category at a time from that list (categories the EHR prefetched are not
+asked again). Search Bundles: `next` links are followed on the same base only; `_include`d
+resources are used; OperationOutcome entries are skipped and counted (`ehr_outcomes` in the hook
+log, `cds_ehr_operation_outcomes_total` in /metrics).
+
+Round trip (tests/fhir_mappings, 1000 set-A patients): table -> FHIR -> table is the identity,
+exact for values sent in the canonical unit and within 1e-9 (relative and absolute) for values
+sent in another unit and converted back (floating-point rounding of the factor only).
 
 Where validation happens: the hook's hot path reads plain JSON with narrow readers (measured by
 `scripts/bench_mapping.py`: FHIR -> canonical p50 ~2.2 ms for 838 Observations; full
