@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .diabetes_fhir import DischargeResources, discharge_hook_request, discharge_to_fhir
+from .diabetes_fhir import DischargeResources, discharge_to_fhir
 from .ehr_identity import EhrIdentity, EhrJwtAuth, endpoint_audience
 from .fhir_server import DemoFhirServer
-from .hook_requests import patient_view_request, searchset
+from .hook_requests import discharge_hook_request, patient_view_request, searchset
 from .loopback import LoopbackServer, free_port, serve_in_thread
 from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
 

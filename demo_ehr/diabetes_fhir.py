@@ -13,8 +13,7 @@ ingredients) and dose changes as a new request whose `priorPrescription` had ano
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -299,46 +298,3 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
             request(f"{eid}-med-{i}", "active", {"medicationCodeableConcept": _text_concept(f"Medication {i + 1} (not identified in the source data)")}, None)
         )
     return out
-
-
-def _searchset(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
-
-
-def discharge_hook_request(
-    stay: DischargeResources,
-    *,
-    hook: str = "encounter-discharge",
-    prefetch: bool | Iterable[str] = True,
-    fhir_server: str | None = None,
-    access_token: str | None = None,
-    user: str = "Practitioner/demo-clinician",
-) -> dict[str, Any]:
-    """A CDS Hooks request for this stay. `prefetch`: True for every key, False for none, or keys."""
-    context = {"userId": user, "patientId": stay.patient_id, "encounterId": stay.encounter_id}
-    body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
-    values = {
-        "patient": stay.patient,
-        "encounter": stay.encounter,
-        "encounters": _searchset([stay.encounter, *stay.history]),
-        "conditions": _searchset(stay.conditions),
-        "medications": _searchset(stay.medication_requests),
-        "labs": _searchset(stay.observations),
-        "procedures": _searchset(stay.procedures),
-    }
-    keys = set(values) if prefetch is True else set() if prefetch is False else set(prefetch)
-    if keys:
-        body["prefetch"] = {k: v for k, v in values.items() if k in keys}
-    if fhir_server:
-        body["fhirServer"] = fhir_server
-        if access_token:
-            body["fhirAuthorization"] = {
-                "access_token": access_token,
-                "token_type": "Bearer",
-                "expires_in": 300,
-                "scope": "patient/*.rs",
-                "subject": "cds-ml-service",
-                "patient": stay.patient_id,
-            }
-    return body
-

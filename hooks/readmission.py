@@ -19,11 +19,10 @@ from fhir_mappings import DischargeRecord, build_readmission_features, build_ris
 from models import READMISSION_OUTCOME, Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
-from .service import OverrideReason, ScoredCard, ScoringInput, Service
+from .service import NON_ADHERENCE, NOT_APPLICABLE, STALE_DATA, OverrideReason, ScoredCard, ScoringInput, Service
 
 __all__ = ["READMISSION", "follow_up_request", "readmission_card"]
 
-NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 SNOMED = "http://snomed.info/sct"
 TOP_DRIVERS = 5
 FOLLOW_UP_DAYS = 7
@@ -236,9 +235,9 @@ READMISSION = Service(
         "ICD-10-CM or SNOMED CT, HbA1c/glucose in LOINC, diabetes drugs in RxNorm."
     ),
     override_reasons=(
-        OverrideReason(NON_ADHERENCE, "cds-not-applicable", "Not applicable to this patient"),
+        NOT_APPLICABLE,
         OverrideReason(NON_ADHERENCE, "action-completed", "Follow-up already arranged"),
         OverrideReason(NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: risk does not fit the clinical picture"),
-        OverrideReason(NON_ADHERENCE, "cds-suboptimal-context", "Data shown is incomplete or out of date"),
+        STALE_DATA,
     ),
 )

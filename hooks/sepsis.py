@@ -19,11 +19,19 @@ from fhir_mappings import (
 from models import HORIZON_HOURS, SEPSIS_OUTCOME
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
-from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
+from .service import (
+    NON_ADHERENCE,
+    NOT_APPLICABLE,
+    STALE_DATA,
+    Fetched,
+    OverrideReason,
+    ScoredCard,
+    ScoringInput,
+    Service,
+)
 
 __all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
 
-NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"  # CDS Hooks 3.0 suggests these
 TOP_DRIVERS = 5
 _BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
 LOINC = "http://loinc.org"
@@ -160,10 +168,10 @@ SEPSIS = Service(
         "with LOINC; give `encounterId` in context when the patient has several encounters in progress."
     ),
     override_reasons=(
-        OverrideReason(NON_ADHERENCE, "cds-not-applicable", "Not applicable to this patient"),
+        NOT_APPLICABLE,
         OverrideReason(NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: clinical picture does not fit"),
         OverrideReason(NON_ADHERENCE, "action-completed", "Already assessed or treated for sepsis"),
-        OverrideReason(NON_ADHERENCE, "cds-suboptimal-context", "Data shown is incomplete or out of date"),
+        STALE_DATA,
     ),
 )
 

@@ -11,7 +11,19 @@ from typing import Any
 from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile
 from models import RiskModel
 
-__all__ = ["Fetched", "OverrideReason", "ScoredCard", "ScoringInput", "Service"]
+__all__ = [
+    "NON_ADHERENCE",
+    "NOT_APPLICABLE",
+    "STALE_DATA",
+    "Fetched",
+    "OverrideReason",
+    "ScoredCard",
+    "ScoringInput",
+    "Service",
+]
+
+# HL7 non-adherence reason codes (the code system CDS Hooks 3.0 suggests for overrideReasons).
+NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 
 # Per prefetch key: a resource (or None) for a read template, a list of resources for a search.
 Fetched = Mapping[str, dict[str, Any] | list[dict[str, Any]] | None]
@@ -25,6 +37,11 @@ class OverrideReason:
 
     def coding(self) -> dict[str, str]:
         return {"system": self.system, "code": self.code, "display": self.display}
+
+
+# Offered by every service; each service adds the reasons specific to its advice.
+NOT_APPLICABLE = OverrideReason(NON_ADHERENCE, "cds-not-applicable", "Not applicable to this patient")
+STALE_DATA = OverrideReason(NON_ADHERENCE, "cds-suboptimal-context", "Data shown is incomplete or out of date")
 
 
 @dataclass(frozen=True)
