@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
             deps = HookDeps(
-                fhir=FhirClient(http, max_pages=settings.fhir_max_pages),
+                fhir=FhirClient(http, max_pages=settings.fhir_max_pages, allow_http=settings.allow_http_fhir_server),
                 store=store,
                 models=models,
                 pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),

@@ -3,7 +3,8 @@
 One shared httpx.AsyncClient (created by the app's lifespan); the bearer token from
 `fhirAuthorization` is passed per call and never logged. Search results are paged through
 `Bundle.link[next]` only while the link stays under the same base URL, so a token is never sent
-to another host. httpx errors, HTTP statuses and OperationOutcome bodies become FHIRServerError.
+to another host, and only to an https base (plain http only on loopback, or when
+`CDS_ALLOW_HTTP_FHIR_SERVER` says so for a closed test network). httpx errors, HTTP statuses and OperationOutcome bodies become FHIRServerError.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import httpx
 from fhir_mappings import CDSError, SearchPage, read_search_page
 
 from .errors import FHIRServerError, FHIRTimeout
+from .transport import secure_or_loopback
 
 __all__ = ["FhirClient", "same_base"]
 
@@ -26,11 +28,14 @@ def same_base(base: str, url: str) -> bool:
 
 
 class FhirClient:
-    def __init__(self, http: httpx.AsyncClient, *, max_pages: int = 20) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, max_pages: int = 20, allow_http: bool = False) -> None:
         self.http = http
         self.max_pages = max_pages
+        self.allow_http = allow_http
 
     def _url(self, base: str, path: str) -> str:
+        if not (self.allow_http or secure_or_loopback(base)):
+            raise FHIRServerError("fhirServer must be an https URL; no request was sent")
         if path.startswith(("http://", "https://")):
             if not same_base(base, path):
                 raise FHIRServerError("refusing a URL outside the FHIR server's base")

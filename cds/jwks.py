@@ -20,12 +20,13 @@ import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from .transport import secure_or_loopback
+
 __all__ = ["JwksBackend", "JwksCache", "JwksUnavailable", "MemoryJwksBackend", "RedisJwksBackend"]
 
 log = logging.getLogger("cds.auth")
 
 MAX_JWKS_BYTES = 64 * 1024
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 PublicKey = ECKey | RSAKey
 
@@ -152,8 +153,7 @@ class JwksCache:
     def _check_url(self, url: str) -> None:
         if url not in self.allowlist:
             raise JwksUnavailable("JWKS URL is not on the allow-list")
-        parsed = httpx.URL(url)
-        if parsed.scheme != "https" and not (parsed.scheme == "http" and parsed.host in _LOOPBACK_HOSTS):
+        if not secure_or_loopback(url):
             raise JwksUnavailable("JWKS URL must be https")
 
     async def _download(self, url: str) -> str:

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     hook_timeout_s: float = 2.0
     fhir_timeout_s: float = 1.5
     fhir_max_pages: int = 20
+    # The EHR's fhirServer must be https (http is accepted on loopback only). True only for a
+    # closed test network: the access token and PHI would then cross the network in clear.
+    allow_http_fhir_server: bool = False
     log_level: str = "INFO"
     # EHR vendor profiles (fhir_mappings.profiles): FHIR base URL or JWT issuer prefix -> profile name,
     # e.g. CDS_EHR_PROFILES='{"https://fhir.example-epic.org/api/FHIR/R4": "epic"}'.

@@ -54,6 +54,15 @@ def test_no_prefetch_and_no_fhir_server_is_412(cds_server) -> None:
     assert "no fhirServer" in response.json()["issue"][0]["diagnostics"]
 
 
+def test_a_plain_http_fhir_server_off_loopback_gets_no_request_and_412(cds_server) -> None:
+    # 127.0.0.2 is not one of the loopback names we trust for plain http; should the rule ever
+    # break, the request still stays on this machine.
+    body = patient_view_request(synthetic_stay(), prefetch=["patient"], fhir_server="http://127.0.0.2:9/fhir", access_token="t")
+    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 412
+    assert "https" in response.json()["issue"][0]["diagnostics"]
+
+
 def test_a_refused_token_is_412(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
     stay = synthetic_stay()
     ehr.add(stay.all())

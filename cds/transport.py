@@ -1,0 +1,18 @@
+"""Which URLs we may send a token or PHI to: https, or plain http on this machine's loopback
+(the test EHR, the demo). Used for JWKS URLs and for the EHR's fhirServer."""
+
+from __future__ import annotations
+
+import httpx
+
+__all__ = ["LOOPBACK_HOSTS", "secure_or_loopback"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def secure_or_loopback(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme == "https" or (parsed.scheme == "http" and parsed.host in LOOPBACK_HOSTS)
