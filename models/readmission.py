@@ -8,6 +8,7 @@ removed; label `readmitted == "<30"`. Any file in the dataset's layout (csv or c
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,9 @@ def readmission_report(
 
 
 def write_readmission_report(report_dir: Path, probability: np.ndarray, data: ReadmissionData, report: dict[str, Any], model: str, note: str = "") -> Path:
+    """metrics.json (the printed evaluation), model_card.md and the PNG plots."""
     report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     y = data.label
     assert y is not None
     lace = lace_score(data.table)

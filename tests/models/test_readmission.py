@@ -57,6 +57,7 @@ def test_cli_evaluates_any_file_in_the_layout(tmp_path: Path) -> None:
     assert set(metrics["subgroups"]) == {"race", "sex", "age_band"}
     for name in ("roc.png", "pr.png", "calibration.png", "model_card.md"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
     assert "LACE" in (tmp_path / "report" / "model_card.md").read_text()
 
 
