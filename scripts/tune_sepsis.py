@@ -2,7 +2,7 @@
 patients (the held-out test patients are never touched). Prints one JSON line per setting and
 the best; the winner is then fixed by hand in models/sepsis.py (SEPSIS_PARAMS, SEPSIS_ROUNDS).
 
-    .venv/bin/python scripts/tune_sepsis.py [--folds 3] [--patients 8000]
+    .venv/bin/python scripts/tune_sepsis.py [--folds 3] [--patients 8000] [--depths 4 5 7] [--pos-weights 1 4]
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--patients", type=int, default=8000, help="development patients used (speed)")
     ap.add_argument("--seed", type=int, default=2019)
+    ap.add_argument("--depths", type=int, nargs="+", default=[4, 5, 7])
+    ap.add_argument("--pos-weights", type=float, nargs="+", default=[1.0, 4.0])
+    ap.add_argument("--rounds", type=int, nargs="+", default=[150, 250, 400])
     args = ap.parse_args()
     data, spec = load()
     cols = spec.columns(exclude_families=("clock",))
@@ -31,8 +34,8 @@ def main() -> None:
     dev = np.isin(data.patient, dev_ids)
     x, y, pid = data.features[dev][:, cols], data.label[dev], data.patient[dev]
     folds = grouped_folds(pid, args.folds, args.seed)
-    grid = {"max_depth": (4, 5, 7), "colsample_bytree": (0.5,), "min_child_weight": (20.0,), "scale_pos_weight": (1.0, 4.0)}
-    rounds_grid = (150, 250, 400)
+    grid = {"max_depth": tuple(args.depths), "colsample_bytree": (0.5,), "min_child_weight": (20.0,), "scale_pos_weight": tuple(args.pos_weights)}
+    rounds_grid = tuple(sorted(args.rounds))
     results = []
     for values in itertools.product(*grid.values()):
         params = {**SEPSIS_PARAMS, **dict(zip(grid, values, strict=True)), "seed": args.seed}
