@@ -3,6 +3,7 @@ patients (the held-out test patients are never touched). Prints one JSON line pe
 the best; the winner is then fixed by hand in models/sepsis.py (SEPSIS_PARAMS, SEPSIS_ROUNDS).
 
     .venv/bin/python scripts/tune_sepsis.py [--folds 3] [--patients 8000] [--depths 4 5 7] [--pos-weights 1 4]
+        [--rounds 150 250 400] [--colsample 0.5] [--min-child-weight 20]
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("--depths", type=int, nargs="+", default=[4, 5, 7])
     ap.add_argument("--pos-weights", type=float, nargs="+", default=[1.0, 4.0])
     ap.add_argument("--rounds", type=int, nargs="+", default=[150, 250, 400])
+    ap.add_argument("--colsample", type=float, nargs="+", default=[0.5])
+    ap.add_argument("--min-child-weight", type=float, nargs="+", default=[20.0])
     args = ap.parse_args()
     data, spec = load()
     cols = spec.columns(exclude_families=("clock",))
@@ -34,7 +37,7 @@ def main() -> None:
     dev = np.isin(data.patient, dev_ids)
     x, y, pid = data.features[dev][:, cols], data.label[dev], data.patient[dev]
     folds = grouped_folds(pid, args.folds, args.seed)
-    grid = {"max_depth": tuple(args.depths), "colsample_bytree": (0.5,), "min_child_weight": (20.0,), "scale_pos_weight": tuple(args.pos_weights)}
+    grid = {"max_depth": tuple(args.depths), "colsample_bytree": tuple(args.colsample), "min_child_weight": tuple(args.min_child_weight), "scale_pos_weight": tuple(args.pos_weights)}
     rounds_grid = tuple(sorted(args.rounds))
     results = []
     for values in itertools.product(*grid.values()):
