@@ -13,6 +13,10 @@ Observations, effectiveDateTime in UTC or with a zone offset, effectivePeriod, o
 `amended`/`corrected` statuses; plus decoys that must not change the table: entered-in-error and
 preliminary copies with other values, dataAbsentReason and valueString Observations for hours with
 no value, and a shuffled order. Mapping it back must give the same canonical table.
+
+With `significant_digits=` as well, a value sent in another unit is rounded as a laboratory
+report would print it (e.g. 3 digits: creatinine 1.37 mg/dL -> 121 umol/L), so mapping it back
+gives the canonical value within half a unit of that last digit (relative 5e-3 for 3 digits).
 """
 
 from __future__ import annotations
@@ -142,8 +146,9 @@ def _observation(
 class _Shaper:
     """Random but reproducible alternative shapes for one stay (see the module docstring)."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, significant_digits: int | None = None) -> None:
         self.rng = rng
+        self.digits = significant_digits
 
     def codes(self, var: str, default: list[tuple[str, str]], category: str) -> tuple[list[tuple[str, str]], str]:
         codes, needs = self.rng.choice(_ALT_CODES[var]) if self.rng.random() < 0.7 else (default, None)
@@ -156,6 +161,8 @@ class _Shaper:
             return {"value": float(value), "unit": canonical, "system": UCUM, "code": canonical}
         unit, spellings, factor, offset = self.rng.choice(options)
         sent = float((value - offset) / factor)
+        if self.digits is not None:
+            sent = float(f"{sent:.{self.digits}g}")
         if spellings and self.rng.random() < 0.3:
             return {"value": sent, "unit": self.rng.choice(spellings)}  # display spelling, no UCUM code
         return {"value": sent, "unit": unit, "system": UCUM, "code": unit}
@@ -202,12 +209,15 @@ def stay_to_fhir(
     icu_start: datetime,
     up_to_hour: int | None = None,
     shapes: int | random.Random | None = None,
+    significant_digits: int | None = None,
 ) -> StayResources:
     """One patient's rows (set A layout) -> Patient, Encounter, Location, Observations.
 
     `shapes`: None sends the plain US Core shape; a seed (or Random) sends varied real-EHR shapes.
+    `significant_digits`: with `shapes`, round values sent in another unit as a lab report would.
     """
-    shaper = None if shapes is None else _Shaper(shapes if isinstance(shapes, random.Random) else random.Random(shapes))
+    rng = None if shapes is None else shapes if isinstance(shapes, random.Random) else random.Random(shapes)
+    shaper = None if rng is None else _Shaper(rng, significant_digits)
     first = rows.iloc[0]
     pid = f"physionet-{int(first['patient'])}"
     patient_ref, encounter_ref = f"Patient/{pid}", f"Encounter/{pid}-stay"
