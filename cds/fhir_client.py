@@ -4,7 +4,8 @@ One shared httpx.AsyncClient (created by the app's lifespan); the bearer token f
 `fhirAuthorization` is passed per call and never logged. Search results are paged through
 `Bundle.link[next]` only while the link stays under the same base URL, so a token is never sent
 to another host, and only to an https base (plain http only on loopback, or when
-`CDS_ALLOW_HTTP_FHIR_SERVER` says so for a closed test network). httpx errors, HTTP statuses and OperationOutcome bodies become FHIRServerError.
+`CDS_ALLOW_HTTP_FHIR_SERVER` says so for a closed test network). httpx errors, HTTP statuses
+and OperationOutcome bodies become FHIRServerError.
 """
 
 from __future__ import annotations
