@@ -96,5 +96,6 @@ def discharge_hook_request(
         "procedures": searchset(stay.procedures),
     }
     return _hook_request(
-        hook, context, values, prefetch=prefetch, fhir_server=fhir_server, access_token=access_token, scope="patient/*.rs"
+        hook, context, values, prefetch=prefetch, fhir_server=fhir_server, access_token=access_token,
+        scope="patient/*.rs",
     )
