@@ -25,11 +25,11 @@ from fhir_mappings import (
     ICD9,
     RXNORM,
     age_band,
-    diabetes_drugs,
     default_encounter_codes,
+    diabetes_drugs,
 )
 
-__all__ = ["DischargeResources", "discharge_hook_request", "discharge_to_fhir"]
+__all__ = ["DischargeResources", "discharge_to_fhir"]
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

@@ -298,9 +298,9 @@ def stay_to_fhir(
                     observations += shaper.absent(
                         f"{pid}-{k}-{_slug(var)}-absent",
                         var,
-                        lambda oid, var=var, kind=kind: _observation(
+                        lambda oid, var=var, kind=kind, when=(vital_time if kind == "vital" else lab_time): _observation(
                             oid, "vital-signs" if kind == "vital" else "laboratory", [_PRIMARY[var]],
-                            patient_ref, encounter_ref, vital_time if kind == "vital" else lab_time,
+                            patient_ref, encounter_ref, when,
                         ),
                     )
     if shaper is not None:

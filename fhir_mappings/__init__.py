@@ -31,7 +31,14 @@ from .diagnoses import (
     charlson_score,
     default_diagnosis_coder,
 )
-from .discharge_fhir import A1C_CODES, GLUCOSE_CODES, RXNORM, DischargeRecord, MappedDischarge, discharge_to_table
+from .discharge_fhir import (
+    A1C_CODES,
+    GLUCOSE_CODES,
+    RXNORM,
+    DischargeRecord,
+    MappedDischarge,
+    discharge_to_table,
+)
 from .discharge_table import (
     ADMISSION_SOURCES,
     ADMISSION_TYPES,
@@ -64,7 +71,15 @@ from .observations import (
     safe_token,
     scan_observation,
 )
-from .profiles import EPIC, GENERIC, ORACLE_HEALTH, PROFILES, VendorProfile, observation_queries, select_profile
+from .profiles import (
+    EPIC,
+    GENERIC,
+    ORACLE_HEALTH,
+    PROFILES,
+    VendorProfile,
+    observation_queries,
+    select_profile,
+)
 from .readmission_features import (
     READMISSION_FEATURE_VERSION,
     build_readmission_features,

@@ -32,8 +32,8 @@ from .discharge_table import (
     GROUP_INDEX,
     VISIT_KINDS,
     DischargeTable,
-    diabetes_drugs,
     default_encounter_codes,
+    diabetes_drugs,
 )
 from .errors import MappingError
 from .observations import observation_time

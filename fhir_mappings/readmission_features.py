@@ -16,7 +16,13 @@ from collections.abc import Callable
 import numpy as np
 
 from .diagnoses import CHARLSON_WEIGHTS, DIAGNOSIS_GROUPS
-from .discharge_table import ADMISSION_SOURCES, ADMISSION_TYPES, DISCHARGE_GROUPS, DRUG_COLUMNS, DischargeTable
+from .discharge_table import (
+    ADMISSION_SOURCES,
+    ADMISSION_TYPES,
+    DISCHARGE_GROUPS,
+    DRUG_COLUMNS,
+    DischargeTable,
+)
 from .features import Feature, FeatureSpec
 
 __all__ = [

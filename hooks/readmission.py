@@ -15,11 +15,24 @@ from typing import Any
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from fhir_mappings import DischargeRecord, build_readmission_features, build_risk_assessment, discharge_to_table
+from fhir_mappings import (
+    DischargeRecord,
+    build_readmission_features,
+    build_risk_assessment,
+    discharge_to_table,
+)
 from models import READMISSION_OUTCOME, Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
-from .service import NON_ADHERENCE, NOT_APPLICABLE, STALE_DATA, OverrideReason, ScoredCard, ScoringInput, Service
+from .service import (
+    NON_ADHERENCE,
+    NOT_APPLICABLE,
+    STALE_DATA,
+    OverrideReason,
+    ScoredCard,
+    ScoringInput,
+    Service,
+)
 
 __all__ = ["READMISSION", "follow_up_request", "readmission_card"]
 

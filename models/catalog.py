@@ -17,10 +17,23 @@ from fhir_mappings import FeatureSpec, readmission_feature_spec, sepsis_feature_
 from .datasets import default_sepsis_path, read_physionet
 from .errors import ModelError
 from .manifest import ModelManifest
-from .readmission import default_readmission_path, evaluate_readmission, load_readmission_data, score_readmission, train_readmission
+from .readmission import (
+    default_readmission_path,
+    evaluate_readmission,
+    load_readmission_data,
+    score_readmission,
+    train_readmission,
+)
 from .registry import ModelRegistry
 from .score import RiskModel
-from .sepsis import SEPSIS_ROUNDS, development_split, evaluate_sepsis, load_sepsis_data, score_sepsis, train_sepsis
+from .sepsis import (
+    SEPSIS_ROUNDS,
+    development_split,
+    evaluate_sepsis,
+    load_sepsis_data,
+    score_sepsis,
+    train_sepsis,
+)
 from .train import patient_split
 
 __all__ = ["MODELS", "EvaluateOptions", "ModelTask", "TrainOptions", "model_task"]

@@ -16,12 +16,18 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from fhir_mappings import FEATURE_CODE_VERSION, FeatureSpec, build_features, physionet_to_table, sepsis_feature_spec
+from fhir_mappings import (
+    FEATURE_CODE_VERSION,
+    FeatureSpec,
+    build_features,
+    physionet_to_table,
+    sepsis_feature_spec,
+)
 
-from .datasets import data_fingerprint, read_physionet
-from .errors import ModelNotFound
 from .baselines import BASELINES, baseline_scores
 from .calibration import calibration_report, fit_isotonic
+from .datasets import data_fingerprint, read_physionet
+from .errors import ModelNotFound
 from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, utility_table
 from .registry import ModelRegistry

@@ -18,7 +18,14 @@ import numpy as np
 from .calibration import calibration_report
 from .metrics import bootstrap_by_group, subgroup_table
 from .physionet2019 import DT_OPTIMAL, challenge_auc, utility_table
-from .report import markdown_table, plot_calibration, plot_pr, plot_roc, plot_threshold_curve, write_model_card
+from .report import (
+    markdown_table,
+    plot_calibration,
+    plot_pr,
+    plot_roc,
+    plot_threshold_curve,
+    write_model_card,
+)
 
 __all__ = [
     "alert_burden",

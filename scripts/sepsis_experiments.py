@@ -10,7 +10,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fhir_mappings import FeatureSpec, sepsis_feature_spec  # noqa: E402
-from models import SepsisData, best_threshold, challenge_auc, default_sepsis_path, load_sepsis_data, train_booster, utility_table  # noqa: E402
+from models import (  # noqa: E402
+    SepsisData,
+    best_threshold,
+    challenge_auc,
+    default_sepsis_path,
+    load_sepsis_data,
+    train_booster,
+    utility_table,
+)
 
 
 def load(path: Path | None = None) -> tuple[SepsisData, FeatureSpec]:

@@ -13,7 +13,14 @@ import json
 import numpy as np
 from sepsis_experiments import fit_predict, judge, load, threshold_on
 
-from models import SEPSIS_PARAMS, SEPSIS_ROUNDS, challenge_auc, development_split, patient_split, utility_table
+from models import (
+    SEPSIS_PARAMS,
+    SEPSIS_ROUNDS,
+    challenge_auc,
+    development_split,
+    patient_split,
+    utility_table,
+)
 
 
 def run(name: str, x: np.ndarray, y: np.ndarray, pid: np.ndarray, train: np.ndarray, test: np.ndarray, cols: list[int], seed: int) -> None:

@@ -16,7 +16,14 @@ import time
 import numpy as np
 from sepsis_experiments import load, threshold_on
 
-from models import SEPSIS_PARAMS, challenge_auc, development_split, grouped_folds, train_booster, utility_table
+from models import (
+    SEPSIS_PARAMS,
+    challenge_auc,
+    development_split,
+    grouped_folds,
+    train_booster,
+    utility_table,
+)
 
 
 def main() -> None:

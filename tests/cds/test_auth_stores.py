@@ -10,7 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cds import JwksCache, MemoryJwksBackend, RedisJwksBackend, RedisReplayStore, ReplayStore, SQLiteReplayStore, replay_key
+from cds import (
+    JwksCache,
+    MemoryJwksBackend,
+    RedisJwksBackend,
+    RedisReplayStore,
+    ReplayStore,
+    SQLiteReplayStore,
+    replay_key,
+)
 from demo_ehr import EhrIdentity
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from cds import FhirClient, HookDeps, SQLiteStore, Settings, run_hook
+from cds import FhirClient, HookDeps, Settings, SQLiteStore, run_hook
 from cds.app import load_models
 from cds.schemas import HookRequest
 from demo_ehr import DemoFhirServer, patient_view_request, serve_in_thread

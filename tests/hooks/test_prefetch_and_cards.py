@@ -4,7 +4,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from hooks import SEPSIS, SERVICES, format_percent, format_value, render_template, sepsis_card, strip_empty, template_tokens
+from hooks import (
+    SEPSIS,
+    SERVICES,
+    format_percent,
+    format_value,
+    render_template,
+    sepsis_card,
+    strip_empty,
+    template_tokens,
+)
 
 
 @dataclass(frozen=True)

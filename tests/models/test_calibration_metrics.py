@@ -14,7 +14,14 @@ from models.calibration import (
     fit_platt,
 )
 from models.metrics import auroc, bootstrap_by_group, operating_point, subgroup_table
-from models.report import markdown_table, plot_calibration, plot_pr, plot_roc, plot_threshold_curve, write_model_card
+from models.report import (
+    markdown_table,
+    plot_calibration,
+    plot_pr,
+    plot_roc,
+    plot_threshold_curve,
+    write_model_card,
+)
 
 
 def simulated(n: int = 20000, seed: int = 0, *, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

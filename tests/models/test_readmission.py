@@ -18,8 +18,6 @@ from tests.conftest import DATA_DIR, need
 from tests.readmission_rows import row
 
 
-
-
 def test_cohort_keeps_first_encounters_and_drops_death_and_hospice() -> None:
     frame = pd.DataFrame([
         row(encounter_id=5, patient_nbr=1, readmitted="<30"),

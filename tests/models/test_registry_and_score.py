@@ -9,7 +9,16 @@ import pytest
 import xgboost as xgb
 
 from fhir_mappings import Feature, FeatureSpec, sepsis_feature_spec
-from models import FeatureEntry, FeatureSchemaMismatch, ModelError, ModelManifest, ModelNotFound, ModelRegistry, RiskModel, choose_device
+from models import (
+    FeatureEntry,
+    FeatureSchemaMismatch,
+    ModelError,
+    ModelManifest,
+    ModelNotFound,
+    ModelRegistry,
+    RiskModel,
+    choose_device,
+)
 
 SPEC = sepsis_feature_spec()
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from fhir_mappings import CANONICAL_COLUMNS, CanonicalTable
-from models import alert_burden, baseline_scores, patient_operating_point, utility_by_patient_bootstrap, utility_table
+from models import (
+    alert_burden,
+    baseline_scores,
+    patient_operating_point,
+    utility_by_patient_bootstrap,
+    utility_table,
+)
 
 
 def test_patient_level_operating_point_and_warning_time() -> None:
