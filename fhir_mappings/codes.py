@@ -13,7 +13,7 @@ Rules, in order:
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -32,6 +32,18 @@ class CodeRow:
     priority: int
     display: str
 
+    @classmethod
+    def from_csv(cls, r: Mapping[str, str]) -> CodeRow:
+        """One row of `observation_codes.csv` or `local_codes.csv` (extra columns ignored)."""
+        return cls(
+            variable=r["variable"],
+            system=r["system"],
+            code=r["code"],
+            category=r["category"] or None,
+            priority=int(r["priority"] or 1),
+            display=r["display"],
+        )
+
 
 class CodeTable:
     """Look-up of (system, code[, category]) -> variable."""
@@ -47,17 +59,7 @@ class CodeTable:
 
     @classmethod
     def from_csv(cls, text: str) -> CodeTable:
-        return cls(
-            CodeRow(
-                variable=r["variable"],
-                system=r["system"],
-                code=r["code"],
-                category=r["category"] or None,
-                priority=int(r["priority"] or 1),
-                display=r["display"],
-            )
-            for r in csv.DictReader(text.splitlines())
-        )
+        return cls(CodeRow.from_csv(r) for r in csv.DictReader(text.splitlines()))
 
     def extended(self, rows: Iterable[CodeRow]) -> CodeTable:
         return CodeTable((*self.rows, *rows))

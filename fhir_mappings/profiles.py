@@ -60,18 +60,7 @@ class VendorProfile:
 
 def _local_rows(profile: str) -> list[CodeRow]:
     text = resources.files(__package__).joinpath("tables/local_codes.csv").read_text(encoding="utf-8")
-    return [
-        CodeRow(
-            variable=r["variable"],
-            system=r["system"],
-            code=r["code"],
-            category=r["category"] or None,
-            priority=int(r["priority"] or 1),
-            display=r["display"],
-        )
-        for r in csv.DictReader(text.splitlines())
-        if r["profile"] == profile
-    ]
+    return [CodeRow.from_csv(r) for r in csv.DictReader(text.splitlines()) if r["profile"] == profile]
 
 
 _CODES = default_code_table()
