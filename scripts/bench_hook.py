@@ -56,9 +56,10 @@ def stay_frame(data_dir: Path) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows), "synthetic dense stay"
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
+def percentiles(samples: list[float], digits: int = 2) -> dict[str, float]:
+    """p50/p99 in milliseconds of durations in seconds (shared with bench_mapping.py)."""
     ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2), "n": len(ms)}
+    return {"p50_ms": round(float(np.percentile(ms, 50)), digits), "p99_ms": round(float(np.percentile(ms, 99)), digits), "n": len(ms)}
 
 
 def main() -> None:

@@ -18,8 +18,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -34,12 +32,7 @@ from fhir_mappings import (  # noqa: E402
 )
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_hook import HOURS, stay_frame  # noqa: E402
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3), "n": len(ms)}
+from bench_hook import HOURS, percentiles, stay_frame  # noqa: E402
 
 
 def main() -> None:
@@ -83,10 +76,10 @@ def main() -> None:
                 "hours": HOURS,
                 "observations": len(observations),
                 "measurements": mapped.report.measurements,
-                "fhir_to_canonical": percentiles(mapping),
-                "canonical_to_features": percentiles(features),
-                "mapping_plus_features": percentiles(total),
-                "full_validation_fhir_resources": percentiles(validation),
+                "fhir_to_canonical": percentiles(mapping, digits=3),
+                "canonical_to_features": percentiles(features, digits=3),
+                "mapping_plus_features": percentiles(total, digits=3),
+                "full_validation_fhir_resources": percentiles(validation, digits=3),
             },
             indent=2,
         )
