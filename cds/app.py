@@ -7,30 +7,38 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from fhir_mappings import CDSError, Pseudonymizer
 from hooks import SERVICES
 from models import ModelRegistry, RiskModel, model_task, serving_device
 
+from .admission import Gate, Lane
 from .auth import CallerVerifier
+from .degraded import Breaker
 from .errors import status_for
 from .fhir_client import FhirClient
-from .jwks import JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
+from .jwks import FallbackJwksBackend, JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .metrics import Metrics
+from .middleware import GuardMiddleware
 from .pipeline import HookDeps
 from .replay import open_replay_store
+from .responses import operation_outcome, unauthorized
 from .routes import discovery, feedback, health, services
 from .routes._auth import authenticate
+from .routes._openapi import body_schemas
 from .settings import Settings, get_settings
 from .stores import RecordStore, open_store
 
-__all__ = ["AppState", "UNAUTHORIZED_BODY", "create_app", "make_verifier", "operation_outcome", "unauthorized"]
+__all__ = ["AppState", "create_app", "load_models", "make_verifier"]
 
 log = logging.getLogger("cds.app")
 
@@ -41,26 +49,9 @@ class AppState:
     deps: HookDeps
     store: RecordStore
     metrics: Metrics
+    hook_gate: Gate
+    feedback_gate: Gate
     verifier: CallerVerifier | None = None  # None only with auth_disabled_for_local_demo
-
-
-# The one answer to every authentication failure: no detail (CDS Hooks best practices).
-UNAUTHORIZED_BODY = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}
-
-
-def unauthorized() -> JSONResponse:
-    return JSONResponse(
-        UNAUTHORIZED_BODY, status_code=401, media_type="application/fhir+json", headers={"WWW-Authenticate": "Bearer"}
-    )
-
-
-def operation_outcome(status: int, code: str, message: str) -> JSONResponse:
-    issue_code = {400: "invalid", 401: "login", 404: "not-found", 412: "incomplete", 422: "processing"}.get(status, "exception")
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": issue_code, "details": {"text": code}, "diagnostics": message}],
-    }
-    return JSONResponse(body, status_code=status, media_type="application/fhir+json")
 
 
 def load_models(settings: Settings) -> dict[str, RiskModel]:
@@ -72,10 +63,14 @@ def load_models(settings: Settings) -> dict[str, RiskModel]:
     return loaded
 
 
-def make_verifier(settings: Settings, http: httpx.AsyncClient) -> CallerVerifier:
-    backend: JwksBackend = (
-        RedisJwksBackend(settings.redis_url, prefix=settings.redis_prefix) if settings.redis_url else MemoryJwksBackend()
-    )
+def make_verifier(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> CallerVerifier:
+    backend: JwksBackend = MemoryJwksBackend()
+    replay_breaker = Breaker("replay-store", retry_s=settings.degraded_retry_s)
+    if settings.redis_url:
+        jwks_breaker = Breaker("jwks-cache", retry_s=settings.degraded_retry_s)
+        redis_jwks = RedisJwksBackend(settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s)
+        backend = FallbackJwksBackend(redis_jwks, jwks_breaker)
+        metrics.degraded_source(lambda: {"replay-store": replay_breaker.degraded, "jwks-cache": jwks_breaker.degraded})
     jwks = JwksCache(
         http,
         settings.jwks_allowlist(),
@@ -84,7 +79,13 @@ def make_verifier(settings: Settings, http: httpx.AsyncClient) -> CallerVerifier
         min_refresh_s=settings.jwks_min_refresh_s,
         timeout_s=settings.jwks_timeout_s,
     )
-    replay = open_replay_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
+    replay = open_replay_store(
+        redis_url=settings.redis_url,
+        sqlite_path=settings.sqlite_path,
+        redis_prefix=settings.redis_prefix,
+        redis_timeout_s=settings.redis_timeout_s,
+        breaker=replay_breaker,
+    )
     return CallerVerifier(
         settings.auth_issuers,
         jwks,
@@ -136,18 +137,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models = load_models(settings)
         store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
+        lane = Lane(settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as http:
+            fhir = FhirClient(
+                http,
+                max_pages=settings.fhir_max_pages,
+                max_response_bytes=settings.fhir_max_response_bytes,
+                max_json_depth=settings.max_json_depth,
+                allow_http=settings.allow_http_fhir_server,
+            )
             deps = HookDeps(
-                fhir=FhirClient(http, max_pages=settings.fhir_max_pages, allow_http=settings.allow_http_fhir_server),
+                fhir=fhir,
                 store=store,
                 models=models,
                 pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
                 budget_s=settings.hook_timeout_s,
+                lane=lane,
+                max_json_depth=settings.max_json_depth,
+                max_resources=settings.max_resources,
                 profiles=settings.vendor_profile,
+                fhir_allowed=settings.fhir_server_allowed,
             )
             _announce_auth(settings)
-            verifier = None if settings.auth_disabled_for_local_demo else make_verifier(settings, http)
-            app.state.cds = AppState(settings, deps, store, Metrics(), verifier)
+            metrics = Metrics()
+            verifier = None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
+            app.state.cds = AppState(
+                settings, deps, store, metrics, Gate(settings.max_in_flight_hooks), Gate(settings.max_in_flight_feedback), verifier
+            )
+            metrics.watch(lane=lane, hook_gate=app.state.cds.hook_gate, feedback_gate=app.state.cds.feedback_gate)
             _freeze_startup_heap()
             log.info(
                 "cds ready",
@@ -166,27 +183,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if verifier is not None:
                     await verifier.close()
                 await store.close()
+                lane.close()
 
-    app = FastAPI(title="CDS ML service", version="0.1.0", lifespan=lifespan)
+    docs = "/openapi.json" if settings.api_docs else None
+    app = FastAPI(title="CDS ML service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=docs)
 
     @app.exception_handler(CDSError)
-    async def cds_error(request: Request, exc: CDSError) -> JSONResponse:
+    async def cds_error(request: Request, exc: CDSError) -> Response:
         status = status_for(exc)
         if status == 401:
             return unauthorized()
         if status >= 500:
-            log.error("request failed", extra={"event": {"code": exc.code, "path": request.url.path}})
-        return operation_outcome(status, exc.code, str(exc))
+            log.error("request failed", extra={"event": {"code": exc.code, "route": getattr(request.scope.get("route"), "path", "")}})
+        headers = {"Retry-After": str(settings.retry_after_s)} if status == 503 else None
+        return operation_outcome(status, exc.code, str(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         return operation_outcome(400, "bad-request", "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return operation_outcome(exc.status_code, code, "no such endpoint or method", headers=exc.headers)
 
     guarded = [Depends(authenticate)]
     app.include_router(discovery.router, dependencies=guarded)
     app.include_router(services.router, dependencies=guarded)
     app.include_router(feedback.router, dependencies=guarded)
     app.include_router(health.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -196,5 +222,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    app.add_middleware(GuardMiddleware)  # outermost: stamps, gates, headers, last-resort 500
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the request bodies our handlers read themselves."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(body_schemas())
+        app.openapi_schema = schema
+    return app.openapi_schema
 

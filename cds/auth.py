@@ -34,11 +34,13 @@ MAX_TOKEN_BYTES = 8 * 1024
 
 
 class AuthFailure(Unauthorized):
-    """Why a caller was refused (`reason`: a stable code); the HTTP answer never says."""
+    """Why a caller was refused (`reason`: a stable code; `detail`: plain words for the log);
+    the HTTP answer never says."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__("unauthorized")
         self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -112,15 +114,22 @@ class CallerVerifier:
             raise AuthFailure("crit-not-supported")
         return header, claims
 
-    def _key_url(self, header: Mapping[str, Any], issuer: TrustedIssuer) -> str:
+    def _key_url(self, header: Mapping[str, Any], issuer: TrustedIssuer) -> tuple[str, bool]:
+        """(JWKS URL to use, whether the token's `jku` was set aside for the pinned `jwks_url`).
+
+        A `jku` off the allow-list is never fetched. When the issuer's keys are pinned
+        (`jwks_url`) the token is verified with those instead: the reference CDS Hooks sandbox
+        names a public `jku` on every call, and the signature still has to match our keys."""
         jku = header.get("jku")
         if jku is None:
             if issuer.jwks_url is None:
-                raise AuthFailure("jku-required")
-            return issuer.jwks_url
-        if not isinstance(jku, str) or jku not in issuer.key_urls():
-            raise AuthFailure("jku-not-allowed")
-        return jku
+                raise AuthFailure("jku-required", "the token names no jku and this issuer has no pinned jwks_url")
+            return issuer.jwks_url, False
+        if isinstance(jku, str) and jku in issuer.key_urls():
+            return jku, False
+        if issuer.jwks_url is None:
+            raise AuthFailure("jku-not-allowed", "the token's jku is not allow-listed and this issuer has no pinned jwks_url")
+        return issuer.jwks_url, True
 
     def _check_claims(self, claims: Mapping[str, Any], audience: str, issuer: TrustedIssuer) -> tuple[float, str]:
         now = self._clock()
@@ -155,18 +164,25 @@ class CallerVerifier:
         issuer = self.issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
         if issuer is None:
             raise AuthFailure("unknown-iss")
-        url = self._key_url(header, issuer)
+        url, jku_set_aside = self._key_url(header, issuer)
         try:
             key = await self.jwks.key(url, header["kid"])
         except JwksUnavailable as exc:
             log.warning("JWKS unavailable", extra={"event": {"iss": issuer.iss, "why": str(exc)}})
-            raise AuthFailure("jwks-unavailable") from exc
+            raise AuthFailure("jwks-unavailable", str(exc)) from exc
         if key is None:
-            raise AuthFailure("unknown-kid")
+            if jku_set_aside:
+                raise AuthFailure(
+                    "jku-not-allowed",
+                    "the token's jku is not allow-listed, and its kid is not among the keys of the pinned jwks_url; "
+                    "add the jku to this issuer's allow-list if the EHR really signs with those keys",
+                )
+            raise AuthFailure("unknown-kid", "no key with this kid at the issuer's JWKS")
         try:
             verified = jwt.decode(token, key, algorithms=[header["alg"]])
         except JoseError as exc:
-            raise AuthFailure("bad-signature") from exc
+            detail = "signature does not verify" + (" with the pinned keys (the token's jku was not allow-listed)" if jku_set_aside else "")
+            raise AuthFailure("bad-signature", detail) from exc
         claims = verified.claims
         if claims.get("iss") != issuer.iss:
             raise AuthFailure("unknown-iss")

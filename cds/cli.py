@@ -62,17 +62,18 @@ def serve(
     import uvicorn
 
     from .logs import configure_logging
+    from .server import raise_open_file_limit, uvicorn_options
 
     settings = _settings()
     configure_logging(settings.log_level)
+    raise_open_file_limit(settings)
     uvicorn.run(
         "cds.app:create_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
-        log_config=None,
-        access_log=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -1,12 +1,19 @@
 """One feedback call: check every item against the cards we issued, then record them all.
 
-Each item becomes a FHIR Provenance targeting the card's RiskAssessment. A batch is all or
-nothing: an unknown card, an override reason the card never offered, or an accepted suggestion
-that was not on the card refuses the whole batch before anything is stored.
+Each item becomes a FHIR Provenance targeting the card's RiskAssessment. A clinician's decision
+is never thrown away for a detail: an override reason the card did not offer, or an accepted
+suggestion that was not on it, is recorded as given and flagged (`reason-not-offered`,
+`suggestion-not-offered`, in the Provenance and in the answer). A batch is refused as a whole,
+before anything is stored, only for what cannot be recorded faithfully: a card we never issued
+(404), an `outcomeTimestamp` further in the future than the allowed clock skew (it would
+outrank the clinician's real later decision: the latest decision by timestamp wins, ties by
+arrival), or a comment over the size limit (400).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from fhir_mappings import build_provenance
@@ -16,10 +23,29 @@ from .errors import BadRequest, UnknownCard
 from .schemas import FeedbackRequest
 from .stores import FeedbackRecord, RecordStore
 
-__all__ = ["record_feedback"]
+__all__ = ["FeedbackRules", "record_feedback"]
 
 
-async def record_feedback(service: Service, request: FeedbackRequest, store: RecordStore) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FeedbackRules:
+    max_future_s: float = 300.0
+    comment_max_chars: int = 2_000
+
+
+def _check(request: FeedbackRequest, now: datetime, rules: FeedbackRules) -> None:
+    latest = now + timedelta(seconds=rules.max_future_s)
+    for i, item in enumerate(request.feedback):
+        if item.outcomeTimestamp > latest:
+            raise BadRequest(f"feedback[{i}].outcomeTimestamp is in the future (beyond {rules.max_future_s:.0f} s of clock skew); nothing was recorded")
+        comment = item.overrideReason.userComment if item.overrideReason else None
+        if comment is not None and len(comment) > rules.comment_max_chars:
+            raise BadRequest(f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} characters; nothing was recorded")
+
+
+async def record_feedback(
+    service: Service, request: FeedbackRequest, store: RecordStore, *, now: datetime, rules: FeedbackRules = FeedbackRules()
+) -> dict[str, Any]:
+    _check(request, now, rules)
     uuids = list(dict.fromkeys(item.card for item in request.feedback))
     cards = await store.get_cards(uuids)
     unknown = [u for u in uuids if u not in cards or cards[u].service_id != service.id]
@@ -27,13 +53,15 @@ async def record_feedback(service: Service, request: FeedbackRequest, store: Rec
         raise UnknownCard(f"{len(unknown)} of {len(uuids)} cards were not issued by {service.id}; nothing was recorded")
     offered = {(r.system, r.code) for r in service.override_reasons}
     records = []
-    for i, item in enumerate(request.feedback):
+    flagged: list[list[str]] = []
+    for item in request.feedback:
+        flags = []
         reason = item.overrideReason.reason if item.overrideReason else None
         if reason is not None and (reason.system, reason.code) not in offered:
-            raise BadRequest(f"feedback[{i}].overrideReason.reason is not one the card offered; nothing was recorded")
+            flags.append("reason-not-offered")
         accepted = [s.id for s in item.acceptedSuggestions or ()]
         if any(a not in cards[item.card].suggestion_uuids for a in accepted):
-            raise BadRequest(f"feedback[{i}].acceptedSuggestions names a suggestion the card did not offer; nothing was recorded")
+            flags.append("suggestion-not-offered")
         provenance = build_provenance(
             card_uuid=item.card,
             outcome=item.outcome,
@@ -42,7 +70,14 @@ async def record_feedback(service: Service, request: FeedbackRequest, store: Rec
             override_reason=reason.model_dump(exclude_none=True) if reason else None,
             user_comment=item.overrideReason.userComment if item.overrideReason else None,
             accepted_suggestions=accepted,
+            flags=flags,
         )
         records.append(FeedbackRecord(item.card, provenance, item.outcomeTimestamp.timestamp()))
+        flagged.append(flags)
     results = await store.put_feedback(records)
-    return {"results": [{"card": r.card_uuid, "status": status} for r, status in zip(records, results, strict=True)]}
+    return {
+        "results": [
+            {"card": r.card_uuid, "status": status, **({"flags": flags} if flags else {})}
+            for r, status, flags in zip(records, results, flagged, strict=True)
+        ]
+    }

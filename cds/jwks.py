@@ -3,8 +3,9 @@
 Only allow-listed URLs are ever fetched (https, or http on loopback for tests and demos). A key
 is looked up by `kid`; an unknown `kid` triggers one refetch (key rotation), at most once per
 `min_refresh_s` per URL, so forged kids cannot make us hammer the EHR. With `CDS_REDIS_URL` the
-downloaded JWKS and the refresh rate limit are shared by every worker (`RedisJwksBackend`);
-otherwise each process keeps its own (`MemoryJwksBackend`).
+downloaded JWKS and the refresh rate limit are shared by every worker (`RedisJwksBackend`, behind
+`FallbackJwksBackend`: while Redis is unavailable each worker keeps its own copy, see
+cds/degraded.py); otherwise each process keeps its own (`MemoryJwksBackend`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import httpx
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from .degraded import Breaker, redis_client
 from .transport import secure_or_loopback
 
-__all__ = ["JwksBackend", "JwksCache", "JwksUnavailable", "MemoryJwksBackend", "RedisJwksBackend"]
+__all__ = ["FallbackJwksBackend", "JwksBackend", "JwksCache", "JwksUnavailable", "MemoryJwksBackend", "RedisJwksBackend"]
 
 log = logging.getLogger("cds.auth")
 
@@ -70,11 +72,9 @@ class MemoryJwksBackend:
 
 
 class RedisJwksBackend:
-    def __init__(self, url: str, *, prefix: str = "cds:", timeout_s: float = 1.0) -> None:
-        import redis.asyncio as aioredis
-
+    def __init__(self, url: str, *, prefix: str = "cds:", timeout_s: float = 0.25) -> None:
         self.prefix = prefix + "jwks:"
-        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True)
+        self._redis = redis_client(url, timeout_s=timeout_s, decode_responses=True)
 
     def _key(self, kind: str, url: str) -> str:
         return f"{self.prefix}{kind}:{url}"
@@ -100,6 +100,41 @@ class RedisJwksBackend:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class FallbackJwksBackend:
+    """The shared Redis copy while Redis answers, this worker's own while it does not."""
+
+    def __init__(self, primary: JwksBackend, breaker: Breaker) -> None:
+        self.primary = primary
+        self.breaker = breaker
+        self.local = MemoryJwksBackend()
+
+    async def _try(self, call: Callable[[JwksBackend], Any]) -> tuple[bool, Any]:
+        if not self.breaker.available():
+            return False, None
+        try:
+            result = await call(self.primary)
+        except JwksUnavailable as exc:
+            self.breaker.failed(str(exc))
+            return False, None
+        self.breaker.succeeded()
+        return True, result
+
+    async def get(self, url: str) -> str | None:
+        ok, text = await self._try(lambda b: b.get(url))
+        return text if ok else await self.local.get(url)
+
+    async def put(self, url: str, text: str, ttl_s: float) -> None:
+        await self.local.put(url, text, ttl_s)
+        await self._try(lambda b: b.put(url, text, ttl_s))
+
+    async def claim_refresh(self, url: str, interval_s: float) -> bool:
+        ok, claimed = await self._try(lambda b: b.claim_refresh(url, interval_s))
+        return bool(claimed) if ok else await self.local.claim_refresh(url, interval_s)
+
+    async def close(self) -> None:
+        await self.primary.close()
 
 
 @dataclass

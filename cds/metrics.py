@@ -1,12 +1,16 @@
 """In-process counters and latency histograms, exposed as Prometheus text at /metrics.
 
-Labels are service ids and reason codes only: nothing about a patient.
+Labels are service ids and reason codes only: nothing about a patient. Gauges (calls in flight,
+calls waiting for a CPU thread, degraded dependencies) are read from the objects that own them
+when /metrics is scraped.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["Metrics"]
 
@@ -18,10 +22,29 @@ class Metrics:
         self._lock = threading.Lock()
         self.calls: Counter[tuple[str, str]] = Counter()  # (service, reason)
         self.feedback: Counter[tuple[str, str]] = Counter()  # (service, status)
+        self.feedback_flags: Counter[tuple[str, str]] = Counter()  # (service, flag)
         self.auth_failures: Counter[str] = Counter()  # reason code
         self.outcomes: Counter[str] = Counter()  # service -> OperationOutcome entries skipped in EHR Bundles
+        self.refused: Counter[str] = Counter()  # endpoint family -> calls refused at capacity
         self._hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
         self._sum: Counter[str] = Counter()
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self._degraded: list[Callable[[], dict[str, bool]]] = []
+
+    def watch(self, **owners: Any) -> None:
+        """Gauges read from `lane` (waiting, busy), `hook_gate` and `feedback_gate` (in flight)."""
+        lane = owners.get("lane")
+        if lane is not None:
+            self._gauges["cds_hook_queue_waiting"] = lambda: lane.waiting
+        for name in ("hook_gate", "feedback_gate"):
+            gate = owners.get(name)
+            if gate is not None:
+                family = name.removesuffix("_gate")
+                self._gauges[f'cds_in_flight{{endpoint="{family}"}}'] = lambda g=gate: g.in_flight
+
+    def degraded_source(self, source: Callable[[], dict[str, bool]]) -> None:
+        """`source()` -> {component: degraded?}, e.g. the replay store falling back from Redis."""
+        self._degraded.append(source)
 
     def hook(self, service: str, reason: str, seconds: float) -> None:
         with self._lock:
@@ -38,9 +61,15 @@ class Metrics:
             with self._lock:
                 self.outcomes[service] += n
 
-    def feedback_item(self, service: str, status: str) -> None:
+    def feedback_item(self, service: str, status: str, flags: Iterable[str] = ()) -> None:
         with self._lock:
             self.feedback[(service, status)] += 1
+            for flag in flags:
+                self.feedback_flags[(service, flag)] += 1
+
+    def overloaded(self, endpoint: str) -> None:
+        with self._lock:
+            self.refused[endpoint] += 1
 
     def auth_failure(self, reason: str) -> None:
         with self._lock:
@@ -64,7 +93,19 @@ class Metrics:
             lines.append("# TYPE cds_feedback_items_total counter")
             for (service, status), n in sorted(self.feedback.items()):
                 lines.append(f'cds_feedback_items_total{{service="{service}",status="{status}"}} {n}')
+            lines.append("# TYPE cds_feedback_flags_total counter")
+            for (service, flag), n in sorted(self.feedback_flags.items()):
+                lines.append(f'cds_feedback_flags_total{{service="{service}",flag="{flag}"}} {n}')
+            lines.append("# TYPE cds_refused_at_capacity_total counter")
+            for endpoint, n in sorted(self.refused.items()):
+                lines.append(f'cds_refused_at_capacity_total{{endpoint="{endpoint}"}} {n}')
             lines.append("# TYPE cds_auth_failures_total counter")
             for reason, n in sorted(self.auth_failures.items()):
                 lines.append(f'cds_auth_failures_total{{reason="{reason}"}} {n}')
+        lines.append("# TYPE cds_degraded gauge")
+        for source in self._degraded:
+            for component, degraded in sorted(source().items()):
+                lines.append(f'cds_degraded{{component="{component}"}} {int(degraded)}')
+        for name, read in sorted(self._gauges.items()):
+            lines.append(f"{name} {read()}")
         return "\n".join(lines) + "\n"

@@ -1,7 +1,12 @@
-"""One hook call: prefetch or fetch -> de-identified table -> features -> score + SHAP -> card.
+"""One hook call: body -> prefetch or fetch -> de-identified table -> features -> score + SHAP -> card.
 
 The only module that awaits between those steps, and the one that enforces the hook's time
-budget: a slow or failing EHR never holds the answer past it. Prefetch semantics (CDS Hooks 2.0):
+budget, which starts when the call arrives: a slow or failing EHR, a queue of other calls or a
+slow store never hold the answer past it (`{"cards": []}`, reason `fhir-unavailable`,
+`overloaded` or `budget-spent`). The CPU-heavy steps (parsing the body; mapping, features, score
+and SHAP) run on the `Lane`'s threads, never on the event loop. Before anything is fetched, every
+id in the context must be a FHIR id (400 otherwise) and `fhirServer` must be one the calling EHR
+is bound to (412 otherwise, before any connection). Prefetch semantics (CDS Hooks 2.0):
 an absent key is fetched; `null` means no such resource; an OperationOutcome or a value that is
 not FHIR means the EHR failed, so the key is fetched; a search Bundle with a `next` link is
 completed from the FHIR server. OperationOutcome entries inside a search Bundle (warnings or
@@ -19,18 +24,36 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
-from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile, observation_queries, read_search_page
-from hooks import ScoringInput, Service, explanation_link, render_template
+from fhir_mappings import (
+    GENERIC,
+    FhirQuery,
+    Pseudonymizer,
+    VendorProfile,
+    observation_queries,
+    read_search_page,
+)
+from hooks import ScoringInput, Service, check_context_ids, explanation_link, render_template, template_tokens
 from models import RiskModel
 
-from .errors import BadRequest, FHIRServerError, FHIRTimeout, ModelNotFound, PreconditionFailed, StoreError
-from .fhir_client import FhirClient
+from .admission import Deadline, Lane
+from .bodies import parse_model
+from .errors import (
+    BadRequest,
+    BudgetSpent,
+    FHIRServerError,
+    FHIRUnavailable,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    PreconditionFailed,
+    StoreError,
+)
+from .fhir_client import FetchBudget, FhirClient
 from .schemas import HookRequest
 from .stores import CardRecord, RecordStore
 
-__all__ = ["HookDeps", "HookOutcome", "run_hook"]
+__all__ = ["HookDeps", "HookOutcome", "answer_hook", "check_request", "count_resources", "run_hook"]
 
 log = logging.getLogger("cds.hook")
 
@@ -45,36 +68,66 @@ class HookDeps:
     # Kept back from the FHIR part of the budget for scoring, the store and the reply, so a hung
     # EHR never pushes the answer past `budget_s`.
     reserve_s: float = 0.15
+    lane: Lane = field(default_factory=Lane)
+    max_json_depth: int = 64
+    max_resources: int = 20_000
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     new_uuid: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
     profiles: Callable[[str | None, str | None], VendorProfile] = field(default=lambda server, issuer: GENERIC)
+    # (fhirServer, verified issuer) -> may we connect? (Settings.fhir_server_allowed)
+    fhir_allowed: Callable[[str, str | None], bool] = field(default=lambda server, issuer: True)
 
 
 @dataclass
 class HookOutcome:
     body: dict[str, Any]
-    reason: str  # stable code for logs and metrics: "card", "not-applicable", "fhir-timeout", ...
+    reason: str  # stable code for logs and metrics: "card", "not-applicable", "fhir-unavailable", ...
     details: dict[str, Any] = field(default_factory=dict)
+
+
+NO_GUIDANCE: dict[str, Any] = {"cards": []}
 
 
 @dataclass(frozen=True)
 class _Need:
     key: str
-    query: str
-    search: bool
+    query: FhirQuery
 
 
-def _is_search(template: str) -> bool:
-    return "?" in template
+def count_resources(prefetch: Mapping[str, Any] | None) -> int:
+    """Resources in a prefetch: each value, and each entry of a Bundle."""
+    total = 0
+    for value in (prefetch or {}).values():
+        if isinstance(value, dict):
+            entries = value.get("entry")
+            total += 1 + (len(entries) if isinstance(entries, list) else 0)
+    return total
 
 
-def _from_prefetch(key: str, template: str, value: Any) -> tuple[Any, bool]:
+def _template_fields(service: Service) -> list[str]:
+    return [t.removeprefix("context.") for tpl in service.prefetch.values() for t in template_tokens(tpl) if t.startswith("context.")]
+
+
+def check_request(service: Service, request: HookRequest, *, max_resources: int) -> None:
+    """What a call must satisfy before anything is fetched: the hook, the context and its ids
+    (InvalidIdError, 400), the size of the prefetch."""
+    if request.hook not in service.hooks:
+        raise BadRequest(f"service {service.id} does not answer hook {request.hook!r}")
+    for name in service.required_context:
+        if not isinstance(request.context.get(name), str) or not request.context[name]:
+            raise BadRequest(f"context.{name} is required for {request.hook}")
+    check_context_ids(request.context, _template_fields(service))
+    if count_resources(request.prefetch) > max_resources:
+        raise PayloadTooLarge(f"the prefetch holds more than {max_resources} resources")
+
+
+def _from_prefetch(key: str, query: FhirQuery, value: Any) -> tuple[Any, bool]:
     """(usable value, needs fetching). Search values become lists of resources."""
     if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
         return None, True  # not FHIR: the EHR failed to prefetch
     if value["resourceType"] == "OperationOutcome":
         return None, True
-    if not _is_search(template):
+    if not query.is_search:
         if value["resourceType"] == "Bundle":
             entries = [e.get("resource") for e in value.get("entry") or () if isinstance(e, dict)]
             found = [r for r in entries if isinstance(r, dict) and r.get("resourceType") != "OperationOutcome"]
@@ -96,9 +149,9 @@ def _profile_observation_needs(
     have = {keys[k] for k in keys if k in fetched or k in partial}
     key_of = {category: key for key, category in keys.items()}
     kept = [n for n in needs if n.key not in keys or n.key in partial]
-    for category, query in observation_queries(profile, quote(patient_id, safe="-._~")).items():
+    for category, query in observation_queries(profile, patient_id).items():
         if category not in have:
-            kept.append(_Need(key_of.get(category, f"observations:{category}"), query, True))
+            kept.append(_Need(key_of.get(category, f"observations:{category}"), query))
     return kept
 
 
@@ -116,27 +169,28 @@ async def _gather(
             continue  # a token the context cannot fill (e.g. no encounterId)
         if key in prefetch:
             if prefetch[key] is None:
-                fetched[key] = [] if _is_search(template) else None
+                fetched[key] = [] if query.is_search else None
                 counts["prefetched"] += 1
                 continue
-            value, missing = _from_prefetch(key, template, prefetch[key])
+            value, missing = _from_prefetch(key, query, prefetch[key])
             if not missing:
-                if _is_search(template):
+                if query.is_search:
                     fetched[key] = value.resources
                     counts["ehr_outcomes"] += len(value.outcomes)
                 else:
                     fetched[key] = value
                 counts["prefetched"] += 1
                 continue
-            if _is_search(template) and value is not None:
+            if query.is_search and value is not None:
                 partial[key] = value  # a first page to complete
-        needs.append(_Need(key, query, _is_search(template)))
+        needs.append(_Need(key, query))
     if isinstance(request.context.get("patientId"), str):
         needs = _profile_observation_needs(service, needs, partial, fetched, request.context["patientId"], profile)
-    await _fetch(needs, partial, fetched, request, deps, counts)
+    budget = FetchBudget(deps.max_resources - count_resources(prefetch))
+    await _fetch(needs, partial, fetched, request, deps, counts, budget)
     if service.followups is not None:
         more = service.followups(request.context, fetched)
-        await _fetch([_Need(k, q, _is_search(q)) for k, q in more.items()], {}, fetched, request, deps, counts)
+        await _fetch([_Need(k, q) for k, q in more.items()], {}, fetched, request, deps, counts, budget)
     return fetched, counts
 
 
@@ -147,6 +201,7 @@ async def _fetch(
     request: HookRequest,
     deps: HookDeps,
     counts: dict[str, int],
+    budget: FetchBudget,
 ) -> None:
     if not needs:
         return
@@ -157,15 +212,15 @@ async def _fetch(
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
 
     async def one(need: _Need) -> Any:
-        if need.search:
+        if need.query.is_search:
             if need.key in partial:
-                return await deps.fhir.complete(base, partial[need.key], token)
-            return await deps.fhir.search(base, need.query, token)
-        return await deps.fhir.read(base, need.query, token)
+                return await deps.fhir.complete(base, partial[need.key], token, budget)
+            return await deps.fhir.search(base, need.query, token, budget)
+        return await deps.fhir.read(base, need.query, token, budget)
 
     results = await asyncio.gather(*(one(n) for n in needs))
     for need, result in zip(needs, results, strict=True):
-        if need.search:
+        if need.query.is_search:
             fetched[need.key] = result.resources
             counts["ehr_outcomes"] += len(result.outcomes)
         else:
@@ -173,54 +228,79 @@ async def _fetch(
     counts["fetched"] += len(needs)
 
 
+async def answer_hook(
+    service: Service,
+    raw: bytes,
+    deps: HookDeps,
+    *,
+    deadline: Deadline,
+    launch_url: str | None = None,
+    issuer: str | None = None,
+) -> HookOutcome:
+    """A hook call from its raw body: parsed on a Lane thread, then `run_hook`. At capacity or
+    out of time: `{"cards": []}` (an EHR reads it as no guidance) with the reason for the log."""
+    try:
+        request = await deps.lane.run(deadline, lambda: parse_model(raw, HookRequest, max_depth=deps.max_json_depth))
+        return await run_hook(service, request, deps, deadline=deadline, launch_url=launch_url, issuer=issuer)
+    except Overloaded:
+        return HookOutcome(dict(NO_GUIDANCE), "overloaded")
+    except BudgetSpent:
+        return HookOutcome(dict(NO_GUIDANCE), "budget-spent")
+
+
 async def run_hook(
-    service: Service, request: HookRequest, deps: HookDeps, *, launch_url: str | None = None, issuer: str | None = None
+    service: Service,
+    request: HookRequest,
+    deps: HookDeps,
+    *,
+    deadline: Deadline | None = None,
+    launch_url: str | None = None,
+    issuer: str | None = None,
 ) -> HookOutcome:
     """`launch_url`: our explanation app's SMART launch URL; each card then links to it. `issuer`: the
-    verified JWT `iss` of the calling EHR, which (with `fhirServer`) selects its vendor profile."""
-    started = time.perf_counter()
-    if request.hook not in service.hooks:
-        raise BadRequest(f"service {service.id} does not answer hook {request.hook!r}")
-    for name in service.required_context:
-        if not isinstance(request.context.get(name), str) or not request.context[name]:
-            raise BadRequest(f"context.{name} is required for {request.hook}")
+    verified JWT `iss` of the calling EHR, which binds the `fhirServer` it may name and (with it)
+    selects its vendor profile. Raises Overloaded/BudgetSpent (see `answer_hook`)."""
+    deadline = deadline or Deadline.after(deps.budget_s)
+    check_request(service, request, max_resources=deps.max_resources)
     model = deps.models.get(service.model_name)
     if model is None:
         raise ModelNotFound(f"no {service.model_name} model is loaded")
+    if request.fhirServer is not None and not deps.fhir_allowed(request.fhirServer, issuer):
+        raise PreconditionFailed("fhirServer is not a FHIR server this EHR is configured for; no request was sent")
 
     profile = deps.profiles(request.fhirServer, issuer)
     try:
-        async with asyncio.timeout(max(0.05, deps.budget_s - min(deps.reserve_s, deps.budget_s / 4))):
+        async with asyncio.timeout(max(0.0, deadline.remaining() - min(deps.reserve_s, deps.budget_s / 4))):
             fetched, counts = await _gather(service, request, deps, profile)
-    except (TimeoutError, FHIRTimeout):
-        return HookOutcome({"cards": []}, "fhir-timeout")
+    except (TimeoutError, FHIRUnavailable) as exc:
+        # One answer for a slow and an unreachable EHR; the log line tells them apart.
+        why = exc.kind if isinstance(exc, FHIRUnavailable) else "timeout"
+        return HookOutcome(dict(NO_GUIDANCE), "fhir-unavailable", {"fhir": why})
     except FHIRServerError as exc:
         raise PreconditionFailed(f"required data could not be fetched: {exc.message}") from exc
 
     card_uuid = deps.new_uuid()
-    scored = service.score(
-        ScoringInput(
-            context=request.context,
-            fetched=fetched,
-            model=model,
-            now=deps.clock(),
-            pseudonymizer=deps.pseudonymizer,
-            card_uuid=card_uuid,
-            source=request.fhirServer or "",
-            profile=profile,
-        )
+    scoring = ScoringInput(
+        context=request.context,
+        fetched=fetched,
+        model=model,
+        now=deps.clock(),
+        pseudonymizer=deps.pseudonymizer,
+        card_uuid=card_uuid,
+        source=request.fhirServer or "",
+        profile=profile,
     )
+    scored = await deps.lane.run(deadline, service.score, scoring)
     if scored is None:
-        return HookOutcome({"cards": []}, "not-applicable", counts)
+        return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
     card = scored.card
     if launch_url:
         link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)
         card = {**card, "links": [*card.get("links", ()), link]}
 
-    remaining = max(0.05, deps.budget_s - (time.perf_counter() - started))
     reason = "card"
     try:
-        async with asyncio.timeout(remaining):
+        async with asyncio.timeout(max(0.01, deadline.remaining())):
             await deps.store.put_card(
                 CardRecord(
                     card_uuid,
@@ -235,4 +315,3 @@ async def run_hook(
         # The advice still goes out; feedback for this card will be refused as unknown.
         reason = "card-unrecorded"
     return HookOutcome({"cards": [card]}, reason, {**counts, **scored.log})
-

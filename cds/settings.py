@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fhir_mappings import VendorProfile, select_profile
 from models import DEFAULT_DATA_DIR, DEFAULT_REGISTRY
 
+from .transport import is_loopback_url
+
 __all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "TrustedIssuer", "get_settings"]
 
 log = logging.getLogger("cds.settings")
@@ -29,8 +31,10 @@ ALLOWED_JWT_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384",
 
 
 class TrustedIssuer(BaseModel):
-    """One EHR allowed to call us. Keys come from `jwks_url`, or from a token's `jku` header when
-    that URL is listed in `jku`; nothing else is ever fetched."""
+    """One EHR allowed to call us. Keys come from `jwks_url` (pinned), or from a token's `jku`
+    header when that URL is listed in `jku`; nothing else is ever fetched. `fhir_servers`: the
+    FHIR base URLs this EHR may name as `fhirServer`; we connect to no other (none listed: the
+    EHR must prefetch everything)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,6 +42,15 @@ class TrustedIssuer(BaseModel):
     jwks_url: str | None = None
     jku: tuple[str, ...] = ()
     tenants: tuple[str, ...] = ()  # when set, the token's `tenant` must be one of these
+    fhir_servers: tuple[str, ...] = ()
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _bases(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("https://", "http://")):
+                raise ValueError("fhir_servers must be absolute URLs")
+        return tuple(url.rstrip("/") for url in value)
 
     @model_validator(mode="after")
     def _has_keys(self) -> TrustedIssuer:
@@ -50,6 +63,9 @@ class TrustedIssuer(BaseModel):
 
     def key_urls(self) -> tuple[str, ...]:
         return tuple(u for u in (self.jwks_url, *self.jku) if u)
+
+    def may_name(self, fhir_server: str) -> bool:
+        return fhir_server.rstrip("/") in self.fhir_servers
 
 
 class Settings(BaseSettings):
@@ -65,9 +81,34 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = "cds:"
     pseudonym_key: SecretStr | None = None  # default: a random key kept in <var_dir>/pseudonym.key
+    redis_timeout_s: float = 0.25  # a frozen Redis must not hold a hook: beyond this, degrade
+    degraded_retry_s: float = 2.0  # how often a degraded dependency is tried again
     hook_timeout_s: float = 2.0
     fhir_timeout_s: float = 1.5
     fhir_max_pages: int = 20
+
+    # --- limits (each answered with a clear 4xx; docs/hardening.md) --------------------------
+    max_hook_bytes: int = 10 * 2**20  # request body of a hook call (a 72 h ICU prefetch is ~0.6 MB)
+    max_feedback_bytes: int = 256 * 2**10
+    max_json_depth: int = 64  # a FHIR prefetch nests ~12 deep
+    max_resources: int = 20_000  # FHIR resources per hook call, prefetched and fetched together
+    fhir_max_response_bytes: int = 16 * 2**20  # one EHR response, after decompression
+    feedback_comment_max_chars: int = 2_000
+    feedback_max_future_s: float = 300.0  # clock skew allowed on outcomeTimestamp
+
+    # --- admission control (cds/admission.py) -------------------------------------------
+    hook_workers: int = 2  # threads for the CPU-heavy steps of a hook call
+    hook_queue: int = 16  # calls waiting for one of those threads
+    hook_queue_wait_s: float = 0.5  # the longest a call waits before it is answered `{"cards": []}`
+    max_in_flight_hooks: int = 128
+    max_in_flight_feedback: int = 32
+    retry_after_s: int = 2  # on 503 answers
+
+    # --- connections (cds/server.py) ------------------------------------------------------
+    max_connections: int = 1_000
+    header_timeout_s: float = 10.0  # a connection must send its request headers within this
+    keep_alive_s: int = 5
+    api_docs: bool = False  # serve /openapi.json (no HTML, no CDN script); off in production
     # The EHR's fhirServer must be https (http is accepted on loopback only). True only for a
     # closed test network: the access token and PHI would then cross the network in clear.
     allow_http_fhir_server: bool = False
@@ -117,7 +158,17 @@ class Settings(BaseSettings):
             raise ValueError("CORS: '*' cannot be combined with credentials; list the EHR origins")
         if self.auth_disabled_for_local_demo and self.host not in _LOOPBACK:
             raise ValueError("auth_disabled_for_local_demo is for local demos: the host must be a loopback address")
+        if min(self.max_hook_bytes, self.max_feedback_bytes, self.max_json_depth, self.max_resources, self.hook_workers) < 1:
+            raise ValueError("limits must be positive")
         return self
+
+    def fhir_server_allowed(self, fhir_server: str, issuer: str | None) -> bool:
+        """Whether we may connect to `fhir_server` for a call from `issuer` (verified JWT iss).
+        Local demo without authentication: loopback FHIR servers only."""
+        if issuer is None:
+            return self.auth_disabled_for_local_demo and is_loopback_url(fhir_server)
+        trusted = next((i for i in self.auth_issuers if i.iss == issuer), None)
+        return trusted is not None and trusted.may_name(fhir_server)
 
     def jwks_allowlist(self) -> frozenset[str]:
         return frozenset(u for issuer in self.auth_issuers for u in issuer.key_urls())

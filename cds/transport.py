@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-__all__ = ["LOOPBACK_HOSTS", "secure_or_loopback"]
+__all__ = ["LOOPBACK_HOSTS", "is_loopback_url", "secure_or_loopback"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -16,3 +16,10 @@ def secure_or_loopback(url: str) -> bool:
     except httpx.InvalidURL:
         return False
     return parsed.scheme == "https" or (parsed.scheme == "http" and parsed.host in LOOPBACK_HOSTS)
+
+
+def is_loopback_url(url: str) -> bool:
+    try:
+        return httpx.URL(url).host in LOOPBACK_HOSTS
+    except httpx.InvalidURL:
+        return False

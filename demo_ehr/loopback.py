@@ -36,9 +36,10 @@ class LoopbackServer:
         self.stop()
 
 
-def serve_in_thread(app: Any, *, port: int | None = None, timeout_s: float = 30.0) -> LoopbackServer:
+def serve_in_thread(app: Any, *, port: int | None = None, timeout_s: float = 30.0, **options: Any) -> LoopbackServer:
+    """`options`: more uvicorn.Config arguments (the CDS server passes its own protocol and limits)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **{"log_config": None, "access_log": False, **options})
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name=f"uvicorn-{port}")
     thread.start()

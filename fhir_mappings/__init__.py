@@ -52,7 +52,7 @@ from .discharge_table import (
     default_encounter_codes,
     diabetes_drugs,
 )
-from .errors import CDSError, InvalidResourceError, MappingError, NotFHIRError, UnitError
+from .errors import CDSError, InvalidIdError, InvalidResourceError, MappingError, NotFHIRError, UnitError
 from .features import (
     CLOCK_FEATURES,
     FEATURE_CODE_VERSION,
@@ -80,6 +80,7 @@ from .profiles import (
     observation_queries,
     select_profile,
 )
+from .queries import FhirQuery, is_fhir_id, is_resource_type, reference_parts
 from .readmission_features import (
     READMISSION_FEATURE_VERSION,
     build_readmission_features,
@@ -137,6 +138,7 @@ __all__ = [
     "FEATURE_CODE_VERSION",
     "Feature",
     "FeatureSpec",
+    "FhirQuery",
     "GENERIC",
     "GLUCOSE_BANDS",
     "GLUCOSE_CODES",
@@ -144,6 +146,7 @@ __all__ = [
     "ICD9",
     "INPATIENT_CLASSES",
     "IcuClock",
+    "InvalidIdError",
     "InvalidResourceError",
     "LAB_VARIABLES",
     "MappedDischarge",
@@ -192,6 +195,8 @@ __all__ = [
     "discharge_to_table",
     "ensure_resource",
     "icu_clock",
+    "is_fhir_id",
+    "is_resource_type",
     "lace_points",
     "map_bundle",
     "measurements_from_observation",
@@ -210,6 +215,7 @@ __all__ = [
     "readmission_feature_spec",
     "readmitted_within_30_days",
     "reference_id",
+    "reference_parts",
     "safe_token",
     "scan_observation",
     "select_encounter",

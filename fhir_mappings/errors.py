@@ -1,6 +1,7 @@
 """The root of the project's one error tree, and the mapping layer's branch of it.
 
     CDSError                      every error we raise on purpose (code: a stable string)
+    ├── InvalidIdError            an id that is not a FHIR id (a hostile context token or reference)
     ├── MappingError              FHIR or tabular input we cannot turn into a canonical table
     │   ├── NotFHIRError          a value that is not a FHIR resource at all
     │   ├── InvalidResourceError  a FHIR resource missing or misusing a field we need
@@ -15,7 +16,7 @@ identifiers, names or free text.
 
 from __future__ import annotations
 
-__all__ = ["CDSError", "InvalidResourceError", "MappingError", "NotFHIRError", "UnitError"]
+__all__ = ["CDSError", "InvalidIdError", "InvalidResourceError", "MappingError", "NotFHIRError", "UnitError"]
 
 
 class CDSError(Exception):
@@ -27,6 +28,12 @@ class CDSError(Exception):
         self.message = message
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class InvalidIdError(CDSError):
+    """A resource id or reference that is not a FHIR id: never put into a URL, never echoed."""
+
+    code = "invalid-id"
 
 
 class MappingError(CDSError):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .codes import CodeRow, CodeTable, default_code_table
+from .queries import FhirQuery
 from .units import UnitTable, default_unit_table
 
 __all__ = [
@@ -139,9 +140,13 @@ def select_profile(
     return _with_preliminary(name) if accept_preliminary else PROFILES[name]
 
 
-def observation_queries(profile: VendorProfile, patient_id: str, *, count: int = 1000) -> dict[str, str]:
-    """The Observation searches this profile asks for: one per category, newest first."""
+def observation_queries(profile: VendorProfile, patient_id: str, *, count: int = 1000) -> dict[str, FhirQuery]:
+    """The Observation searches this profile asks for: one per category, newest first.
+    `patient_id` must be a FHIR id (InvalidIdError otherwise)."""
+    FhirQuery.read("Patient", patient_id)  # validates the id
     return {
-        category: f"Observation?patient={patient_id}&category={category}&_sort=-date&_count={count}"
+        category: FhirQuery.search(
+            "Observation", [("patient", patient_id), ("category", category), ("_sort", "-date"), ("_count", str(count))]
+        )
         for category in profile.observation_categories
     }

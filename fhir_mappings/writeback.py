@@ -121,12 +121,16 @@ def build_provenance(
     override_reason: dict[str, Any] | None,
     user_comment: str | None,
     accepted_suggestions: Sequence[str] = (),
+    flags: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """`flags`: what was odd about the feedback and kept anyway (e.g. `reason-not-offered`)."""
     extensions: list[dict[str, Any]] = []
     if user_comment:
         extensions.append({"url": f"{EXT}/override-comment", "valueString": user_comment})
     for suggestion in accepted_suggestions:
         extensions.append({"url": f"{EXT}/accepted-suggestion", "valueString": suggestion})
+    for flag in flags:
+        extensions.append({"url": f"{EXT}/feedback-flag", "valueCode": flag})
     who: dict[str, Any] = (
         {"identifier": {"system": PRACTITIONER_PSEUDONYM_SYSTEM, "value": practitioner_pseudonym}}
         if practitioner_pseudonym

@@ -15,7 +15,7 @@ from .cards import (
     format_value,
     strip_empty,
 )
-from .prefetch import render_template, template_tokens
+from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
 from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
 from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
@@ -24,6 +24,7 @@ SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS, READMISSION)}
 
 __all__ = [
     "CARD_EXTENSION",
+    "CONTEXT_IDS",
     "Driver",
     "Fetched",
     "OverrideReason",
@@ -35,6 +36,7 @@ __all__ = [
     "ScoringInput",
     "Service",
     "build_risk_card",
+    "check_context_ids",
     "explanation_link",
     "follow_up_request",
     "format_percent",

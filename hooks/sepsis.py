@@ -9,9 +9,11 @@ from typing import Any
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from fhir_mappings import (
+    FhirQuery,
     PatientRecord,
     build_features,
     build_risk_assessment,
+    is_fhir_id,
     reference_id,
     select_encounter,
     to_canonical,
@@ -55,21 +57,23 @@ def _resources(value: Any) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else [value]
 
 
-def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, str]:
-    """Reads that only the first round reveals: the named encounter, its ICU Locations."""
-    wanted: dict[str, str] = {}
+def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, FhirQuery]:
+    """Reads that only the first round reveals: the named encounter, its ICU Locations. Location
+    ids come from the EHR's data: one that is not a FHIR id is not fetched."""
+    wanted: dict[str, FhirQuery] = {}
     encounters = _resources(fetched.get("encounters"))
     encounter_id = context.get("encounterId")
     encounter = select_encounter(encounters, encounter_id)
-    if encounter is None and isinstance(encounter_id, str) and encounter_id:
-        wanted["encounter"] = f"Encounter/{encounter_id}"
+    if encounter is None and is_fhir_id(encounter_id):
+        wanted["encounter"] = FhirQuery.read("Encounter", encounter_id)
     if encounter is not None:
         known = {r.get("id") for key in fetched for r in _resources(fetched[key]) if r.get("resourceType") == "Location"}
-        for entry in (encounter.get("location") or ())[:5]:
+        entries = encounter.get("location")
+        for entry in (entries if isinstance(entries, list) else [])[:5]:
             ref = entry.get("location") if isinstance(entry, Mapping) else None
             location_id = reference_id(ref, "Location")
-            if location_id and location_id not in known and not (ref or {}).get("display"):
-                wanted[f"location:{location_id}"] = f"Location/{location_id}"
+            if is_fhir_id(location_id) and location_id not in known and not (ref or {}).get("display"):
+                wanted[f"location:{location_id}"] = FhirQuery.read("Location", location_id)
     return wanted
 
 

@@ -12,8 +12,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from cds import Settings, TrustedIssuer, create_app
+from cds import Settings, TrustedIssuer
 from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, LoopbackServer, serve_in_thread
+from tests.cds.helpers import serve_cds
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATA_DIR = Path(os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
@@ -94,7 +95,7 @@ def secure_settings(tmp_path: Path, ehr_identity: EhrIdentity) -> Settings:
 
 @pytest.fixture
 def secure_server(secure_settings: Settings) -> Iterator[LoopbackServer]:
-    with serve_in_thread(create_app(secure_settings)) as server:
+    with serve_cds(secure_settings) as server:
         yield server
 
 
@@ -107,7 +108,7 @@ def ehr_client(secure_server: LoopbackServer, ehr_identity: EhrIdentity) -> Iter
 
 @pytest.fixture
 def cds_server(settings: Settings) -> Iterator[LoopbackServer]:
-    with serve_in_thread(create_app(settings)) as server:
+    with serve_cds(settings) as server:
         yield server
 
 

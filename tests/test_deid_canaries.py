@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cds import Settings, TrustedIssuer, create_app
+from cds import Settings, TrustedIssuer
 from cds.logs import JsonFormatter
-from demo_ehr import EhrIdentity, EhrJwtAuth, StayResources, patient_view_request, serve_in_thread
+from demo_ehr import EhrIdentity, EhrJwtAuth, StayResources, patient_view_request
 from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical
-from tests.cds.helpers import feedback, synthetic_stay
+from tests.cds.helpers import feedback, serve_cds, synthetic_stay
 
 KEY = "canary-key-0123456789abcdef"
 PID = "CANARYPID7731"
@@ -128,7 +128,7 @@ def test_no_canary_identifier_leaves_the_service(
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        with serve_in_thread(create_app(settings)) as server, httpx.Client(base_url=server.url, timeout=10, auth=auth) as client:
+        with serve_cds(settings) as server, httpx.Client(base_url=server.url, timeout=10, auth=auth) as client:
             body = patient_view_request(stay, user="Practitioner/CANARYDOC991")
             response = client.post("/cds-services/sepsis-risk", json=body)
             assert response.status_code == 200, response.text

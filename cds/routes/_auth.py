@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 
 from ..auth import AuthFailure, Caller, bearer_token
 from ._state import app_state
+
+log = logging.getLogger("cds.auth")
 
 
 def endpoint_url(request: Request, public_url: str | None) -> str:
@@ -23,6 +27,8 @@ async def authenticate(request: Request) -> Caller | None:
         caller = await state.verifier.verify(token, endpoint_url(request, state.settings.public_url))
     except AuthFailure as failure:
         state.metrics.auth_failure(failure.reason)
+        # The caller sees a bare 401; the reason (a code, never the token) is for the operators.
+        log.warning("caller refused", extra={"event": {"reason": failure.reason, "why": failure.detail}})
         raise
     request.state.caller = caller
     return caller

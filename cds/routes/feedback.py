@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from ..feedback import record_feedback
+from ..admission import Deadline
+from ..bodies import check_json_request, parse_model, read_body
+from ..errors import RequestTimeout
+from ..feedback import FeedbackRules, record_feedback
+from ..responses import json_response
 from ..schemas import FeedbackRequest
-from ._body import parse_body
-from ._state import app_state, service_or_404
+from ._openapi import json_body
+from ._state import app_state, arrival, service_or_404
 
 router = APIRouter()
 
 
-@router.post("/cds-services/{service_id}/feedback")
-async def post_feedback(service_id: str, request: Request) -> dict[str, Any]:
+@router.post("/cds-services/{service_id}/feedback", openapi_extra=json_body(FeedbackRequest), response_model=None)
+async def post_feedback(service_id: str, request: Request) -> Response:
     service = service_or_404(service_id)
-    body = await parse_body(request, FeedbackRequest)
     state = app_state(request)
-    result = await record_feedback(service, body, state.store)
+    settings = state.settings
+    check_json_request(request)
+    deadline = Deadline.after(settings.hook_timeout_s, start=arrival(request))
+    try:
+        async with asyncio.timeout(max(0.0, deadline.remaining())):
+            raw = await read_body(request, settings.max_feedback_bytes)
+    except TimeoutError as exc:
+        raise RequestTimeout("the feedback body did not arrive in time") from exc
+    body = parse_model(raw, FeedbackRequest, max_depth=settings.max_json_depth)
+    rules = FeedbackRules(max_future_s=settings.feedback_max_future_s, comment_max_chars=settings.feedback_comment_max_chars)
+    result = await record_feedback(service, body, state.store, now=datetime.now(UTC), rules=rules)
     for item in result["results"]:
-        state.metrics.feedback_item(service.id, item["status"])
-    return result
+        state.metrics.feedback_item(service.id, item["status"], item.get("flags", ()))
+    return json_response(result)

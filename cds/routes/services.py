@@ -1,54 +1,84 @@
-"""POST /cds-services/{id}: one hook call."""
+"""POST /cds-services/{id}: one hook call, answered within its budget or not at all (caller gone)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
+from ..admission import Deadline
+from ..bodies import check_json_request, read_body
 from ..logs import log_event
-from ..pipeline import run_hook
+from ..pipeline import NO_GUIDANCE, HookOutcome, answer_hook
+from ..responses import json_response
 from ..schemas import HookRequest
 from ..settings import Settings
-from ._body import parse_body
-from ._state import app_state, service_or_404
+from ._openapi import json_body
+from ._state import app_state, arrival, service_or_404, until_disconnected
 
 router = APIRouter()
 log = logging.getLogger("cds.hook")
 
+# Kept back from the budget for writing the answer and its trip back to the EHR.
+ANSWER_MARGIN_S = 0.05
 
-@router.post("/cds-services/{service_id}")
-async def call_service(service_id: str, request: Request) -> dict[str, Any]:
+
+@router.post("/cds-services/{service_id}", openapi_extra=json_body(HookRequest), response_model=None)
+async def call_service(service_id: str, request: Request) -> Response:
     service = service_or_404(service_id)
-    body = await parse_body(request, HookRequest)
     state = app_state(request)
-    started = time.perf_counter()
+    started = arrival(request)
+    deadline = Deadline.after(state.settings.hook_timeout_s - ANSWER_MARGIN_S, start=started)
+    check_json_request(request)
     reason = "error"
     try:
-        caller = getattr(request.state, "caller", None)
-        outcome = await run_hook(
-            service,
-            body,
-            state.deps,
-            launch_url=launch_url(request, state.settings),
-            issuer=caller.iss if caller else None,
-        )
+        try:
+            async with asyncio.timeout(max(0.0, deadline.remaining())):
+                raw = await read_body(request, state.settings.max_hook_bytes)
+        except TimeoutError:
+            outcome = HookOutcome(dict(NO_GUIDANCE), "budget-spent", {"stage": "body"})
+        else:
+            caller = getattr(request.state, "caller", None)
+            work = asyncio.ensure_future(
+                answer_hook(
+                    service,
+                    raw,
+                    state.deps,
+                    deadline=deadline,
+                    launch_url=launch_url(request, state.settings),
+                    issuer=caller.iss if caller else None,
+                )
+            )
+            gone = asyncio.ensure_future(until_disconnected(request))
+            try:
+                await asyncio.wait({work, gone}, timeout=max(0.0, deadline.remaining()), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not work.done():
+                work.cancel()  # caller gone, or budget spent: nothing more is started for this call
+                outcome = HookOutcome(dict(NO_GUIDANCE), "client-gone" if gone.done() else "budget-spent")
+            else:
+                outcome = work.result()
         reason = outcome.reason
         state.metrics.ehr_outcomes(service.id, int(outcome.details.get("ehr_outcomes", 0)))
         log_event(
             log,
             "hook answered",
             service=service.id,
-            hookInstance=body.hookInstance,
             reason=reason,
-            ms=round(1000 * (time.perf_counter() - started), 1),
+            ms=round(1000 * (time.monotonic() - started), 1),
             **{k: v for k, v in outcome.details.items() if k in _LOGGED},
         )
-        return outcome.body
+        return json_response(outcome.body)
+    except ClientDisconnect:
+        reason = "client-gone"
+        return json_response(dict(NO_GUIDANCE))
     finally:
-        state.metrics.hook(service.id, reason, time.perf_counter() - started)
+        state.metrics.hook(service.id, reason, time.monotonic() - started)
 
 
 def launch_url(request: Request, settings: Settings) -> str:
@@ -60,4 +90,8 @@ def launch_url(request: Request, settings: Settings) -> str:
 
 
 # Counts and codes only: what may appear in a hook log line.
-_LOGGED = {"prefetched", "fetched", "ehr_outcomes", "icu_hour", "band", "observations", "measurements", "skipped", "unmapped_codes", "unit_errors"}
+_LOGGED = {
+    "prefetched", "fetched", "ehr_outcomes", "icu_hour", "band", "observations", "measurements", "skipped",
+    "unmapped_codes", "unit_errors", "fhir", "stage", "hookInstance",
+}
+

@@ -6,7 +6,14 @@ from typing import Any
 
 import pandas as pd
 
-from demo_ehr import StayResources, icu_start_for_hour, stay_to_fhir
+from cds import Settings, create_app
+from cds.server import uvicorn_options
+from demo_ehr import LoopbackServer, StayResources, icu_start_for_hour, serve_in_thread, stay_to_fhir
+
+
+def serve_cds(settings: Settings) -> LoopbackServer:
+    """The CDS app on a loopback port, served as `cds serve` serves it (protocol, limits, headers)."""
+    return serve_in_thread(create_app(settings), **uvicorn_options(settings, in_process=True))
 
 
 def no_empty_values(value: Any, path: str = "$") -> list[str]:

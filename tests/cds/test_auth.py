@@ -16,10 +16,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from cds import Settings, TrustedIssuer, create_app
-from cds.app import UNAUTHORIZED_BODY
+from cds import Settings, TrustedIssuer
+from cds.responses import UNAUTHORIZED_BODY
 from demo_ehr import EhrIdentity, LoopbackServer, patient_view_request, serve_in_thread
-from tests.cds.helpers import synthetic_stay
+from tests.cds.helpers import serve_cds, synthetic_stay
 
 SERVICE = "/cds-services/sepsis-risk"
 
@@ -38,7 +38,7 @@ def tenant_identity(ehr_identity: EhrIdentity) -> EhrIdentity:
 def server(tmp_path: Path, tenant_identity: EhrIdentity) -> Iterator[LoopbackServer]:
     issuer = TrustedIssuer(iss=tenant_identity.issuer, jwks_url=tenant_identity.jwks_url, jku=(tenant_identity.jwks_url,), tenants=("hospital-a",))
     settings = Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,), jwks_min_refresh_s=60)
-    with serve_in_thread(create_app(settings)) as s:
+    with serve_cds(settings) as s:
         yield s
 
 
@@ -82,7 +82,9 @@ def _tampered(ehr: EhrIdentity, aud: str) -> str:
 
 
 def _jku_off_list(ehr: EhrIdentity, aud: str) -> str:
-    return ehr.token(aud, header={"jku": "http://127.0.0.1:9/evil/jwks.json"})
+    """Signed with an attacker's key that its own (off-list) JWKS would publish."""
+    attacker = EhrIdentity(issuer=ehr.issuer, tenant=ehr.tenant)
+    return attacker.token(aud, header={"jku": "http://127.0.0.1:9/evil/jwks.json"})
 
 
 
@@ -182,6 +184,33 @@ def test_the_jwks_is_never_fetched_from_a_url_off_the_allow_list(server: Loopbac
     assert evil.jwks_requests == 0
 
 
+def test_a_jku_off_the_list_is_verified_with_the_pinned_keys(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reference CDS Hooks sandbox names a public jku on every call: with the issuer's keys
+    pinned, that jku is set aside (never fetched) and the token verified with the pinned keys."""
+    public = EhrIdentity(issuer=tenant_identity.issuer)  # stands for the sandbox's public JWKS host
+    with serve_in_thread(public.app()) as elsewhere:
+        token = tenant_identity.token(server.url + SERVICE, header={"jku": f"{elsewhere.url}/.well-known/jwks.json"})
+        assert post(server, token, body).status_code == 200
+        caplog.set_level(logging.WARNING)
+        forged = public.token(server.url + SERVICE, header={"jku": f"{elsewhere.url}/.well-known/jwks.json"})
+        assert post(server, forged, body).status_code == 401
+    assert public.jwks_requests == 0
+    refused = [getattr(r, "event", {}) for r in caplog.records if r.getMessage() == "caller refused"]
+    assert refused and refused[-1]["reason"] == "jku-not-allowed" and "pinned" in refused[-1]["why"]
+
+
+def test_without_pinned_keys_a_jku_off_the_list_is_refused(tmp_path: Path, tenant_identity: EhrIdentity, body: dict) -> None:
+    issuer = TrustedIssuer(iss=tenant_identity.issuer, jku=(tenant_identity.jwks_url,))
+    with serve_cds(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,))) as s:
+        listed = tenant_identity.token(s.url + SERVICE, jku=True)
+        assert post(s, listed, body).status_code == 200
+        off = tenant_identity.token(s.url + SERVICE, header={"jku": "http://127.0.0.1:9/jwks.json"})
+        assert post(s, off, body).status_code == 401
+        assert auth_failures(s) == {"jku-not-allowed": 1}
+
+
 def test_tokens_never_reach_the_logs(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     token = tenant_identity.token(server.url + SERVICE)
@@ -195,7 +224,7 @@ def test_tokens_never_reach_the_logs(server: LoopbackServer, tenant_identity: Eh
 
 
 def test_no_trusted_issuer_means_every_call_is_refused(tmp_path: Path, ehr_identity: EhrIdentity, body: dict) -> None:
-    with serve_in_thread(create_app(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32))) as s:
+    with serve_cds(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32)) as s:
         assert post(s, ehr_identity.token(s.url + SERVICE), body).status_code == 401
         assert httpx.get(f"{s.url}/healthz").status_code == 200  # health and metrics stay open
 
@@ -204,7 +233,7 @@ def test_the_demo_switch_is_loud_and_loopback_only(tmp_path: Path, body: dict, c
     with pytest.raises(ValidationError):
         Settings(host="0.0.0.0", auth_disabled_for_local_demo=True)
     caplog.set_level(logging.WARNING)
-    with serve_in_thread(create_app(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_disabled_for_local_demo=True))) as s:
+    with serve_cds(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_disabled_for_local_demo=True)) as s:
         assert post(s, None, body).status_code == 200
     assert any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
 
@@ -221,7 +250,7 @@ def test_cors_allows_listed_origins_and_never_star_with_credentials(tmp_path: Pa
     issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url)
     settings = Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,),
                         cors_origins=("https://ehr.example.org",), cors_allow_credentials=True)
-    with serve_in_thread(create_app(settings)) as s:
+    with serve_cds(settings) as s:
         preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
         allowed = httpx.options(f"{s.url}{SERVICE}", headers={"Origin": "https://ehr.example.org", **preflight})
         refused = httpx.options(f"{s.url}{SERVICE}", headers={"Origin": "https://evil.example.org", **preflight})

@@ -13,9 +13,9 @@ import pytest
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from cds import Settings, TrustedIssuer, create_app
-from demo_ehr import EhrIdentity, EhrJwtAuth, patient_view_request, serve_in_thread
-from tests.cds.helpers import feedback, synthetic_stay
+from cds import Settings, TrustedIssuer
+from demo_ehr import EhrIdentity, EhrJwtAuth, patient_view_request
+from tests.cds.helpers import feedback, serve_cds, synthetic_stay
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -29,13 +29,13 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, ehr_identit
 def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: Settings, tmp_path: Path, ehr_identity: EhrIdentity) -> None:
     stay = synthetic_stay()
     auth = EhrJwtAuth(ehr_identity, alg="RS384", epic=True)
-    with serve_in_thread(create_app(backend_settings)) as server:
+    with serve_cds(backend_settings) as server:
         card = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=patient_view_request(stay), timeout=10, auth=auth).json()["cards"][0]
         item = feedback(card["uuid"], reason=card["overrideReasons"][1], comment="lactate was from a tourniquet draw")
         first = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
         assert first.json()["results"][0]["status"] == "created"
 
-    with serve_in_thread(create_app(backend_settings)) as server:  # a new process would see the same
+    with serve_cds(backend_settings) as server:  # a new process would see the same
         again = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
         assert again.json()["results"][0]["status"] == "unchanged"
 

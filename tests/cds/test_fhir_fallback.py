@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
-from cds import Settings, create_app
-from demo_ehr import DemoFhirServer, patient_view_request, serve_in_thread
-from tests.cds.helpers import synthetic_stay
+from cds import Settings, TrustedIssuer
+from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, patient_view_request, serve_in_thread
+from tests.cds.helpers import serve_cds, synthetic_stay
 
 
 def probability(response: httpx.Response) -> float:
@@ -54,13 +54,54 @@ def test_no_prefetch_and_no_fhir_server_is_412(cds_server) -> None:
     assert "no fhirServer" in response.json()["issue"][0]["diagnostics"]
 
 
-def test_a_plain_http_fhir_server_off_loopback_gets_no_request_and_412(cds_server) -> None:
+def test_a_plain_http_fhir_server_off_loopback_gets_no_request_and_412(tmp_path, ehr_identity: EhrIdentity) -> None:
     # 127.0.0.2 is not one of the loopback names we trust for plain http; should the rule ever
-    # break, the request still stays on this machine.
-    body = patient_view_request(synthetic_stay(), prefetch=["patient"], fhir_server="http://127.0.0.2:9/fhir", access_token="t")
-    response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    # break, the request still stays on this machine. Even an EHR bound to it gets no request.
+    server_url = "http://127.0.0.2:9/fhir"
+    issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url, fhir_servers=(server_url,))
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,))
+    body = patient_view_request(synthetic_stay(), prefetch=["patient"], fhir_server=server_url, access_token="t")
+    with serve_cds(settings) as server:
+        response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=10, auth=EhrJwtAuth(ehr_identity))
     assert response.status_code == 412
     assert "https" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "fhir_server",
+    ["https://127.0.0.1:1/fhir", "https://attacker.example.org/fhir", "http://127.0.0.1:1/fhir", "https://ehr.example.org/fhir/../admin"],
+)
+def test_a_fhir_server_the_issuer_is_not_bound_to_gets_no_connection_and_412(
+    tmp_path, ehr_identity: EhrIdentity, ehr: DemoFhirServer, ehr_server, fhir_server: str
+) -> None:
+    """Blind SSRF: a trusted EHR's token may only send us to the FHIR bases bound to its issuer."""
+    issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url, fhir_servers=(ehr_server.url, "https://ehr.example.org/fhir"))
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,))
+    stay = synthetic_stay()
+    ehr.add(stay.all())
+    with serve_cds(settings) as server, httpx.Client(base_url=server.url, timeout=10, auth=EhrJwtAuth(ehr_identity)) as client:
+        refused = client.post("/cds-services/sepsis-risk", json=patient_view_request(stay, prefetch=False, fhir_server=fhir_server, access_token="t"))
+        bound = client.post("/cds-services/sepsis-risk", json=patient_view_request(stay, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token))
+    assert refused.status_code == 412 and "no request was sent" in refused.json()["issue"][0]["diagnostics"]
+    assert bound.status_code == 200 and bound.json()["cards"]
+    assert ehr.seen and all(s.authorized for s in ehr.seen)  # only the bound server was asked
+
+
+def test_a_closed_port_and_a_hung_server_get_the_same_answer(tmp_path, ehr: DemoFhirServer, ehr_server) -> None:
+    """An answer must not tell a refused connection from a timeout (port scanning through us)."""
+    from demo_ehr import free_port
+
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=0.6,
+                        auth_disabled_for_local_demo=True)
+    ehr.delay_s = 5.0
+    stay = synthetic_stay()
+    with serve_cds(settings) as server:
+        answers = []
+        for base in (f"http://127.0.0.1:{free_port()}", ehr_server.url):
+            body = patient_view_request(stay, prefetch=False, fhir_server=base, access_token=ehr.token)
+            response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+            answers.append((response.status_code, response.content, sorted(k for k in response.headers if k != "date" and k != "content-length")))
+    assert answers[0] == answers[1] == (200, b'{"cards":[]}', answers[0][2])
 
 
 def test_a_refused_token_is_412(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
@@ -90,7 +131,7 @@ def test_a_hung_fhir_server_does_not_hold_the_answer(tmp_path, ehr: DemoFhirServ
     ehr.delay_s = 5.0
     stay = synthetic_stay()
     ehr.add(stay.all())
-    with serve_in_thread(create_app(settings)) as server:
+    with serve_cds(settings) as server:
         body = patient_view_request(stay, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
         started = time.perf_counter()
         response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=10)
@@ -98,7 +139,7 @@ def test_a_hung_fhir_server_does_not_hold_the_answer(tmp_path, ehr: DemoFhirServ
         metrics = httpx.get(f"{server.url}/metrics").text
     assert response.status_code == 200 and response.json() == {"cards": []}
     assert elapsed < 1.5
-    assert 'reason="fhir-timeout"' in metrics
+    assert 'reason="fhir-unavailable"' in metrics
 
 
 @pytest.mark.parametrize("status", [500, 503])

@@ -122,11 +122,12 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
         {"card": "CARD", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "accepted", "acceptedSuggestions": [], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "overridden", "acceptedSuggestions": [{"id": "x"}], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
-        {"card": "CARD", "outcome": "accepted", "acceptedSuggestions": [{"id": "not-on-the-card"}], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         "not an object",
         {"card": "CARD", "outcome": "maybe", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00"},
-        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"reason": {"system": "x", "code": "made-up"}}},
+        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "9999-12-31T23:59:59Z"},
+        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"userComment": "x" * 2001}},
+        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"reason": {"system": "x"}}},
     ],
 )
 def test_a_bad_feedback_item_refuses_the_whole_batch(client: httpx.Client, settings, bad_item: dict) -> None:
@@ -137,6 +138,31 @@ def test_a_bad_feedback_item_refuses_the_whole_batch(client: httpx.Client, setti
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["issue"][0]["diagnostics"]
     assert _stored_feedback(settings) == 0
+
+
+@pytest.mark.parametrize(
+    ("odd", "flag"),
+    [
+        ({"overrideReason": {"reason": {"system": "urn:site:reasons", "code": "made-up", "display": "Made up"}}}, "reason-not-offered"),
+        ({"outcome": "accepted", "acceptedSuggestions": [{"id": "not-on-the-card"}]}, "suggestion-not-offered"),
+    ],
+)
+def test_odd_feedback_is_recorded_as_given_and_flagged(client: httpx.Client, settings, odd: dict, flag: str) -> None:
+    card = call(client, patient_view_request(synthetic_stay())).json()["cards"][0]
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", **odd}
+    response = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [item]})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [{"card": card["uuid"], "status": "created", "flags": [flag]}]
+    import json
+    import sqlite3
+
+    [(text,)] = sqlite3.connect(settings.sqlite_path).execute("SELECT resource FROM feedback").fetchall()
+    provenance = json.loads(text)
+    assert {"url": "http://cds-ml.org/fhir/StructureDefinition/feedback-flag", "valueCode": flag} in provenance["extension"]
+    if "overrideReason" in odd:
+        assert provenance["reason"][0]["coding"][0]["code"] == "made-up"  # kept as the clinician gave it
+    metrics = client.get("/metrics").text
+    assert f'cds_feedback_flags_total{{service="sepsis-risk",flag="{flag}"}} 1' in metrics
 
 
 def _stored_cards(settings) -> int:

@@ -4,9 +4,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from fhir_mappings import FhirQuery, InvalidIdError
 from hooks import (
     SEPSIS,
     SERVICES,
+    check_context_ids,
     format_percent,
     format_value,
     render_template,
@@ -25,14 +27,62 @@ class D:
     shap: float
 
 
+def _url(template: str, ctx: dict) -> str | None:
+    query = render_template(template, ctx)
+    return None if query is None else query.relative_url()
+
+
 def test_render_context_and_user_tokens() -> None:
-    ctx = {"patientId": "123", "userId": "Practitioner/abc", "encounterId": "e 1"}
-    assert render_template("Patient/{{context.patientId}}", ctx) == "Patient/123"
-    assert render_template("Encounter/{{context.encounterId}}", ctx) == "Encounter/e%201"
-    assert render_template("Observation?performer={{userPractitionerId}}", ctx) == "Observation?performer=abc"
+    ctx = {"patientId": "123", "userId": "Practitioner/abc", "encounterId": "e-1.2"}
+    assert _url("Patient/{{context.patientId}}", ctx) == "Patient/123"
+    assert _url("Encounter/{{context.encounterId}}", ctx) == "Encounter/e-1.2"
+    assert _url("Observation?performer={{userPractitionerId}}", ctx) == "Observation?performer=abc"
+    assert _url("Observation?patient={{context.patientId}}&category=vital-signs&_sort=-date", ctx) == (
+        "Observation?patient=123&category=vital-signs&_sort=-date"
+    )
     assert render_template("Observation?performer={{userPatientId}}", ctx) is None
     assert render_template("Encounter/{{context.missing}}", ctx) is None
     assert template_tokens("A/{{context.a}}?b={{ userPractitionerId }}") == ["context.a", "userPractitionerId"]
+
+
+# Ids an attacker (or a broken EHR) puts in the hook context: none may reach a URL.
+INJECTION_IDS = [
+    "../../admin", "..", ".", "p1?_id=x&", "p1&_id=x", "a\r\nX-Injected: 1", "a\nb", "a b", "a/b", "a#b", "%2e%2e",
+    "a%2Fb", "é", "x" * 65, "", "p1;drop", "p1\x00", "\u202eabc",
+]
+
+
+@pytest.mark.parametrize("value", INJECTION_IDS)
+@pytest.mark.parametrize("template", ["Patient/{{context.patientId}}", "Observation?patient={{context.patientId}}&category=x"])
+def test_hostile_context_ids_never_render(template: str, value: str) -> None:
+    if value == "":
+        assert render_template(template, {"patientId": value}) is None  # no value: skipped, like a missing one
+        return
+    with pytest.raises(InvalidIdError) as raised:
+        render_template(template, {"patientId": value})
+    assert value not in str(raised.value) or len(value) < 2
+
+
+@pytest.mark.parametrize("value", [*INJECTION_IDS, ["p1"], 5, {"id": "p1"}])
+def test_check_context_ids_refuses_every_hostile_id(value: object) -> None:
+    for name in ("patientId", "encounterId"):
+        if value == "":
+            continue
+        with pytest.raises(InvalidIdError):
+            check_context_ids({name: value})
+    user = f"Practitioner/{value}" if isinstance(value, str) else value
+    with pytest.raises(InvalidIdError):
+        check_context_ids({"userId": user})
+    check_context_ids({"patientId": "p-1.2", "encounterId": "E1", "userId": "PractitionerRole/a.b"})
+
+
+def test_fhir_query_encodes_values_and_refuses_bad_parts() -> None:
+    query = FhirQuery.search("Observation", [("patient", "p1"), ("code", "http://loinc.org|8480-6,8462-4"), ("x", "a&b=c d")])
+    assert query.relative_url() == "Observation?patient=p1&code=http://loinc.org|8480-6,8462-4&x=a%26b%3Dc%20d"
+    for bad in (lambda: FhirQuery.read("Patient", ".."), lambda: FhirQuery.read("patient", "1"), lambda: FhirQuery.read("Patient/x", "1"),
+                lambda: FhirQuery.search("Observation", [("a&b", "1")])):
+        with pytest.raises(InvalidIdError):
+            bad()
 
 
 def test_every_prefetch_template_uses_only_cds_hooks_2_tokens() -> None:

@@ -1,0 +1,148 @@
+"""Admission control: a hook call either gets its answer within its budget or a fast "no
+guidance", and the work of a call nobody waits for any more is dropped.
+
+Two bounds, both settings:
+- `Gate`: calls in flight per endpoint family. Beyond it a call is answered at once, before its
+  body is read: `{"cards": []}` for a hook (an EHR treats that as no guidance), 503 with
+  `Retry-After` for feedback. This bounds memory whatever the offered load.
+- `Lane`: the CPU-heavy steps of a hook (parsing the body, mapping + features + score + SHAP)
+  run in a few worker threads, so the event loop keeps accepting, timing out and answering
+  `/healthz`. Callers wait in a bounded FIFO; a caller gives up (`Overloaded`) when the wait it
+  can expect, or has had, exceeds `max_wait_s` or its own deadline. A step is never started for
+  a caller whose deadline has passed, and a cancelled caller's step is not started either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import BudgetSpent, Overloaded
+
+__all__ = ["Deadline", "Gate", "Lane"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """An absolute time on the monotonic clock by which an answer must be sent."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float, *, start: float | None = None) -> Deadline:
+        return cls((time.monotonic() if start is None else start) + seconds)
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def check(self) -> None:
+        """Raise BudgetSpent when the deadline has passed (called between steps)."""
+        if self.expired():
+            raise BudgetSpent("the hook's time budget was spent")
+
+
+class Gate:
+    """At most `limit` calls in flight; `try_enter` never waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.refused = 0
+
+    def try_enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class Lane:
+    """`concurrency` worker threads for CPU-heavy steps, with a bounded, deadline-aware queue."""
+
+    def __init__(self, concurrency: int = 2, *, max_waiting: int = 16, max_wait_s: float = 0.5) -> None:
+        self.concurrency = max(1, concurrency)
+        self.max_waiting = max_waiting
+        self.max_wait_s = max_wait_s
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cds-cpu")
+        self._free = self.concurrency
+        self._waiters: list[asyncio.Future[None]] = []
+        self.step_s = 0.02  # moving average of a step's duration: predicts the wait
+        self.overloaded = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def expected_wait(self) -> float:
+        busy = self.concurrency - self._free
+        return (len(self._waiters) + busy) * self.step_s / self.concurrency
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    async def _acquire(self, deadline: Deadline) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        patience = min(self.max_wait_s, deadline.remaining())
+        if len(self._waiters) >= self.max_waiting or self.expected_wait() > patience:
+            self.overloaded += 1
+            raise Overloaded("the service is at capacity")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout=max(0.0, patience))
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # we were handed the slot just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.overloaded += 1
+            raise Overloaded("the service is at capacity") from exc
+
+    async def run(self, deadline: Deadline, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` in a worker thread once a slot is free, unless the deadline passes first."""
+        await self._acquire(deadline)
+        loop = asyncio.get_running_loop()
+
+        def step() -> T:
+            deadline.check()  # the caller may have waited past its budget
+            started = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.step_s = 0.8 * self.step_s + 0.2 * (time.perf_counter() - started)
+
+        try:
+            future = self._executor.submit(step)
+        except BaseException:
+            self._release()
+            raise
+        # The slot is held until the thread is done, even when the caller is cancelled meanwhile.
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

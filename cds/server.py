@@ -1,0 +1,112 @@
+"""How connections are served: uvicorn with limits it does not have by itself.
+
+uvicorn closes an idle keep-alive connection after `timeout_keep_alive`, but a connection that
+never sends a request (or sends its headers a byte at a time) stays open forever: 1,100 such
+sockets made the service unreachable at the common 1,024 open-file limit. `GuardedH11Protocol`
+closes a connection that has not sent complete request headers within `CDS_HEADER_TIMEOUT_S`
+(after connecting, or after its previous answer), and refuses connections beyond
+`CDS_MAX_CONNECTIONS` by closing them at once. No `server` banner is sent. Behind a reverse
+proxy, set the proxy's own limits too (docs/hardening.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .settings import Settings, get_settings
+
+__all__ = ["GuardedH11Protocol", "guarded_protocol", "raise_open_file_limit", "uvicorn_options"]
+
+log = logging.getLogger("cds.server")
+
+
+class GuardedH11Protocol(H11Protocol):
+    """Limits come from the class attributes, or (None) from `CDS_*` settings: worker processes
+    started by `cds serve --workers N` import this class by name and read the same environment."""
+
+    header_timeout_s: float | None = None
+    max_connections: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.header_timeout_s is None or self.max_connections is None:
+            settings = get_settings()
+            type(self).header_timeout_s = settings.header_timeout_s
+            type(self).max_connections = settings.max_connections
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def _idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        assert self.header_timeout_s is not None
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expire, self.cycle)
+
+    def _expire(self, cycle_when_armed: Any) -> None:
+        self._header_timer = None
+        # Still no new request since the timer started: the headers never came.
+        if self.cycle is cycle_when_armed and self._idle() and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        assert self.max_connections is not None
+        if len(self.connections) > self.max_connections:
+            transport.abort()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self._idle():
+            self._arm()  # the first bytes of a new request on a kept-alive connection
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
+    """A protocol class bound to these settings (for servers run in-process, e.g. tests)."""
+    return type(
+        "BoundGuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {"header_timeout_s": settings.header_timeout_s, "max_connections": settings.max_connections},
+    )
+
+
+def uvicorn_options(settings: Settings, *, in_process: bool = False) -> dict[str, Any]:
+    """Keyword arguments for uvicorn.Config / uvicorn.run."""
+    return {
+        "http": guarded_protocol(settings) if in_process else GuardedH11Protocol,
+        "server_header": False,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "log_config": None,
+        "access_log": False,  # an access log holds query strings; we log our own lines
+    }
+
+
+def raise_open_file_limit(settings: Settings) -> None:
+    """Make room for `max_connections` sockets plus the files a worker keeps open."""
+    needed = settings.max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < needed:
+        log.warning(
+            "open-file limit %d is below CDS_MAX_CONNECTIONS + 256 (%d): lower CDS_MAX_CONNECTIONS or raise the limit",
+            target,
+            needed,
+        )
