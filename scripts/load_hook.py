@@ -252,14 +252,19 @@ class Pool:
         while self.idle:
             self.discard(self.idle.pop())
 
-    async def exchange(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        """One request. A reused connection the server closed while idle is retried once on a new one."""
+    async def exchange(self, head: bytes, body: bytes, stage: list[str] | None = None) -> tuple[int, bytes]:
+        """One request. A reused connection the server closed while idle is retried once on a new one.
+        `stage[0]` tells where it is: connect, send (the server reads the body) or answer."""
+        stage = stage if stage is not None else [""]
         for attempt in (0, 1):
+            stage[0] = "connect"
             conn = await self.acquire()
             try:
+                stage[0] = "send"
                 conn.writer.write(head)
                 conn.writer.write(body)
                 await conn.writer.drain()
+                stage[0] = "answer"
                 status, payload, keep = await read_response(conn.reader)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 self.discard(conn)
@@ -292,12 +297,14 @@ def classify(status: int, payload: bytes) -> str:
 async def one_call(
     pool: Pool, head: bytes, body: bytes, deadline: float
 ) -> tuple[str, float | None, str | None]:
-    """(outcome, answered-at or None, error type or None); `deadline` on the monotonic clock."""
+    """(outcome, answered-at or None, detail: the error type, or for a timeout the stage it hit);
+    `deadline` on the monotonic clock."""
+    stage = [""]
     try:
         async with asyncio.timeout_at(deadline):
-            status, payload = await pool.exchange(head, body)
+            status, payload = await pool.exchange(head, body, stage)
     except TimeoutError:  # before OSError: TimeoutError is one
-        return "timeout", None, None
+        return "timeout", None, stage[0]
     except PoolFull:
         return "client-pool-full", None, None
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, BadResponse, ValueError) as exc:
@@ -393,6 +400,7 @@ class CdsServer:
         self.env = env
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
@@ -404,6 +412,7 @@ class CdsServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self.started = time.monotonic()
         SERVERS.add(self)
 
     @property
@@ -412,7 +421,8 @@ class CdsServer:
         return self.proc.pid
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
-        started = time.monotonic()
+        """Seconds from the start of the process until /healthz answered 200."""
+        started = self.started
         while time.monotonic() - started < timeout_s:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"cds serve exited before it answered /healthz:\n{self.log_tail()}")
@@ -672,6 +682,7 @@ async def load_phase(
     pool = Pool(server.port, args.max_connections)
     sent: list[Sent] = []
     errors: Counter[str] = Counter()
+    timeout_stages: Counter[str] = Counter()
     tasks: set[asyncio.Task[None]] = set()
 
     async def call(i: int, scheduled: float) -> None:
@@ -683,7 +694,9 @@ async def load_phase(
         record.outcome = outcome
         if answered is not None:
             record.latency = answered - scheduled
-        if error:
+        if outcome == "timeout":
+            timeout_stages[error or "connect"] += 1
+        elif error:
             errors[error] += 1
 
     gc.collect()
@@ -720,6 +733,7 @@ async def load_phase(
         "warm": warm,
         "sent": sent,
         "errors": errors,
+        "timeout_stages": timeout_stages,
         "pool": pool,
         "t0": t0,
         "end": end,
@@ -803,6 +817,10 @@ def summarise_load(
             "pending_at_exit": outcomes.get("pending", 0),
         },
         "card_within_budget_share": round(outcomes.get("card", 0) / n, 4) if n else None,
+        # Where the timed-out calls were when the deadline hit: connect (not accepted), send (the
+        # body did not fit in the socket buffers: the server was not reading it), answer (the whole
+        # request was written to the socket, no answer came).
+        "timeout_stage": {k: raw["timeout_stages"].get(k, 0) for k in ("connect", "send", "answer")},
         "connection_errors": dict(raw["errors"]),
         "latency_answered_ms": latency_stats(answered),
         "latency_card_ms": latency_stats(cards),
@@ -830,11 +848,10 @@ def summarise_load(
 def with_server(
     identity: EhrIdentity, args: argparse.Namespace, cap_s: float, what: str, watchdog: Watchdog, work: Any
 ) -> dict[str, Any]:
-    """Start a fresh server, call work(server, deadline), always stop the server."""
+    """A fresh server (work(server, deadline) starts it); always stopped after."""
     deadline = watchdog.arm(cap_s, what)
     with tempfile.TemporaryDirectory(prefix="cds-load-") as var:
         server = CdsServer(identity, Path(var), args.workers, args.env)
-        server.start()
         try:
             return work(server, deadline)
         finally:
@@ -848,6 +865,7 @@ def run_capacity(
     def work(server: CdsServer, deadline: float) -> dict[str, Any]:
         bodies, _ = workload.bodies()
         signer = Signer(identity, server.aud, server.port, args.token_lifetime)
+        server.start()
         startup = server.wait_ready()
         result = asyncio.run(capacity_phase(server, signer, bodies, args.capacity_s))
         return {"server_startup_s": round(startup, 2), **result}
@@ -863,8 +881,9 @@ def run_rate(
         signer = Signer(identity, server.aud, server.port, args.token_lifetime)
         offered = round(rate * args.duration)
         signing = time.monotonic()
-        requests = signer.presign(bodies, offered)  # while the server starts
+        requests = signer.presign(bodies, offered)  # before the server starts: its port is known
         signing = time.monotonic() - signing
+        server.start()
         startup = server.wait_ready()
         with Monitor(server.pid, server.port, args.max_server_rss_mb) as monitor:
             raw = asyncio.run(load_phase(server, signer, bodies, requests, monitor, args, rate, deadline))
@@ -963,6 +982,12 @@ def print_rate(r: dict[str, Any]) -> None:
     print(f"  {'outcome':<28}{'calls':>8}{'share':>9}")
     for label, count in rows:
         print(f"  {label:<28}{count:>8}{count / n:>9.1%}")
+    if o["timeout"]:
+        ts = r["timeout_stage"]
+        print(
+            f"  timeouts hit while connecting {ts['connect']}, sending the body {ts['send']}, "
+            f"waiting for the answer (request written) {ts['answer']}"
+        )
     if r["connection_errors"]:
         print(f"  connection errors: {r['connection_errors']}")
     answered = "  ".join(f"{k} {fmt_ms(la, k + '_ms')}" for k in ("p50", "p95", "p99", "max"))
