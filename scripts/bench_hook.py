@@ -40,8 +40,7 @@ def stay_frame(data_dir: Path) -> tuple[pd.DataFrame, str]:
     if path.exists():
         df = pd.read_parquet(path)
         df = df[df["ICULOS"] <= HOURS]
-        counts = df.drop(columns=["patient", "hour", "SepsisLabel"]).notna().sum(axis=1).groupby(df["patient"]).sum()
-        pid = counts.idxmax()
+        pid = values_per_patient(df).idxmax()
         return df[df["patient"] == pid].reset_index(drop=True), f"set A patient {pid}"
     rng = np.random.default_rng(0)
     rows = []
@@ -56,10 +55,23 @@ def stay_frame(data_dir: Path) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(rows), "synthetic dense stay"
 
 
-def percentiles(samples: list[float], digits: int = 2) -> dict[str, float]:
-    """p50/p99 in milliseconds of durations in seconds (shared with bench_mapping.py)."""
+def values_per_patient(df: pd.DataFrame) -> pd.Series:
+    """Non-missing values per set-A patient in the first 72 ICU hours (shared with load_hook.py)."""
+    df = df[df["ICULOS"] <= HOURS]
+    values = df.drop(columns=["patient", "hour", "SepsisLabel"]).notna().sum(axis=1)
+    return values.groupby(df["patient"]).sum()
+
+
+def percentiles(
+    samples: list[float], digits: int = 2, points: tuple[float, ...] = (50, 99), with_max: bool = False
+) -> dict[str, float]:
+    """p50/p99 (or the given percentiles, and the max) in milliseconds of durations in seconds
+    (shared with bench_mapping.py and load_hook.py)."""
     ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), digits), "p99_ms": round(float(np.percentile(ms, 99)), digits), "n": len(ms)}
+    found = {f"p{p:g}_ms": round(float(np.percentile(ms, p)), digits) for p in points}
+    if with_max:
+        found["max_ms"] = round(float(ms.max()), digits)
+    return {**found, "n": len(ms)}
 
 
 def main() -> None:
