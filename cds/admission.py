@@ -2,9 +2,10 @@
 guidance", and the work of a call nobody waits for any more is dropped.
 
 Two bounds, both settings:
-- `Gate`: calls in flight per endpoint family. Beyond it a call is answered at once, before its
-  body is read: `{"cards": []}` for a hook (an EHR treats that as no guidance), 503 with
-  `Retry-After` for feedback. This bounds memory whatever the offered load.
+- `Gate`: calls in flight per endpoint family, and the bytes their bodies may hold together (by
+  `Content-Length`; a chunked body counts as the largest allowed). Beyond either, a call is
+  answered at once, before its body is read: `{"cards": []}` for a hook (an EHR treats that as no
+  guidance), 503 with `Retry-After` for feedback. This bounds memory whatever the offered load.
 - `Lane`: the CPU-heavy steps of a hook (parsing the body, mapping + features + score + SHAP)
   run in a few worker threads, so the event loop keeps accepting, timing out and answering
   `/healthz`. Callers wait in a bounded FIFO; a caller gives up (`Overloaded`) when the wait it
@@ -51,22 +52,27 @@ class Deadline:
 
 
 class Gate:
-    """At most `limit` calls in flight; `try_enter` never waits."""
+    """At most `limit` calls and `max_bytes` of bodies in flight; `try_enter` never waits."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, max_bytes: int | None = None) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         self.in_flight = 0
+        self.bytes = 0
         self.refused = 0
 
-    def try_enter(self) -> bool:
-        if self.in_flight >= self.limit:
+    def try_enter(self, body_bytes: int = 0) -> bool:
+        over_bytes = self.max_bytes is not None and self.in_flight and self.bytes + body_bytes > self.max_bytes
+        if self.in_flight >= self.limit or over_bytes:
             self.refused += 1
             return False
         self.in_flight += 1
+        self.bytes += body_bytes
         return True
 
-    def leave(self) -> None:
+    def leave(self, body_bytes: int = 0) -> None:
         self.in_flight -= 1
+        self.bytes -= body_bytes
 
 
 class Lane:

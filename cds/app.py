@@ -162,7 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics = Metrics()
             verifier = None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
             app.state.cds = AppState(
-                settings, deps, store, metrics, Gate(settings.max_in_flight_hooks), Gate(settings.max_in_flight_feedback), verifier
+                settings, deps, store, metrics, Gate(settings.max_in_flight_hooks, max_bytes=settings.max_in_flight_bytes),
+                Gate(settings.max_in_flight_feedback), verifier,
             )
             metrics.watch(lane=lane, hook_gate=app.state.cds.hook_gate, feedback_gate=app.state.cds.feedback_gate)
             _freeze_startup_heap()

@@ -52,6 +52,14 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     return {"error": chain[0], "chain": chain, "trace": frames}
 
 
+def _declared_size(scope: Scope, largest: int) -> int:
+    """The body's Content-Length, capped at what the endpoint accepts (a chunked body: the cap)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return min(int(value), largest) if value.isdigit() else largest
+    return largest
+
+
 class GuardMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -72,19 +80,22 @@ class GuardMiddleware:
 
         state: AppState | None = getattr(scope["app"].state, "cds", None) if "app" in scope else None
         gate = None
+        size = 0
         if state is not None and scope["method"] == "POST":
             path = scope["path"]
             hook = _HOOK.match(path)
             if hook is not None:
                 gate = state.hook_gate
-                if not gate.try_enter():
+                size = _declared_size(scope, state.settings.max_hook_bytes)
+                if not gate.try_enter(size):
                     state.metrics.overloaded("hook")
                     state.metrics.hook(hook.group(1) if hook.group(1) in SERVICES else "unknown", "overloaded", 0.0)
                     await json_response({"cards": []})(scope, receive, guarded_send)
                     return
             elif _FEEDBACK.match(path) is not None:
                 gate = state.feedback_gate
-                if not gate.try_enter():
+                size = _declared_size(scope, state.settings.max_feedback_bytes)
+                if not gate.try_enter(size):
                     state.metrics.overloaded("feedback")
                     retry = {"Retry-After": str(state.settings.retry_after_s)}
                     await operation_outcome(503, "overloaded", "too many feedback calls at once; retry", headers=retry)(
@@ -104,4 +115,4 @@ class GuardMiddleware:
                 )
         finally:
             if gate is not None:
-                gate.leave()
+                gate.leave(size)

@@ -15,12 +15,22 @@ import httpx
 import pytest
 
 from cds import Settings
-from cds.admission import Deadline, Lane
+from cds.admission import Deadline, Gate, Lane
 from cds.errors import BudgetSpent, Overloaded
 from demo_ehr import DemoFhirServer, LoopbackServer, patient_view_request
 from tests.cds.helpers import feedback, serve_cds, synthetic_stay
 
 SEPSIS = "/cds-services/sepsis-risk"
+
+
+def test_the_gate_bounds_calls_and_body_bytes_in_flight() -> None:
+    gate = Gate(3, max_bytes=100)
+    assert gate.try_enter(60) and not gate.try_enter(60)  # 120 bytes would be over
+    assert gate.try_enter(40) and gate.try_enter(0) and not gate.try_enter(0)  # 3 calls: full
+    gate.leave(60)
+    assert gate.try_enter(50) and gate.bytes == 90 and gate.in_flight == 3
+    lone = Gate(3, max_bytes=10)
+    assert lone.try_enter(500)  # one call is always let in (its body is capped by its own limit)
 
 
 def test_the_lane_runs_at_most_its_concurrency_and_refuses_beyond_its_queue() -> None:
