@@ -1,9 +1,10 @@
 """The outermost layer of every answer (pure ASGI, so it costs microseconds and streams nothing).
 
 - stamps when a call arrived (its budget starts there, body reading included);
-- admission: beyond `CDS_MAX_IN_FLIGHT_HOOKS` calls in flight, a hook call is answered
-  `{"cards": []}` at once, before its body is read; beyond `CDS_MAX_IN_FLIGHT_FEEDBACK`, feedback
-  gets 503 with `Retry-After` (the EHR keeps it and retries: nothing is lost);
+- admission: beyond `CDS_MAX_IN_FLIGHT_HOOKS` calls (or bytes) in flight, or when the CPU lane
+  would refuse it anyway, a hook call is answered `{"cards": []}` at once, before its body is
+  read or its token verified; beyond `CDS_MAX_IN_FLIGHT_FEEDBACK`, feedback gets 503 with
+  `Retry-After` (the EHR keeps it and retries: nothing is lost);
 - `Cache-Control: no-store` and `X-Content-Type-Options: nosniff` on every answer (cards and
   errors can carry clinical data);
 - any exception nobody handled becomes a 500 OperationOutcome, and its traceback is logged as
@@ -87,7 +88,7 @@ class GuardMiddleware:
             if hook is not None:
                 gate = state.hook_gate
                 size = _declared_size(scope, state.settings.max_hook_bytes)
-                if not gate.try_enter(size):
+                if state.deps.lane.saturated() or not gate.try_enter(size):
                     state.metrics.overloaded("hook")
                     state.metrics.hook(hook.group(1) if hook.group(1) in SERVICES else "unknown", "overloaded", 0.0)
                     await json_response({"cards": []})(scope, receive, guarded_send)
