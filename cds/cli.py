@@ -61,7 +61,7 @@ def serve(
     """Run the CDS Hooks server."""
     import uvicorn
 
-    from .logs import configure_logging
+    from .logs import configure_logging, logging_config
     from .server import raise_open_file_limit, uvicorn_options
 
     settings = _settings()
@@ -73,7 +73,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
-        **uvicorn_options(settings),
+        **{**uvicorn_options(settings), "log_config": logging_config(settings.log_level)},
     )
 
 

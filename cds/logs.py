@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["configure_logging", "log_event"]
+__all__ = ["configure_logging", "log_event", "logging_config"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,6 +24,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             payload["error"] = record.exc_info[0].__name__
         return json.dumps(payload, default=str)
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """The same setup as a `logging.config.dictConfig` value: uvicorn applies it in each worker
+    process of `cds serve --workers N`, which start with no handlers of their own."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+    }
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -88,6 +88,9 @@ def uvicorn_options(settings: Settings, *, in_process: bool = False) -> dict[str
         "http": guarded_protocol(settings) if in_process else GuardedH11Protocol,
         "server_header": False,
         "timeout_keep_alive": settings.keep_alive_s,
+        # A worker loading its models holds the GIL for seconds on a busy machine: with uvicorn's
+        # 5 s health check the supervisor killed workers while they started (`--workers N`).
+        "timeout_worker_healthcheck": 60,
         "log_config": None,
         "access_log": False,  # an access log holds query strings; we log our own lines
     }
