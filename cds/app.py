@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from .errors import status_for
 from .fhir_client import FhirClient
 from .jwks import JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .metrics import Metrics
+from .model_versions import stored_versions
 from .pipeline import HookDeps
 from .replay import open_replay_store
 from .routes import discovery, feedback, health, services
@@ -63,12 +64,14 @@ def operation_outcome(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type="application/fhir+json")
 
 
-def load_models(settings: Settings) -> dict[str, RiskModel]:
+def load_models(settings: Settings, versions: Mapping[str, str] | None = None) -> dict[str, RiskModel]:
+    """`versions`: the record store's served versions, which win over the registry's ACTIVE files."""
     registry = ModelRegistry(settings.model_dir)
     loaded = {}
     for name in {s.model_name for s in SERVICES.values()}:
         spec = model_task(name).feature_spec()
-        loaded[name] = RiskModel(registry.load(name, spec), spec, device=serving_device(), nthread=1)
+        artifact = registry.load(name, spec, (versions or {}).get(name))
+        loaded[name] = RiskModel(artifact, spec, device=serving_device(), nthread=1)
     return loaded
 
 
@@ -133,8 +136,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        models = load_models(settings)
-        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
+        database_url = settings.database_url.get_secret_value() if settings.database_url else None
+        store = await open_store(
+            database_url=database_url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path,
+            timeout_s=settings.database_timeout_s,
+        )
+        try:
+            models = load_models(settings, await stored_versions(store))
+        except BaseException:
+            await store.close()
+            raise
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
             deps = HookDeps(
@@ -154,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 extra={
                     "event": {
                         "models": {n: m.version for n, m in models.items()},
-                        "store": "redis" if settings.redis_url else "sqlite",
+                        "store": store.health().backend,
                         "issuers": [i.iss for i in settings.auth_issuers],
                         "auth": "off-local-demo" if verifier is None else "jwt",
                     }

@@ -11,6 +11,7 @@
     ├── FHIRServerError ................... 412  the EHR's FHIR server failed (status, transport, paging)
     │   └── FHIRTimeout ................... the EHR was too slow for the hook's budget
     └── StoreError ........................ 503  the record store failed
+        └── StoreUnavailable .............. 503  PostgreSQL down or too slow; retry_after_s says when to retry
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "PreconditionFailed",
     "ServiceNotFound",
     "StoreError",
+    "StoreUnavailable",
     "Unauthorized",
     "UnitError",
     "UnknownCard",
@@ -69,6 +71,17 @@ class FHIRTimeout(FHIRServerError):
 
 class StoreError(CDSError):
     code = "store-error"
+    retry_after_s: float | None = None  # a hint for Retry-After when the failure is expected to pass
+
+
+class StoreUnavailable(StoreError):
+    """The database is down, frozen or too slow for the call's budget: the same call may succeed later."""
+
+    code = "store-unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 _STATUS: dict[type[CDSError], int] = {
