@@ -471,6 +471,7 @@ class PostgresStore:
         self._wake.set()
         if self._drainer is not None:
             await asyncio.wait({self._drainer}, timeout=2 * self.timeout_s + 1)
+            self._drainer.cancel()  # still probing a frozen server
         pending = [t for t in self._tasks if not t.done()]
         if pending:  # cards being written: let them reach PostgreSQL or the spool
             await asyncio.wait(pending, timeout=2 * self.timeout_s + 1)
