@@ -398,3 +398,28 @@ def test_a_postgres_schema_from_a_newer_release_is_refused(postgres_url: str, tm
         db.execute("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')")
     with pytest.raises(StoreError, match="newer"):
         asyncio.run(PostgresStore.open(postgres_url, spool_path=tmp_path / "spool.sqlite3"))
+
+
+def test_postgres_export_includes_spooled_cards_exactly_once(postgres_url: str, tmp_path: Path) -> None:
+    """A card in PostgreSQL, one only in the spool (answered during an outage), and one in both (its
+    insert timed out but committed later): each RiskAssessment comes out once, drained or not."""
+    from cds.stores import CardSpool
+
+    spool_path = tmp_path / "spool.sqlite3"
+    in_db, in_spool, in_both = new_id(), new_id(), new_id()
+
+    async def scenario() -> list[str]:
+        store = await PostgresStore.open(postgres_url, spool_path=spool_path, idle_check_s=3600)
+        await store.put_card(card(in_db, 1.0))
+        await store.put_card(card(in_both, 2.0))
+        other_worker = CardSpool(spool_path)
+        await other_worker.put(card(in_spool, 3.0))
+        await other_worker.put(card(in_both, 2.0))
+        await other_worker.close()
+        exported = [r["id"] for r in await _exported(store, "RiskAssessment")]
+        assert set(await store.get_cards([in_db, in_spool, in_both])) == {in_db, in_spool, in_both}
+        await store.close()
+        return exported
+
+    exported = asyncio.run(scenario())
+    assert sorted(exported) == sorted([in_db, in_spool, in_both])
