@@ -12,6 +12,7 @@ from .errors import (
     PreconditionFailed,
     ServiceNotFound,
     StoreError,
+    StoreUnavailable,
     Unauthorized,
     UnknownCard,
     status_for,
@@ -21,10 +22,20 @@ from .jwks import JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .pipeline import HookDeps, HookOutcome, run_hook
 from .replay import RedisReplayStore, ReplayStore, SQLiteReplayStore, replay_key
 from .settings import Settings, TrustedIssuer, get_settings
-from .stores import CardRecord, FeedbackRecord, RecordStore, RedisStore, SQLiteStore, open_store
+from .stores import (
+    AuditEvent,
+    CardRecord,
+    FeedbackRecord,
+    PostgresStore,
+    RecordStore,
+    SQLiteStore,
+    StoreHealth,
+    open_store,
+)
 
 __all__ = [
     "AppState",
+    "AuditEvent",
     "AuthFailure",
     "BadRequest",
     "CDSError",
@@ -39,17 +50,19 @@ __all__ = [
     "HookOutcome",
     "JwksCache",
     "MemoryJwksBackend",
+    "PostgresStore",
     "PreconditionFailed",
     "RecordStore",
     "RedisJwksBackend",
     "RedisReplayStore",
-    "RedisStore",
     "ReplayStore",
     "SQLiteReplayStore",
     "SQLiteStore",
     "ServiceNotFound",
     "Settings",
     "StoreError",
+    "StoreHealth",
+    "StoreUnavailable",
     "TrustedIssuer",
     "Unauthorized",
     "UnknownCard",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from .fhir_client import FhirClient
 from .jwks import FallbackJwksBackend, JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .metrics import Metrics
 from .middleware import GuardMiddleware
+from .model_versions import stored_versions
 from .pipeline import HookDeps
 from .replay import open_replay_store
 from .responses import operation_outcome, unauthorized
@@ -54,12 +55,14 @@ class AppState:
     verifier: CallerVerifier | None = None  # None only with auth_disabled_for_local_demo
 
 
-def load_models(settings: Settings) -> dict[str, RiskModel]:
+def load_models(settings: Settings, versions: Mapping[str, str] | None = None) -> dict[str, RiskModel]:
+    """`versions`: the record store's served versions, which win over the registry's ACTIVE files."""
     registry = ModelRegistry(settings.model_dir)
     loaded = {}
     for name in {s.model_name for s in SERVICES.values()}:
         spec = model_task(name).feature_spec()
-        loaded[name] = RiskModel(registry.load(name, spec), spec, device=serving_device(), nthread=1)
+        artifact = registry.load(name, spec, (versions or {}).get(name))
+        loaded[name] = RiskModel(artifact, spec, device=serving_device(), nthread=1)
     return loaded
 
 
@@ -134,8 +137,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        models = load_models(settings)
-        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
+        database_url = settings.database_url.get_secret_value() if settings.database_url else None
+        store = await open_store(
+            database_url=database_url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path,
+            timeout_s=settings.database_timeout_s,
+        )
+        try:
+            models = load_models(settings, await stored_versions(store))
+        except BaseException:
+            await store.close()
+            raise
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
         lane = Lane(settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as http:
@@ -165,14 +176,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings, deps, store, metrics, Gate(settings.max_in_flight_hooks, max_bytes=settings.max_in_flight_bytes),
                 Gate(settings.max_in_flight_feedback), verifier,
             )
-            metrics.watch(lane=lane, hook_gate=app.state.cds.hook_gate, feedback_gate=app.state.cds.feedback_gate)
+            metrics.watch(lane=lane, hook_gate=app.state.cds.hook_gate, feedback_gate=app.state.cds.feedback_gate, store=store)
             _freeze_startup_heap()
             log.info(
                 "cds ready",
                 extra={
                     "event": {
                         "models": {n: m.version for n, m in models.items()},
-                        "store": "redis" if settings.redis_url else "sqlite",
+                        "store": store.health().backend,
                         "issuers": [i.iss for i in settings.auth_issuers],
                         "auth": "off-local-demo" if verifier is None else "jwt",
                     }
@@ -196,7 +207,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return unauthorized()
         if status >= 500:
             log.error("request failed", extra={"event": {"code": exc.code, "route": getattr(request.scope.get("route"), "path", "")}})
-        headers = {"Retry-After": str(settings.retry_after_s)} if status == 503 else None
+        retry = getattr(exc, "retry_after_s", None) or settings.retry_after_s
+        headers = {"Retry-After": str(max(1, round(retry)))} if status == 503 else None
         return operation_outcome(status, exc.code, str(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)

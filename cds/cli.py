@@ -1,4 +1,4 @@
-"""The `cds` command: serve, train, score, evaluate, map, feedback export. Model-specific work is
+"""The `cds` command: serve, train, score, evaluate, map, feedback export, models activate. Model-specific work is
 looked up in `models.MODELS`; nothing here branches on a model's name."""
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from .settings import Settings, get_settings
 if TYPE_CHECKING:
     from models import RiskModel
 
+    from .stores import RecordStore
+
 app = typer.Typer(help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Clinician feedback records.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+models_app = typer.Typer(help="Which model versions the servers serve.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 
 class ModelName(str, Enum):
@@ -36,6 +40,15 @@ VersionOption = Annotated[str | None, typer.Option(help="registry version (defau
 
 def _settings() -> Settings:
     return get_settings()
+
+
+async def _open_store(settings: Settings) -> RecordStore:
+    from .stores import open_store
+
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    return await open_store(
+        database_url=url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path, timeout_s=settings.database_timeout_s
+    )
 
 
 def _data_path(model: ModelName, data: Path | None) -> Path:
@@ -56,7 +69,7 @@ def _load_model(model: ModelName, version: str | None) -> RiskModel:
 def serve(
     host: Annotated[str | None, typer.Option(help="default: CDS_HOST or 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default: CDS_PORT or 8000")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes (share state through CDS_REDIS_URL)")] = 1,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (share records through CDS_DATABASE_URL, caches through CDS_REDIS_URL)")] = 1,
 ) -> None:
     """Run the CDS Hooks server."""
     import uvicorn
@@ -127,13 +140,12 @@ def feedback_export(
         "export"
     ),
 ) -> None:
-    """Write the recorded RiskAssessments and feedback Provenances as FHIR NDJSON."""
-    from .stores import open_store
-
+    """Write the recorded RiskAssessments and feedback Provenances as FHIR NDJSON (with PostgreSQL,
+    cards still in this machine's spool are included; `spooled` says how many were)."""
     settings = _settings()
 
     async def run() -> dict[str, int]:
-        store = open_store(redis_url=settings.redis_url, sqlite_path=settings.sqlite_path, redis_prefix=settings.redis_prefix)
+        store = await _open_store(settings)
         counts = {}
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -144,11 +156,38 @@ def feedback_export(
                         f.write(json.dumps(resource, separators=(",", ":")) + "\n")
                         n += 1
                 counts[resource_type] = n
+            counts["spooled"] = store.health().spooled
         finally:
             await store.close()
         return counts
 
     typer.echo(json.dumps({"out": str(out), **asyncio.run(run())}))
+
+
+@models_app.command("activate")
+def models_activate(model: ModelName, version: str) -> None:
+    """Serve VERSION of MODEL (it must be in the model registry) from the next server start on;
+    recorded in the record store, with an audit event, for every worker and machine."""
+    from models import ModelError, ModelRegistry
+
+    from .errors import StoreError
+    from .model_versions import activate_model
+
+    settings = _settings()
+
+    async def run() -> str | None:
+        store = await _open_store(settings)
+        try:
+            return await activate_model(store, ModelRegistry(settings.model_dir), model.value, version)
+        finally:
+            await store.close()
+
+    try:
+        previous = asyncio.run(run())
+    except (ModelError, StoreError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"model": model.value, "version": version, "previous": previous}))
 
 
 @app.command("map")

@@ -15,6 +15,7 @@
     ├── FHIRServerError ................... 412  the EHR's FHIR server failed (status, transport, paging)
     │   └── FHIRUnavailable ............... refused, reset or too slow: a hook answers `{"cards": []}`
     ├── StoreError ........................ 503  the record store failed (with Retry-After)
+    │   └── StoreUnavailable .............. 503  PostgreSQL down or too slow; retry_after_s says when to retry
     ├── Overloaded ........................ 503  at capacity (with Retry-After; hooks answer `{"cards": []}`)
     └── BudgetSpent ....................... the hook's time budget ran out (hooks answer `{"cards": []}`)
 """
@@ -50,6 +51,7 @@ __all__ = [
     "RequestTimeout",
     "ServiceNotFound",
     "StoreError",
+    "StoreUnavailable",
     "Unauthorized",
     "UnitError",
     "UnknownCard",
@@ -95,6 +97,17 @@ class FHIRUnavailable(FHIRServerError):
 
 class StoreError(CDSError):
     code = "store-error"
+    retry_after_s: float | None = None  # a hint for Retry-After when the failure is expected to pass
+
+
+class StoreUnavailable(StoreError):
+    """The database is down, frozen or too slow for the call's budget: the same call may succeed later."""
+
+    code = "store-unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RequestTimeout(CDSError):

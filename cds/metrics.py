@@ -32,10 +32,15 @@ class Metrics:
         self._degraded: list[Callable[[], dict[str, bool]]] = []
 
     def watch(self, **owners: Any) -> None:
-        """Gauges read from `lane` (waiting, busy), `hook_gate` and `feedback_gate` (in flight)."""
+        """Gauges read from `lane` (waiting), `hook_gate` and `feedback_gate` (in flight) and
+        `store` (degraded, cards in the local spool)."""
         lane = owners.get("lane")
         if lane is not None:
             self._gauges["cds_hook_queue_waiting"] = lambda: lane.waiting
+        store = owners.get("store")
+        if store is not None:
+            self._gauges["cds_store_spooled_cards"] = lambda: store.health().spooled
+            self.degraded_source(lambda: {"record-store": store.health().degraded})
         for name in ("hook_gate", "feedback_gate"):
             gate = owners.get(name)
             if gate is not None:

@@ -1,8 +1,9 @@
 """Configuration: `CDS_*` environment variables (or a `.env` file), read once.
 
 Embedded default: with nothing set the server runs on one machine with no external service
-(SQLite file store, in-process caches, the committed model). `CDS_REDIS_URL` moves what several
-workers must share (the card and feedback store) to Redis.
+(SQLite file store, in-process caches, the committed model). `CDS_DATABASE_URL` moves the record
+store (cards, feedback, audit events, served model versions) to PostgreSQL; `CDS_REDIS_URL` shares
+only what may be lost (the replay window, the JWKS cache) between workers.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Settings(BaseSettings):
     model_dir: Path = DEFAULT_REGISTRY
     var_dir: Path = Path("var")
     store_path: Path | None = None  # default: <var_dir>/cds.sqlite3
+    database_url: SecretStr | None = None  # PostgreSQL record store, e.g. postgresql://cds@db:5432/cds
+    database_timeout_s: float = 1.0  # bound on each PostgreSQL operation: a hook never waits longer
+    spool_file: Path | None = None  # PostgreSQL mode, cards answered during an outage: <var_dir>/spool.sqlite3
     redis_url: str | None = None
     redis_prefix: str = "cds:"
     pseudonym_key: SecretStr | None = None  # default: a random key kept in <var_dir>/pseudonym.key
@@ -177,6 +181,10 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.store_path or self.var_dir / "cds.sqlite3"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_file or self.var_dir / "spool.sqlite3"
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for pseudonyms. Set CDS_PSEUDONYM_KEY in production (shared by every worker)."""

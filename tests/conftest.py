@@ -1,5 +1,6 @@
-"""Shared fixtures: the datasets (skip outside CI when absent, fail in CI), real Redis, and real
-HTTP servers on loopback (the CDS service and a demo EHR FHIR server)."""
+"""Shared fixtures: the datasets (skip outside CI when absent, fail in CI), real Redis, real
+PostgreSQL (a database of the test's own on the shared server, or a private server), and real HTTP
+servers on loopback (the CDS service and a demo EHR FHIR server)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pandas as pd
@@ -15,6 +17,9 @@ import pytest
 from cds import Settings, TrustedIssuer
 from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, LoopbackServer, serve_in_thread
 from tests.cds.helpers import serve_cds
+
+if TYPE_CHECKING:
+    from tests.cds.private_postgres import PrivatePostgres
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATA_DIR = Path(os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
@@ -66,6 +71,51 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
+
+
+POSTGRES_ADMIN_URL = os.environ.get("CDS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def unavailable(message: str) -> None:
+    """A server a test needs is missing: a failure in CI, elsewhere a skip with the reason."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    import psycopg
+
+    try:
+        psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=2).close()
+    except psycopg.Error as exc:
+        unavailable(f"PostgreSQL is required at 127.0.0.1:5432 (CDS_TEST_POSTGRES_URL): {type(exc).__name__}")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A database of this test's own on the shared server, dropped afterwards."""
+    from tests.cds.private_postgres import scratch_database
+
+    with scratch_database(postgres_admin_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of this module's own, on a free port, that tests may stop and freeze."""
+    from tests.cds.private_postgres import PrivatePostgres, missing_binaries
+
+    if problem := missing_binaries():
+        unavailable(problem)
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """HIPAA Safe Harbor, end to end: resources full of canary identifiers go through the whole
-service over HTTP, and none of them comes out in features, cards, stores (SQLite file, Redis keys
-and values), exports (`cds feedback export`), JSON logs or /metrics."""
+service over HTTP, and none of them comes out in features, cards, stores (the SQLite file, every
+row of every PostgreSQL table, the card spool), exports (`cds feedback export`), JSON logs or /metrics."""
 
 from __future__ import annotations
 
@@ -84,29 +84,28 @@ def _leaks(blob: str) -> list[str]:
     return [c for c in CANARIES if c in blob]
 
 
-def _redis_dump(url: str, prefix: str) -> str:
-    import redis
+def _postgres_dump(url: str) -> str:
+    """Every row of every table in the database, as text."""
+    import psycopg
 
-    client = redis.Redis.from_url(url, decode_responses=True)
     parts = []
-    for key in client.scan_iter(match=prefix + "*"):
-        kind = client.type(key)
-        value = {
-            "string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-            "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-        }.get(kind, lambda k: "")(key)
-        parts.append(f"{key}={value}")
-    assert parts, "nothing was stored in Redis"
+    with psycopg.connect(url) as db:
+        tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        assert {"card", "feedback", "audit_event", "registry_state"} <= set(tables)
+        for table in tables:
+            rows = db.execute(f'SELECT t::text FROM "{table}" t').fetchall()  # type: ignore[call-overload]
+            parts += [f"{table}: {row[0]}" for row in rows]
+    assert any(p.startswith("card: ") for p in parts) and any(p.startswith("feedback: ") for p in parts)
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_no_canary_identifier_leaves_the_service(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, ehr_identity: EhrIdentity
 ) -> None:
     extra = {}
-    if backend == "redis":
-        extra = {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
+    if backend == "postgres":
+        extra = {"database_url": request.getfixturevalue("postgres_url")}
     assert ehr_identity.jwks_url
     issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url)
     settings = Settings(var_dir=tmp_path / "var", pseudonym_key=KEY, auth_issuers=(issuer,), **extra)
@@ -155,17 +154,19 @@ def test_no_canary_identifier_leaves_the_service(
     assert KEY not in log_text
     assert len(auth.tokens) >= 3 and not any(token in log_text for token in auth.tokens), "bearer JWT in logs"
 
-    if backend == "sqlite":
-        stored = settings.sqlite_path.read_bytes().decode("latin-1")
-        assert card["uuid"] in stored
-    else:
-        stored = _redis_dump(settings.redis_url, settings.redis_prefix)
+    stored = settings.sqlite_path.read_bytes().decode("latin-1")  # the replay window too, in both modes
+    if backend == "postgres":
+        assert settings.database_url
+        stored += _postgres_dump(settings.database_url.get_secret_value())
+        if settings.spool_path.exists():
+            stored += settings.spool_path.read_bytes().decode("latin-1")
+    assert card["uuid"] in stored
     assert not _leaks(stored), "store"
     assert not any(token in stored for token in auth.tokens), "bearer JWT in store"
 
-    env = {**os.environ, "CDS_VAR_DIR": str(settings.var_dir), "CDS_PSEUDONYM_KEY": KEY, "CDS_REDIS_PREFIX": settings.redis_prefix}
-    if settings.redis_url:
-        env["CDS_REDIS_URL"] = settings.redis_url
+    env = {**os.environ, "CDS_VAR_DIR": str(settings.var_dir), "CDS_PSEUDONYM_KEY": KEY}
+    if settings.database_url:
+        env["CDS_DATABASE_URL"] = settings.database_url.get_secret_value()
     out = tmp_path / "export"
     subprocess.run([sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True, timeout=120)
     exported = "".join(p.read_text() for p in out.glob("*.ndjson"))

@@ -24,9 +24,12 @@ async def healthz(request: Request) -> dict[str, Any]:
             store_ok = await state.store.ping()
     except Exception:  # a down or slow store is reported here, not raised: liveness is ours
         store_ok = False
+    health = state.store.health()
+    store_ok = store_ok and not health.degraded
     return {
         "status": "ok" if store_ok else "degraded",
         "store": "ok" if store_ok else "unavailable",
+        "spooled_cards": health.spooled,
         "models": {name: m.version for name, m in state.deps.models.items()},
         "hooks": {"in_flight": state.hook_gate.in_flight, "waiting": state.deps.lane.waiting},
     }

@@ -18,11 +18,11 @@ from demo_ehr import EhrIdentity, EhrJwtAuth, patient_view_request
 from tests.cds.helpers import feedback, serve_cds, synthetic_stay
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, ehr_identity: EhrIdentity) -> Settings:
     extra: dict = {"auth_issuers": (TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url),)}
-    if request.param == "redis":
-        extra |= {"redis_url": request.getfixturevalue("redis_url"), "redis_prefix": request.getfixturevalue("redis_prefix")}
+    if request.param == "postgres":
+        extra |= {"database_url": request.getfixturevalue("postgres_url")}
     return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", **extra)
 
 
@@ -39,16 +39,15 @@ def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: S
         again = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
         assert again.json()["results"][0]["status"] == "unchanged"
 
-    env = {
-        **os.environ,
-        "CDS_VAR_DIR": str(backend_settings.var_dir),
-        "CDS_PSEUDONYM_KEY": "test-key-0123456789abcdef",
-        "CDS_REDIS_PREFIX": backend_settings.redis_prefix,
-    }
-    if backend_settings.redis_url:
-        env["CDS_REDIS_URL"] = backend_settings.redis_url
+    env = {**os.environ, "CDS_VAR_DIR": str(backend_settings.var_dir), "CDS_PSEUDONYM_KEY": "test-key-0123456789abcdef"}
+    if backend_settings.database_url:
+        env["CDS_DATABASE_URL"] = backend_settings.database_url.get_secret_value()
     out = tmp_path / "export"
-    subprocess.run([sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True,
+        timeout=120, text=True,
+    )
+    assert json.loads(done.stdout) == {"out": str(out), "RiskAssessment": 1, "Provenance": 1, "spooled": 0}
     risks = [json.loads(line) for line in (out / "RiskAssessment.ndjson").read_text().splitlines()]
     provenances = [json.loads(line) for line in (out / "Provenance.ndjson").read_text().splitlines()]
     assert [r["id"] for r in risks] == [card["uuid"]]

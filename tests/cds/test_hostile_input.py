@@ -14,7 +14,13 @@ import httpx
 import pytest
 
 from cds import Settings
-from demo_ehr import DemoFhirServer, LoopbackServer, discharge_hook_request, discharge_to_fhir, patient_view_request
+from demo_ehr import (
+    DemoFhirServer,
+    LoopbackServer,
+    discharge_hook_request,
+    discharge_to_fhir,
+    patient_view_request,
+)
 from hooks import SERVICES
 from tests.cds.helpers import serve_cds, synthetic_stay
 from tests.hooks.test_prefetch_and_cards import INJECTION_IDS

@@ -1,0 +1,202 @@
+"""The embedded record store: one SQLite file, safe for several processes on one machine.
+
+Durable for acknowledged writes: WAL with `synchronous=FULL` syncs the log at every commit, so a
+card or feedback the server has answered for survives kill -9 and power loss (NORMAL would only
+survive the former). Calls run in a thread so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import StoreError
+from .migrations import migrate_sqlite
+from .records import (
+    AuditEvent,
+    CardRecord,
+    FeedbackRecord,
+    StoreHealth,
+    WriteResult,
+    audit_json,
+    card_from_row,
+    card_row,
+    feedback_json,
+    feedback_outcome,
+)
+
+__all__ = ["SQLiteStore", "connect_durable"]
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 5.0
+CARD_COLUMNS = "card_uuid, service_id, user_pseudonym, resource, created, suggestions"
+
+
+def connect_durable(path: Path) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode that syncs every commit and waits for other writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+class SQLiteFile:
+    """One connection, used by one thread at a time; errors become StoreError without details."""
+
+    what = "record store"
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = connect_durable(self.path)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def locked() -> T:
+            with self._lock:
+                try:
+                    return fn(*args)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"{self.what} failed ({type(exc).__name__})") from exc
+
+        return await asyncio.to_thread(locked)
+
+    def _transaction(self, fn: Callable[[], T]) -> T:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return result
+
+    async def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SQLiteStore(SQLiteFile):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path)
+        try:
+            self.schema_version = migrate_sqlite(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+
+    async def put_card(self, record: CardRecord) -> None:
+        def write() -> None:
+            self._db.execute(
+                f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", card_row(record)
+            )
+
+        await self._run(write)
+
+    async def get_cards(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
+        def read() -> dict[str, CardRecord]:
+            if not card_uuids:
+                return {}
+            marks = ",".join("?" * len(card_uuids))
+            rows = self._db.execute(
+                f"SELECT {CARD_COLUMNS} FROM card WHERE card_uuid IN ({marks})", list(card_uuids)
+            ).fetchall()
+            return {row[0]: card_from_row(row) for row in rows}
+
+        return await self._run(read)
+
+    async def put_feedback(self, records: Sequence[FeedbackRecord]) -> list[WriteResult]:
+        def write_all() -> list[WriteResult]:
+            results: list[WriteResult] = []
+            for rec in records:
+                text = feedback_json(rec)
+                stored = self._db.execute(
+                    "SELECT recorded, resource FROM feedback WHERE provenance_id = ?", (rec.provenance_id,)
+                ).fetchone()
+                outcome = feedback_outcome(stored, rec.recorded, text)
+                if outcome == "created":
+                    self._db.execute(
+                        "INSERT INTO feedback (provenance_id, card_uuid, resource, recorded)"
+                        " VALUES (?, ?, ?, ?)",
+                        (rec.provenance_id, rec.card_uuid, text, rec.recorded),
+                    )
+                elif outcome == "updated":
+                    self._db.execute(
+                        "UPDATE feedback SET resource = ?, recorded = ? WHERE provenance_id = ?",
+                        (text, rec.recorded, rec.provenance_id),
+                    )
+                results.append(outcome)
+            return results
+
+        return await self._run(self._transaction, write_all)
+
+    async def iter_resources(self, resource_type: str) -> AsyncIterator[dict[str, Any]]:
+        query = {
+            "RiskAssessment": "SELECT resource FROM card ORDER BY created, card_uuid",
+            "Provenance": "SELECT resource FROM feedback ORDER BY recorded, provenance_id",
+        }[resource_type]
+        rows = await self._run(lambda: self._db.execute(query).fetchall())
+        for (text,) in rows:
+            yield json.loads(text)
+
+    async def append_audit(self, kind: str, details: Mapping[str, Any]) -> int:
+        return await self._run(self._transaction, lambda: self._append_audit(kind, details))
+
+    def _append_audit(self, kind: str, details: Mapping[str, Any]) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO audit_event (at, kind, details) VALUES (?, ?, ?)",
+            (time.time(), kind, audit_json(details)),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def _audit_page(self, after: int) -> list[Any]:
+        return self._db.execute(
+            "SELECT seq, at, kind, details FROM audit_event WHERE seq > ? ORDER BY seq LIMIT 500", (after,)
+        ).fetchall()
+
+    async def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]:
+        while True:
+            rows = await self._run(self._audit_page, after)
+            if not rows:
+                return
+            for seq, at, kind, details in rows:
+                yield AuditEvent(seq, at, kind, json.loads(details))
+            after = rows[-1][0]
+
+    async def active_versions(self) -> dict[str, str]:
+        rows = await self._run(
+            lambda: self._db.execute("SELECT model, version FROM registry_state").fetchall()
+        )
+        return {model: version for model, version in rows}
+
+    async def set_active_version(self, model: str, version: str) -> str | None:
+        """Set the served version and record a `model-activated` audit event, in one transaction."""
+
+        def write() -> str | None:
+            row = self._db.execute("SELECT version FROM registry_state WHERE model = ?", (model,)).fetchone()
+            self._db.execute(
+                "INSERT INTO registry_state (model, version, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (model) DO UPDATE"
+                " SET version = excluded.version, updated_at = excluded.updated_at",
+                (model, version, time.time()),
+            )
+            previous = row[0] if row else None
+            self._append_audit("model-activated", {"model": model, "version": version, "previous": previous})
+            return previous
+
+        return await self._run(self._transaction, write)
+
+    async def ping(self) -> bool:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+        return True
+
+    def health(self) -> StoreHealth:
+        return StoreHealth("sqlite")
