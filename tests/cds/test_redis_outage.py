@@ -98,7 +98,7 @@ def test_hooks_and_feedback_ride_out_a_redis_outage(tmp_path: Path, ehr_identity
             return client.post(f"{SEPSIS}/feedback", json={"feedback": [feedback(card)]}, headers=headers)
 
         assert call().json()["cards"]
-        assert _degraded(client) == {"replay-store": 0, "jwks-cache": 0}
+        assert _degraded(client) == {"replay-store": 0, "jwks-cache": 0, "record-store": 0}
 
         private_redis.kill()
         during = ehr_identity.token(server.url + SEPSIS)
