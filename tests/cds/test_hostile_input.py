@@ -3,6 +3,7 @@ the headers every answer carries. Each case gets a clear 4xx, and the EHR sees n
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import logging
@@ -20,6 +21,7 @@ from demo_ehr import (
     discharge_hook_request,
     discharge_to_fhir,
     patient_view_request,
+    serve_in_thread,
 )
 from hooks import SERVICES
 from tests.cds.helpers import serve_cds, synthetic_stay
@@ -56,11 +58,22 @@ CONTEXT_CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopbackServer, DemoFhirServer, LoopbackServer, dict]]:
+    """One CDS server and one EHR for the whole injection matrix, and a request body per service."""
+    settings = Settings(var_dir=tmp_path_factory.mktemp("inject") / "var", pseudonym_key="test-key-0123456789abcdef",
+                        auth_disabled_for_local_demo=True)
+    ehr = DemoFhirServer(token="ehr-access-token")
+    with serve_cds(settings) as cds, serve_in_thread(ehr.app()) as ehr_server:
+        bodies = {service_id: _requests(service_id, ehr_server.url, ehr.token or "") for service_id in SERVICES}
+        yield cds, ehr, ehr_server, bodies
+
+
 @pytest.mark.parametrize(("service_id", "token", "value"), CONTEXT_CASES, ids=repr)
-def test_every_context_id_of_every_service_is_checked_before_any_request(
-    cds_server: LoopbackServer, ehr: DemoFhirServer, ehr_server: LoopbackServer, service_id: str, token: str, value: object
-) -> None:
-    body = _requests(service_id, ehr_server.url, ehr.token or "")
+def test_every_context_id_of_every_service_is_checked_before_any_request(shared, service_id: str, token: str, value: object) -> None:
+    cds_server, ehr, _, bodies = shared
+    ehr.seen.clear()
+    body = copy.deepcopy(bodies[service_id])
     body["context"][token] = f"Practitioner/{value}" if token == "userId" and isinstance(value, str) else value
     response = httpx.post(f"{cds_server.url}/cds-services/{service_id}", json=body, timeout=10)
     if value == "":
