@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -86,6 +87,7 @@ class HookOutcome:
 
 
 NO_GUIDANCE: dict[str, Any] = {"cards": []}
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,10 @@ async def answer_hook(
     out of time: `{"cards": []}` (an EHR reads it as no guidance) with the reason for the log."""
     try:
         request = await deps.lane.run(deadline, lambda: parse_model(raw, HookRequest, max_depth=deps.max_json_depth))
-        return await run_hook(service, request, deps, deadline=deadline, launch_url=launch_url, issuer=issuer)
+        outcome = await run_hook(service, request, deps, deadline=deadline, launch_url=launch_url, issuer=issuer)
+        if _UUID.fullmatch(request.hookInstance):  # for the log; anything else the EHR sent is not echoed
+            outcome.details["hookInstance"] = request.hookInstance
+        return outcome
     except Overloaded:
         return HookOutcome(dict(NO_GUIDANCE), "overloaded")
     except BudgetSpent:
