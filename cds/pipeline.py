@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fhir_mappings import GENERIC, Pseudonymizer, VendorProfile, observation_queries, read_search_page
-from hooks import ScoringInput, Service, explanation_link, render_template
+from hooks import NoCard, ScoringInput, Service, explanation_link, render_template
 from models import RiskModel
 
 from .errors import BadRequest, FHIRServerError, FHIRTimeout, ModelNotFound, PreconditionFailed, StoreError
@@ -212,6 +212,8 @@ async def run_hook(
     )
     if scored is None:
         return HookOutcome({"cards": []}, "not-applicable", counts)
+    if isinstance(scored, NoCard):  # e.g. insufficient-data: the service's reason, and its counts
+        return HookOutcome({"cards": []}, scored.reason, {**counts, **scored.log})
     card = scored.card
     if launch_url:
         link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)
