@@ -34,7 +34,15 @@ from fhir_mappings import (
     observation_queries,
     read_search_page,
 )
-from hooks import ScoringInput, Service, check_context_ids, explanation_link, render_template, template_tokens
+from hooks import (
+    NoCard,
+    ScoringInput,
+    Service,
+    check_context_ids,
+    explanation_link,
+    render_template,
+    template_tokens,
+)
 from models import RiskModel
 
 from .admission import Deadline, Lane
@@ -298,6 +306,8 @@ async def run_hook(
     scored = await deps.lane.run(deadline, service.score, scoring)
     if scored is None:
         return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
+    if isinstance(scored, NoCard):  # e.g. insufficient-data: the service's reason, and its counts
+        return HookOutcome(dict(NO_GUIDANCE), scored.reason, {**counts, **scored.log})
     card = scored.card
     if launch_url:
         link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)

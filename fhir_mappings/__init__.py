@@ -33,6 +33,7 @@ from .diagnoses import (
 )
 from .discharge_fhir import (
     A1C_CODES,
+    A1C_RANGE,
     GLUCOSE_CODES,
     RXNORM,
     DischargeRecord,
@@ -62,7 +63,7 @@ from .features import (
     build_features,
     sepsis_feature_spec,
 )
-from .fhir_to_table import MappedStay, PatientRecord, to_canonical
+from .fhir_to_table import MAX_ICU_HOURS, MappedStay, PatientRecord, to_canonical
 from .observations import (
     MappingReport,
     Measurement,
@@ -88,7 +89,18 @@ from .readmission_features import (
     lace_points,
     readmission_feature_spec,
 )
-from .resources import ensure_resource, parse_date, parse_datetime, reference_id
+from .resources import (
+    ensure_resource,
+    is_fhir_id,
+    objects,
+    parse_date,
+    parse_datetime,
+    parse_reference,
+    reference_id,
+    resolve_reference,
+    string,
+    subject_mismatch,
+)
 from .stay import INPATIENT_CLASSES, IcuClock, icu_clock, select_encounter
 from .table import CanonicalTable
 from .tabular import PHYSIONET_COLUMNS, TabularTable, physionet_to_table
@@ -98,10 +110,12 @@ from .variables import (
     CANONICAL_COLUMNS,
     CLINICAL_VARIABLES,
     LAB_VARIABLES,
+    PLAUSIBLE_RANGES,
     STATIC_VARIABLES,
     VARIABLES,
     VITAL_VARIABLES,
     Variable,
+    drop_implausible,
     variable,
 )
 from .writeback import build_provenance, build_risk_assessment, provenance_id
@@ -109,6 +123,7 @@ from .writeback import build_provenance, build_risk_assessment, provenance_id
 __all__ = [
     "A1C_BANDS",
     "A1C_CODES",
+    "A1C_RANGE",
     "ADMISSION_SOURCES",
     "ADMISSION_TYPES",
     "AGE_CAP",
@@ -149,6 +164,7 @@ __all__ = [
     "InvalidIdError",
     "InvalidResourceError",
     "LAB_VARIABLES",
+    "MAX_ICU_HOURS",
     "MappedDischarge",
     "MappedStay",
     "MappingError",
@@ -158,6 +174,7 @@ __all__ = [
     "NotFHIRError",
     "ORACLE_HEALTH",
     "PHYSIONET_COLUMNS",
+    "PLAUSIBLE_RANGES",
     "PROFILES",
     "PatientRecord",
     "Pseudonymizer",
@@ -193,6 +210,7 @@ __all__ = [
     "diabetes130_to_table",
     "diabetes_drugs",
     "discharge_to_table",
+    "drop_implausible",
     "ensure_resource",
     "icu_clock",
     "is_fhir_id",
@@ -203,10 +221,12 @@ __all__ = [
     "mews",
     "news2",
     "next_link",
+    "objects",
     "observation_queries",
     "observation_time",
     "parse_date",
     "parse_datetime",
+    "parse_reference",
     "physionet_to_table",
     "provenance_id",
     "qsofa",
@@ -216,6 +236,7 @@ __all__ = [
     "readmitted_within_30_days",
     "reference_id",
     "reference_parts",
+    "resolve_reference",
     "safe_token",
     "scan_observation",
     "select_encounter",
@@ -224,6 +245,8 @@ __all__ = [
     "shock_index",
     "sirs",
     "sofa_partial",
+    "string",
+    "subject_mismatch",
     "to_canonical",
     "unmapped_reason",
     "validate_resource",

@@ -8,6 +8,12 @@ training data bands them), MedicationRequests of the stay (distinct medicines; t
 drugs by RxNorm ingredient, with dose changes read from `priorPrescription`) and Procedures of
 the stay (a count). As in training, only the three highest-ranked diagnoses are grouped and
 scored for comorbidity. The output carries keyed pseudonyms, never the EHR's ids.
+
+Robust to what an EHR may send: references relative, absolute or versioned (`_history`), and
+contained (`#id`: an Encounter.diagnosis Condition, a MedicationRequest's Medication); a
+Medication `_include`d with the requests is read too. Resources of another subject, with a
+void or unreadable status or an unreadable time are skipped and counted (`skipped`), as are
+HbA1c/glucose values out of their plausibility range (`implausible`).
 """
 
 from __future__ import annotations
@@ -37,9 +43,30 @@ from .discharge_table import (
 )
 from .errors import MappingError
 from .observations import observation_time
-from .resources import categories, codings, ensure_resource, parse_date, parse_datetime, reference_id
+from .resources import (
+    categories,
+    codings,
+    ensure_resource,
+    objects,
+    parse_date,
+    parse_datetime,
+    parse_reference,
+    reference_id,
+    resolve_reference,
+    string,
+    subject_mismatch,
+)
+from .variables import PLAUSIBLE_RANGES
 
-__all__ = ["A1C_CODES", "DischargeRecord", "GLUCOSE_CODES", "MappedDischarge", "RXNORM", "discharge_to_table"]
+__all__ = [
+    "A1C_CODES",
+    "A1C_RANGE",
+    "DischargeRecord",
+    "GLUCOSE_CODES",
+    "MappedDischarge",
+    "RXNORM",
+    "discharge_to_table",
+]
 
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -49,6 +76,8 @@ _GLUCOSE_MMOL = frozenset({"14749-6", "15074-8"})
 _YEAR = timedelta(days=365)
 _DAY = timedelta(days=1)
 _VOID = {"entered-in-error", "cancelled", "not-done"}
+# HbA1c in % (NGSP) no blood can have; glucose uses the canonical variable's range (mg/dL).
+A1C_RANGE = (2.0, 25.0)
 
 
 @dataclass
@@ -63,6 +92,7 @@ class DischargeRecord:
     observations: Sequence[Mapping[str, Any]] = ()
     medication_requests: Sequence[Mapping[str, Any]] = ()
     procedures: Sequence[Mapping[str, Any]] = ()
+    medications: Sequence[Mapping[str, Any]] = ()  # Medication resources (`_include`d with the requests)
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,8 @@ class MappedDischarge:
     pseudonym: str
     table: DischargeTable  # one row
     counts: dict[str, int] = field(default_factory=dict)  # resources used, by kind; never values
+    skipped: dict[str, int] = field(default_factory=dict)  # "<kind>:<reason>" -> resources left out
+    implausible: dict[str, int] = field(default_factory=dict)  # "a1c" | "glucose" -> values out of range
 
 
 def _first_value(field_name: str, concept: Any) -> str | None:
@@ -94,50 +126,67 @@ def _of_encounter(resource: Mapping[str, Any], encounter_id: str, key: str = "en
 
 
 def _live(resource: Mapping[str, Any]) -> bool:
-    return resource.get("status") not in _VOID
+    """Not entered in error, cancelled or not done (an unreadable status is not trusted either)."""
+    status = resource.get("status")
+    return status is None or (isinstance(status, str) and status not in _VOID)
 
 
 def _above(quantity: Mapping[str, Any], value: float, threshold: float) -> bool:
     return value > threshold or (value == threshold and quantity.get("comparator") in (">", ">="))
 
 
-def _lab_band(obs: Mapping[str, Any]) -> tuple[str, float] | None:
-    """("a1c" | "glucose", band) for an HbA1c or glucose result; None for any other."""
+def _number(value: Any) -> float | None:
+    """A JSON number as a float (bools, strings, NaN refused; an integer too big for a float is inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    return None if math.isnan(number) else number
+
+
+def _lab_band(obs: Mapping[str, Any]) -> tuple[str, float] | str | None:
+    """("a1c" | "glucose", band) for an HbA1c or glucose result; "<kind>:implausible" for one out
+    of range; None for any other Observation."""
     loinc = {code for system, code in codings(obs.get("code")) if system == LOINC}
     kind = "a1c" if loinc & A1C_CODES else "glucose" if loinc & GLUCOSE_CODES else None
     q = obs.get("valueQuantity")
-    if kind is None or not isinstance(q, Mapping) or not isinstance(q.get("value"), int | float):
+    value = _number(q.get("value")) if isinstance(q, Mapping) else None
+    if kind is None or value is None or not isinstance(q, Mapping):
         return None
-    value = float(q["value"])
-    unit = str(q.get("code") or q.get("unit") or "")
+    unit = q.get("code") or q.get("unit") or ""
     if kind == "a1c":
         if unit == "mmol/mol" or "4549-2" in loinc and unit != "%":
             value = value / 10.929 + 2.15  # IFCC -> NGSP
+        if not A1C_RANGE[0] <= value <= A1C_RANGE[1]:
+            return "a1c:implausible"
         return kind, 2.0 if _above(q, value, 8.0) else 1.0 if _above(q, value, 7.0) else 0.0
     if unit == "mmol/L" or loinc & _GLUCOSE_MMOL and unit != "mg/dL":
         value = value * 18.016
+    low, high = PLAUSIBLE_RANGES["Glucose"]
+    if not low <= value <= high:
+        return "glucose:implausible"
     return kind, 2.0 if _above(q, value, 300.0) else 1.0 if _above(q, value, 200.0) else 0.0
 
 
-def _ingredients(request: Mapping[str, Any]) -> frozenset[str]:
-    """RxNorm codes of a request's medicine: its concept, or a contained Medication's ingredients."""
+def _ingredients(request: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """RxNorm codes of a request's medicine: its concept, or the ingredients of the Medication it
+    references (contained `#id`, or one of `medications` by id)."""
     concept = request.get("medicationCodeableConcept")
     if isinstance(concept, Mapping):
         return frozenset(code for system, code in codings(concept) if system == RXNORM)
-    ref = request.get("medicationReference")
-    target = ref.get("reference") if isinstance(ref, Mapping) else None
-    for contained in request.get("contained") or ():
-        if isinstance(contained, Mapping) and isinstance(target, str) and target == f"#{contained.get('id')}":
-            found = {code for system, code in codings(contained.get("code")) if system == RXNORM}
-            for ingredient in contained.get("ingredient") or ():
-                if isinstance(ingredient, Mapping):
-                    found |= {code for system, code in codings(ingredient.get("itemCodeableConcept")) if system == RXNORM}
-            return frozenset(found)
-    return frozenset()
+    medication = resolve_reference(request.get("medicationReference"), "Medication", request, medications)
+    if medication is None:
+        return frozenset()
+    found = {code for system, code in codings(medication.get("code")) if system == RXNORM}
+    for ingredient in objects(medication, "ingredient"):
+        found |= {code for system, code in codings(ingredient.get("itemCodeableConcept")) if system == RXNORM}
+    return frozenset(found)
 
 
-def _medicine_key(request: Mapping[str, Any]) -> str:
-    rx = _ingredients(request)
+def _medicine_key(request: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]) -> str:
+    rx = _ingredients(request, medications)
     if rx:
         return "rx:" + "+".join(sorted(rx))
     concept = request.get("medicationCodeableConcept")
@@ -147,38 +196,42 @@ def _medicine_key(request: Mapping[str, Any]) -> str:
             return "code:" + coded[0]
         if isinstance(concept.get("text"), str):
             return "text:" + concept["text"].strip().lower()
-    ref = request.get("medicationReference")
-    if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str) and not ref["reference"].startswith("#"):
-        return "ref:" + ref["reference"]
+    target = parse_reference(request.get("medicationReference"))
+    if target is not None and target[0] != "#":
+        return f"ref:{target[0]}/{target[1]}"  # the same Medication however the reference is written
     return "unknown:" + str(request.get("id"))
 
 
 def _dose(request: Mapping[str, Any]) -> tuple[float, str] | None:
-    for dosage in request.get("dosageInstruction") or ():
-        for dr in (dosage.get("doseAndRate") or ()) if isinstance(dosage, Mapping) else ():
-            q = dr.get("doseQuantity") if isinstance(dr, Mapping) else None
-            if isinstance(q, Mapping) and isinstance(q.get("value"), int | float):
-                return float(q["value"]), str(q.get("code") or q.get("unit") or "")
+    for dosage in objects(request, "dosageInstruction"):
+        for dr in objects(dosage, "doseAndRate"):
+            q = dr.get("doseQuantity")
+            value = _number(q.get("value")) if isinstance(q, Mapping) else None
+            if value is not None and isinstance(q, Mapping):
+                return value, str(q.get("code") or q.get("unit") or "")
     return None
 
 
 def _drug_column(rx: frozenset[str]) -> str | None:
     for drug in diabetes_drugs():
-        if (len(drug.ingredients) > 1 and rx == drug.ingredients) or (len(drug.ingredients) == 1 and len(rx) == 1 and rx <= drug.ingredients):
+        combination = len(drug.ingredients) > 1 and rx == drug.ingredients
+        if combination or (len(drug.ingredients) == 1 and len(rx) == 1 and rx <= drug.ingredients):
             return drug.column
     return None
 
 
-def _drug_statuses(requests: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def _drug_statuses(
+    requests: Sequence[Mapping[str, Any]], medications: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
     """Diabetes drug -> status code (DRUG_STATUSES): a current request, compared with the one
     it replaces (`priorPrescription`) when that is among the requests."""
-    by_id = {r.get("id"): r for r in requests if isinstance(r.get("id"), str)}
+    by_id = {r["id"]: r for r in requests if isinstance(r.get("id"), str)}
     replaced = {reference_id(r.get("priorPrescription"), "MedicationRequest") for r in requests} - {None}
     out: dict[str, float] = {}
     for r in requests:
-        if r.get("id") in replaced:
+        if string(r, "id") in replaced:
             continue  # superseded by a later request
-        column = _drug_column(_ingredients(r))
+        column = _drug_column(_ingredients(r, medications))
         if column is None:
             continue
         status = DRUG_STATUSES.index("Steady")
@@ -190,49 +243,93 @@ def _drug_statuses(requests: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _diagnosis_entries(encounter: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]], encounter_id: str) -> list[Mapping[str, Any] | None]:
-    """The stay's diagnoses in rank order: the Condition of each, or None when only named."""
-    by_id = {c.get("id"): c for c in conditions if c.get("resourceType") == "Condition"}
-    entries = [e for e in encounter.get("diagnosis") or () if isinstance(e, Mapping)]
+def _rank(entry: Mapping[str, Any]) -> int:
+    rank = entry.get("rank")
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else 10**6
+
+
+def _diagnosis_entries(
+    encounter: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]], encounter_id: str
+) -> list[Mapping[str, Any] | None]:
+    """The stay's diagnoses in rank order: the Condition of each (fetched, or contained in the
+    Encounter), or None when only named."""
+    by_id = {c["id"]: c for c in conditions if isinstance(c.get("id"), str)}
+    entries = objects(encounter, "diagnosis")
     if entries:
-        ordered = sorted(enumerate(entries), key=lambda ie: (ie[1].get("rank") if isinstance(ie[1].get("rank"), int) else 10**6, ie[0]))
-        return [by_id.get(reference_id(e.get("condition"), "Condition")) for _, e in ordered]
+        ordered = sorted(enumerate(entries), key=lambda ie: (_rank(ie[1]), ie[0]))
+        return [resolve_reference(e.get("condition"), "Condition", encounter, by_id) for _, e in ordered]
     # No Encounter.diagnosis: the stay's encounter-diagnosis Conditions, in the order given.
-    return [c for c in by_id.values() if _of_encounter(c, encounter_id) and _live(c) and "encounter-diagnosis" in categories(c)]
+    return [
+        c for c in by_id.values()
+        if _of_encounter(c, encounter_id) and _live(c) and "encounter-diagnosis" in categories(c)
+    ]
 
 
-def discharge_to_table(record: DischargeRecord, *, as_of: datetime, pseudonymizer: Pseudonymizer, source: str = "") -> MappedDischarge:
+def _usable(
+    resources: Sequence[Mapping[str, Any]], kind: str, patient_id: str, skipped: Counter[str]
+) -> list[Mapping[str, Any]]:
+    """The resources of `kind` that may be this patient's and are not void; the rest counted."""
+    out = []
+    for r in resources:
+        if not isinstance(r, Mapping) or r.get("resourceType") != kind:
+            continue
+        why = subject_mismatch(r, patient_id)
+        if why is None and not _live(r):
+            why = "status"
+        if why is not None:
+            skipped[f"{kind}:{why}"] += 1
+            continue
+        out.append(r)
+    return out
+
+
+def discharge_to_table(
+    record: DischargeRecord, *, as_of: datetime, pseudonymizer: Pseudonymizer, source: str = ""
+) -> MappedDischarge:
     encounter = ensure_resource(record.encounter, "Encounter", "Encounter")
     encounter_id = str(encounter.get("id") or "")
     start, end = _period(encounter, "Encounter")
     if start is None:
-        raise MappingError("the encounter has no period.start: length of stay is unknown", path="Encounter.period.start")
+        raise MappingError(
+            "the encounter has no period.start: length of stay is unknown", path="Encounter.period.start"
+        )
     end = end or as_of
     values = np.full(len(DISCHARGE_COLUMNS), np.nan)
     col = {name: i for i, name in enumerate(DISCHARGE_COLUMNS)}
     counts: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    implausible: Counter[str] = Counter()
+    patient_id = record.patient_id
 
     if record.patient is not None:
         patient = ensure_resource(record.patient, "Patient", "Patient")
         if patient.get("birthDate") is not None:
             age = age_in_years(parse_date(patient["birthDate"], "Patient.birthDate"), start.date())
             values[col["age"]] = float(min(age // 10 * 10, 90))
-        values[col["sex"]] = {"male": 1.0, "female": 0.0}.get(str(patient.get("gender")), math.nan)
-    hospitalization = encounter.get("hospitalization") if isinstance(encounter.get("hospitalization"), Mapping) else {}
-    values[col["admission_type"]] = _index(ADMISSION_TYPES, _first_value("admission_type", encounter.get("priority")))
-    values[col["admission_source"]] = _index(ADMISSION_SOURCES, _first_value("admission_source", hospitalization.get("admitSource")))
-    values[col["discharge"]] = _index(DISCHARGE_GROUPS, _first_value("discharge", hospitalization.get("dischargeDisposition")))
+        values[col["sex"]] = {"male": 1.0, "female": 0.0}.get(string(patient, "gender") or "", math.nan)
+    stay = encounter.get("hospitalization")
+    hospitalization = stay if isinstance(stay, Mapping) else {}
+    priority = _first_value("admission_type", encounter.get("priority"))
+    values[col["admission_type"]] = _index(ADMISSION_TYPES, priority)
+    admit_source = _first_value("admission_source", hospitalization.get("admitSource"))
+    values[col["admission_source"]] = _index(ADMISSION_SOURCES, admit_source)
+    disposition = _first_value("discharge", hospitalization.get("dischargeDisposition"))
+    values[col["discharge"]] = _index(DISCHARGE_GROUPS, disposition)
     values[col["los_days"]] = float(max(1, (end.date() - start.date()).days))
 
     visits: Counter[str] = Counter()
-    for other in record.encounters:
-        if other.get("resourceType") != "Encounter" or other.get("id") == encounter_id or not _live(other):
+    for other in _usable(record.encounters, "Encounter", patient_id, skipped):
+        if other.get("id") == encounter_id:
             continue
-        other_start, _ = _period(other, "Encounter")
+        try:
+            other_start, _ = _period(other, "Encounter")
+        except MappingError:
+            skipped["Encounter:bad-time"] += 1
+            continue
         if other_start is None or not (start - _YEAR <= other_start < start):
             continue
         cls = other.get("class")
-        kind = default_encounter_codes().value("visit", codings({"coding": [cls]}) if isinstance(cls, Mapping) else ())
+        kind = default_encounter_codes().value("visit", codings({"coding": [cls]}))
         if kind in VISIT_KINDS:
             visits[kind] += 1
     values[col["n_outpatient"]] = float(visits["outpatient"])
@@ -242,35 +339,49 @@ def discharge_to_table(record: DischargeRecord, *, as_of: datetime, pseudonymize
 
     labs = 0
     bands: dict[str, float] = {}
-    for obs in record.observations:
-        if obs.get("resourceType") != "Observation" or not _live(obs) or "laboratory" not in categories(obs):
+    for obs in _usable(record.observations, "Observation", patient_id, skipped):
+        if "laboratory" not in categories(obs):
             continue
         if not _of_encounter(obs, encounter_id):
-            when = observation_time(obs)
+            try:
+                when = observation_time(obs)
+            except MappingError:
+                skipped["Observation:bad-time"] += 1
+                continue
             if when is None or not (start <= when <= end):
                 continue
         labs += 1
         band = _lab_band(obs)
-        if band is not None:
+        if isinstance(band, str):
+            implausible[band.split(":")[0]] += 1
+        elif band is not None:
             bands[band[0]] = max(bands.get(band[0], -1.0), band[1])
     values[col["n_lab_tests"]] = float(labs)
     values[col["a1c"]] = bands.get("a1c", math.nan)
     values[col["glucose"]] = bands.get("glucose", math.nan)
     counts["observations"] = labs
 
-    requests = [r for r in record.medication_requests if r.get("resourceType") == "MedicationRequest" and _of_encounter(r, encounter_id) and _live(r)]
-    statuses = _drug_statuses(requests)
+    medications = {
+        m["id"]: m
+        for m in record.medications
+        if isinstance(m, Mapping) and m.get("resourceType") == "Medication" and isinstance(m.get("id"), str)
+    }
+    requests = _usable(record.medication_requests, "MedicationRequest", patient_id, skipped)
+    requests = [r for r in requests if _of_encounter(r, encounter_id)]
+    statuses = _drug_statuses(requests, medications)
     for column in (c for c in DISCHARGE_COLUMNS if c.startswith("drug:")):
         values[col[column]] = statuses.get(column.removeprefix("drug:"), 0.0)
-    values[col["n_medications"]] = float(len({_medicine_key(r) for r in requests}))
+    values[col["n_medications"]] = float(len({_medicine_key(r, medications) for r in requests}))
     counts["medication_requests"] = len(requests)
 
-    procedures = [p for p in record.procedures if p.get("resourceType") == "Procedure" and _of_encounter(p, encounter_id) and _live(p)]
+    procedures = _usable(record.procedures, "Procedure", patient_id, skipped)
+    procedures = [p for p in procedures if _of_encounter(p, encounter_id)]
     values[col["n_procedures"]] = float(len(procedures))
     counts["procedures"] = len(procedures)
 
     coder = default_diagnosis_coder()
-    entries = _diagnosis_entries(encounter, record.conditions, encounter_id)
+    conditions = _usable(record.conditions, "Condition", patient_id, skipped)
+    entries = _diagnosis_entries(encounter, conditions, encounter_id)
     values[col["n_diagnoses"]] = float(len(entries))
     for name in (c for c in DISCHARGE_COLUMNS if c.startswith("charlson:")):
         values[col[name]] = 0.0
@@ -286,5 +397,7 @@ def discharge_to_table(record: DischargeRecord, *, as_of: datetime, pseudonymize
 
     pseudonym = pseudonymizer.pseudonym("Patient", record.patient_id, source=source)
     encounter_key = pseudonymizer.pseudonym("Encounter", encounter_id, source=source)
-    table = DischargeTable(np.array([pseudonym], dtype=object), np.array([encounter_key], dtype=object), values[None, :])
-    return MappedDischarge(pseudonym, table, dict(counts))
+    table = DischargeTable(
+        np.array([pseudonym], dtype=object), np.array([encounter_key], dtype=object), values[None, :]
+    )
+    return MappedDischarge(pseudonym, table, dict(counts), dict(skipped), dict(implausible))

@@ -1,7 +1,10 @@
 """FHIR R4 Patient + Encounter + Observations -> the de-identified canonical table of one stay.
 
 This is where identities stop: the output carries a keyed pseudonym, age in years, sex, and
-hours relative to the ICU start, nothing else about the person.
+hours relative to the ICU start, nothing else about the person. An Observation whose subject
+names someone else (another Patient, a Group, a Device) is skipped and counted; so is a value out
+of its plausibility range (`MappingReport.implausible`: also a birth date after the ICU start, or a
+hospital admission years before it).
 """
 
 from __future__ import annotations
@@ -15,18 +18,21 @@ from typing import Any
 import numpy as np
 
 from .deid import Pseudonymizer, age_in_years
-from .errors import MappingError
+from .errors import InvalidResourceError, MappingError
 from .observations import MappingReport, scan_observation
 from .profiles import GENERIC, VendorProfile
-from .resources import ensure_resource, parse_date, reference_id
+from .resources import ensure_resource, parse_date, string, subject_mismatch
 from .stay import icu_clock
 from .table import CanonicalTable
-from .variables import CANONICAL_COLUMNS
+from .variables import CANONICAL_COLUMNS, variable
 
-__all__ = ["MappedStay", "PatientRecord", "to_canonical"]
+__all__ = ["MAX_ICU_HOURS", "MappedStay", "PatientRecord", "to_canonical"]
 
 _COL = {name: i for i, name in enumerate(CANONICAL_COLUMNS)}
 _GENDER = {"male": 1.0, "female": 0.0}
+# A longer ICU clock is a wrong start date (year 0001), not a stay: refused, so that one
+# timestamp cannot make us build a table of millions of hours.
+MAX_ICU_HOURS = 24 * 366
 
 
 @dataclass
@@ -48,24 +54,22 @@ class MappedStay:
     report: MappingReport
 
 
-def _subject_matcher(patient_id: str) -> Callable[[Any], bool]:
-    """Whether an Observation.subject reference names this patient (memoised per reference)."""
-    seen: dict[Any, bool] = {}
+def _subject_matcher(patient_id: str) -> Callable[[Mapping[str, Any]], str | None]:
+    """Why an Observation is not this patient's, or None (memoised per subject reference)."""
+    seen: dict[str, str | None] = {}
 
-    def own(subject: Any) -> bool:
-        ref = subject.get("reference") if type(subject) is dict or isinstance(subject, Mapping) else None
-        try:
-            return seen[ref]
-        except KeyError:
-            pass
-        except TypeError:
-            return False
-        rid = reference_id(subject, "Patient")
-        answer = rid is None or rid == patient_id
-        seen[ref] = answer
-        return answer
+    def mismatch(obs: Mapping[str, Any]) -> str | None:
+        subject = obs.get("subject")
+        ref = subject.get("reference") if type(subject) is dict else None
+        if type(ref) is str:
+            try:
+                return seen[ref]
+            except KeyError:
+                answer = seen[ref] = subject_mismatch(obs, patient_id)
+                return answer
+        return subject_mismatch(obs, patient_id)
 
-    return own
+    return mismatch
 
 
 def to_canonical(
@@ -81,39 +85,49 @@ def to_canonical(
     encounter = ensure_resource(record.encounter, "Encounter", "Encounter")
     clock = icu_clock(encounter, record.locations, as_of, profile)
     hours = clock.hour_of(as_of)
+    if hours > MAX_ICU_HOURS:
+        raise InvalidResourceError("puts the ICU start more than a year back", path="Encounter")
 
+    report = MappingReport()
     values = np.full((hours, len(CANONICAL_COLUMNS)), np.nan)
     static = values[:, [_COL[c] for c in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")]]
     if record.patient is not None:
         patient = ensure_resource(record.patient, "Patient", "Patient")
         if patient.get("birthDate") is not None:
             birth = parse_date(patient["birthDate"], "Patient.birthDate")
-            static[:, 0] = age_in_years(birth, clock.icu_start.date())
-        static[:, 1] = _GENDER.get(patient.get("gender"), math.nan)  # type: ignore[arg-type]
+            if birth > clock.icu_start.date():
+                report.implausible["Age"] += 1  # born after the ICU start
+            else:
+                static[:, 0] = age_in_years(birth, clock.icu_start.date())
+        static[:, 1] = _GENDER.get(string(patient, "gender") or "", math.nan)
     if clock.unit is not None:
         static[:, 2] = 1.0 if clock.unit == "medical" else 0.0
         static[:, 3] = 1.0 if clock.unit == "surgical" else 0.0
-    static[:, 4] = clock.hosp_adm_hours
+    admission_ok = variable("HospAdmTime").plausible(clock.hosp_adm_hours)
+    if admission_ok:
+        static[:, 4] = clock.hosp_adm_hours
+    elif clock.hospital_admission is not None:
+        report.implausible["HospAdmTime"] += 1  # e.g. a hospital admission decades before the ICU
     values[:, [_COL[c] for c in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")]] = static
 
-    report = MappingReport()
     found: list[tuple[Any, ...]] = []
-    own = _subject_matcher(record.patient_id)
+    mismatch = _subject_matcher(record.patient_id)
     for obs in record.observations:
         if type(obs) is not dict or obs.get("resourceType") != "Observation":
             if not isinstance(obs, Mapping) or obs.get("resourceType") != "Observation":
                 report.skipped["not-an-observation"] += 1
                 continue
-        subject = obs.get("subject")
-        if subject is not None and not own(subject):
-            report.skipped["other-patient"] += 1
-            continue
+        if obs.get("subject") is not None:
+            why = mismatch(obs)
+            if why is not None:
+                report.skipped[why] += 1
+                continue
         scan_observation(obs, profile, report, found)
 
     # The latest value of each variable in each ICU hour (ties: resource id, component, value).
     now_ts = as_of.timestamp()
     start_ts = clock.icu_start.timestamp()
-    window_ts = clock.window_start.timestamp()
+    window_ts = (clock.window_start if admission_ok else clock.icu_start).timestamp()
     latest: dict[tuple[int, str], tuple[Any, ...]] = {}
     for m in found:
         ts = m[0]

@@ -11,6 +11,8 @@ One Observation can give several measurements: a blood-pressure panel (85354-9, 
 - `dataAbsentReason` -> `data-absent`; valueString / valueCodeableConcept / a non-number ->
   `non-numeric`; a quantity with a comparator (`<0.01`) -> `comparator` (a limit, not a value);
 - a unit the profile's unit table cannot convert -> `unit_errors["<variable>|<unit>"]`;
+- a value outside its variable's plausibility range once in the canonical unit (HR -50 /min,
+  Temp 1e6 Cel, a number too large for a float) -> `implausible["<variable>"]`;
 - a code no table row maps -> `unmapped_codes["<system>|<code>"]`.
 
 Speed: this is the hot path of every hook call (~700 Observations), so it reads plain JSON dicts
@@ -32,14 +34,18 @@ from typing import Any
 from .errors import MappingError
 from .profiles import VendorProfile
 from .resources import parse_datetime
+from .variables import PLAUSIBLE_RANGES
 
 __all__ = ["MappingReport", "Measurement", "measurements_from_observation", "observation_time"]
 
 UCUM = "http://unitsofmeasure.org"
-_NON_NUMERIC = ("valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio")
+_NON_NUMERIC = (
+    "valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio"
+)
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/\[\]{}%*^+\-]{1,80}$")
 _TIME_CACHE: dict[str, tuple[datetime, float]] = {}
 _TIME_CACHE_MAX = 200_000
+_RANGES = PLAUSIBLE_RANGES
 
 
 def safe_token(text: Any) -> str:
@@ -71,6 +77,7 @@ class MappingReport:
     unmapped_codes: Counter[str] = field(default_factory=Counter)  # "system|code" -> count
     unit_errors: Counter[str] = field(default_factory=Counter)  # "variable|unit" -> count
     mapped: Counter[str] = field(default_factory=Counter)  # variable -> measurements
+    implausible: Counter[str] = field(default_factory=Counter)  # variable -> values out of range
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +86,7 @@ class MappingReport:
             "skipped": dict(self.skipped),
             "unmapped_codes": dict(self.unmapped_codes),
             "unit_errors": dict(self.unit_errors),
+            "implausible": dict(self.implausible),
         }
 
     def merge(self, other: MappingReport) -> None:
@@ -88,6 +96,7 @@ class MappingReport:
         self.unmapped_codes.update(other.unmapped_codes)
         self.unit_errors.update(other.unit_errors)
         self.mapped.update(other.mapped)
+        self.implausible.update(other.implausible)
 
 
 def _parse_time(text: Any, path: str) -> tuple[datetime, float]:
@@ -166,7 +175,10 @@ def _value(part: Mapping[str, Any]) -> tuple[float, Any] | str:
         unit = q.get("unit")
         if unit is None:
             unit = q.get("code")
-    return float(value), unit
+    try:
+        return float(value), unit
+    except OverflowError:  # a JSON integer beyond any float (10**400): certainly out of range
+        return (math.inf if value > 0 else -math.inf), unit
 
 
 def scan_observation(
@@ -215,7 +227,7 @@ def scan_observation(
         if not found:
             system, code = key[0] if key else (None, None)
             report.unmapped_codes[f"{safe_token(system)}|{safe_token(code)}"] += 1
-    except (AttributeError, TypeError, KeyError, IndexError):
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError, OverflowError):
         report.skipped["malformed"] += 1
 
 
@@ -239,7 +251,13 @@ def _emit(
         report.unit_errors[f"{var}|{safe_token(unit)}"] += 1
         return
     factor, offset = conversion
-    out.append((when[1], var, value * factor + offset if offset or factor != 1.0 else value, rid, index, when[0]))
+    if offset or factor != 1.0:
+        value = value * factor + offset
+    bounds = _RANGES.get(var)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        report.implausible[var] += 1
+        return
+    out.append((when[1], var, value, rid, index, when[0]))
     report.measurements += 1
     report.mapped[var] += 1
 

@@ -20,7 +20,7 @@ from .errors import InvalidIdError
 
 __all__ = ["FhirQuery", "is_fhir_id", "is_resource_type", "reference_parts"]
 
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}", re.ASCII)
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.:]{0,63}")
 _SAFE = "-._~:|,/"  # unreserved, FHIR search separators (`system|code`, `a,b`), `/` (harmless in a query)

@@ -4,6 +4,10 @@ Conventions (shared with PhysioNet 2019): the encounter in context is the hospit
 stay starts at the `period.start` of its ICU `location` entry (else at the encounter's own
 `period.start`); an observation at time t falls in ICU hour ceil((t - icu_start) / 1 h), at least
 1 (PhysioNet's ICULOS); HospAdmTime is hospital admission minus ICU start, in hours.
+
+A location entry's Location is found however the reference is written: `Location/abc`, an
+absolute URL, a versioned `Location/abc/_history/3` (all looked up by id among the Locations
+fetched), or `#icu` naming a Location contained in the Encounter.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from .errors import InvalidResourceError, MappingError
 from .profiles import VendorProfile
-from .resources import codings, parse_datetime, reference_id
+from .resources import codings, objects, parse_datetime, resolve_reference, string, subject_mismatch
 
 __all__ = ["INPATIENT_CLASSES", "IcuClock", "icu_clock", "select_encounter"]
 
@@ -54,20 +58,19 @@ def _words_match(text: str, words: tuple[str, ...]) -> bool:
 
 
 def _describe_location(
-    entry: Mapping[str, Any], locations: Mapping[str, Mapping[str, Any]]
+    entry: Mapping[str, Any], encounter: Mapping[str, Any], locations: Mapping[str, Mapping[str, Any]]
 ) -> tuple[str, set[tuple[str, str]]]:
     """Lower-case words naming a location entry, and the codes of its Location.type."""
     ref = entry.get("location") if isinstance(entry.get("location"), Mapping) else {}
     texts = [ref.get("display")]
     codes: set[tuple[str, str]] = set()
-    loc = locations.get(reference_id(ref, "Location") or "")
+    loc = resolve_reference(ref, "Location", encounter, locations)
     if loc:
         texts += [loc.get("name"), loc.get("description")]
-        for concept in loc.get("type") or ():
+        for concept in objects(loc, "type"):
             codes.update(codings(concept))
-            if isinstance(concept, Mapping):
-                texts.append(concept.get("text"))
-                texts += [c.get("display") for c in concept.get("coding") or () if isinstance(c, Mapping)]
+            texts.append(concept.get("text"))
+            texts += [c.get("display") for c in objects(concept, "coding")]
     return " ".join(t for t in texts if isinstance(t, str)).lower(), codes
 
 
@@ -81,10 +84,11 @@ def icu_clock(
     admission = parse_datetime(period["start"], "Encounter.period.start") if period.get("start") else None
 
     icu_entries: list[tuple[datetime, datetime | None, str]] = []
-    for i, entry in enumerate(encounter.get("location") or ()):
+    entries = encounter.get("location")
+    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
         if not isinstance(entry, Mapping):
             continue
-        text, codes = _describe_location(entry, locations)
+        text, codes = _describe_location(entry, encounter, locations)
         if not (codes & profile.icu_location_codes or _words_match(text, profile.icu_words)):
             continue
         p = entry.get("period") if isinstance(entry.get("period"), Mapping) else {}
@@ -119,15 +123,21 @@ INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "inpatient", "ICU"})
 
 
 def select_encounter(
-    encounters: list[Mapping[str, Any]], encounter_id: str | None
+    encounters: list[Mapping[str, Any]], encounter_id: str | None, patient_id: str | None = None
 ) -> Mapping[str, Any] | None:
-    """The hospital stay in context: the one named by `encounterId`, else the latest in-progress
-    inpatient encounter (or None when the patient is not in hospital)."""
+    """The hospital stay in context: the Encounter named by `encounterId`, else the latest
+    in-progress inpatient encounter (or None when the patient is not in hospital). With
+    `patient_id`, an Encounter whose subject names someone else is never chosen."""
+    encounters = [
+        e for e in encounters
+        if isinstance(e, Mapping) and e.get("resourceType") == "Encounter"
+        and (patient_id is None or subject_mismatch(e, patient_id) is None)
+    ]
     if encounter_id:
         return next((e for e in encounters if e.get("id") == encounter_id), None)
     candidates = []
     for e in encounters:
-        if e.get("resourceType") != "Encounter" or e.get("status") != "in-progress":
+        if e.get("status") != "in-progress":
             continue
         cls = e.get("class") if isinstance(e.get("class"), Mapping) else {}
         period = e.get("period") if isinstance(e.get("period"), Mapping) else {}
@@ -135,7 +145,7 @@ def select_encounter(
             start = parse_datetime(period.get("start"), "Encounter.period.start")
         except MappingError:
             start = _EPOCH
-        candidates.append((cls.get("code") in INPATIENT_CLASSES, start, e))
+        candidates.append((string(cls, "code") in INPATIENT_CLASSES, start, e))
     if not candidates:
         return None
     inpatient = [c for c in candidates if c[0]] or candidates

@@ -3,12 +3,13 @@
 The same de-identifying normalisation as the FHIR path, so both give identical tables: age in
 completed years capped at 90, HospAdmTime rounded to 0.01 h. Hours missing inside a stay are
 filled with empty rows (features are defined on consecutive hours); `source_row` maps each
-table row back to the input row, -1 for a filled hour.
+table row back to the input row, -1 for a filled hour. A value outside its variable's
+plausibility range (`tables/variables.csv`) is dropped and counted, as the FHIR path drops it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,15 @@ import pandas as pd
 from .deid import AGE_CAP
 from .errors import MappingError
 from .table import CanonicalTable
-from .variables import CANONICAL_COLUMNS
+from .variables import CANONICAL_COLUMNS, drop_implausible
 
-__all__ = ["PHYSIONET_COLUMNS", "TabularTable", "normalise_age", "normalise_hosp_adm_time", "physionet_to_table"]
+__all__ = [
+    "PHYSIONET_COLUMNS",
+    "TabularTable",
+    "normalise_age",
+    "normalise_hosp_adm_time",
+    "physionet_to_table",
+]
 
 PHYSIONET_COLUMNS = CANONICAL_COLUMNS + ("ICULOS",)
 
@@ -36,6 +43,7 @@ class TabularTable:
     table: CanonicalTable
     source_row: np.ndarray  # (n,) index into the input frame, -1 for a filled hour
     label: np.ndarray | None  # (n,) SepsisLabel per table row (0 for filled hours), if present
+    implausible: dict[str, int] = field(default_factory=dict)  # variable -> cells dropped as out of range
 
 
 def physionet_to_table(frame: pd.DataFrame, *, patient_column: str = "patient") -> TabularTable:
@@ -87,9 +95,10 @@ def physionet_to_table(frame: pd.DataFrame, *, patient_column: str = "patient") 
     values[:, age] = normalise_age(values[:, age])
     adm = CANONICAL_COLUMNS.index("HospAdmTime")
     values[:, adm] = normalise_hosp_adm_time(values[:, adm])
+    dropped = drop_implausible(values, CANONICAL_COLUMNS)
 
     label = None
     if "SepsisLabel" in frame:
         label = np.zeros(n_out, dtype=np.int8)
         label[out_index] = frame["SepsisLabel"].to_numpy(dtype=np.int8)
-    return TabularTable(CanonicalTable(out_patient, out_iculos, values), source_row, label)
+    return TabularTable(CanonicalTable(out_patient, out_iculos, values), source_row, label, dropped)

@@ -18,7 +18,16 @@ from .cards import (
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
 from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
-from .service import Fetched, OverrideReason, ScoredCard, ScoringInput, Service
+from .service import (
+    INSUFFICIENT_DATA,
+    Fetched,
+    MinimumData,
+    NoCard,
+    OverrideReason,
+    ScoredCard,
+    ScoringInput,
+    Service,
+)
 
 SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS, READMISSION)}
 
@@ -27,6 +36,9 @@ __all__ = [
     "CONTEXT_IDS",
     "Driver",
     "Fetched",
+    "INSUFFICIENT_DATA",
+    "MinimumData",
+    "NoCard",
     "OverrideReason",
     "READMISSION",
     "RiskCardText",

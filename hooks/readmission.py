@@ -3,6 +3,10 @@ and a suggested follow-up within 7 days.
 
 Answers `encounter-discharge`, and `patient-view` when the context names an inpatient
 `encounterId` (many EHRs do not send encounter-discharge yet); otherwise it has nothing to say.
+
+No card from thin data (`READMISSION.minimum_data`): the index Encounter needs a `period.start`
+(the length of stay) and at least one of its three highest-ranked diagnoses must be coded in a
+system the diagnosis table maps to a group; otherwise no card, reason `insufficient-data`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from typing import Any
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from fhir_mappings import (
+    DISCHARGE_COLUMNS,
     DischargeRecord,
     build_readmission_features,
     build_risk_assessment,
     discharge_to_table,
+    string,
+    subject_mismatch,
 )
 from models import READMISSION_OUTCOME, Contribution
 
@@ -28,6 +35,8 @@ from .service import (
     NON_ADHERENCE,
     NOT_APPLICABLE,
     STALE_DATA,
+    MinimumData,
+    NoCard,
     OverrideReason,
     ScoredCard,
     ScoringInput,
@@ -46,10 +55,10 @@ _GLUCOSE = {0: "below 200 mg/dL", 1: "200-300 mg/dL", 2: "above 300 mg/dL"}
 _DRUG = {0: "not given", 1: "dose unchanged", 2: "dose increased", 3: "dose decreased"}
 
 
-def _resources(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
+def _resources(value: Any, kind: str | None = None) -> list[dict[str, Any]]:
+    """The resources of one prefetch key (of `kind`, when given)."""
+    found = [] if value is None else value if isinstance(value, list) else [value]
+    return [r for r in found if isinstance(r, dict) and (kind is None or r.get("resourceType") == kind)]
 
 
 def _words(c: Contribution) -> str:
@@ -83,7 +92,9 @@ def driver_lines(drivers: Sequence[Contribution]) -> list[str]:
     return lines
 
 
-def follow_up_request(*, patient_id: str, encounter_id: str, now: datetime, probability: float, request_id: str) -> dict[str, Any]:
+def follow_up_request(
+    *, patient_id: str, encounter_id: str, now: datetime, probability: float, request_id: str
+) -> dict[str, Any]:
     """A draft ServiceRequest for a follow-up visit within 7 days of discharge (valid R4)."""
     resource = {
         "resourceType": "ServiceRequest",
@@ -91,10 +102,15 @@ def follow_up_request(*, patient_id: str, encounter_id: str, now: datetime, prob
         "status": "draft",
         "intent": "proposal",
         "priority": "routine",
-        "code": {"coding": [{"system": SNOMED, "code": "390906007", "display": "Follow-up encounter"}], "text": "Follow-up visit after discharge"},
+        "code": {
+            "coding": [{"system": SNOMED, "code": "390906007", "display": "Follow-up encounter"}],
+            "text": "Follow-up visit after discharge",
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "encounter": {"reference": f"Encounter/{encounter_id}"},
-        "occurrencePeriod": {"start": now.isoformat(), "end": (now + timedelta(days=FOLLOW_UP_DAYS)).isoformat()},
+        "occurrencePeriod": {
+            "start": now.isoformat(), "end": (now + timedelta(days=FOLLOW_UP_DAYS)).isoformat()
+        },
         "reasonCode": [{"text": f"Estimated 30-day readmission risk {format_percent(probability)}"}],
         "note": [{"text": "Proposed by the readmission-risk decision aid; review before ordering."}],
     }
@@ -102,31 +118,42 @@ def follow_up_request(*, patient_id: str, encounter_id: str, now: datetime, prob
     return resource
 
 
-def _score(inp: ScoringInput) -> ScoredCard | None:
+def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     encounter_id = inp.context.get("encounterId")
     if not isinstance(encounter_id, str) or not encounter_id:
         return None  # patient-view without an encounter: nothing to say at discharge
     fetched = inp.fetched
-    candidates = _resources(fetched.get("encounter")) + _resources(fetched.get("encounters"))
-    encounter = next((e for e in candidates if e.get("resourceType") == "Encounter" and e.get("id") == encounter_id), None)
+    patient_id = str(inp.context["patientId"])
+    candidates = [*_resources(fetched.get("encounter"), "Encounter")]
+    candidates += _resources(fetched.get("encounters"), "Encounter")
+    encounter = next((e for e in candidates if e.get("id") == encounter_id), None)
     if encounter is None:
         return None
-    cls = encounter.get("class") if isinstance(encounter.get("class"), Mapping) else {}
-    if cls.get("code") not in _INPATIENT:
+    why = subject_mismatch(encounter, patient_id)
+    if why is not None:
+        return NoCard("not-applicable", {"skipped": {f"Encounter:{why}": 1}})  # not this patient's stay
+    if string(encounter.get("class"), "code") not in _INPATIENT:
         return None  # not a hospital stay
+    period = encounter.get("period")
+    if not (isinstance(period, Mapping) and period.get("start")):
+        return NoCard(MINIMUM_DATA.reason, {"minimum": {"period_start": 0}})  # length of stay unknown
     patient = fetched.get("patient")
-    patient_id = str(inp.context["patientId"])
     record = DischargeRecord(
         patient_id=patient_id,
         patient=patient if isinstance(patient, dict) else None,
         encounter=encounter,
-        encounters=[e for e in _resources(fetched.get("encounters")) if e.get("resourceType") == "Encounter"],
-        conditions=[r for r in _resources(fetched.get("conditions")) if r.get("resourceType") == "Condition"],
-        observations=[r for r in _resources(fetched.get("labs")) if r.get("resourceType") == "Observation"],
-        medication_requests=[r for r in _resources(fetched.get("medications")) if r.get("resourceType") == "MedicationRequest"],
-        procedures=[r for r in _resources(fetched.get("procedures")) if r.get("resourceType") == "Procedure"],
+        encounters=_resources(fetched.get("encounters"), "Encounter"),
+        conditions=_resources(fetched.get("conditions"), "Condition"),
+        observations=_resources(fetched.get("labs"), "Observation"),
+        medication_requests=_resources(fetched.get("medications"), "MedicationRequest"),
+        procedures=_resources(fetched.get("procedures"), "Procedure"),
+        medications=_resources(fetched.get("medications"), "Medication"),  # `_include`d with the requests
     )
     mapped = discharge_to_table(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source)
+    log: dict[str, Any] = {**mapped.counts, "skipped": mapped.skipped, "implausible": mapped.implausible}
+    enough, found = MINIMUM_DATA.assess(DISCHARGE_COLUMNS, mapped.table.values)
+    if not enough:
+        return NoCard(MINIMUM_DATA.reason, {**log, "minimum": found})
     model = inp.model
     row = build_readmission_features(mapped.table, model.spec)
     probability = float(model.predict(row)[0])
@@ -143,7 +170,9 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
                 "label": f"Arrange follow-up within {FOLLOW_UP_DAYS} days of discharge",
                 "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
                 "isRecommended": band == "high",
-                "actions": [{"type": "create", "description": "Draft a follow-up visit request", "resource": request}],
+                "actions": [
+                    {"type": "create", "description": "Draft a follow-up visit request", "resource": request}
+                ],
             }
         )
     card = readmission_card(
@@ -175,9 +204,14 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
     )
     user = inp.context.get("userId")
     user_pseudonym = (
-        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source) if isinstance(user, str) and user else None
+        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source)
+        if isinstance(user, str) and user
+        else None
     )
-    return ScoredCard(card=card, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability, log={"band": band, **mapped.counts})
+    return ScoredCard(
+        card=card, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability,
+        log={"band": band, **log},
+    )
 
 
 def readmission_card(
@@ -195,7 +229,8 @@ def readmission_card(
 ) -> dict[str, Any]:
     pct = format_percent(probability)
     headline = [
-        f"**30-day readmission risk: {pct}** ({_BAND_WORDS[band]}; follow-up is suggested from {format_percent(threshold)}).",
+        f"**30-day readmission risk: {pct}** ({_BAND_WORDS[band]}; "
+        f"follow-up is suggested from {format_percent(threshold)}).",
     ]
     if drivers:
         headline += ["", "**What drives this score** (SHAP):", "", *driver_lines(drivers)]
@@ -223,14 +258,17 @@ def readmission_card(
     )
 
 
+# What a readmission card needs besides the stay's start: one diagnosis the model can group.
+MINIMUM_DATA = MinimumData(variables=("dx1", "dx2", "dx3"), count=1)
+
 READMISSION = Service(
     id="readmission-risk",
     hooks=("encounter-discharge", "patient-view"),
     title="30-day readmission risk at discharge",
     description=(
-        "Estimates the probability of readmission within 30 days of discharge for adults with diabetes from the stay "
-        "(admission, length of stay, diagnoses, HbA1c and glucose, diabetes medication changes) and the past year's "
-        "visits, explains it with SHAP and suggests follow-up within 7 days."
+        "Estimates the probability of readmission within 30 days of discharge for adults with diabetes from "
+        "the stay (admission, length of stay, diagnoses, HbA1c and glucose, diabetes medication changes) and "
+        "the past year's visits, explains it with SHAP and suggests follow-up within 7 days."
     ),
     prefetch={
         "patient": "Patient/{{context.patientId}}",
@@ -244,13 +282,17 @@ READMISSION = Service(
     model_name="readmission",
     score=_score,
     usage_requirements=(
-        "For inpatient stays of adults with diabetes. Needs `encounterId` in context; diagnoses coded in ICD-9-CM, "
-        "ICD-10-CM or SNOMED CT, HbA1c/glucose in LOINC, diabetes drugs in RxNorm."
+        "For inpatient stays of adults with diabetes. Needs `encounterId` in context; diagnoses coded in "
+        "ICD-9-CM, ICD-10-CM or SNOMED CT, HbA1c/glucose in LOINC, diabetes drugs in RxNorm. No card without "
+        "the stay's period.start and at least one of its top three diagnoses coded so that it maps."
     ),
     override_reasons=(
         NOT_APPLICABLE,
         OverrideReason(NON_ADHERENCE, "action-completed", "Follow-up already arranged"),
-        OverrideReason(NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: risk does not fit the clinical picture"),
+        OverrideReason(
+            NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: risk does not fit the clinical picture"
+        ),
         STALE_DATA,
     ),
+    minimum_data=MINIMUM_DATA,
 )

@@ -1,4 +1,9 @@
-"""The `sepsis-risk` CDS service: patient-view, ICU vital signs and labs, XGBoost + SHAP card."""
+"""The `sepsis-risk` CDS service: patient-view, ICU vital signs and labs, XGBoost + SHAP card.
+
+No card from thin data (`SEPSIS.minimum_data`): at least 3 usable vital-sign values of at least 2
+different vital signs in the last 6 ICU hours; below that the answer is no card with reason
+`insufficient-data` (docs/mapping.md measures how often that happens on set A: rarely, and mostly
+in the first ICU hours, before anything was measured)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from typing import Any
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from fhir_mappings import (
+    CANONICAL_COLUMNS,
+    VITAL_VARIABLES,
     FhirQuery,
     PatientRecord,
     build_features,
@@ -26,6 +33,8 @@ from .service import (
     NOT_APPLICABLE,
     STALE_DATA,
     Fetched,
+    MinimumData,
+    NoCard,
     OverrideReason,
     ScoredCard,
     ScoringInput,
@@ -77,21 +86,25 @@ def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, FhirQu
     return wanted
 
 
-def _score(inp: ScoringInput) -> ScoredCard | None:
+def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     fetched = inp.fetched
+    patient_id = str(inp.context["patientId"])
     encounters = _resources(fetched.get("encounters")) + _resources(fetched.get("encounter"))
-    encounter = select_encounter(encounters, inp.context.get("encounterId"))
+    encounter = select_encounter(encounters, inp.context.get("encounterId"), patient_id)
     if encounter is None:
-        return None  # not in hospital: nothing to say
-    observations: dict[str, dict[str, Any]] = {}
+        return None  # not in hospital (or no stay of this patient's): nothing to say
+    # One entry per Observation id (the same one may come in vitals and labs); id-less ones apart.
+    observations: dict[Any, dict[str, Any]] = {}
     locations: dict[str, dict[str, Any]] = {}
     for key, value in fetched.items():
         for r in _resources(value):
+            if not isinstance(r, dict):
+                continue
             if r.get("resourceType") == "Observation":
-                observations[r.get("id") or f"{key}#{len(observations)}"] = r
+                rid = r.get("id")
+                observations[rid if isinstance(rid, str) and rid else (key, len(observations))] = r
             elif r.get("resourceType") == "Location" and isinstance(r.get("id"), str):
                 locations[r["id"]] = r
-    patient_id = str(inp.context["patientId"])
     patient = fetched.get("patient")
     record = PatientRecord(
         patient_id=patient_id,
@@ -100,7 +113,13 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
         observations=list(observations.values()),
         locations=locations,
     )
-    stay = to_canonical(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source, profile=inp.profile)
+    stay = to_canonical(
+        record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source, profile=inp.profile
+    )
+    log = {"icu_hour": stay.current_hour, **stay.report.as_dict()}
+    enough, found = MINIMUM_DATA.assess(CANONICAL_COLUMNS, stay.table.values)
+    if not enough:
+        return NoCard(MINIMUM_DATA.reason, {**log, "minimum": found})
     model = inp.model
     row = build_features(stay.table, model.spec)[-1:]
     probability = float(model.predict(row)[0])
@@ -119,7 +138,7 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
         all_contributions=explanation.contributions,
         base_value=explanation.base_value,
         patient_id=patient_id,
-        encounter_id=encounter.get("id") if isinstance(encounter.get("id"), str) else None,
+        encounter_id=encounter["id"] if is_fhir_id(encounter.get("id")) else None,
     )
     risk = build_risk_assessment(
         card_uuid=inp.card_uuid,
@@ -138,16 +157,21 @@ def _score(inp: ScoringInput) -> ScoredCard | None:
     )
     user = inp.context.get("userId")
     user_pseudonym = (
-        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source) if isinstance(user, str) and user else None
+        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source)
+        if isinstance(user, str) and user
+        else None
     )
     return ScoredCard(
         card=card,
         risk_assessment=risk,
         user_pseudonym=user_pseudonym,
         probability=probability,
-        log={"icu_hour": stay.current_hour, "band": band, **stay.report.as_dict()},
+        log={**log, "band": band},
     )
 
+
+# What a sepsis card needs: measured vital signs, recently (measured on set A in docs/mapping.md).
+MINIMUM_DATA = MinimumData(variables=VITAL_VARIABLES, count=3, distinct=2, window_hours=6)
 
 SEPSIS = Service(
     id="sepsis-risk",
@@ -168,15 +192,20 @@ SEPSIS = Service(
     followups=_followups,
     observation_keys={"vitals": "vital-signs", "labs": "laboratory"},
     usage_requirements=(
-        "For adult ICU patients during an inpatient encounter. Needs vital-sign and laboratory Observations coded "
-        "with LOINC; give `encounterId` in context when the patient has several encounters in progress."
+        "For adult ICU patients during an inpatient encounter. Needs vital-sign and laboratory Observations "
+        "coded with LOINC; give `encounterId` in context when the patient has several encounters in "
+        "progress. No card without at least 3 vital-sign values of 2 different vital signs in the last 6 "
+        "ICU hours."
     ),
     override_reasons=(
         NOT_APPLICABLE,
-        OverrideReason(NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: clinical picture does not fit"),
+        OverrideReason(
+            NON_ADHERENCE, "recipient-disagrees-evidence", "Disagree: clinical picture does not fit"
+        ),
         OverrideReason(NON_ADHERENCE, "action-completed", "Already assessed or treated for sepsis"),
         STALE_DATA,
     ),
+    minimum_data=MINIMUM_DATA,
 )
 
 
@@ -191,7 +220,9 @@ def sepsis_bundle_suggestion(card_uuid: str, patient_id: str, encounter_id: str 
             "status": "draft",
             "intent": "order",
             "priority": "stat",
-            "category": [{"coding": [{"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}]}],
+            "category": [
+                {"coding": [{"system": SNOMED, "code": "108252007", "display": "Laboratory procedure"}]}
+            ],
             "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
             "subject": {"reference": f"Patient/{patient_id}"},
             "reasonCode": [{"text": "Suspected sepsis (sepsis risk alert)"}],
@@ -251,6 +282,10 @@ def sepsis_card(
         all_contributions=all_contributions,
         base_value=base_value,
         extra={"icuHour": icu_hour},
-        suggestions=[sepsis_bundle_suggestion(card_uuid, patient_id, encounter_id)] if patient_id and band != "low" else [],
+        suggestions=(
+            [sepsis_bundle_suggestion(card_uuid, patient_id, encounter_id)]
+            if patient_id and band != "low"
+            else []
+        ),
         selection_behavior="at-most-one",
     )

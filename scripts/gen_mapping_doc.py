@@ -1,27 +1,54 @@
 #!/usr/bin/env python
-"""Write docs/mapping.md from the mapping tables (codes and units per variable) and, when the
-Synthea bundles are present, their mapping counts. Usage: .venv/bin/python scripts/gen_mapping_doc.py"""
+"""Write docs/mapping.md from the mapping tables (codes, units and plausibility ranges per
+variable) and, when the data are present (CDS_DATA_DIR, else ../shared/data), what they measure:
+set-A values outside the ranges and the committed sepsis model's scores with and without them,
+how often each service's minimum-data rule withholds a card (set A, Diabetes 130-US and its
+FHIR rendering), and the Synthea bundles' mapping counts.
+Usage: .venv/bin/python scripts/gen_mapping_doc.py   (~2 min with the data, most of it set A)"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo_ehr import discharge_to_fhir  # noqa: E402
 from fhir_mappings import (  # noqa: E402
+    CANONICAL_COLUMNS,
     CLINICAL_VARIABLES,
+    DISCHARGE_COLUMNS,
+    PLAUSIBLE_RANGES,
     PROFILES,
+    VARIABLES,
+    CanonicalTable,
+    DischargeRecord,
     MappingReport,
     Pseudonymizer,
+    build_features,
     default_code_table,
     default_unit_table,
+    diabetes130_to_table,
+    discharge_to_table,
     map_bundle,
+    physionet_to_table,
+    readmission_cohort,
+    readmitted_within_30_days,
+    sepsis_feature_spec,
     variable,
 )
+from hooks import READMISSION, SEPSIS, MinimumData  # noqa: E402
+from models import ModelRegistry, RiskModel  # noqa: E402
+
+DATA = Path(os.environ.get("CDS_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 INTRO = """# FHIR mapping: codes, units, vendors
 
@@ -36,10 +63,16 @@ reported (`unit_errors`), never used as if canonical.
 Rules: status final/amended/corrected (preliminary only with `CDS_ACCEPT_PRELIMINARY`);
 `dataAbsentReason`, non-numeric values and values with a comparator (`<0.01`) are counted and
 skipped; the time is effectiveDateTime/Instant, else effectivePeriod.end (else .start), else
-`issued`, with any zone offset normalised to UTC. US Core pulse oximetry (59408-5 + 2708-6) is
-`O2Sat`; 2708-6 alone is `O2Sat` in a vital-signs Observation and arterial `SaO2` in a laboratory
-one; blood pressure comes as a 85354-9 (or 55284-4) panel with 8480-6/8462-4 components or as
-separate Observations; FiO2 may come as a component (3150-0) of a pulse-oximetry Observation.
+`issued`, with any zone offset normalised to UTC. A value outside its variable's plausibility
+range (below) is dropped and counted (`implausible`). References are read however they are
+written: relative (`Location/abc`), absolute (`https://ehr/fhir/Location/abc`), versioned
+(`Location/abc/_history/3`) or contained (`#icu`, e.g. an Encounter's ICU Location or diagnosis
+Condition, a MedicationRequest's Medication); an Observation, Condition, MedicationRequest,
+Procedure or Encounter whose subject names someone else is skipped and counted. US Core pulse
+oximetry (59408-5 + 2708-6) is `O2Sat`; 2708-6 alone is `O2Sat` in a vital-signs Observation and
+arterial `SaO2` in a laboratory one; blood pressure comes as a 85354-9 (or 55284-4) panel with
+8480-6/8462-4 components or as separate Observations; FiO2 may come as a component (3150-0) of a
+pulse-oximetry Observation.
 
 Vendor profiles (`fhir_mappings/profiles.py`): {profiles}. Chosen per EHR by
 `CDS_EHR_PROFILES` (FHIR base URL or JWT issuer prefix -> profile name), default
@@ -64,46 +97,251 @@ Where validation happens: the hook's hot path reads plain JSON with narrow reade
 """
 
 
-def main() -> None:
+def _pct(part: int, whole: int) -> str:
+    return f"{part:,} of {whole:,} ({100 * part / whole:.3g} %)" if whole else "0"
+
+
+PLAUSIBILITY = """
+## Plausibility ranges
+
+A value outside its variable's range (canonical unit, bounds included in the range) is no value a
+living patient can have: a typing or unit mistake (98.6 sent as Cel, FiO2 40 in unit `1`), a
+sentinel (-1, 99999, 1e308) or a hostile number. The FHIR path drops it after unit conversion and
+counts it (`implausible` in the mapping report and the hook log); the tabular path
+(`physionet_to_table`, which training reads) drops the same cells (`TabularTable.implausible`), so
+training and serving agree. The bounds lie beyond the extremes reported in survivors, so real
+extreme ICU values pass. `Age` applies to Patient.birthDate (a birth date after the ICU start is
+dropped), `HospAdmTime` to Encounter.period.start (an admission outside the range is dropped, and
+then Observations before the ICU start do not count as this stay's).
+"""
+
+MINIMUM = """
+## Minimum data before a card
+
+A model scores whatever it is given: with every Observation unusable (no time zone, another
+patient, no status) the sepsis model would still answer from age, sex and the ICU clock. Each
+service therefore declares the least usable data it needs (`Service.minimum_data`, hooks/); below
+it the answer is no card, with reason `insufficient-data` in the hook log and metrics, and the
+counts found (`minimum`).
+"""
+
+
+def plausibility_section() -> list[str]:
+    lines = PLAUSIBILITY.splitlines()
+    path = DATA / "physionet2019" / "setA.parquet"
+    frame = pd.read_parquet(path) if path.is_file() else None
+    lines += ["", "| variable | unit | low | high | set-A values outside | note |", "| --- " * 6 + "|"]
+    outside: dict[str, int] = {}
+    for v in VARIABLES:
+        if v.name not in PLAUSIBLE_RANGES:
+            continue
+        count = "-"
+        if frame is not None and v.name in frame:
+            column = frame[v.name].dropna()
+            outside[v.name] = int(((column < v.low) | (column > v.high)).sum())
+            count = f"{outside[v.name]:,} of {len(column):,}"
+        lines.append(f"| {v.name} | `{v.unit}` | {v.low:g} | {v.high:g} | {count} | {v.range_note} |")
+    if frame is None:
+        return lines
+    fio2 = frame["FiO2"].dropna()
+    listed = ", ".join(f"{k} {n}" for k, n in outside.items() if n)
+    lines += [
+        "",
+        f"Set A (PhysioNet 2019, {len(frame):,} hours): {sum(outside.values())} values fall outside, each "
+        f"one impossible ({listed}); the mapping now drops them in both paths. FiO2 is the one range "
+        f"widened for the data: set A records {int((fio2 < 0.21).sum()):,} FiO2 values below 0.21 (0 to "
+        "0.2; not an inspirable fraction at sea level, likely flows or rounding), and the committed model "
+        "was trained on them, so the range is the fraction's own 0-1 rather than 0.21-1 (dropping them "
+        "would change the committed model's score on thousands of set-A hours). Retraining may revisit this.",
+        "",
+        _model_effect(frame),
+    ]
+    return lines
+
+
+def _model_effect(frame: pd.DataFrame) -> str:
+    """The committed sepsis model's scores on set A with the dropped cells put back, and without."""
+    tab = physionet_to_table(frame)
+    restored = tab.table.values.copy()
+    real = tab.source_row >= 0
+    for name in tab.implausible:
+        j = CANONICAL_COLUMNS.index(name)
+        raw = frame[name].to_numpy(dtype=float)[tab.source_row[real]]
+        column = restored[real, j]
+        put_back = np.isnan(column) & ~np.isnan(raw)
+        column[put_back] = raw[put_back]
+        restored[real, j] = column
+    spec = sepsis_feature_spec()
+    model = RiskModel(ModelRegistry().load("sepsis", spec), spec)
+    with_ranges = model.predict(build_features(tab.table, spec))
+    unfiltered = CanonicalTable(tab.table.patient, tab.table.iculos, restored)
+    without = model.predict(build_features(unfiltered, spec))
+    changed = int((with_ranges != without).sum())
+    flips = int(((with_ranges >= model.threshold) != (without >= model.threshold)).sum())
+    most = 100 * float(np.abs(with_ranges - without).max())
+    return (
+        f"Effect on the committed sepsis model (v{model.version}, not retrained): its probability changes on "
+        f"{_pct(changed, len(with_ranges))} set-A hours (those after a dropped value, until the next "
+        f"measurement), by at most {most:.1f} percentage points; the alert decision (threshold "
+        f"{model.threshold:.4f}) changes on {flips} hour{'s' if flips != 1 else ''}. The feature spec is "
+        "unchanged (same hash), so the committed models load as before."
+    )
+
+
+def minimum_data_section() -> list[str]:
+    sepsis, readmission = SEPSIS.minimum_data, READMISSION.minimum_data
+    assert sepsis is not None and readmission is not None and sepsis.window_hours is not None
+    window = sepsis.window_hours
+    lines = MINIMUM.splitlines() + [
+        "",
+        f"- `sepsis-risk`: {sepsis.describe()} (ICU hours, the current one included; a value counts once "
+        "per variable and hour, as in the canonical table).",
+        f"- `readmission-risk`: the index Encounter's `period.start`, and {readmission.describe()} (the "
+        "three highest-ranked diagnoses, each a group when its code maps, as in training).",
+        "",
+    ]
+    path = DATA / "physionet2019" / "setA.parquet"
+    if path.is_file():
+        tab = physionet_to_table(pd.read_parquet(path))
+        t, real = tab.table, tab.source_row >= 0
+        assert tab.label is not None
+        start = t.group_start_index()
+        held = ~sepsis.met(CANONICAL_COLUMNS, t.values, start) & real
+        septic = real & (tab.label == 1)
+        measured = (~np.isnan(t.values[:, : len(CLINICAL_VARIABLES)])).any(axis=1)
+        row = np.arange(len(t))
+        seen = np.maximum.accumulate(np.where(measured, row, -1)) >= start
+        later = held & (t.iculos > window)
+        loose = MinimumData(variables=sepsis.variables, count=1, window_hours=window)
+        any_vital = int((~loose.met(CANONICAL_COLUMNS, t.values, start) & real).sum())
+        lines += [
+            "Measured on set A, every ICU hour of every patient (the rows the model scores): the sepsis rule "
+            f"withholds a card on {_pct(int(held.sum()), int(real.sum()))} hours and on "
+            f"{_pct(int((held & septic).sum()), int(septic.sum()))} septic hours (SepsisLabel = 1). Of the "
+            f"withheld hours, {int((held & ~seen).sum()):,} come before anything at all was measured in the "
+            f"stay and {int((held & (t.iculos <= window)).sum()):,} lie in the first {window} ICU hours; the "
+            f"other {int(later.sum()):,} are gaps of {window} hours or more without vital signs, in "
+            f"{len(np.unique(t.patient[later])):,} patients. For comparison, any single vital sign in the "
+            f"last {window} hours would withhold {_pct(any_vital, int(real.sum()))} hours: asking for two "
+            "different vital signs costs almost nothing on real data.",
+            "",
+        ]
+    path = DATA / "diabetes130" / "diabetic_data.csv.gz"
+    if path.is_file():
+        frame = pd.read_csv(path, keep_default_na=False, na_values=["?", ""], low_memory=False)
+        lines += _readmission_measure(frame)
+    return lines
+
+
+def _readmission_measure(frame: pd.DataFrame) -> list[str]:
+    rule = READMISSION.minimum_data
+    assert rule is not None
+
+    def withheld(table_values: np.ndarray) -> np.ndarray:
+        return ~rule.met(DISCHARGE_COLUMNS, table_values, np.arange(len(table_values)))
+
+    lines = []
+    cohort = readmission_cohort(frame)
+    for name, rows in (("all encounters", frame), ("the training cohort", cohort)):
+        held = withheld(diabetes130_to_table(rows).values)
+        readmitted = readmitted_within_30_days(rows) == 1
+        lines.append(
+            f"- Diabetes 130-US, {name}: withheld on {_pct(int(held.sum()), len(rows))} encounters; of the "
+            f"{int(readmitted.sum()):,} readmitted within 30 days, on {int((held & readmitted).sum())}."
+        )
+    sample = cohort.sample(2000, random_state=5).reset_index(drop=True)
+    now, key = datetime(2026, 3, 1, 12, tzinfo=UTC), Pseudonymizer(b"doc-key-0123456789abcdef")
+    held_fhir = 0
+    for r in sample.to_dict("records"):
+        res = discharge_to_fhir(r, discharged_at=now)
+        record = DischargeRecord(
+            res.patient_id, res.patient, res.encounter, [res.encounter, *res.history], res.conditions,
+            res.observations, res.medication_requests, res.procedures,
+        )
+        table = discharge_to_table(record, as_of=now, pseudonymizer=key).table
+        held_fhir += not rule.assess(DISCHARGE_COLUMNS, table.values)[0]
+    held_rows = int(withheld(diabetes130_to_table(sample).values).sum())
+    lines.append(
+        f"- The demo discharges (2,000 cohort rows sent as FHIR by demo_ehr): withheld on {held_fhir:,}, as "
+        f"from the same rows as a table ({held_rows:,})."
+    )
+    return lines
+
+
+def _codes_section() -> list[str]:
     codes, units = default_code_table(), default_unit_table()
-    lines = [INTRO.format(profiles=", ".join(f"`{p}`" for p in PROFILES)), "## Codes and units per variable", ""]
-    lines += ["| variable | canonical unit | codes (system LOINC unless shown; [category]) | other accepted units |", "| --- | --- | --- | --- |"]
+    lines = [
+        "## Codes and units per variable",
+        "",
+        "| variable | canonical unit | codes (system LOINC unless shown; [category]) "
+        "| other accepted units |",
+        "| --- | --- | --- | --- |",
+    ]
     for var in CLINICAL_VARIABLES:
         cells = []
         for row in codes.codes_for(var):
             system = "" if row.system == "http://loinc.org" else f"{row.system} "
             cat = f" [{row.category}]" if row.category else ""
             cells.append(f"{system}{row.code}{cat}")
-        others = [u for u in units.units_for(var)[1:]]
-        lines.append(f"| {var} | `{variable(var).unit}` | {', '.join(cells)} | {', '.join(f'`{u}`' for u in others) or '-'} |")
-    lines += ["", "Static columns: `Age` (completed years at ICU start from Patient.birthDate, 89+ as 90), `Gender` "
-              "(Patient.gender male=1, female=0), `Unit1`/`Unit2` (ICU location words/types per profile: MICU/SICU), "
-              "`HospAdmTime` (Encounter.period.start minus ICU start, hours), `ICULOS` (ICU hour from the ICU location's start).", ""]
-    lines += ["## Vendor local codes", "", "| profile | variable | system | code | note |", "| --- | --- | --- | --- | --- |"]
+        others = ", ".join(f"`{u}`" for u in units.units_for(var)[1:]) or "-"
+        lines.append(f"| {var} | `{variable(var).unit}` | {', '.join(cells)} | {others} |")
+    lines += [
+        "",
+        "Static columns: `Age` (completed years at ICU start from Patient.birthDate, 89+ as 90), `Gender` "
+        "(Patient.gender male=1, female=0), `Unit1`/`Unit2` (ICU location words/types per profile: "
+        "MICU/SICU), "
+        "`HospAdmTime` (Encounter.period.start minus ICU start, hours), `ICULOS` (ICU hour from the ICU "
+        "location's start).",
+        "",
+        "## Vendor local codes",
+        "",
+        "| profile | variable | system | code | note |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, profile in PROFILES.items():
-        for row in profile.codes.rows[len(codes.rows):]:
+        for row in profile.codes.rows[len(codes.rows) :]:
             lines.append(f"| {name} | {row.variable} | {row.system} | {row.code} | {row.display} |")
+    return lines
 
-    folder = ROOT.parent / "shared" / "data" / "synthea"
-    files = sorted(folder.glob("*.json"))
-    if files:
-        total, unmapped, reasons = MappingReport(), Counter[str](), {}
-        for path in files:
-            m = map_bundle(json.loads(path.read_text()), pseudonymizer=Pseudonymizer(b"doc-key-0123456789abcdef"))
-            total.merge(m.report)
-            for item in m.unmapped():
-                unmapped[item.code] += item.count
-                reasons[item.code] = item.reason
-        mapped = total.observations - sum(unmapped.values())
-        lines += ["", "## Synthea (../shared/data/synthea, 50 bundles)", "",
-                  f"{total.observations} Observations; {mapped} mapped, giving {total.measurements} values "
-                  f"(blood-pressure panels give two); {sum(unmapped.values())} left unmapped; "
-                  f"unit errors {sum(total.unit_errors.values())}; skipped {sum(total.skipped.values())}. "
-                  "Tested by tests/fhir_mappings/test_synthea_and_profiles.py.", "",
-                  "| variable | values |", "| --- | --- |"]
-        lines += [f"| {v} | {n} |" for v, n in total.mapped.most_common()]
-        lines += ["", "| unmapped code | Observations | why |", "| --- | --- | --- |"]
-        lines += [f"| `{c}` | {n} | {reasons[c]} |".replace("|" + c.split("|")[1] + "`", "\\|" + c.split("|")[1] + "`") for c, n in unmapped.most_common()]
+
+def _synthea_section() -> list[str]:
+    files = sorted((DATA / "synthea").glob("*.json"))
+    if not files:
+        return []
+    total, unmapped, reasons = MappingReport(), Counter[str](), {}
+    for path in files:
+        m = map_bundle(json.loads(path.read_text()), pseudonymizer=Pseudonymizer(b"doc-key-0123456789abcdef"))
+        total.merge(m.report)
+        for item in m.unmapped():
+            unmapped[item.code] += item.count
+            reasons[item.code] = item.reason
+    mapped = total.observations - sum(unmapped.values())
+    lines = [
+        "",
+        "## Synthea (../shared/data/synthea, 50 bundles)",
+        "",
+        f"{total.observations} Observations; {mapped} mapped, giving {total.measurements} values "
+        f"(blood-pressure panels give two); {sum(unmapped.values())} left unmapped; "
+        f"unit errors {sum(total.unit_errors.values())}; implausible {sum(total.implausible.values())}; "
+        f"skipped {sum(total.skipped.values())}. Tested by tests/fhir_mappings/test_synthea_and_profiles.py.",
+        "",
+        "| variable | values |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {v} | {n} |" for v, n in total.mapped.most_common()]
+    lines += ["", "| unmapped code | Observations | why |", "| --- | --- | --- |"]
+    for c, n in unmapped.most_common():
+        system, code = c.split("|", 1)
+        lines.append(f"| `{system}\\|{code}` | {n} | {reasons[c]} |")
+    return lines
+
+
+def main() -> None:
+    lines = [INTRO.format(profiles=", ".join(f"`{p}`" for p in PROFILES))]
+    lines += _codes_section()
+    lines += plausibility_section()
+    lines += minimum_data_section()
+    lines += _synthea_section()
     (ROOT / "docs" / "mapping.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("wrote docs/mapping.md")
 

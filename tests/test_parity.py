@@ -1,5 +1,7 @@
 """The one-mapping check: the same patient-hour scored from the training table (`cds score`) and
-from FHIR resources through the live hook gives the same probability, for many set-A patients."""
+from FHIR resources through the live hook gives the same probability, for many set-A patients;
+and the hook withholds its card (too little recent data) exactly on the hours where the same rule
+read on the training table says so."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import pandas as pd
 import pytest
 
 from demo_ehr import icu_start_for_hour, patient_view_request, stay_to_fhir
-from fhir_mappings import CANONICAL_COLUMNS
+from fhir_mappings import CANONICAL_COLUMNS, physionet_to_table
+from hooks import SEPSIS
 
 pytestmark = pytest.mark.data
 
@@ -51,23 +54,33 @@ def test_hook_gives_the_probability_cds_score_gives(set_a: pd.DataFrame, cds_ser
         [sys.executable, "-m", "cds.cli", "score", "sepsis", "--data", str(psv_dir)],
         capture_output=True, text=True, check=True, timeout=300,
     )
-    table_scores = {(r["patient"], r["hour"]): r["probability"] for r in map(json.loads, done.stdout.splitlines())}
+    scored = map(json.loads, done.stdout.splitlines())
+    table_scores = {(r["patient"], r["hour"]): r["probability"] for r in scored}
     assert len(table_scores) == sum(len(r) for r in stays.values())
 
     rng = np.random.default_rng(5)
-    compared = 0
+    minimum = SEPSIS.minimum_data
+    assert minimum is not None
+    compared = withheld = 0
     with httpx.Client(base_url=cds_server.url, timeout=10) as client:
         for pid, rows in stays.items():
-            positions = sorted({0, len(rows) - 1, int(rng.integers(len(rows)))})
+            tab = physionet_to_table(rows)
+            met = minimum.met(CANONICAL_COLUMNS, tab.table.values)
+            enough = dict(zip(tab.table.iculos.tolist(), met.tolist(), strict=True))
+            positions = sorted({0, len(rows) - 1, *rng.integers(len(rows), size=2).tolist()})
             for pos in positions:
                 hour = int(rows["ICULOS"].iloc[pos])
                 now = datetime.now(UTC)
                 stay = stay_to_fhir(rows, icu_start=icu_start_for_hour(now, hour), up_to_hour=hour)
                 response = client.post("/cds-services/sepsis-risk", json=patient_view_request(stay))
                 assert response.status_code == 200, response.text
-                card = response.json()["cards"][0]
-                data = card["extension"]["org.cds-ml.risk"]
+                cards = response.json()["cards"]
+                if not enough[hour]:
+                    assert cards == [], (pid, hour)
+                    withheld += 1
+                    continue
+                data = cards[0]["extension"]["org.cds-ml.risk"]
                 assert data["icuHour"] == hour
                 assert data["probability"] == table_scores[(pid, pos)], (pid, hour)
                 compared += 1
-    assert compared >= 100
+    assert compared >= 100 and withheld >= 5
