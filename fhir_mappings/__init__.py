@@ -91,7 +91,6 @@ from .readmission_features import (
 )
 from .resources import (
     ensure_resource,
-    is_fhir_id,
     objects,
     parse_date,
     parse_datetime,

@@ -13,13 +13,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from .errors import InvalidResourceError, NotFHIRError
-from .queries import is_fhir_id
 
 __all__ = [
     "categories",
     "codings",
     "ensure_resource",
-    "is_fhir_id",
     "objects",
     "parse_date",
     "parse_datetime",

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from demo_ehr import discharge_hook_request, discharge_to_fhir, patient_view_request, searchset
-from fhir_mappings import CDSError, Pseudonymizer, read_search_page
+from fhir_mappings import CDSError, FhirQuery, Pseudonymizer, read_search_page
 from hooks import READMISSION, SEPSIS, NoCard, ScoredCard, ScoringInput, Service
 from models import ModelRegistry, RiskModel, model_task
 from tests.cds.helpers import synthetic_stay
@@ -253,9 +253,13 @@ def _fetched(service: Service, prefetch: dict[str, Any]) -> dict[str, Any]:
 
 
 def _answer(service: Service, body: dict[str, Any], now: datetime) -> ScoredCard | NoCard | None:
+    fetched = _fetched(service, body["prefetch"])
+    if service.followups is not None:  # the second-round reads: only validated FHIR queries
+        for query in service.followups(body["context"], fetched).values():
+            assert isinstance(query, FhirQuery) and query.relative_url().count("/") <= 1
     inp = ScoringInput(
         context=body["context"],
-        fetched=_fetched(service, body["prefetch"]),
+        fetched=fetched,
         model=_model(service.model_name),
         now=now,
         pseudonymizer=PSEUDO,
