@@ -16,7 +16,10 @@ Two bounds, both settings:
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,7 +79,11 @@ class Gate:
 
 
 class Lane:
-    """`concurrency` worker threads for CPU-heavy steps, with a bounded, deadline-aware queue."""
+    """`concurrency` worker threads for CPU-heavy steps, with a bounded, deadline-aware queue.
+
+    A step's `stage` orders the queue: a call that has already been parsed (stage 1) is served
+    before calls that have not (stage 0), so work already invested is not thrown away at the
+    next step, and an admitted call waits in the queue about once, not once per step."""
 
     def __init__(self, concurrency: int = 2, *, max_waiting: int = 16, max_wait_s: float = 0.5) -> None:
         self.concurrency = max(1, concurrency)
@@ -84,58 +91,64 @@ class Lane:
         self.max_wait_s = max_wait_s
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="cds-cpu")
         self._free = self.concurrency
-        self._waiters: list[asyncio.Future[None]] = []
+        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []  # (-stage, arrival, waiter)
+        self._arrivals = itertools.count()
+        self._waiting: Counter[int] = Counter()  # live waiters by stage
         self.step_s = 0.02  # moving average of a step's duration: predicts the wait
         self.overloaded = 0
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(self._waiting.values())
 
-    def expected_wait(self) -> float:
+    def expected_wait(self, stage: int = 0) -> float:
+        """Seconds a caller at `stage` can expect to wait: the steps queued at its stage or later, and those running."""
         busy = self.concurrency - self._free
-        return (len(self._waiters) + busy) * self.step_s / self.concurrency
+        ahead = sum(n for s, n in self._waiting.items() if s >= stage)
+        return (ahead + busy) * self.step_s / self.concurrency
 
     def saturated(self) -> bool:
         """A new caller would be refused: checked at the door, before a body is read or a token
         verified, so that at 10x capacity a refusal costs next to nothing."""
-        return len(self._waiters) >= self.max_waiting or self.expected_wait() > self.max_wait_s
+        return self.waiting >= self.max_waiting or self.expected_wait() > self.max_wait_s
 
     def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.pop(0)
+        while self._heap:
+            _, _, waiter = heapq.heappop(self._heap)
             if not waiter.done():
                 waiter.set_result(None)
                 return
         self._free += 1
 
-    async def _acquire(self, deadline: Deadline) -> None:
-        if self._free > 0 and not self._waiters:
+    async def _acquire(self, deadline: Deadline, stage: int) -> None:
+        if self._free > 0 and not self.waiting:
             self._free -= 1
             return
         patience = min(self.max_wait_s, deadline.remaining())
-        if self.saturated() or self.expected_wait() > patience:
+        refused = self.saturated() if stage == 0 else False
+        if refused or self.expected_wait(stage) > patience:
             self.overloaded += 1
             raise Overloaded("the service is at capacity")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        heapq.heappush(self._heap, (-stage, next(self._arrivals), waiter))
+        self._waiting[stage] += 1
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout=max(0.0, patience))
         except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.done() and not waiter.cancelled():
                 self._release()  # we were handed the slot just as we gave up: pass it on
             else:
-                waiter.cancel()
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                waiter.cancel()  # left in the heap, skipped when its turn comes
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self.overloaded += 1
             raise Overloaded("the service is at capacity") from exc
+        finally:
+            self._waiting[stage] -= 1
 
-    async def run(self, deadline: Deadline, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, deadline: Deadline, fn: Callable[..., T], *args: Any, stage: int = 0) -> T:
         """Run `fn(*args)` in a worker thread once a slot is free, unless the deadline passes first."""
-        await self._acquire(deadline)
+        await self._acquire(deadline, stage)
         loop = asyncio.get_running_loop()
 
         def step() -> T:

@@ -303,7 +303,7 @@ async def run_hook(
         source=request.fhirServer or "",
         profile=profile,
     )
-    scored = await deps.lane.run(deadline, service.score, scoring)
+    scored = await deps.lane.run(deadline, service.score, scoring, stage=1)  # parsed already: served first
     if scored is None:
         return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
     if isinstance(scored, NoCard):  # e.g. insufficient-data: the service's reason, and its counts

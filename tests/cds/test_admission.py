@@ -102,6 +102,27 @@ def test_a_waiter_gives_up_at_its_patience_and_a_late_or_cancelled_step_never_st
     assert started == ["blocker", "after"]
 
 
+def test_a_call_already_in_progress_is_served_before_new_ones() -> None:
+    lane = Lane(1, max_waiting=10, max_wait_s=5.0)
+    order: list[str] = []
+    hold = threading.Event()
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(lane.run(Deadline.after(10), hold.wait, 5))
+        await asyncio.sleep(0.05)
+        new = [asyncio.ensure_future(lane.run(Deadline.after(10), order.append, f"new-{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)
+        scoring = asyncio.ensure_future(lane.run(Deadline.after(10), order.append, "in-progress", stage=1))
+        await asyncio.sleep(0.05)
+        assert lane.expected_wait(stage=1) < lane.expected_wait(stage=0)
+        hold.set()
+        await asyncio.gather(first, scoring, *new)
+
+    asyncio.run(scenario())
+    lane.close()
+    assert order == ["in-progress", "new-0", "new-1", "new-2"]
+
+
 @pytest.fixture
 def small(tmp_path) -> LoopbackServer:
     settings = Settings(
