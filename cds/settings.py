@@ -102,8 +102,8 @@ class Settings(BaseSettings):
 
     # --- admission control (cds/admission.py) -------------------------------------------
     hook_workers: int = 2  # threads for the CPU-heavy steps of a hook call
-    hook_queue: int = 16  # calls waiting for one of those threads
-    hook_queue_wait_s: float = 0.3  # the longest a call waits before it is answered `{"cards": []}`
+    hook_queue: int = 24  # calls waiting for one of those threads
+    hook_queue_wait_s: float = 0.5  # the longest a call waits before it is answered `{"cards": []}`
     max_in_flight_hooks: int = 128
     max_in_flight_bytes: int = 256 * 2**20  # bodies of the hook calls in flight, together
     max_in_flight_feedback: int = 32

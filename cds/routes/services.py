@@ -55,12 +55,14 @@ async def call_service(service_id: str, request: Request) -> Response:
             )
             gone = asyncio.ensure_future(until_disconnected(request))
             try:
-                await asyncio.wait({work, gone}, timeout=max(0.0, deadline.remaining()), return_when=asyncio.FIRST_COMPLETED)
+                finished, _ = await asyncio.wait(
+                    {work, gone}, timeout=max(0.0, deadline.remaining()), return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 gone.cancel()
-            if not work.done():
+            if work not in finished:
                 work.cancel()  # caller gone, or budget spent: nothing more is started for this call
-                outcome = HookOutcome(dict(NO_GUIDANCE), "client-gone" if gone.done() else "budget-spent")
+                outcome = HookOutcome(dict(NO_GUIDANCE), "client-gone" if gone in finished else "budget-spent")
             else:
                 outcome = work.result()
         reason = outcome.reason

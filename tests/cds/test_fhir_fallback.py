@@ -159,3 +159,19 @@ def test_null_prefetch_means_no_such_resource_and_is_not_fetched(cds_server, ehr
     response = httpx.post(f"{cds_server.url}/cds-services/sepsis-risk", json=body, timeout=10)
     assert response.status_code == 200 and response.json()["cards"]
     assert ehr.seen == []
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [({"fhir_max_pages": 2}, "more than 2 pages"), ({"max_resources": 60}, "more resources than this service reads")],
+)
+def test_an_ehr_that_sends_more_than_the_limits_gets_412(tmp_path, ehr: DemoFhirServer, ehr_server, limit: dict, expected: str) -> None:
+    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True, **limit)
+    stay = synthetic_stay(hours=40)
+    ehr.add(stay.all())
+    assert len(stay.vitals()) > 3 * ehr.page_size and len(stay.all()) > 60
+    body = patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=ehr_server.url, access_token=ehr.token)
+    with serve_cds(settings) as server:
+        response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=10)
+    assert response.status_code == 412, response.text
+    assert expected in response.json()["issue"][0]["diagnostics"]
