@@ -45,14 +45,26 @@ class FhirAuthorization(BaseModel):
     __str__ = __repr__
 
 
+_FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
+_CONTEXT_SCHEMA: dict[str, Any] = {
+    "properties": {
+        "userId": {"type": "string", "pattern": r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"},
+        "patientId": {"type": "string", "pattern": _FHIR_ID},
+        "encounterId": {"type": "string", "pattern": _FHIR_ID},
+    },
+    "required": ["userId", "patientId"],
+}
+
+
 class HookRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    hook: str = Field(min_length=1)
+    hook: str = Field(min_length=1, json_schema_extra={"examples": ["patient-view", "encounter-discharge"]})
     hookInstance: str = Field(min_length=1)
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
-    context: dict[str, Any]
+    # The fields our hooks read, in the OpenAPI document (the context stays open: hooks differ).
+    context: dict[str, Any] = Field(json_schema_extra=_CONTEXT_SCHEMA)
     prefetch: dict[str, Any] | None = None
 
     @field_validator("fhirServer")
