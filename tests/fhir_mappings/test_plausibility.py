@@ -24,36 +24,14 @@ from fhir_mappings import (
     to_canonical,
     variable,
 )
+from tests.handmade import vital_sign
 
 PSEUDO = Pseudonymizer(b"plausibility-key-0123456789")
 ICU_START = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def _obs(loinc: str, value: object, unit: str, **quantity: object) -> dict:
-    return {
-        "resourceType": "Observation",
-        "id": "o1",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "effectiveDateTime": "2026-03-01T10:00:00Z",
-        "valueQuantity": {
-            "value": value,
-            "unit": unit,
-            "system": "http://unitsofmeasure.org",
-            "code": unit,
-            **quantity,
-        },
-    }
+    return vital_sign("o1", loinc, value, unit, "2026-03-01T10:00:00Z", **quantity)
 
 
 def _map(obs: dict) -> tuple[list[float], MappingReport]:

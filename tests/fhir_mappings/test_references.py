@@ -32,6 +32,7 @@ from fhir_mappings import (
 )
 from hooks import READMISSION, SEPSIS, ScoredCard, ScoringInput
 from models import ModelRegistry, RiskModel, model_task
+from tests.handmade import vital_sign
 
 PSEUDO = Pseudonymizer(b"reference-forms-key-0123456789")
 NOW = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
@@ -83,25 +84,7 @@ def _encounter(icu_reference: str, *, contained: list[dict[str, Any]] | None = N
 def _vital(
     oid: str, loinc: str, value: float, unit: str, at: datetime, subject: str = "Patient/pat-5521"
 ) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": subject},
-        "effectiveDateTime": _iso(at),
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-    }
+    return vital_sign(oid, loinc, value, unit, _iso(at), subject=subject)
 
 
 def _vitals() -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from hooks import (
 )
 from models import ModelRegistry, RiskModel, model_task
 from tests.cds.helpers import synthetic_stay
+from tests.handmade import vital_sign
 from tests.readmission_rows import row
 
 PSEUDO = Pseudonymizer(b"minimum-data-key-0123456789")
@@ -156,25 +157,7 @@ def test_a_stay_with_no_usable_observation_gets_no_card_with_a_reason(how: str) 
 
 
 def _vital(i: int, loinc: str, at: datetime) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": f"v{i}",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "vital-signs",
-                    }
-                ]
-            }
-        ],
-        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
-        "subject": {"reference": "Patient/p-9"},
-        "effectiveDateTime": at.isoformat(),
-        "valueQuantity": {"value": 92, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"},
-    }
+    return vital_sign(f"v{i}", loinc, 92, "/min", at, subject="Patient/p-9")
 
 
 HR, RESP = "8867-4", "9279-1"
