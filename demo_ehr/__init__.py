@@ -6,7 +6,7 @@ from .diabetes_fhir import DischargeResources, discharge_to_fhir
 from .ehr_identity import EhrIdentity, EhrJwtAuth, endpoint_audience
 from .fhir_server import DemoFhirServer
 from .hook_requests import discharge_hook_request, patient_view_request, searchset
-from .loopback import LoopbackServer, free_port, serve_in_thread
+from .loopback import LoopbackServer, free_port, serve_in_thread, wait_until_healthy
 from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "searchset",
     "serve_in_thread",
     "stay_to_fhir",
+    "wait_until_healthy",
 ]

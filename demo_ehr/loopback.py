@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import uvicorn
 
-__all__ = ["LoopbackServer", "free_port", "serve_in_thread"]
+__all__ = ["LoopbackServer", "free_port", "serve_in_thread", "wait_until_healthy"]
 
 
 def free_port() -> int:
@@ -53,3 +54,16 @@ def serve_in_thread(app: Any, *, port: int | None = None, timeout_s: float = 30.
             raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
         time.sleep(0.02)
     return LoopbackServer(server, thread, f"http://127.0.0.1:{port}")
+
+
+def wait_until_healthy(url: str, *, timeout_s: float = 30.0, path: str = "/healthz") -> None:
+    """Poll `url + path` until it answers 200 (a server started as a subprocess)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy in {timeout_s} s")

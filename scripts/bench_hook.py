@@ -27,7 +27,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from demo_ehr import free_port, icu_start_for_hour, patient_view_request, stay_to_fhir  # noqa: E402
+from demo_ehr import free_port, icu_start_for_hour, patient_view_request, stay_to_fhir, wait_until_healthy  # noqa: E402
 from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical  # noqa: E402
 from models import ModelRegistry, RiskModel  # noqa: E402
 
@@ -112,12 +112,7 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            wait_until_healthy(url)
             calls = []
             with httpx.Client(base_url=url, timeout=10) as client:
                 payload = json.dumps(body).encode()

@@ -23,13 +23,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cds import Settings, TrustedIssuer  # noqa: E402
-from demo_ehr import EhrIdentity, free_port, serve_in_thread  # noqa: E402
+from demo_ehr import EhrIdentity, free_port, serve_in_thread, wait_until_healthy  # noqa: E402
 from tests.cds.fuzzing import CASES, fuzz_operation  # noqa: E402
 from tests.cds.helpers import serve_cds  # noqa: E402
 
@@ -49,12 +47,7 @@ def served(repo: Path | None, var: str, issuer: TrustedIssuer) -> Iterator[str]:
     server = subprocess.Popen([str(repo / ".venv/bin/python"), "-m", "cds.cli", "serve"], cwd=repo, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_healthy(url)
         yield url
     finally:
         server.terminate()
