@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .records import CardRecord, card_from_row, card_row
-from .sqlite import CARD_COLUMNS, SQLiteFile
+from .sqlite import CARD_COLUMNS, SQLiteFile, cards_by_uuid
 
 __all__ = ["CardSpool"]
 
@@ -37,16 +37,7 @@ class CardSpool(SQLiteFile):
         )
 
     async def get(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
-        def read() -> dict[str, CardRecord]:
-            if not card_uuids:
-                return {}
-            marks = ",".join("?" * len(card_uuids))
-            rows = self._db.execute(
-                f"SELECT {CARD_COLUMNS} FROM spooled_card WHERE card_uuid IN ({marks})", list(card_uuids)
-            ).fetchall()
-            return {row[0]: card_from_row(row) for row in rows}
-
-        return await self._run(read)
+        return await self._run(lambda: cards_by_uuid(self._db, "spooled_card", card_uuids))
 
     async def oldest(self, limit: int = -1) -> list[CardRecord]:
         """In spool order; -1: all of them."""

@@ -39,6 +39,15 @@ BUSY_TIMEOUT_S = 5.0
 CARD_COLUMNS = "card_uuid, service_id, user_pseudonym, resource, created, suggestions"
 
 
+def cards_by_uuid(db: sqlite3.Connection, table: str, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
+    """The cards of `table` (`card`, or the spool's `spooled_card`) with these uuids."""
+    if not card_uuids:
+        return {}
+    marks = ",".join("?" * len(card_uuids))
+    rows = db.execute(f"SELECT {CARD_COLUMNS} FROM {table} WHERE card_uuid IN ({marks})", list(card_uuids)).fetchall()
+    return {row[0]: card_from_row(row) for row in rows}
+
+
 def connect_durable(path: Path) -> sqlite3.Connection:
     """An autocommit connection in WAL mode that syncs every commit and waits for other writers."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,16 +111,7 @@ class SQLiteStore(SQLiteFile):
         await self._run(write)
 
     async def get_cards(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
-        def read() -> dict[str, CardRecord]:
-            if not card_uuids:
-                return {}
-            marks = ",".join("?" * len(card_uuids))
-            rows = self._db.execute(
-                f"SELECT {CARD_COLUMNS} FROM card WHERE card_uuid IN ({marks})", list(card_uuids)
-            ).fetchall()
-            return {row[0]: card_from_row(row) for row in rows}
-
-        return await self._run(read)
+        return await self._run(lambda: cards_by_uuid(self._db, "card", card_uuids))
 
     async def put_feedback(self, records: Sequence[FeedbackRecord]) -> list[WriteResult]:
         def write_all() -> list[WriteResult]:
