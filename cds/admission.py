@@ -62,12 +62,10 @@ class Gate:
         self.max_bytes = max_bytes
         self.in_flight = 0
         self.bytes = 0
-        self.refused = 0
 
     def try_enter(self, body_bytes: int = 0) -> bool:
         over_bytes = self.max_bytes is not None and self.in_flight and self.bytes + body_bytes > self.max_bytes
         if self.in_flight >= self.limit or over_bytes:
-            self.refused += 1
             return False
         self.in_flight += 1
         self.bytes += body_bytes
@@ -95,7 +93,6 @@ class Lane:
         self._arrivals = itertools.count()
         self._waiting: Counter[int] = Counter()  # live waiters by stage
         self.step_s = 0.02  # moving average of a step's duration: predicts the wait
-        self.overloaded = 0
 
     @property
     def waiting(self) -> int:
@@ -127,7 +124,6 @@ class Lane:
         patience = min(self.max_wait_s, deadline.remaining())
         refused = self.saturated() if stage == 0 else False
         if refused or self.expected_wait(stage) > patience:
-            self.overloaded += 1
             raise Overloaded("the service is at capacity")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, (-stage, next(self._arrivals), waiter))
@@ -141,7 +137,6 @@ class Lane:
                 waiter.cancel()  # left in the heap, skipped when its turn comes
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            self.overloaded += 1
             raise Overloaded("the service is at capacity") from exc
         finally:
             self._waiting[stage] -= 1

@@ -118,17 +118,19 @@ def _template_fields(service: Service) -> list[str]:
     return [t.removeprefix("context.") for tpl in service.prefetch.values() for t in template_tokens(tpl) if t.startswith("context.")]
 
 
-def check_request(service: Service, request: HookRequest, *, max_resources: int) -> None:
+def check_request(service: Service, request: HookRequest, *, max_resources: int) -> int:
     """What a call must satisfy before anything is fetched: the hook, the context and its ids
-    (InvalidIdError, 400), the size of the prefetch."""
+    (InvalidIdError, 400), the size of the prefetch. Returns the prefetch's resource count."""
     if request.hook not in service.hooks:
         raise BadRequest(f"service {service.id} does not answer hook {request.hook!r}")
     for name in service.required_context:
         if not isinstance(request.context.get(name), str) or not request.context[name]:
             raise BadRequest(f"context.{name} is required for {request.hook}")
     check_context_ids(request.context, _template_fields(service))
-    if count_resources(request.prefetch) > max_resources:
+    prefetched = count_resources(request.prefetch)
+    if prefetched > max_resources:
         raise PayloadTooLarge(f"the prefetch holds more than {max_resources} resources")
+    return prefetched
 
 
 def _from_prefetch(key: str, query: FhirQuery, value: Any) -> tuple[Any, bool]:
@@ -166,7 +168,7 @@ def _profile_observation_needs(
 
 
 async def _gather(
-    service: Service, request: HookRequest, deps: HookDeps, profile: VendorProfile
+    service: Service, request: HookRequest, deps: HookDeps, profile: VendorProfile, budget: FetchBudget
 ) -> tuple[dict[str, Any], dict[str, int]]:
     prefetch = request.prefetch or {}
     fetched: dict[str, Any] = {}
@@ -196,7 +198,6 @@ async def _gather(
         needs.append(_Need(key, query))
     if isinstance(request.context.get("patientId"), str):
         needs = _profile_observation_needs(service, needs, partial, fetched, request.context["patientId"], profile)
-    budget = FetchBudget(deps.max_resources - count_resources(prefetch))
     await _fetch(needs, partial, fetched, request, deps, counts, budget)
     if service.followups is not None:
         more = service.followups(request.context, fetched)
@@ -274,7 +275,7 @@ async def run_hook(
     verified JWT `iss` of the calling EHR, which binds the `fhirServer` it may name and (with it)
     selects its vendor profile. Raises Overloaded/BudgetSpent (see `answer_hook`)."""
     deadline = deadline or Deadline.after(deps.budget_s)
-    check_request(service, request, max_resources=deps.max_resources)
+    prefetched = check_request(service, request, max_resources=deps.max_resources)
     model = deps.models.get(service.model_name)
     if model is None:
         raise ModelNotFound(f"no {service.model_name} model is loaded")
@@ -284,7 +285,7 @@ async def run_hook(
     profile = deps.profiles(request.fhirServer, issuer)
     try:
         async with asyncio.timeout(max(0.0, deadline.remaining() - min(deps.reserve_s, deps.budget_s / 4))):
-            fetched, counts = await _gather(service, request, deps, profile)
+            fetched, counts = await _gather(service, request, deps, profile, FetchBudget(deps.max_resources - prefetched))
     except (TimeoutError, FHIRUnavailable) as exc:
         # One answer for a slow and an unreachable EHR; the log line tells them apart.
         why = exc.kind if isinstance(exc, FHIRUnavailable) else "timeout"
