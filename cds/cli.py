@@ -15,6 +15,7 @@ import typer
 from .settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from fhir_mappings import BundleMapping
     from models import RiskModel
 
     from .stores import RecordStore
@@ -193,39 +194,81 @@ def models_activate(model: ModelName, version: str) -> None:
 @app.command("map")
 def map_bundle_command(
     bundle: Annotated[Path, typer.Option("--bundle", help="a FHIR R4 Bundle (JSON) of one patient")],
-    profile: Annotated[str | None, typer.Option(help="vendor profile: generic, epic, oracle-health (default: from settings)")] = None,
+    profile: Annotated[str | None, typer.Option(help="vendor profile: generic, epic, oracle-health, meditech (default: from settings)")] = None,
     encounter: Annotated[str | None, typer.Option(help="Encounter id of the stay (default: the latest inpatient one)")] = None,
     validate: Annotated[bool, typer.Option(help="validate every resource with fhir.resources first")] = True,
+    max_icu_hours: Annotated[int | None, typer.Option(help="longest ICU clock to build a table for (default: the sepsis model's longest training stay)")] = None,
 ) -> None:
-    """Print the canonical table of a bundle's stay and the codes left unmapped, with counts and reasons."""
-    import pandas as pd
+    """Print the canonical table of a bundle's stay and the codes left unmapped, with counts and reasons.
 
-    from fhir_mappings import PROFILES, Pseudonymizer, map_bundle
+    Never a traceback: input that is not a readable one-patient Bundle is one line on stderr
+    (exit 2); a stay without a usable ICU clock is said after the full report (exit 0)."""
+    from fhir_mappings import PROFILES, CDSError, Pseudonymizer, map_bundle
+    from models import TRAINED_MAX_ICU_HOURS
 
     settings = _settings()
+    if profile is not None and profile not in PROFILES:
+        typer.echo(f"error: unknown profile {profile!r} (known: {', '.join(sorted(PROFILES))})", err=True)
+        raise typer.Exit(2)
     chosen = PROFILES[profile] if profile else settings.vendor_profile(None)
-    mapped = map_bundle(
-        json.loads(bundle.read_text(encoding="utf-8")),
-        pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
-        profile=chosen,
-        encounter_id=encounter,
-        validate=validate,
-    )
+    try:
+        text = bundle.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        typer.echo(f"error: cannot read {bundle}: {type(exc).__name__}", err=True)
+        raise typer.Exit(2) from None
+    except json.JSONDecodeError as exc:
+        typer.echo(f"error: {bundle} is not JSON (line {exc.lineno}, column {exc.colno})", err=True)
+        raise typer.Exit(2) from None
+    try:
+        mapped = map_bundle(
+            data,
+            pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
+            profile=chosen,
+            encounter_id=encounter,
+            validate=validate,
+            max_icu_hours=max_icu_hours or TRAINED_MAX_ICU_HOURS,
+        )
+    except CDSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # a bug of ours: one line, no traceback (it could quote the input)
+        typer.echo(f"error: the bundle could not be mapped ({type(exc).__name__}); please report it", err=True)
+        raise typer.Exit(3) from None
+    _print_bundle_mapping(mapped, chosen.name)
+
+
+def _print_bundle_mapping(mapped: BundleMapping, profile: str) -> None:
+    import pandas as pd
+
     report = mapped.report
-    typer.echo(f"profile: {chosen.name}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome entries skipped: {mapped.outcomes}")
+    typer.echo(f"profile: {profile}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome entries skipped: {mapped.outcomes}")
+    typer.echo(f"patient id from: {mapped.patient_from}")
     typer.echo(f"validation issues: {len(mapped.validation)}")
     for issue in mapped.validation[:20]:
         typer.echo(f"  {issue}")
     typer.echo(f"Observations: {report.observations}; measurements: {report.measurements}; per variable: {json.dumps(dict(sorted(report.mapped.items())))}")
     typer.echo(f"skipped: {json.dumps(dict(sorted(report.skipped.items())))}; unit errors: {json.dumps(dict(sorted(report.unit_errors.items())))}")
+    if report.implausible:
+        typer.echo(f"implausible values: {json.dumps(dict(sorted(report.implausible.items())))}")
+    if report.code_conflicts:
+        typer.echo("local codes overruled by the standard code beside them (fix the local row):")
+        for conflict, n in sorted(report.code_conflicts.items(), key=lambda kv: (-kv[1], kv[0])):
+            typer.echo(f"  {n:6d}  {conflict}")
     typer.echo("unmapped codes:")
     for item in mapped.unmapped():
         typer.echo(f"  {item.count:6d}  {item.code}  ({item.reason})")
     if mapped.stay is None:
-        typer.echo("no Encounter in the bundle: no canonical table")
+        typer.echo(f"no canonical table: {mapped.stay_problem} [{mapped.stay_reason}]")
         return
-    frame = mapped.stay.table.to_frame().dropna(axis=1, how="all")
-    typer.echo(f"canonical table: {len(frame)} ICU hours, pseudonym {mapped.stay.pseudonym}")
+    stay = mapped.stay
+    typer.echo(
+        f"in the stay: {stay.report.measurements} measurements placed in {stay.current_hour} ICU hours; "
+        f"outside it or not usable: {json.dumps(dict(sorted(stay.report.skipped.items())))}"
+    )
+    frame = stay.table.to_frame().dropna(axis=1, how="all")
+    who = f"pseudonym {stay.pseudonym}" if stay.pseudonym else "no patient id in the bundle: no pseudonym"
+    typer.echo(f"canonical table: {len(frame)} ICU hours, {who}")
     with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 250):
         typer.echo(frame.to_string(index=False))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
-from .codes import CodeRow, CodeTable, default_code_table
+from .codes import ROW_STATUSES, CodeMatch, CodeRow, CodeTable, default_code_table
 from .deid import AGE_CAP, Pseudonymizer, age_in_years
 from .diabetes130 import (
     A1C_BANDS,
@@ -53,7 +53,16 @@ from .discharge_table import (
     default_encounter_codes,
     diabetes_drugs,
 )
-from .errors import CDSError, InvalidIdError, InvalidResourceError, MappingError, NotFHIRError, UnitError
+from .encounter_classes import ENCOUNTER_KINDS, ClassRow, EncounterClasses, encounter_classes
+from .errors import (
+    CDSError,
+    InvalidIdError,
+    InvalidResourceError,
+    MappingError,
+    NotFHIRError,
+    StayError,
+    UnitError,
+)
 from .features import (
     CLOCK_FEATURES,
     FEATURE_CODE_VERSION,
@@ -63,7 +72,7 @@ from .features import (
     build_features,
     sepsis_feature_spec,
 )
-from .fhir_to_table import MAX_ICU_HOURS, MappedStay, PatientRecord, to_canonical
+from .fhir_to_table import MAX_ICU_HOURS, NO_PATIENT_ID, MappedStay, PatientRecord, to_canonical
 from .observations import (
     MappingReport,
     Measurement,
@@ -75,6 +84,7 @@ from .observations import (
 from .profiles import (
     EPIC,
     GENERIC,
+    MEDITECH,
     ORACLE_HEALTH,
     PROFILES,
     VendorProfile,
@@ -100,7 +110,7 @@ from .resources import (
     string,
     subject_mismatch,
 )
-from .stay import INPATIENT_CLASSES, IcuClock, icu_clock, select_encounter
+from .stay import NOT_A_STAY_STATUSES, IcuClock, icu_clock, select_encounter
 from .table import CanonicalTable
 from .tabular import PHYSIONET_COLUMNS, TabularTable, physionet_to_table
 from .units import Conversion, UnitTable, default_unit_table
@@ -133,6 +143,8 @@ __all__ = [
     "CLINICAL_VARIABLES",
     "CLOCK_FEATURES",
     "CanonicalTable",
+    "ClassRow",
+    "CodeMatch",
     "CodeRow",
     "CodeTable",
     "Conversion",
@@ -146,8 +158,10 @@ __all__ = [
     "DischargeRecord",
     "DischargeTable",
     "DrugRow",
+    "ENCOUNTER_KINDS",
     "EPIC",
     "EXCLUDED_DISPOSITIONS",
+    "EncounterClasses",
     "EncounterCodes",
     "FEATURE_CODE_VERSION",
     "Feature",
@@ -158,17 +172,19 @@ __all__ = [
     "GLUCOSE_CODES",
     "ICD10",
     "ICD9",
-    "INPATIENT_CLASSES",
     "IcuClock",
     "InvalidIdError",
     "InvalidResourceError",
     "LAB_VARIABLES",
     "MAX_ICU_HOURS",
+    "MEDITECH",
     "MappedDischarge",
     "MappedStay",
     "MappingError",
     "MappingReport",
     "Measurement",
+    "NOT_A_STAY_STATUSES",
+    "NO_PATIENT_ID",
     "NO_ROW",
     "NotFHIRError",
     "ORACLE_HEALTH",
@@ -178,12 +194,14 @@ __all__ = [
     "PatientRecord",
     "Pseudonymizer",
     "READMISSION_FEATURE_VERSION",
+    "ROW_STATUSES",
     "RXNORM",
     "SCORE_INPUTS",
     "SCORE_SERIES",
     "SNOMED",
     "STATIC_VARIABLES",
     "SearchPage",
+    "StayError",
     "TabularTable",
     "UnitError",
     "UnitTable",
@@ -210,6 +228,7 @@ __all__ = [
     "diabetes_drugs",
     "discharge_to_table",
     "drop_implausible",
+    "encounter_classes",
     "ensure_resource",
     "icu_clock",
     "is_fhir_id",

@@ -5,11 +5,20 @@ integration team onboards a hospital.
 Two views, both counts only: `report` covers every Observation in the bundle whatever its time
 (did its code and unit map?), `stay.report` only those placed in the chosen stay's hours.
 OperationOutcome entries are counted and skipped; `_include`d resources are used like any other.
+
+The patient is the bundle's Patient; a bundle without one (an export of Observations and
+Encounters) takes it from the chosen Encounter's subject, else from the subject most of its
+Observations name. Observations of anyone else are counted as skipped in both views, so the counts
+say what the stay really holds; a bundle that names no patient at all is mapped without a
+pseudonym. The stay is chosen by the same rule as the hook's (`stay.select_encounter`, any status
+but planned, cancelled or entered-in-error); a stay that gives no usable ICU clock is reported in
+`stay_problem`, with every count still printed, never raised.
 """
 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,12 +27,12 @@ from importlib import resources
 from typing import Any
 
 from .deid import Pseudonymizer
-from .errors import InvalidResourceError, MappingError
-from .fhir_to_table import MappedStay, PatientRecord, to_canonical
+from .errors import InvalidResourceError, MappingError, StayError
+from .fhir_to_table import MAX_ICU_HOURS, MappedStay, PatientRecord, to_canonical
 from .observations import MappingReport, _time, scan_observation
 from .profiles import GENERIC, VendorProfile
-from .resources import ensure_resource, parse_datetime
-from .stay import INPATIENT_CLASSES
+from .resources import ensure_resource, parse_datetime, parse_reference, subject_mismatch
+from .stay import select_encounter
 from .validation import ValidationIssue, validate_resources
 
 __all__ = ["BundleMapping", "NO_ROW", "UnmappedCode", "bundle_entries", "map_bundle", "unmapped_reason"]
@@ -45,6 +54,9 @@ class BundleMapping:
     outcomes: int  # OperationOutcome entries, skipped
     resources: dict[str, int] = field(default_factory=dict)  # resourceType -> count
     validation: list[ValidationIssue] = field(default_factory=list)
+    stay_problem: str | None = None  # why there is no canonical table (no stay, no usable ICU clock)
+    stay_reason: str | None = None  # its stable code: no-stay, no-icu-clock, icu-clock-too-long
+    patient_from: str = "Patient"  # where the patient id came from: Patient, Encounter.subject, ...
 
     def unmapped(self) -> list[UnmappedCode]:
         return [
@@ -91,16 +103,24 @@ def _start(resource: Mapping[str, Any]) -> datetime:
         return datetime.min.replace(tzinfo=UTC)
 
 
-def _choose_encounter(encounters: list[dict[str, Any]], encounter_id: str | None) -> dict[str, Any] | None:
-    if encounter_id:
-        found = next((e for e in encounters if e.get("id") == encounter_id), None)
-        if found is None:
-            raise MappingError("no Encounter with that id in the bundle", path="Encounter")
-        return found
-    if not encounters:
-        return None
-    inpatient = [e for e in encounters if (e.get("class") or {}).get("code") in INPATIENT_CLASSES]
-    return max(inpatient or encounters, key=_start)
+def _subject_id(resource: Mapping[str, Any]) -> str | None:
+    subject = resource.get("subject")
+    parsed = parse_reference(subject) if isinstance(subject, Mapping) else None
+    return parsed[1] if parsed is not None and parsed[0] == "Patient" else None
+
+
+def _patient_id(
+    patient: Mapping[str, Any] | None, encounter: Mapping[str, Any] | None, observations: list[dict[str, Any]]
+) -> tuple[str | None, str]:
+    """(the EHR's patient id, where it came from); (None, "none") when nothing names one."""
+    if patient is not None and isinstance(patient.get("id"), str) and patient["id"]:
+        return patient["id"], "Patient"
+    if encounter is not None and (found := _subject_id(encounter)):
+        return found, "Encounter.subject"
+    named = Counter(pid for pid in map(_subject_id, observations) if pid)
+    if named:
+        return named.most_common(1)[0][0], "Observation.subject"
+    return None, "none"
 
 
 def _as_of(encounter: Mapping[str, Any], observations: list[dict[str, Any]]) -> datetime:
@@ -129,6 +149,7 @@ def map_bundle(
     as_of: datetime | None = None,
     validate: bool = True,
     source: str = "",
+    max_icu_hours: int = MAX_ICU_HOURS,
 ) -> BundleMapping:
     """Map one patient's bundle. The stay is `encounter_id`, else the latest inpatient encounter,
     else the latest encounter; the table runs to `as_of`, else to the end of that encounter."""
@@ -143,23 +164,47 @@ def map_bundle(
     observations = [r for r in items if r["resourceType"] == "Observation"]
     encounters = [r for r in items if r["resourceType"] == "Encounter"]
     locations = {r["id"]: r for r in items if r["resourceType"] == "Location" and isinstance(r.get("id"), str)}
+    patient = patients[0] if patients else None
+
+    # The patient first (an Encounter of someone else is never the stay), then the stay.
+    patient_id, patient_from = _patient_id(patient, None, observations)
+    if patient is None:  # no Patient: the stay's own subject names the patient
+        chosen = select_encounter(encounters, encounter_id, None, profile=profile, in_progress=False)
+        patient_id, patient_from = _patient_id(None, chosen, observations)
+    encounter = select_encounter(encounters, encounter_id, patient_id, profile=profile, in_progress=False)
+    if encounter_id and encounter is None:
+        raise MappingError("no Encounter with that id in the bundle (or it is planned, cancelled or entered in error)", path="Encounter")
 
     report = MappingReport()
     scratch: list[tuple[Any, ...]] = []
     for obs in observations:
+        why = subject_mismatch(obs, patient_id) if patient_id is not None else None
+        if why is not None:
+            report.observations += 1
+            report.skipped[why] += 1
+            continue
         scan_observation(obs, profile, report, scratch)
 
-    stay = None
-    encounter = _choose_encounter(encounters, encounter_id)
-    if encounter is not None:
-        patient = patients[0] if patients else None
-        patient_id = str(patient.get("id")) if patient and patient.get("id") else "unknown"
-        record = PatientRecord(patient_id, patient, encounter, observations, locations)
-        stay = to_canonical(
+    mapping = BundleMapping(None, report, outcomes, counts, issues, patient_from=patient_from)
+    if encounter is None:
+        kinds = Counter(profile.classes.kind(e.get("class")) or "unrecognised" for e in encounters)
+        mapping.stay_reason = "no-stay"
+        mapping.stay_problem = (
+            f"no hospital stay among {len(encounters)} Encounter(s) (classes: {dict(sorted(kinds.items()))}; "
+            "planned, cancelled and entered-in-error ones and recognised non-inpatient classes are never a stay)"
+            if encounters else "no Encounter in the bundle"
+        )
+        return mapping
+    record = PatientRecord(patient_id, patient, encounter, observations, locations)
+    try:
+        mapping.stay = to_canonical(
             record,
-            as_of=as_of or _as_of(encounter, observations),
+            as_of=as_of or _as_of(encounter, [o for o in observations if patient_id is None or subject_mismatch(o, patient_id) is None]),
             pseudonymizer=pseudonymizer,
             profile=profile,
             source=source,
+            max_hours=max_icu_hours,
         )
-    return BundleMapping(stay, report, outcomes, counts, issues)
+    except StayError as exc:
+        mapping.stay_reason, mapping.stay_problem = exc.reason, str(exc)
+    return mapping

@@ -5,6 +5,7 @@
     ├── MappingError              FHIR or tabular input we cannot turn into a canonical table
     │   ├── NotFHIRError          a value that is not a FHIR resource at all
     │   ├── InvalidResourceError  a FHIR resource missing or misusing a field we need
+    │   │   └── StayError         an Encounter that gives no usable ICU clock (none, implausible)
     │   └── UnitError             a quantity whose unit we cannot convert to the canonical one
     ├── models.ModelError         (models/errors.py) artifacts, registry, schema mismatch
     └── cds.* errors              (cds/errors.py) HTTP-facing: auth, unknown service, EHR failures
@@ -16,7 +17,15 @@ identifiers, names or free text.
 
 from __future__ import annotations
 
-__all__ = ["CDSError", "InvalidIdError", "InvalidResourceError", "MappingError", "NotFHIRError", "UnitError"]
+__all__ = [
+    "CDSError",
+    "InvalidIdError",
+    "InvalidResourceError",
+    "MappingError",
+    "NotFHIRError",
+    "StayError",
+    "UnitError",
+]
 
 
 class CDSError(Exception):
@@ -52,6 +61,18 @@ class InvalidResourceError(MappingError):
     """A FHIR resource that lacks, or misuses, a field we need."""
 
     code = "invalid-resource"
+
+
+class StayError(InvalidResourceError):
+    """The stay in context gives no ICU clock we can score on: no ICU location and no start
+    (an ongoing outpatient visit), or a clock longer than any stay the model was trained on.
+    `reason` is a stable code for logs and the hook outcome; a service answers no card."""
+
+    code = "no-usable-stay"
+
+    def __init__(self, message: str, *, reason: str, path: str | None = "Encounter") -> None:
+        self.reason = reason
+        super().__init__(message, path=path)
 
 
 class UnitError(MappingError):

@@ -5,6 +5,12 @@ hours relative to the ICU start, nothing else about the person. An Observation w
 names someone else (another Patient, a Group, a Device) is skipped and counted; so is a value out
 of its plausibility range (`MappingReport.implausible`: also a birth date after the ICU start, or a
 hospital admission years before it).
+
+A stay whose ICU clock runs longer than `max_hours` (a service passes the longest stay its model
+was trained on) is refused with `StayError(reason="icu-clock-too-long")`: a missing ICU transfer,
+a planned encounter or a wrong start date makes such clocks, and a model extrapolating to hour
+7,000 is not decision support. A record without a patient id (a bundle with no Patient and no
+subject) is mapped without a pseudonym: a missing id is never pseudonymised.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .deid import Pseudonymizer, age_in_years
-from .errors import InvalidResourceError, MappingError
+from .errors import MappingError, StayError
 from .observations import MappingReport, scan_observation
 from .profiles import GENERIC, VendorProfile
 from .resources import ensure_resource, parse_date, string, subject_mismatch
@@ -26,20 +32,22 @@ from .stay import icu_clock
 from .table import CanonicalTable
 from .variables import CANONICAL_COLUMNS, variable
 
-__all__ = ["MAX_ICU_HOURS", "MappedStay", "PatientRecord", "to_canonical"]
+__all__ = ["MAX_ICU_HOURS", "NO_PATIENT_ID", "MappedStay", "PatientRecord", "to_canonical"]
 
 _COL = {name: i for i, name in enumerate(CANONICAL_COLUMNS)}
 _GENDER = {"male": 1.0, "female": 0.0}
 # A longer ICU clock is a wrong start date (year 0001), not a stay: refused, so that one
 # timestamp cannot make us build a table of millions of hours.
 MAX_ICU_HOURS = 24 * 366
+# The table's patient column for a record without a patient id: a marker, not a pseudonym.
+NO_PATIENT_ID = "<no-patient-id>"
 
 
 @dataclass
 class PatientRecord:
     """The resources of one patient's stay, as gathered from prefetch or the FHIR server."""
 
-    patient_id: str
+    patient_id: str | None  # the EHR's Patient id; None when the input names no patient
     patient: Mapping[str, Any] | None
     encounter: Mapping[str, Any] | None
     observations: Sequence[Mapping[str, Any]] = ()
@@ -48,7 +56,7 @@ class PatientRecord:
 
 @dataclass(frozen=True)
 class MappedStay:
-    pseudonym: str
+    pseudonym: str | None  # None only when the record has no patient id
     table: CanonicalTable  # hours 1..current_hour of this ICU stay
     current_hour: int
     report: MappingReport
@@ -79,14 +87,19 @@ def to_canonical(
     pseudonymizer: Pseudonymizer,
     profile: VendorProfile = GENERIC,
     source: str = "",
+    max_hours: int = MAX_ICU_HOURS,
 ) -> MappedStay:
     if record.encounter is None:
         raise MappingError("no hospital encounter in context: the ICU clock cannot be set", path="Encounter")
     encounter = ensure_resource(record.encounter, "Encounter", "Encounter")
     clock = icu_clock(encounter, record.locations, as_of, profile)
     hours = clock.hour_of(as_of)
-    if hours > MAX_ICU_HOURS:
-        raise InvalidResourceError("puts the ICU start more than a year back", path="Encounter")
+    if hours > min(max_hours, MAX_ICU_HOURS):
+        raise StayError(
+            f"puts the ICU start {hours} hours back, beyond the {min(max_hours, MAX_ICU_HOURS)} hours allowed "
+            f"(ICU clock from {'the ICU location' if clock.from_location else 'the encounter start: no ICU location'})",
+            reason="icu-clock-too-long",
+        )
 
     report = MappingReport()
     values = np.full((hours, len(CANONICAL_COLUMNS)), np.nan)
@@ -111,13 +124,13 @@ def to_canonical(
     values[:, [_COL[c] for c in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")]] = static
 
     found: list[tuple[Any, ...]] = []
-    mismatch = _subject_matcher(record.patient_id)
+    mismatch = _subject_matcher(record.patient_id) if record.patient_id is not None else None
     for obs in record.observations:
         if type(obs) is not dict or obs.get("resourceType") != "Observation":
             if not isinstance(obs, Mapping) or obs.get("resourceType") != "Observation":
                 report.skipped["not-an-observation"] += 1
                 continue
-        if obs.get("subject") is not None:
+        if mismatch is not None and obs.get("subject") is not None:
             why = mismatch(obs)
             if why is not None:
                 report.skipped[why] += 1
@@ -145,9 +158,11 @@ def to_canonical(
     for (hour, var), m in latest.items():
         values[hour - 1, _COL[var]] = m[2]
 
-    pseudonym = pseudonymizer.pseudonym("Patient", record.patient_id, source=source)
+    pseudonym = (
+        pseudonymizer.pseudonym("Patient", record.patient_id, source=source) if record.patient_id is not None else None
+    )
     table = CanonicalTable(
-        patient=np.full(hours, pseudonym, dtype=object),
+        patient=np.full(hours, pseudonym or NO_PATIENT_ID, dtype=object),
         iculos=np.arange(1, hours + 1, dtype=np.int32),
         values=values,
     )

@@ -8,8 +8,16 @@ One Observation can give several measurements: a blood-pressure panel (85354-9, 
   profile says so) -> `status:<status>`;
 - no usable time -> `no-time` / `bad-time`; effective[x] (dateTime, instant, a period's end, else
   its start) is when the value was true, `issued` is used only when effective[x] is absent;
-- `dataAbsentReason` -> `data-absent`; valueString / valueCodeableConcept / a non-number ->
+- `dataAbsentReason` -> `data-absent`; valueCodeableConcept / valueBoolean / a non-number ->
   `non-numeric`; a quantity with a comparator (`<0.01`) -> `comparator` (a limit, not a value);
+- `valueString` (MEDITECH sends some results so: "45.0 %", "15.0 gm/L", "4.0") is read as a number
+  and an optional unit; anything else in the string -> `string-not-a-number`, a leading `<`/`>` ->
+  `comparator`; the string itself is never echoed, and a unit in it only when it is one the unit
+  tables know (else `<unrecognised>`);
+- a value without a unit takes the unit its code fixes (`implied_unit` in observation_codes.csv:
+  heart rate in /min, potassium in mmol/L ...), else it is a unit error `<variable>|<none>`;
+- a local code that disagrees with the standard code beside it -> the standard code's variable,
+  and the disagreement counted in `code_conflicts` (see codes.py);
 - a unit the profile's unit table cannot convert -> `unit_errors["<variable>|<unit>"]`;
 - a value outside its variable's plausibility range once in the canonical unit (HR -50 /min,
   Temp 1e6 Cel, a number too large for a float) -> `implausible["<variable>"]`;
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .codes import CodeMatch
 from .errors import MappingError
 from .profiles import VendorProfile
 from .resources import parse_datetime
@@ -39,9 +48,10 @@ from .variables import PLAUSIBLE_RANGES
 __all__ = ["MappingReport", "Measurement", "measurements_from_observation", "observation_time"]
 
 UCUM = "http://unitsofmeasure.org"
-_NON_NUMERIC = (
-    "valueString", "valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio"
-)
+_NON_NUMERIC = ("valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio")
+# A number, then an optional unit: "45.0 %", "15.0 gm/L", "4.0", "1.2e3 /uL".
+_STRING_VALUE = re.compile(r"^\s*(?P<cmp><=|>=|<|>)?\s*(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?)\s*(?P<unit>\S.{0,39})?$")
+_STRING_MAX = 64  # a result string longer than this is a note, not a value
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/\[\]{}%*^+\-]{1,80}$")
 _TIME_CACHE: dict[str, tuple[datetime, float]] = {}
 _TIME_CACHE_MAX = 200_000
@@ -78,6 +88,7 @@ class MappingReport:
     unit_errors: Counter[str] = field(default_factory=Counter)  # "variable|unit" -> count
     mapped: Counter[str] = field(default_factory=Counter)  # variable -> measurements
     implausible: Counter[str] = field(default_factory=Counter)  # variable -> values out of range
+    code_conflicts: Counter[str] = field(default_factory=Counter)  # local vs standard code -> count
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +98,7 @@ class MappingReport:
             "unmapped_codes": dict(self.unmapped_codes),
             "unit_errors": dict(self.unit_errors),
             "implausible": dict(self.implausible),
+            "code_conflicts": dict(self.code_conflicts),
         }
 
     def merge(self, other: MappingReport) -> None:
@@ -97,6 +109,7 @@ class MappingReport:
         self.unit_errors.update(other.unit_errors)
         self.mapped.update(other.mapped)
         self.implausible.update(other.implausible)
+        self.code_conflicts.update(other.code_conflicts)
 
 
 def _parse_time(text: Any, path: str) -> tuple[datetime, float]:
@@ -153,12 +166,33 @@ def _category_codes(obs: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(found)
 
 
+def _string_value(text: Any) -> tuple[float, Any] | str:
+    """(value, unit or None) from a valueString, or a skip reason."""
+    if not isinstance(text, str) or len(text) > _STRING_MAX:
+        return "string-not-a-number"
+    m = _STRING_VALUE.match(text)
+    if m is None:
+        return "string-not-a-number"
+    if m["cmp"]:
+        return "comparator"
+    value = float(m["num"])
+    if not math.isfinite(value):
+        return "string-not-a-number"
+    unit = m["unit"].strip() if m["unit"] else None
+    return value, (_STRING_UNIT, unit) if unit else None
+
+
+_STRING_UNIT = "<from-string>"  # marks a unit read out of free text (echoed only when known)
+
+
 def _value(part: Mapping[str, Any]) -> tuple[float, Any] | str:
     """(value, unit) or a skip reason."""
     q = part.get("valueQuantity")
     if q is None:
         if "dataAbsentReason" in part:
             return "data-absent"
+        if "valueString" in part:
+            return _string_value(part["valueString"])
         if any(k in part for k in _NON_NUMERIC):
             return "non-numeric"
         return "no-value"
@@ -206,24 +240,28 @@ def scan_observation(
         if not isinstance(rid, str):
             rid = ""
         key = _coding_key(obs.get("code"))
-        var = codes.lookup(key)
-        if var is codes.BY_CATEGORY:
-            var = codes.match(key, _category_codes(obs))
+        got = codes.lookup(key)
+        if got is codes.BY_CATEGORY:
+            got = codes.match(key, _category_codes(obs))
         components = obs.get("component")
         found = 0
-        if var is not None:
+        if got.variable is not None:
             found = 1
-            _emit(obs, var, -1, when, rid, units, report, out)
+            if got.conflict is not None:
+                report.code_conflicts[got.conflict] += 1
+            _emit(obs, got, -1, when, rid, units, report, out)
         if components:
             # Panels (blood pressure) and US Core pulse oximetry (FiO2 as a component).
             for index, part in enumerate(components):
                 ckey = _coding_key(part.get("code"))
-                cvar = codes.lookup(ckey)
-                if cvar is codes.BY_CATEGORY:
-                    cvar = codes.match(ckey, _category_codes(obs))
-                if cvar is not None:
+                cgot = codes.lookup(ckey)
+                if cgot is codes.BY_CATEGORY:
+                    cgot = codes.match(ckey, _category_codes(obs))
+                if cgot.variable is not None:
                     found += 1
-                    _emit(part, cvar, index, when, rid, units, report, out)
+                    if cgot.conflict is not None:
+                        report.code_conflicts[cgot.conflict] += 1
+                    _emit(part, cgot, index, when, rid, units, report, out)
         if not found:
             system, code = key[0] if key else (None, None)
             report.unmapped_codes[f"{safe_token(system)}|{safe_token(code)}"] += 1
@@ -233,7 +271,7 @@ def scan_observation(
 
 def _emit(
     part: Mapping[str, Any],
-    var: str,
+    got: CodeMatch,
     index: int,
     when: tuple[datetime, float],
     rid: str,
@@ -241,14 +279,21 @@ def _emit(
     report: MappingReport,
     out: list[tuple[Any, ...]],
 ) -> None:
-    got = _value(part)
-    if type(got) is str:
-        report.skipped[got] += 1
+    read = _value(part)
+    if type(read) is str:
+        report.skipped[read] += 1
         return
-    value, unit = got  # type: ignore[misc]
+    var = got.variable
+    value, unit = read  # type: ignore[misc]
+    shown = unit
+    if type(unit) is tuple:  # a unit read out of a valueString: echoed only when the tables know it
+        unit = unit[1]
+        shown = unit if units.known(unit) else "<unrecognised>"
+    if unit is None and got.row is not None and got.row.implied_unit is not None:
+        unit = got.row.implied_unit  # the code fixes the unit (potassium in mmol/L)
     conversion = units.lookup(var, unit)
     if conversion is None:
-        report.unit_errors[f"{var}|{safe_token(unit)}"] += 1
+        report.unit_errors[f"{var}|{shown if shown == '<unrecognised>' else safe_token(shown)}"] += 1
         return
     factor, offset = conversion
     if offset or factor != 1.0:

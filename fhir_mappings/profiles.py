@@ -4,7 +4,9 @@ A profile names the extra local codes an EHR uses beside LOINC (rows of
 `tables/local_codes.csv` with its name), how its ICU locations are recognised and split into
 medical (PhysioNet `Unit1`) and surgical (`Unit2`) ICUs, which Observation statuses count, and
 which Observation categories to query. `GENERIC` follows plain FHIR R4 / US Core; `EPIC` and
-`ORACLE_HEALTH` (Cerner Millennium) add their local code systems and location conventions.
+`ORACLE_HEALTH` (Cerner Millennium) add their local code systems, encounter classes and location
+conventions; `MEDITECH` (Expanse) follows US Core codes and sends some results as `valueString`
+(read by the same rules as every profile: `observations.py`).
 
 Which profile serves a request is configuration, not code: `select_profile` matches the hook's
 `fhirServer` base (or the JWT issuer of the EHR) against prefixes from settings.
@@ -20,12 +22,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from .codes import CodeRow, CodeTable, default_code_table
+from .encounter_classes import EncounterClasses, encounter_classes
 from .queries import FhirQuery
 from .units import UnitTable, default_unit_table
 
 __all__ = [
     "EPIC",
     "GENERIC",
+    "MEDITECH",
     "ORACLE_HEALTH",
     "PROFILES",
     "VendorProfile",
@@ -52,6 +56,8 @@ class VendorProfile:
     medical_icu_words: tuple[str, ...] = ("micu", "medical icu", "medical intensive care")
     surgical_icu_words: tuple[str, ...] = ("sicu", "surgical icu", "surgical intensive care")
     observation_categories: tuple[str, ...] = ("vital-signs", "laboratory")
+    # Encounter.class codings -> inpatient / outpatient / planned ... (tables/encounter_classes.csv)
+    classes: EncounterClasses = field(default_factory=lambda: encounter_classes("generic"))
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_preliminary(self) -> VendorProfile:
@@ -61,7 +67,7 @@ class VendorProfile:
 
 def _local_rows(profile: str) -> list[CodeRow]:
     text = resources.files(__package__).joinpath("tables/local_codes.csv").read_text(encoding="utf-8")
-    return [CodeRow.from_csv(r) for r in csv.DictReader(text.splitlines()) if r["profile"] == profile]
+    return [CodeRow.from_csv(r, standard=False) for r in csv.DictReader(text.splitlines()) if r["profile"] == profile]
 
 
 _CODES = default_code_table()
@@ -78,6 +84,7 @@ EPIC = VendorProfile(
     medical_icu_words=("micu", "medical icu", "med icu", "medical intensive care"),
     surgical_icu_words=("sicu", "cvicu", "surg icu", "surgical icu", "trauma icu", "surgical intensive care"),
     observation_categories=("vital-signs", "laboratory"),
+    classes=encounter_classes("epic"),
 )
 
 ORACLE_HEALTH = VendorProfile(
@@ -90,9 +97,17 @@ ORACLE_HEALTH = VendorProfile(
     surgical_icu_words=("sicu", "surgical icu", "surgical intensive care"),
     # Millennium files bedside vitals under vital-signs and lab results under laboratory.
     observation_categories=("vital-signs", "laboratory"),
+    classes=encounter_classes("oracle-health"),
 )
 
-PROFILES: Mapping[str, VendorProfile] = {p.name: p for p in (GENERIC, EPIC, ORACLE_HEALTH)}
+MEDITECH = VendorProfile(
+    name="meditech",
+    codes=_CODES.extended(_local_rows("meditech")),
+    units=_UNITS,
+    classes=encounter_classes("meditech"),
+)
+
+PROFILES: Mapping[str, VendorProfile] = {p.name: p for p in (GENERIC, EPIC, ORACLE_HEALTH, MEDITECH)}
 
 
 def _normalise_url(url: str) -> str:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import InvalidResourceError, MappingError
-from .profiles import VendorProfile
-from .resources import codings, objects, parse_datetime, resolve_reference, string, subject_mismatch
+from .errors import MappingError, StayError
+from .profiles import GENERIC, VendorProfile
+from .resources import codings, objects, parse_datetime, resolve_reference, subject_mismatch
 
-__all__ = ["INPATIENT_CLASSES", "IcuClock", "icu_clock", "select_encounter"]
+__all__ = ["NOT_A_STAY_STATUSES", "IcuClock", "icu_clock", "select_encounter"]
 
 _HOUR = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,38 +115,57 @@ def icu_clock(
             unit = "surgical"
         return IcuClock(start, admission, unit, from_location=True)
     if admission is None:
-        raise InvalidResourceError("has neither an ICU location period nor a start", path="Encounter.period")
+        raise StayError(
+            "has neither an ICU location period nor a start (e.g. an ongoing outpatient visit)",
+            reason="no-icu-clock",
+            path="Encounter.period",
+        )
     return IcuClock(admission, admission, None, from_location=False)
 
 
-INPATIENT_CLASSES = frozenset({"IMP", "ACUTE", "NONAC", "inpatient", "ICU"})
+# Encounters that are not (or not yet, or never were) a stay: never chosen as the stay in context.
+NOT_A_STAY_STATUSES = frozenset({"planned", "cancelled", "entered-in-error"})
+_RANK = {"inpatient": 2, None: 1}  # recognised inpatient first, then classes no row recognises
 
 
 def select_encounter(
-    encounters: list[Mapping[str, Any]], encounter_id: str | None, patient_id: str | None = None
+    encounters: list[Mapping[str, Any]],
+    encounter_id: str | None,
+    patient_id: str | None = None,
+    *,
+    profile: VendorProfile = GENERIC,
+    in_progress: bool = True,
 ) -> Mapping[str, Any] | None:
     """The hospital stay in context: the Encounter named by `encounterId`, else the latest
-    in-progress inpatient encounter (or None when the patient is not in hospital). With
-    `patient_id`, an Encounter whose subject names someone else is never chosen."""
+    inpatient encounter (only in-progress ones with `in_progress`; None when there is none).
+
+    Class codes are read through the profile (Epic's own patient-class system, v3-ActCode for the
+    rest): a recognised inpatient class ranks first, an unrecognised class is a fallback, and a
+    class the profile recognises as something else (outpatient, emergency, observation, planned)
+    is never taken for a hospital stay. Planned, cancelled and entered-in-error encounters are
+    never chosen, even by id. With `patient_id`, an Encounter whose subject names someone else is
+    never chosen."""
     encounters = [
         e for e in encounters
         if isinstance(e, Mapping) and e.get("resourceType") == "Encounter"
+        and not (isinstance(e.get("status"), str) and e["status"] in NOT_A_STAY_STATUSES)
         and (patient_id is None or subject_mismatch(e, patient_id) is None)
     ]
     if encounter_id:
         return next((e for e in encounters if e.get("id") == encounter_id), None)
     candidates = []
     for e in encounters:
-        if e.get("status") != "in-progress":
+        if in_progress and e.get("status") != "in-progress":
             continue
-        cls = e.get("class") if isinstance(e.get("class"), Mapping) else {}
+        rank = _RANK.get(profile.classes.kind(e.get("class")), 0)
+        if rank == 0:
+            continue
         period = e.get("period") if isinstance(e.get("period"), Mapping) else {}
         try:
             start = parse_datetime(period.get("start"), "Encounter.period.start")
         except MappingError:
             start = _EPOCH
-        candidates.append((string(cls, "code") in INPATIENT_CLASSES, start, e))
+        candidates.append((rank, start, e))
     if not candidates:
         return None
-    inpatient = [c for c in candidates if c[0]] or candidates
-    return max(inpatient, key=lambda c: c[1])[2]
+    return max(candidates, key=lambda c: (c[0], c[1]))[2]

@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from .errors import UnitError
-from .variables import variable
+from .variables import VARIABLES, variable
 
 __all__ = ["Conversion", "UnitTable", "default_unit_table"]
 
@@ -40,6 +40,8 @@ class UnitTable:
         self._folded = {k.casefold(): v for k, v in aliases.items()}
         self._cache: dict[tuple[str, str], Conversion | None] = {}
         self._fast: dict[tuple[str, Any], tuple[float, float] | None] = {}
+        canonical = {v.unit.casefold() for v in VARIABLES}
+        self._known = canonical | {u.casefold() for _, u in conversions} | set(self._folded)
 
     @classmethod
     def from_csv(cls, units_text: str, aliases_text: str) -> UnitTable:
@@ -49,6 +51,11 @@ class UnitTable:
         }
         aliases = {r["alias"]: r["ucum"] for r in csv.DictReader(aliases_text.splitlines())}
         return cls(conversions, aliases)
+
+    def known(self, unit: str) -> bool:
+        """Whether `unit` is a spelling the tables know (a canonical unit, a converted unit or an
+        alias): only such a unit read out of free text (valueString) is echoed in reports."""
+        return unit.strip().casefold() in self._known
 
     def normalise(self, unit: str) -> str:
         unit = unit.strip()

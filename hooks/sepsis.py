@@ -18,6 +18,7 @@ from fhir_mappings import (
     VITAL_VARIABLES,
     FhirQuery,
     PatientRecord,
+    StayError,
     build_features,
     build_risk_assessment,
     is_fhir_id,
@@ -25,7 +26,7 @@ from fhir_mappings import (
     select_encounter,
     to_canonical,
 )
-from models import HORIZON_HOURS, SEPSIS_OUTCOME
+from models import HORIZON_HOURS, SEPSIS_OUTCOME, TRAINED_MAX_ICU_HOURS
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
 from .service import (
@@ -44,6 +45,7 @@ from .service import (
 __all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
 
 TOP_DRIVERS = 5
+NOT_APPLICABLE_REASON = "not-applicable"
 _BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -76,7 +78,10 @@ def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, FhirQu
     if encounter is None and is_fhir_id(encounter_id):
         wanted["encounter"] = FhirQuery.read("Encounter", encounter_id)
     if encounter is not None:
-        known = {r.get("id") for key in fetched for r in _resources(fetched[key]) if r.get("resourceType") == "Location"}
+        known = {
+            r["id"] for key in fetched for r in _resources(fetched[key])
+            if isinstance(r, dict) and r.get("resourceType") == "Location" and isinstance(r.get("id"), str)
+        }
         entries = encounter.get("location")
         for entry in (entries if isinstance(entries, list) else [])[:5]:
             ref = entry.get("location") if isinstance(entry, Mapping) else None
@@ -90,7 +95,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     fetched = inp.fetched
     patient_id = str(inp.context["patientId"])
     encounters = _resources(fetched.get("encounters")) + _resources(fetched.get("encounter"))
-    encounter = select_encounter(encounters, inp.context.get("encounterId"), patient_id)
+    encounter = select_encounter(encounters, inp.context.get("encounterId"), patient_id, profile=inp.profile)
     if encounter is None:
         return None  # not in hospital (or no stay of this patient's): nothing to say
     # One entry per Observation id (the same one may come in vitals and labs); id-less ones apart.
@@ -113,9 +118,18 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         observations=list(observations.values()),
         locations=locations,
     )
-    stay = to_canonical(
-        record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source, profile=inp.profile
-    )
+    try:
+        stay = to_canonical(
+            record,
+            as_of=inp.now,
+            pseudonymizer=inp.pseudonymizer,
+            source=inp.source,
+            profile=inp.profile,
+            max_hours=TRAINED_MAX_ICU_HOURS,
+        )
+    except StayError as exc:
+        # An ongoing visit without an ICU clock, or a clock beyond any stay the model learned from.
+        return NoCard(NOT_APPLICABLE_REASON, {"stay": exc.reason})
     log = {"icu_hour": stay.current_hour, **stay.report.as_dict()}
     enough, found = MINIMUM_DATA.assess(CANONICAL_COLUMNS, stay.table.values)
     if not enough:
@@ -143,7 +157,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     risk = build_risk_assessment(
         card_uuid=inp.card_uuid,
         service_id=SEPSIS.id,
-        pseudonym=stay.pseudonym,
+        pseudonym=stay.pseudonym or "",  # never None here: the hook context names the patient
         occurrence=inp.now,
         icu_hour=stay.current_hour,
         model_name=model.name,

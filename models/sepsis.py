@@ -55,6 +55,10 @@ __all__ = [
 
 SEPSIS_OUTCOME = ("http://snomed.info/sct", "91302008", "Sepsis")
 HORIZON_HOURS = 6.0  # SepsisLabel is 1 from six hours before clinical onset
+# The longest ICU stay in the training data (PhysioNet 2019 set A: ICULOS at most 336 h, two
+# weeks; tests/models check it against the data). A clock beyond it is not scored: the model never
+# saw such an hour, and such clocks mostly come from a missing ICU transfer or a wrong start.
+TRAINED_MAX_ICU_HOURS = 336
 
 
 @dataclass(frozen=True)

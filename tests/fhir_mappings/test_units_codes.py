@@ -48,11 +48,11 @@ def test_canonical_units_pass_unchanged() -> None:
 def test_pulse_oximetry_is_spo2_and_lab_2708_6_is_sao2() -> None:
     loinc = "http://loinc.org"
     pulse_ox = [(loinc, "59408-5"), (loinc, "2708-6")]
-    assert CODES.match(pulse_ox, frozenset({"vital-signs"})) == "O2Sat"
-    assert CODES.match([(loinc, "2708-6")], frozenset({"laboratory"})) == "SaO2"
-    assert CODES.match([(loinc, "2708-6")], frozenset({"vital-signs"})) == "O2Sat"
-    assert CODES.match([(loinc, "8867-4")], frozenset()) == "HR"
-    assert CODES.match([("http://example.org/local", "8867-4")], frozenset()) is None
+    assert CODES.match(pulse_ox, frozenset({"vital-signs"})).variable == "O2Sat"
+    assert CODES.match([(loinc, "2708-6")], frozenset({"laboratory"})).variable == "SaO2"
+    assert CODES.match([(loinc, "2708-6")], frozenset({"vital-signs"})).variable == "O2Sat"
+    assert CODES.match([(loinc, "8867-4")], frozenset()).variable == "HR"
+    assert CODES.match([("http://example.org/local", "8867-4")], frozenset()).variable is None
 
 
 def test_every_clinical_variable_has_a_loinc_code() -> None:

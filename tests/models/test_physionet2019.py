@@ -113,3 +113,15 @@ def test_best_threshold_maximises_utility() -> None:
     assert table.normalized(probs >= threshold) == pytest.approx(utility)
     for other in np.quantile(probs, np.linspace(0, 1, 41)):
         assert table.normalized(probs >= other) <= utility + 1e-12
+
+
+@pytest.mark.data
+def test_the_longest_trained_icu_stay_is_set_as_longest() -> None:
+    """The hook refuses ICU clocks beyond TRAINED_MAX_ICU_HOURS: it must be set A's longest stay."""
+    import pandas as pd
+
+    from models import TRAINED_MAX_ICU_HOURS
+    from tests.conftest import SET_A, need
+
+    iculos = pd.read_parquet(need(SET_A, "PhysioNet 2019 set A"), columns=["ICULOS"])["ICULOS"]
+    assert int(iculos.max()) == TRAINED_MAX_ICU_HOURS
