@@ -63,13 +63,14 @@ from .errors import (
     StayError,
     UnitError,
 )
+from .feature_spec import Feature, FeatureSpec
 from .features import (
     CLOCK_FEATURES,
     FEATURE_CODE_VERSION,
     SCORE_SERIES,
-    Feature,
-    FeatureSpec,
     build_features,
+    hourly_family,
+    hourly_spec,
     sepsis_feature_spec,
 )
 from .fhir_to_table import MAX_ICU_HOURS, NO_PATIENT_ID, MappedStay, PatientRecord, to_canonical
@@ -230,6 +231,8 @@ __all__ = [
     "drop_implausible",
     "encounter_classes",
     "ensure_resource",
+    "hourly_family",
+    "hourly_spec",
     "icu_clock",
     "is_fhir_id",
     "is_resource_type",

@@ -18,11 +18,13 @@ HbA1c/glucose values out of their plausibility range (`implausible`).
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -70,9 +72,33 @@ __all__ = [
 
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-A1C_CODES = frozenset({"4548-4", "17856-6", "4549-2", "59261-8"})  # HbA1c, % of total Hb
-GLUCOSE_CODES = frozenset({"2345-7", "2339-0", "41653-7", "14749-6", "15074-8"})  # mg/dL or mmol/L
-_GLUCOSE_MMOL = frozenset({"14749-6", "15074-8"})
+
+
+
+@dataclass(frozen=True, slots=True)
+class _LabCode:
+    kind: str  # "a1c" | "glucose"
+    default_unit: str  # the unit a value sent without one (or in a unit not in the table) is read in
+
+
+def _lab_tables() -> tuple[dict[tuple[str, str], _LabCode], dict[tuple[str, str], tuple[float, float]]]:
+    """tables/discharge_labs.csv (which codes are HbA1c or glucose) and discharge_lab_units.csv
+    (unit -> the band's canonical unit: NGSP % for HbA1c, mg/dL for glucose)."""
+    files = resources.files(__package__)
+    codes = {
+        (r["system"], r["code"]): _LabCode(r["kind"], r["default_unit"])
+        for r in csv.DictReader(files.joinpath("tables/discharge_labs.csv").read_text(encoding="utf-8").splitlines())
+    }
+    units = {
+        (r["kind"], r["unit"]): (float(r["factor"]), float(r["offset"]))
+        for r in csv.DictReader(files.joinpath("tables/discharge_lab_units.csv").read_text(encoding="utf-8").splitlines())
+    }
+    return codes, units
+
+
+_LAB_CODES, _LAB_UNITS = _lab_tables()
+A1C_CODES = frozenset(code for (system, code), row in _LAB_CODES.items() if row.kind == "a1c" and system == LOINC)
+GLUCOSE_CODES = frozenset(code for (system, code), row in _LAB_CODES.items() if row.kind == "glucose" and system == LOINC)
 _YEAR = timedelta(days=365)
 _DAY = timedelta(days=1)
 _VOID = {"entered-in-error", "cancelled", "not-done"}
@@ -149,21 +175,22 @@ def _number(value: Any) -> float | None:
 def _lab_band(obs: Mapping[str, Any]) -> tuple[str, float] | str | None:
     """("a1c" | "glucose", band) for an HbA1c or glucose result; "<kind>:implausible" for one out
     of range; None for any other Observation."""
-    loinc = {code for system, code in codings(obs.get("code")) if system == LOINC}
-    kind = "a1c" if loinc & A1C_CODES else "glucose" if loinc & GLUCOSE_CODES else None
+    found = [_LAB_CODES[c] for c in codings(obs.get("code")) if c in _LAB_CODES]
+    # HbA1c before glucose when a resource carries both (as the earlier code sets did).
+    lab = next((r for r in found if r.kind == "a1c"), None) or (found[0] if found else None)
     q = obs.get("valueQuantity")
     value = _number(q.get("value")) if isinstance(q, Mapping) else None
-    if kind is None or value is None or not isinstance(q, Mapping):
+    if lab is None or value is None or not isinstance(q, Mapping):
         return None
+    kind = lab.kind
     unit = q.get("code") or q.get("unit") or ""
+    factor, offset = _LAB_UNITS.get((kind, unit)) or _LAB_UNITS[(kind, lab.default_unit)]
+    if factor != 1.0 or offset:
+        value = value * factor + offset
     if kind == "a1c":
-        if unit == "mmol/mol" or "4549-2" in loinc and unit != "%":
-            value = value / 10.929 + 2.15  # IFCC -> NGSP
         if not A1C_RANGE[0] <= value <= A1C_RANGE[1]:
             return "a1c:implausible"
         return kind, 2.0 if _above(q, value, 8.0) else 1.0 if _above(q, value, 7.0) else 0.0
-    if unit == "mmol/L" or loinc & _GLUCOSE_MMOL and unit != "mg/dL":
-        value = value * 18.016
     low, high = PLAUSIBLE_RANGES["Glucose"]
     if not low <= value <= high:
         return "glucose:implausible"

@@ -9,32 +9,29 @@ Besides the canonical columns, a feature may read a bedside score (`clinical_sco
 were a measured series: the score of the latest values carried forward, NaN until one of its
 inputs has been measured (so leading empty hours change nothing).
 
-A `FeatureSpec` is a declarative list of `Feature`s; its `spec_hash` (names, ops, windows and
-FEATURE_CODE_VERSION) is stored in every model manifest and checked when a model is loaded.
-Each feature belongs to a `family` (value, measurement, clock, demographic) so that analyses
-can ask how much a model leans on measurement habits or on the ICU clock.
+The spec itself (`Feature`, `FeatureSpec`, the hash every manifest carries) is generic and lives in
+`feature_spec.py`; `hourly_spec` makes one of this set's ops, versioned by FEATURE_CODE_VERSION,
+with each feature in a family (value, measurement, clock, demographic: `hourly_family`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import clinical_scores
+from .feature_spec import Feature, FeatureSpec
 from .table import CanonicalTable
 from .variables import CLINICAL_VARIABLES, LAB_VARIABLES, VITAL_VARIABLES, variable
 
 __all__ = [
     "CLOCK_FEATURES",
     "FEATURE_CODE_VERSION",
-    "Feature",
-    "FeatureSpec",
     "SCORE_SERIES",
     "build_features",
+    "hourly_family",
+    "hourly_spec",
     "sepsis_feature_spec",
 ]
 
@@ -56,64 +53,20 @@ CLOCK_FEATURES = ("HospAdmTime", "ICULOS")
 _MEASUREMENT_OPS = ("hours_since", "count")
 
 
-@dataclass(frozen=True, slots=True)
-class Feature:
-    name: str
-    op: str
-    variable: str | None = None
-    window: int | None = None
-    label: str = ""
-    unit: str = ""
-
-    def describe(self) -> dict[str, object]:
-        return {"name": self.name, "op": self.op, "variable": self.variable, "window": self.window}
-
-    @property
-    def family(self) -> str:
-        """clock | measurement (when and how often something was measured) | demographic | value."""
-        if self.name in CLOCK_FEATURES or self.op == "iculos":
-            return "clock"
-        if self.op in _MEASUREMENT_OPS:
-            return "measurement"
-        if self.op == "static":
-            return "demographic"
-        return "value"
+def hourly_family(feature: Feature) -> str:
+    """clock | measurement (when and how often something was measured) | demographic | value."""
+    if feature.name in CLOCK_FEATURES or feature.op == "iculos":
+        return "clock"
+    if feature.op in _MEASUREMENT_OPS:
+        return "measurement"
+    if feature.op == "static":
+        return "demographic"
+    return "value"
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    name: str
-    features: tuple[Feature, ...]
-    # Bumped when the code that computes this spec's features changes; each model's spec has its own,
-    # so changing the sepsis feature code does not invalidate the readmission model.
-    code_version: str = FEATURE_CODE_VERSION
-    names: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "names", tuple(f.name for f in self.features))
-        if len(set(self.names)) != len(self.names):
-            raise ValueError("feature names must be unique")
-        unknown = {f.op for f in self.features} - set(_OPS)
-        if unknown:
-            raise ValueError(f"unknown feature ops: {sorted(unknown)}")
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    @property
-    def spec_hash(self) -> str:
-        payload = json.dumps(
-            {"version": self.code_version, "features": [f.describe() for f in self.features]},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-    def feature(self, name: str) -> Feature:
-        return self.features[self.names.index(name)]
-
-    def columns(self, *, exclude_families: Sequence[str] = ()) -> list[int]:
-        """Column indices of the features outside the given families."""
-        return [j for j, f in enumerate(self.features) if f.family not in exclude_families]
+def hourly_spec(name: str, features: Sequence[Feature]) -> FeatureSpec:
+    """A spec of hourly features: computed by `build_features`, versioned by FEATURE_CODE_VERSION."""
+    return FeatureSpec(name, tuple(features), FEATURE_CODE_VERSION, ops=frozenset(_OPS), classify=hourly_family)
 
 
 # --- primitives on (n rows x k variables) blocks, group-aware -------------------------------
@@ -391,4 +344,4 @@ def sepsis_feature_spec(*, include_clock: bool = False) -> FeatureSpec:
         label, unit = _label("HospAdmTime")
         features.append(Feature("HospAdmTime", "static", "HospAdmTime", None, label, unit))
         features.append(Feature("ICULOS", "iculos", "ICULOS", None, "Hours in ICU", "h"))
-    return FeatureSpec("sepsis-clock" if include_clock else "sepsis", tuple(features))
+    return hourly_spec("sepsis-clock" if include_clock else "sepsis", features)

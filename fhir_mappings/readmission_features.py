@@ -23,7 +23,7 @@ from .discharge_table import (
     DRUG_COLUMNS,
     DischargeTable,
 )
-from .features import Feature, FeatureSpec
+from .feature_spec import Feature, FeatureSpec
 
 __all__ = [
     "READMISSION_FEATURE_VERSION",
@@ -222,7 +222,8 @@ def readmission_feature_spec() -> FeatureSpec:
     features = tuple(
         Feature(name, "static", f"{READMISSION_FEATURE_VERSION}:{name}", None, label, unit) for name, label, unit, _ in _DEFINITIONS
     )
-    return FeatureSpec("readmission", features, code_version=READMISSION_FEATURE_VERSION)
+    # `variable` names the derivation (`r1:<name>`); with the op it is part of the spec's hash.
+    return FeatureSpec("readmission", features, READMISSION_FEATURE_VERSION, ops=frozenset({"static"}))
 
 
 def build_readmission_features(table: DischargeTable, spec: FeatureSpec) -> np.ndarray:

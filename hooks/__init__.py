@@ -17,6 +17,7 @@ from .cards import (
 )
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
+from .scoring import Score, card_from_table
 from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
 from .service import (
     INSUFFICIENT_DATA,
@@ -44,10 +45,12 @@ __all__ = [
     "RiskCardText",
     "SEPSIS",
     "SERVICES",
+    "Score",
     "ScoredCard",
     "ScoringInput",
     "Service",
     "build_risk_card",
+    "card_from_table",
     "check_context_ids",
     "explanation_link",
     "follow_up_request",

@@ -22,15 +22,14 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir_mappings import (
     DISCHARGE_COLUMNS,
     DischargeRecord,
-    build_readmission_features,
-    build_risk_assessment,
     discharge_to_table,
     string,
     subject_mismatch,
 )
-from models import READMISSION_OUTCOME, Contribution
+from models import Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
+from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
     NOT_APPLICABLE,
@@ -151,66 +150,40 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     )
     mapped = discharge_to_table(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source)
     log: dict[str, Any] = {**mapped.counts, "skipped": mapped.skipped, "implausible": mapped.implausible}
-    enough, found = MINIMUM_DATA.assess(DISCHARGE_COLUMNS, mapped.table.values)
-    if not enough:
-        return NoCard(MINIMUM_DATA.reason, {**log, "minimum": found})
-    model = inp.model
-    row = build_readmission_features(mapped.table, model.spec)
-    probability = float(model.predict(row)[0])
-    band = model.band(probability)
-    explanation = model.explain(row[0])
-    suggestions = []
-    if band != "low":
-        request = follow_up_request(
-            patient_id=patient_id, encounter_id=encounter_id, now=inp.now, probability=probability,
-            request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"follow-up/{inp.card_uuid}")),
+
+    def card(score: Score) -> dict[str, Any]:
+        suggestions = []
+        if score.band != "low":
+            request = follow_up_request(
+                patient_id=patient_id, encounter_id=encounter_id, now=inp.now, probability=score.probability,
+                request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"follow-up/{inp.card_uuid}")),
+            )
+            suggestions.append(
+                {
+                    "label": f"Arrange follow-up within {FOLLOW_UP_DAYS} days of discharge",
+                    "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
+                    "isRecommended": score.band == "high",
+                    "actions": [
+                        {"type": "create", "description": "Draft a follow-up visit request", "resource": request}
+                    ],
+                }
+            )
+        return readmission_card(
+            card_uuid=inp.card_uuid,
+            probability=score.probability,
+            band=score.band,
+            threshold=score.model.threshold,
+            model_label=score.model.manifest.title,
+            model_version=score.model.version,
+            drivers=score.explanation.top(TOP_DRIVERS, min_abs=0.01),
+            all_contributions=score.explanation.contributions,
+            base_value=score.explanation.base_value,
+            suggestions=suggestions,
         )
-        suggestions.append(
-            {
-                "label": f"Arrange follow-up within {FOLLOW_UP_DAYS} days of discharge",
-                "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
-                "isRecommended": band == "high",
-                "actions": [
-                    {"type": "create", "description": "Draft a follow-up visit request", "resource": request}
-                ],
-            }
-        )
-    card = readmission_card(
-        card_uuid=inp.card_uuid,
-        probability=probability,
-        band=band,
-        threshold=model.threshold,
-        model_label=model.manifest.title,
-        model_version=model.version,
-        drivers=explanation.top(TOP_DRIVERS, min_abs=0.01),
-        all_contributions=explanation.contributions,
-        base_value=explanation.base_value,
-        suggestions=suggestions,
-    )
-    risk = build_risk_assessment(
-        card_uuid=inp.card_uuid,
-        service_id=READMISSION.id,
-        pseudonym=mapped.pseudonym,
-        occurrence=inp.now,
-        icu_hour=None,
-        model_name=model.name,
-        model_version=model.version,
-        probability=probability,
-        band=band,
-        outcome_code=READMISSION_OUTCOME,
-        horizon_hours=model.manifest.horizon_hours,
-        base_value=explanation.base_value,
-        contributions=[c for c in explanation.contributions if c.shap != 0.0],
-    )
-    user = inp.context.get("userId")
-    user_pseudonym = (
-        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source)
-        if isinstance(user, str) and user
-        else None
-    )
-    return ScoredCard(
-        card=card, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability,
-        log={"band": band, **log},
+
+    return card_from_table(
+        inp, READMISSION, mapped.table, DISCHARGE_COLUMNS,
+        pseudonym=mapped.pseudonym, icu_hour=None, log=log, card=card,
     )
 
 

@@ -19,16 +19,15 @@ from fhir_mappings import (
     FhirQuery,
     PatientRecord,
     StayError,
-    build_features,
-    build_risk_assessment,
     is_fhir_id,
     reference_id,
     select_encounter,
     to_canonical,
 )
-from models import HORIZON_HOURS, SEPSIS_OUTCOME, TRAINED_MAX_ICU_HOURS
+from models import TRAINED_MAX_ICU_HOURS
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
+from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
     NOT_APPLICABLE,
@@ -131,56 +130,28 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         # An ongoing visit without an ICU clock, or a clock beyond any stay the model learned from.
         return NoCard(NOT_APPLICABLE_REASON, {"stay": exc.reason})
     log = {"icu_hour": stay.current_hour, **stay.report.as_dict()}
-    enough, found = MINIMUM_DATA.assess(CANONICAL_COLUMNS, stay.table.values)
-    if not enough:
-        return NoCard(MINIMUM_DATA.reason, {**log, "minimum": found})
-    model = inp.model
-    row = build_features(stay.table, model.spec)[-1:]
-    probability = float(model.predict(row)[0])
-    band = model.band(probability)
-    explanation = model.explain(row[0])
-    drivers = explanation.top(TOP_DRIVERS, min_abs=0.01)
-    card = sepsis_card(
-        card_uuid=inp.card_uuid,
-        probability=probability,
-        band=band,
-        threshold=model.threshold,
-        icu_hour=stay.current_hour,
-        model_label=model.manifest.title,
-        model_version=model.version,
-        drivers=drivers,
-        all_contributions=explanation.contributions,
-        base_value=explanation.base_value,
-        patient_id=patient_id,
-        encounter_id=encounter["id"] if is_fhir_id(encounter.get("id")) else None,
-    )
-    risk = build_risk_assessment(
-        card_uuid=inp.card_uuid,
-        service_id=SEPSIS.id,
+    encounter_id = encounter["id"] if is_fhir_id(encounter.get("id")) else None
+
+    def card(score: Score) -> dict[str, Any]:
+        return sepsis_card(
+            card_uuid=inp.card_uuid,
+            probability=score.probability,
+            band=score.band,
+            threshold=score.model.threshold,
+            icu_hour=stay.current_hour,
+            model_label=score.model.manifest.title,
+            model_version=score.model.version,
+            drivers=score.explanation.top(TOP_DRIVERS, min_abs=0.01),
+            all_contributions=score.explanation.contributions,
+            base_value=score.explanation.base_value,
+            patient_id=patient_id,
+            encounter_id=encounter_id,
+        )
+
+    return card_from_table(
+        inp, SEPSIS, stay.table, CANONICAL_COLUMNS,
         pseudonym=stay.pseudonym or "",  # never None here: the hook context names the patient
-        occurrence=inp.now,
-        icu_hour=stay.current_hour,
-        model_name=model.name,
-        model_version=model.version,
-        probability=probability,
-        band=band,
-        outcome_code=SEPSIS_OUTCOME,
-        horizon_hours=HORIZON_HOURS,
-        base_value=explanation.base_value,
-        contributions=[c for c in explanation.contributions if c.shap != 0.0],
-    )
-    user = inp.context.get("userId")
-    user_pseudonym = (
-        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source)
-        if isinstance(user, str) and user
-        else None
-    )
-    return ScoredCard(
-        card=card,
-        risk_assessment=risk,
-        user_pseudonym=user_pseudonym,
-        probability=probability,
-        log={**log, "band": band},
+        icu_hour=stay.current_hour, log=log, card=card,
     )
 
 

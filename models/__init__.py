@@ -6,7 +6,7 @@ Imports `fhir_mappings` (the feature code shared with serving); nothing here doe
 from __future__ import annotations
 
 from .baselines import BASELINES, Baseline, baseline_scores
-from .catalog import MODELS, EvaluateOptions, ModelTask, TrainOptions, model_task
+from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
 from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
@@ -15,6 +15,7 @@ from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
 from .readmission import (
     READMISSION_OUTCOME,
+    READMISSION_TASK,
     ReadmissionData,
     default_readmission_path,
     evaluate_readmission,
@@ -24,6 +25,7 @@ from .readmission import (
     score_readmission,
     train_readmission,
 )
+from .registration import register_version
 from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
 from .score import Contribution, Explanation, RiskModel
 from .sepsis import (
@@ -32,6 +34,7 @@ from .sepsis import (
     SEPSIS_OUTCOME,
     SEPSIS_PARAMS,
     SEPSIS_ROUNDS,
+    SEPSIS_TASK,
     TRAINED_MAX_ICU_HOURS,
     SepsisData,
     best_threshold,
@@ -52,6 +55,7 @@ from .sepsis_evaluation import (
     utility_by_patient_bootstrap,
     write_sepsis_report,
 )
+from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import TrainedBooster, default_params, patient_split, train_booster
 
 __all__ = [
@@ -75,13 +79,15 @@ __all__ = [
     "ModelManifest",
     "ModelNotFound",
     "ModelRegistry",
-    "ModelTask",
     "READMISSION_OUTCOME",
+    "READMISSION_TASK",
     "ReadmissionData",
     "RiskModel",
+    "RiskTask",
     "SEPSIS_OUTCOME",
     "SEPSIS_PARAMS",
     "SEPSIS_ROUNDS",
+    "SEPSIS_TASK",
     "SepsisData",
     "TRAINED_MAX_ICU_HOURS",
     "TrainOptions",
@@ -111,6 +117,7 @@ __all__ = [
     "read_diabetes130",
     "read_physionet",
     "readmission_params",
+    "register_version",
     "score_readmission",
     "score_sepsis",
     "sepsis_evaluation",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fhir_mappings import CanonicalTable, Feature, FeatureSpec, build_features
+from fhir_mappings import CanonicalTable, Feature, build_features, hourly_spec
 
 __all__ = ["BASELINES", "Baseline", "baseline_scores"]
 
@@ -31,7 +31,7 @@ BASELINES: tuple[Baseline, ...] = (
     Baseline("SOFA (partial)", "sofa_partial", 2),
 )
 
-_SPEC = FeatureSpec("baselines", tuple(Feature(b.series, "last", b.series) for b in BASELINES))
+_SPEC = hourly_spec("baselines", [Feature(b.series, "last", b.series) for b in BASELINES])
 
 
 def baseline_scores(table: CanonicalTable) -> dict[str, np.ndarray]:

@@ -7,18 +7,16 @@ removed; label `readmitted == "<30"`. Any file in the dataset's layout (csv or c
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
 from fhir_mappings import (
-    READMISSION_FEATURE_VERSION,
     DischargeTable,
     FeatureSpec,
     build_readmission_features,
@@ -29,14 +27,15 @@ from fhir_mappings import (
 )
 
 from .calibration import calibration_report, fit_platt
-from .datasets import data_fingerprint
-from .errors import DatasetError, ModelNotFound
+from .errors import DatasetError, ModelError
 from .lace import LACE_DESCRIPTION, lace_score
-from .manifest import FeatureEntry, ModelManifest
+from .manifest import ModelManifest
 from .metrics import auprc, auroc, bootstrap_by_group, operating_point, subgroup_table
+from .registration import register_version
 from .registry import ModelRegistry
 from .report import markdown_table, plot_calibration, plot_pr, plot_roc, write_model_card
 from .score import RiskModel
+from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import default_params, patient_split, train_booster
 
 __all__ = [
@@ -258,47 +257,32 @@ def train_readmission(
     test = data.subset(parts["test"])
     report = readmission_report(p_test, test, threshold, replicates=replicates, seed=seed)
 
-    model_bytes = bytes(booster.save_raw(raw_format="ubj"))
-
-    manifest = ModelManifest(
+    manifest, target = register_version(
+        registry,
         name="readmission",
-        version=registry.next_version("readmission"),
         title="30-day readmission risk (XGBoost)",
         outcome="Unplanned readmission within 30 days of discharge (Diabetes 130-US definition)",
         horizon_hours=HORIZON_DAYS * 24.0,
-        features=[FeatureEntry(name=f.name, label=f.label, unit=f.unit) for f in spec.features],
-        feature_spec_hash=spec.spec_hash,
-        feature_code_version=READMISSION_FEATURE_VERSION,
-        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
-        training_data={
-            "path": Path(data_path).name,
-            "sha256": data_fingerprint(data_path),
-            "rows": int(len(data.label)),
-            "patients": int(len(np.unique(data.patient))),
-            "split": f"patients 70/10/20 train/validation(early stopping, calibration, threshold)/test, seed {seed}",
-        },
-        params={k: v for k, v in trained.params.items() if k != "device"},
+        spec=spec,
+        model_bytes=bytes(booster.save_raw(raw_format="ubj")),
+        data_path=data_path,
+        data_label=Path(data_path).name,
+        rows=int(len(data.label)),
+        patients=int(len(np.unique(data.patient))),
+        split=f"patients 70/10/20 train/validation(early stopping, calibration, threshold)/test, seed {seed}",
+        params=trained.params,
         num_boost_round=int(booster.num_boosted_rounds()),
         threshold=threshold,
         risk_bands={"low": 0.0, "moderate": round(min(prevalence, threshold * 0.75), 6), "high": threshold},
         calibration=calibration,
         metrics={"test": report, "flagged_fraction_target": FLAGGED_FRACTION},
-        xgboost_version=xgb.__version__,
         device=trained.device,
         seed=seed,
-        parent_version=_active_or_none(registry, "readmission"),
+        activate=activate,
     )
-    target = registry.register(manifest, model_bytes, activate=activate)
     note = f"Held-out test split (20 % of patients, seed {seed}) of {Path(data_path).name}."
     write_model_card(target / "model_card.md", "Model card: 30-day readmission (readmission v" + manifest.version + ")", model_card_sections(report, note))
     return manifest
-
-
-def _active_or_none(registry: ModelRegistry, name: str) -> str | None:
-    try:
-        return registry.active_version(name)
-    except ModelNotFound:
-        return None
 
 
 def evaluate_readmission(model: RiskModel, data: ReadmissionData, *, report_dir: Path | None = None, replicates: int = 500) -> dict[str, Any]:
@@ -308,3 +292,42 @@ def evaluate_readmission(model: RiskModel, data: ReadmissionData, *, report_dir:
     if report_dir is not None:
         write_readmission_report(report_dir, probability, data, report, report["model"])
     return report
+
+
+# --- the task value: how the CLI, the server and the hook reach this model -----------------------
+
+
+def _train_readmission(path: Path, registry: ModelRegistry, options: TrainOptions) -> ModelManifest:
+    if options.patients is not None:
+        raise ModelError("--patients is for sepsis only: the readmission cohort is one discharge per patient already")
+    extra = {"num_boost_round": options.rounds} if options.rounds else {}
+    return train_readmission(path, registry, seed=options.seed, activate=options.activate, **extra)
+
+
+def _score_readmission(model: RiskModel, path: Path) -> Iterator[str]:
+    data = load_readmission_data(path, model.spec)
+    probability = score_readmission(model, data)
+    for patient, encounter, p in zip(data.patient.tolist(), data.table.encounter.tolist(), probability.tolist(), strict=True):
+        yield json.dumps({"patient": patient, "encounter": encounter, "probability": p})
+
+
+def _evaluate_readmission(model: RiskModel, path: Path, options: EvaluateOptions) -> dict[str, Any]:
+    data = load_readmission_data(path, model.spec)
+    if options.holdout:
+        # The same 70/10/20 patient split `train_readmission` makes with the model's seed.
+        test_ids = patient_split(data.patient, (0.7, 0.1, 0.2), model.manifest.seed)[2]
+        data = data.subset(np.isin(data.patient, test_ids))
+    return evaluate_readmission(model, data, report_dir=options.report, replicates=options.replicates or 500)
+
+
+READMISSION_TASK = RiskTask(
+    name="readmission",
+    outcome=READMISSION_OUTCOME,
+    feature_spec=readmission_feature_spec,
+    serving_row=build_readmission_features,
+    default_data=default_readmission_path,
+    data_help="Diabetes 130-US layout: diabetic_data.csv or .csv.gz",
+    train=_train_readmission,
+    score_lines=_score_readmission,
+    evaluate=_evaluate_readmission,
+)

@@ -6,18 +6,17 @@ fhir_mappings.features), so scoring a whole stay at once equals scoring it hour 
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
 from fhir_mappings import (
-    FEATURE_CODE_VERSION,
     FeatureSpec,
     build_features,
     physionet_to_table,
@@ -26,13 +25,14 @@ from fhir_mappings import (
 
 from .baselines import BASELINES, baseline_scores
 from .calibration import calibration_report, fit_isotonic
-from .datasets import data_fingerprint, read_physionet
-from .errors import ModelNotFound
-from .manifest import Calibration, FeatureEntry, ModelManifest
+from .datasets import default_sepsis_path, read_physionet
+from .manifest import Calibration, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, utility_table
+from .registration import register_version
 from .registry import ModelRegistry
 from .score import RiskModel
 from .sepsis_evaluation import sepsis_evaluation, write_sepsis_report
+from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import patient_split, train_booster
 
 __all__ = [
@@ -223,26 +223,21 @@ def train_sepsis(
     oof_auroc, _ = challenge_auc(data.label[dev], oof)
     cal = calibration_report(data.label[test], p_test).as_dict()
 
-    model_bytes = trained.model_bytes()
-    manifest = ModelManifest(
+    manifest, _ = register_version(
+        registry,
         name="sepsis",
-        version=registry.next_version("sepsis"),
         title="Sepsis risk (XGBoost, calibrated)",
         outcome="Sepsis (Sepsis-3) onset within the next 6 hours, or ongoing",
         horizon_hours=HORIZON_HOURS,
-        features=[FeatureEntry(name=f.name, label=f.label, unit=f.unit) for f in spec.features],
-        feature_spec_hash=spec.spec_hash,
-        feature_code_version=FEATURE_CODE_VERSION,
-        model_sha256=trained.sha256(),
-        training_data={
-            "path": str(data_path),
-            "sha256": data_fingerprint(data_path),
-            "rows": int(len(data.label)),
-            "patients": int(len(np.unique(data.patient))),
-            "split": f"patients {1 - TEST_FRACTION:.0%} development / {TEST_FRACTION:.0%} held-out test, seed {seed}; "
-            f"{folds}-fold patient-grouped CV on development for calibration and threshold",
-        },
-        params={k: v for k, v in trained.params.items() if k != "device"},
+        spec=spec,
+        model_bytes=trained.model_bytes(),
+        data_path=data_path,
+        data_label=str(data_path),
+        rows=int(len(data.label)),
+        patients=int(len(np.unique(data.patient))),
+        split=f"patients {1 - TEST_FRACTION:.0%} development / {TEST_FRACTION:.0%} held-out test, seed {seed}; "
+        f"{folds}-fold patient-grouped CV on development for calibration and threshold",
+        params=trained.params,
         num_boost_round=trained.num_boost_round,
         threshold=threshold,
         risk_bands={"low": 0.0, "moderate": threshold / 2, "high": threshold},
@@ -254,12 +249,10 @@ def train_sepsis(
             "tuning": "scripts/tune_sepsis.py (patient-grouped CV on set A); parameters fixed in models/sepsis.py",
             "excluded_features": "ICULOS and HospAdmTime (ICU clock); EtCO2 (never recorded in set A)",
         },
-        xgboost_version=xgb.__version__,
         device=trained.device,
         seed=seed,
-        parent_version=_active_or_none(registry, "sepsis"),
+        activate=activate,
     )
-    registry.register(manifest, model_bytes, activate=activate)
     return manifest
 
 
@@ -267,13 +260,6 @@ def _calibrator(calibration: Calibration) -> Callable[[np.ndarray], np.ndarray]:
     """The same interpolation `RiskModel.calibrate` serves with."""
     x, y = np.asarray(calibration.x, dtype=np.float64), np.asarray(calibration.y, dtype=np.float64)
     return lambda raw: np.interp(np.asarray(raw, dtype=np.float64), x, y)
-
-
-def _active_or_none(registry: ModelRegistry, name: str) -> str | None:
-    try:
-        return registry.active_version(name)
-    except ModelNotFound:
-        return None
 
 
 def score_sepsis(model: RiskModel, data: SepsisData) -> np.ndarray:
@@ -306,3 +292,51 @@ def evaluate_sepsis(
             model_label=f"{model.manifest.title} v{model.version}", data_label=data_label or "the given data",
         )
     return metrics
+
+
+# --- the task value: how the CLI, the server and the hook reach this model -----------------------
+
+
+def _train_sepsis(path: Path, registry: ModelRegistry, options: TrainOptions) -> ModelManifest:
+    return train_sepsis(
+        path,
+        registry,
+        seed=options.seed,
+        patients=options.patients,
+        num_boost_round=options.rounds or SEPSIS_ROUNDS,
+        activate=options.activate,
+    )
+
+
+def _score_sepsis(model: RiskModel, path: Path) -> Iterator[str]:
+    data = load_sepsis_data(path, model.spec)
+    probability = score_sepsis(model, data)
+    for patient, hour, p in zip(data.patient.tolist(), data.hour.tolist(), probability.tolist(), strict=True):
+        yield json.dumps({"patient": patient, "hour": int(hour), "probability": p})
+
+
+def _evaluate_sepsis(model: RiskModel, path: Path, options: EvaluateOptions) -> dict[str, Any]:
+    only = None
+    if options.holdout:
+        only = development_split(read_physionet(path)["patient"].to_numpy(), model.manifest.seed)[1]
+    data = load_sepsis_data(path, model.spec, baselines=True, only=only)
+    label = path.name + (" (held-out test patients)" if options.holdout else "")
+    return evaluate_sepsis(model, data, report=options.report, replicates=options.replicates or 200, data_label=label)
+
+
+def _serving_row(table: Any, spec: FeatureSpec) -> np.ndarray:
+    """The hour being scored: the last row of the stay's features (the batch path, bit-for-bit)."""
+    return build_features(table, spec)[-1:]
+
+
+SEPSIS_TASK = RiskTask(
+    name="sepsis",
+    outcome=SEPSIS_OUTCOME,
+    feature_spec=sepsis_feature_spec,
+    serving_row=_serving_row,
+    default_data=default_sepsis_path,
+    data_help="PhysioNet 2019 layout: a parquet file like setA.parquet or a directory of .psv files",
+    train=_train_sepsis,
+    score_lines=_score_sepsis,
+    evaluate=_evaluate_sepsis,
+)

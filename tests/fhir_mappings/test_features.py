@@ -8,9 +8,9 @@ from fhir_mappings import (
     CANONICAL_COLUMNS,
     CanonicalTable,
     Feature,
-    FeatureSpec,
     MappingError,
     build_features,
+    hourly_spec,
     physionet_to_table,
     sepsis_feature_spec,
 )
@@ -46,7 +46,7 @@ def test_hand_computed_values() -> None:
     assert col(x, "HR__mean_6h")[5] == pytest.approx(280 / 3, rel=1e-6)
     assert col(x, "HR__min_6h")[5] == 80 and col(x, "HR__max_6h")[5] == 110
     # Ending at row 7 the window is rows 2..7: 90 (t=-5), 110 (t=-2): slope 20/3 per hour.
-    extra = FeatureSpec("t", (Feature("s", "slope", "HR", 6), Feature("c", "count", "HR", 6), Feature("sd", "std", "HR", 6)))
+    extra = hourly_spec("t", (Feature("s", "slope", "HR", 6), Feature("c", "count", "HR", 6), Feature("sd", "std", "HR", 6)))
     y = build_features(t, extra)
     assert y[7, 0] == pytest.approx(20 / 3, rel=1e-6)
     assert np.isnan(y[0, 0])  # one point has no slope
@@ -95,11 +95,11 @@ def test_leading_empty_hours_do_not_change_features() -> None:
 
 
 def test_spec_hash_changes_with_the_features() -> None:
-    other = FeatureSpec("x", SPEC.features[:-1])
+    other = hourly_spec("x", SPEC.features[:-1])
     assert other.spec_hash != SPEC.spec_hash
-    assert FeatureSpec("y", SPEC.features).spec_hash == SPEC.spec_hash
+    assert hourly_spec("y", SPEC.features).spec_hash == SPEC.spec_hash
     with pytest.raises(ValueError):
-        FeatureSpec("z", (Feature("a", "nope", "HR"),))
+        hourly_spec("z", (Feature("a", "nope", "HR"),))
 
 
 def test_tabular_fills_gaps_and_normalises_like_the_fhir_path() -> None:
@@ -119,10 +119,10 @@ def test_tabular_fills_gaps_and_normalises_like_the_fhir_path() -> None:
 
 def test_feature_families_separate_clock_and_measurement_habits() -> None:
     clock = sepsis_feature_spec(include_clock=True)
-    families = {f.name: f.family for f in clock.features}
+    families = {f.name: clock.family(f) for f in clock.features}
     assert families["ICULOS"] == "clock" and families["HospAdmTime"] == "clock"
     assert families["Lactate__hours_since"] == "measurement" and families["WBC__count_24h"] == "measurement"
     assert families["HR__mean_6h"] == "value" and families["Age"] == "demographic"
     kept = clock.columns(exclude_families=("clock", "measurement"))
-    assert all(clock.features[j].family in ("value", "demographic") for j in kept)
+    assert all(clock.family(clock.features[j]) in ("value", "demographic") for j in kept)
     assert len(SPEC.columns(exclude_families=("clock",))) == len(SPEC)

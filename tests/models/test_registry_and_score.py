@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from fhir_mappings import Feature, FeatureSpec, sepsis_feature_spec
+from fhir_mappings import Feature, FeatureSpec, hourly_spec, sepsis_feature_spec
 from models import (
     FeatureEntry,
     FeatureSchemaMismatch,
@@ -61,7 +61,7 @@ def test_register_load_and_score(tmp_path: Path) -> None:
 
 def test_refuses_a_model_trained_on_other_features(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
-    other = FeatureSpec("other", SPEC.features[:-1] + (Feature("ICULOS_x", "iculos", "ICULOS"),))
+    other = hourly_spec("other", SPEC.features[:-1] + (Feature("ICULOS_x", "iculos", "ICULOS"),))
     raw, _ = small_model(other)
     registry.register(manifest_for(other, raw, "1"), raw)
     with pytest.raises(FeatureSchemaMismatch):

@@ -1,0 +1,78 @@
+"""The one path from a service's canonical table to a card and a RiskAssessment, shared by every
+service: minimum data -> the task's serving row -> probability, band, SHAP -> the service's card ->
+the RiskAssessment we record -> the clinician's pseudonym. A service's `_score` maps its fetched
+resources to its canonical table and words its card; everything after is here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_mappings import build_risk_assessment
+from models import Explanation, RiskModel, model_task
+
+from .service import NoCard, ScoredCard, ScoringInput, Service
+
+__all__ = ["Score", "card_from_table"]
+
+
+@dataclass(frozen=True)
+class Score:
+    """What the model said about the row scored now, for the service's card wording."""
+
+    probability: float
+    band: str
+    explanation: Explanation
+    model: RiskModel
+
+
+def card_from_table(
+    inp: ScoringInput,
+    service: Service,
+    table: Any,
+    columns: Sequence[str],
+    *,
+    pseudonym: str,
+    icu_hour: int | None,
+    log: dict[str, Any],
+    card: Callable[[Score], dict[str, Any]],
+) -> ScoredCard | NoCard:
+    """Score the last row of `table` (one patient's stay, `columns` its column names) and build the
+    card with the service's `card`; below the service's minimum data, no card."""
+    if service.minimum_data is not None:
+        enough, found = service.minimum_data.assess(columns, table.values)
+        if not enough:
+            return NoCard(service.minimum_data.reason, {**log, "minimum": found})
+    task = model_task(service.model_name)
+    model = inp.model
+    row = task.serving_row(table, model.spec)
+    probability = float(model.predict(row)[0])
+    band = model.band(probability)
+    explanation = model.explain(row[0])
+    built = card(Score(probability, band, explanation, model))
+    risk = build_risk_assessment(
+        card_uuid=inp.card_uuid,
+        service_id=service.id,
+        pseudonym=pseudonym,
+        occurrence=inp.now,
+        icu_hour=icu_hour,
+        model_name=model.name,
+        model_version=model.version,
+        probability=probability,
+        band=band,
+        outcome_code=task.outcome,
+        horizon_hours=model.manifest.horizon_hours,
+        base_value=explanation.base_value,
+        contributions=[c for c in explanation.contributions if c.shap != 0.0],
+    )
+    user = inp.context.get("userId")
+    user_pseudonym = (
+        inp.pseudonymizer.pseudonym(user.split("/", 1)[0], user, source=inp.source)
+        if isinstance(user, str) and user
+        else None
+    )
+    return ScoredCard(
+        card=built, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability,
+        log={**log, "band": band},
+    )

@@ -1,0 +1,84 @@
+"""One registration path for every trained model: the manifest fields every version carries (the
+feature spec and its hash, the training file's fingerprint, the library and device, the parent
+version), filled in one place, then the registry write. A task passes only what is its own:
+title, outcome, the split, its parameters, threshold, bands, calibration and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import xgboost as xgb
+
+from fhir_mappings import FeatureSpec
+
+from .datasets import data_fingerprint
+from .errors import ModelNotFound
+from .manifest import Calibration, FeatureEntry, ModelManifest
+from .registry import ModelRegistry
+
+__all__ = ["active_or_none", "register_version"]
+
+
+def active_or_none(registry: ModelRegistry, name: str) -> str | None:
+    try:
+        return registry.active_version(name)
+    except ModelNotFound:
+        return None
+
+
+def register_version(
+    registry: ModelRegistry,
+    *,
+    name: str,
+    title: str,
+    outcome: str,
+    horizon_hours: float | None,
+    spec: FeatureSpec,
+    model_bytes: bytes,
+    data_path: Path | str,
+    data_label: str,
+    rows: int,
+    patients: int,
+    split: str,
+    params: dict[str, Any],
+    num_boost_round: int,
+    threshold: float,
+    risk_bands: dict[str, float],
+    calibration: Calibration,
+    metrics: dict[str, Any],
+    device: str,
+    seed: int,
+    activate: bool,
+) -> tuple[ModelManifest, Path]:
+    """Write one new version of `name` (the next number) and return its manifest and folder."""
+    manifest = ModelManifest(
+        name=name,
+        version=registry.next_version(name),
+        title=title,
+        outcome=outcome,
+        horizon_hours=horizon_hours,
+        features=[FeatureEntry(name=f.name, label=f.label, unit=f.unit) for f in spec.features],
+        feature_spec_hash=spec.spec_hash,
+        feature_code_version=spec.code_version,
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        training_data={
+            "path": data_label,
+            "sha256": data_fingerprint(data_path),
+            "rows": rows,
+            "patients": patients,
+            "split": split,
+        },
+        params={k: v for k, v in params.items() if k != "device"},
+        num_boost_round=num_boost_round,
+        threshold=threshold,
+        risk_bands=risk_bands,
+        calibration=calibration,
+        metrics=metrics,
+        xgboost_version=xgb.__version__,
+        device=device,
+        seed=seed,
+        parent_version=active_or_none(registry, name),
+    )
+    return manifest, registry.register(manifest, model_bytes, activate=activate)
