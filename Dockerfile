@@ -1,4 +1,5 @@
-# The CDS server image: slim Python, non-root, health-checked.
+# The CDS server image: slim Python, non-root, health-checked. The product packages only: the demo
+# EHR, tests, benchmarks and experiments stay out of it (and out of the wheel: pyproject.toml).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -6,7 +7,6 @@ COPY cds ./cds
 COPY fhir_mappings ./fhir_mappings
 COPY hooks ./hooks
 COPY models ./models
-COPY demo_ehr ./demo_ehr
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

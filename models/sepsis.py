@@ -130,7 +130,7 @@ def sepsis_metrics(probability: np.ndarray, label: np.ndarray, patient: np.ndarr
     }
 
 
-# Fixed by scripts/tune_sepsis.py (patient-grouped CV on set A; see docs/sepsis-model.md).
+# Fixed by experiments/tune_sepsis.py (patient-grouped CV on set A; see docs/sepsis-model.md).
 SEPSIS_PARAMS: dict[str, Any] = {
     "objective": "binary:logistic",
     "eval_metric": ["logloss", "aucpr"],
@@ -246,7 +246,7 @@ def train_sepsis(
             "test": {**test_metrics, "calibration": cal},
             "out_of_fold": {"auroc": round(oof_auroc, 4), "utility_at_threshold": round(oof_utility, 4)},
             "train_seconds": round(train_seconds, 1),
-            "tuning": "scripts/tune_sepsis.py (patient-grouped CV on set A); parameters fixed in models/sepsis.py",
+            "tuning": "experiments/tune_sepsis.py (patient-grouped CV on set A); parameters fixed in models/sepsis.py",
             "excluded_features": "ICULOS and HospAdmTime (ICU clock); EtCO2 (never recorded in set A)",
         },
         device=trained.device,

@@ -4,7 +4,8 @@ variable) and, when the data are present (CDS_DATA_DIR, else ../shared/data), wh
 set-A values outside the ranges and the committed sepsis model's scores with and without them,
 how often each service's minimum-data rule withholds a card (set A, Diabetes 130-US and its
 FHIR rendering), and the Synthea bundles' mapping counts.
-Usage: .venv/bin/python scripts/gen_mapping_doc.py   (~2 min with the data, most of it set A)"""
+Usage: .venv/bin/python scripts/gen_mapping_doc.py [--check]   (~2 min with the data, most of it
+set A; --check writes nothing and exits 1 when the file differs: tests/test_docs.py runs it)"""
 
 from __future__ import annotations
 
@@ -428,7 +429,15 @@ def main() -> None:
     lines += _vendor_fixture_section()
     lines += minimum_data_section()
     lines += _synthea_section()
-    (ROOT / "docs" / "mapping.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = "\n".join(lines) + "\n"
+    target = ROOT / "docs" / "mapping.md"
+    if "--check" in sys.argv[1:]:
+        if target.read_text(encoding="utf-8") != text:
+            print("docs/mapping.md differs from the tables: run scripts/gen_mapping_doc.py", file=sys.stderr)
+            raise SystemExit(1)
+        print("docs/mapping.md matches the tables")
+        return
+    target.write_text(text, encoding="utf-8")
     print("wrote docs/mapping.md")
 
 

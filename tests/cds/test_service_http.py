@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from demo_ehr import patient_view_request
+from fhir_mappings import sepsis_feature_spec
 from tests.cds.helpers import feedback, no_empty_values, synthetic_stay
 
 
@@ -55,7 +56,10 @@ def test_hook_call_answers_with_an_explained_card(client: httpx.Client) -> None:
     assert "**What drives this score** (SHAP):" in card["detail"]
     assert card["detail"].count("\n- ") >= 3  # driver lines with values and units
     assert any(unit in card["detail"] for unit in ("/min", "mmHg", "°C", " h", "mmol/L", "years"))
-    assert top["feature"] in {c["feature"] for c in contributions}
+    # The largest contribution is the first driver the clinician reads, in clinical words.
+    label = sepsis_feature_spec().feature(top["feature"]).label
+    first_driver = card["detail"].split("**What drives this score** (SHAP):", 1)[1].strip().splitlines()[0]
+    assert label.split(":")[0].split(",")[0] in first_driver, (label, first_driver)
     assert all(r["display"] for r in card["overrideReasons"])
 
 

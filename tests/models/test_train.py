@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,9 @@ def test_training_is_reproducible_and_registers_a_full_manifest(set_a_path: Path
     assert first.model_sha256 == second.model_sha256  # same data + seed -> same bytes
     assert "sepsis" in capfd.readouterr().err  # the progress bar
     assert first.version == "1" and first.xgboost_version and first.device in ("cpu", "cuda")
-    assert first.training_data["sha256"] == "87b3fc4a8db16c3c89702db9d3291da07f3b3fecc53cbe3375843bbbd8f6c85b"
+    # The fingerprint is the file's own sha256, and the same file the committed models were trained on.
+    assert first.training_data["sha256"] == hashlib.sha256(set_a_path.read_bytes()).hexdigest()
+    assert first.training_data["sha256"] == ModelRegistry().load("sepsis", sepsis_feature_spec()).manifest.training_data["sha256"]
     assert first.feature_spec_hash == sepsis_feature_spec().spec_hash
     assert [f.name for f in first.features] == list(sepsis_feature_spec().names)
     assert all(f.unit for f in first.features if f.name.endswith("__last"))

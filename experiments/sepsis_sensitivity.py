@@ -3,7 +3,7 @@ travel between ICU types? Trains variants on set A's development patients with t
 settings and judges each on the held-out test patients (threshold chosen on an inner
 validation part of the training patients, never on the test rows). Prints JSON lines.
 
-    .venv/bin/python scripts/sepsis_sensitivity.py
+    .venv/bin/python experiments/sepsis_sensitivity.py
 """
 
 from __future__ import annotations
