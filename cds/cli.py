@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,7 +27,7 @@ models_app = typer.Typer(help="Which model versions the servers serve.", no_args
 app.add_typer(models_app, name="models")
 
 
-class ModelName(str, Enum):
+class ModelName(StrEnum):
     sepsis = "sepsis"
     readmission = "readmission"
 
@@ -40,7 +40,18 @@ VersionOption = Annotated[str | None, typer.Option(help="registry version (defau
 
 
 def _settings() -> Settings:
-    return get_settings()
+    """The validated settings, or one clear message per bad value and exit 2 (values are never
+    echoed: a setting can be a secret)."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        typer.echo("error: invalid settings; nothing was started", err=True)
+        for error in exc.errors(include_input=False, include_url=False):
+            name = "CDS_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+            typer.echo(f"  {name}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
 
 
 async def _open_store(settings: Settings) -> RecordStore:
@@ -63,7 +74,7 @@ def _load_model(model: ModelName, version: str | None) -> RiskModel:
 
     spec = model_task(model.value).feature_spec()
     artifact = ModelRegistry(_settings().model_dir).load(model.value, spec, version)
-    return RiskModel(artifact, spec, device=choose_device())
+    return RiskModel(artifact, spec, device=choose_device(_settings().device))
 
 
 @app.command()
@@ -103,7 +114,7 @@ def train(
     """Train a model, evaluate it on held-out patients and register it."""
     from models import ModelRegistry, TrainOptions, model_task
 
-    options = TrainOptions(seed=seed, activate=activate, patients=patients, rounds=rounds)
+    options = TrainOptions(seed=seed, activate=activate, patients=patients, rounds=rounds, device=_settings().device)
     manifest = model_task(model.value).train(_data_path(model, data), ModelRegistry(_settings().model_dir), options)
     typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
 

@@ -9,18 +9,34 @@ only what may be lost (the replay window, the JWKS cache) between workers.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fhir_mappings import VendorProfile, select_profile
-from models import DEFAULT_DATA_DIR, DEFAULT_REGISTRY
-
 from .transport import is_loopback_url
+
+if TYPE_CHECKING:
+    from fhir_mappings import VendorProfile
+
+# The same defaults as models.DEFAULT_DATA_DIR / DEFAULT_REGISTRY, found without importing the
+# model code (xgboost): reading settings, and `cds --help`, stay fast.
+DEFAULT_DATA_DIR = Path("../shared/data")
+_MODELS_SPEC = importlib.util.find_spec("models")
+DEFAULT_REGISTRY = (
+    Path(_MODELS_SPEC.origin).resolve().parent / "artifacts" if _MODELS_SPEC and _MODELS_SPEC.origin else Path("models/artifacts")
+)
+
+
+def _profile_names() -> frozenset[str]:
+    from fhir_mappings import PROFILES
+
+    return frozenset(PROFILES)
 
 __all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "TrustedIssuer", "get_settings"]
 
@@ -122,10 +138,32 @@ class Settings(BaseSettings):
     # e.g. CDS_EHR_PROFILES='{"https://fhir.example-epic.org/api/FHIR/R4": "epic"}'.
     ehr_profiles: dict[str, str] = Field(default_factory=dict)
     ehr_profile_default: str = "generic"
+    # Where training and batch scoring run: auto (a GPU when present) | cpu | cuda.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("ehr_profiles")
+    @classmethod
+    def _known_profiles(cls, value: dict[str, str]) -> dict[str, str]:
+        """A profile name that does not exist stops the server at start, not each request."""
+        known = _profile_names()
+        unknown = sorted({name for name in value.values() if name not in known})
+        if unknown:
+            raise ValueError(f"unknown EHR profile(s) {unknown} (known: {', '.join(sorted(known))})")
+        return value
+
+    @field_validator("ehr_profile_default")
+    @classmethod
+    def _known_default(cls, value: str) -> str:
+        known = _profile_names()
+        if value not in known:
+            raise ValueError(f"unknown EHR profile {value!r} (known: {', '.join(sorted(known))})")
+        return value
     accept_preliminary: bool = False  # count `preliminary` Observations (a site's explicit choice)
 
     def vendor_profile(self, fhir_server: str | None, issuer: str | None = None) -> VendorProfile:
         """The mapping profile for the EHR behind a request (pure look-up in the settings above)."""
+        from fhir_mappings import select_profile
+
         return select_profile(
             fhir_server, issuer, self.ehr_profiles, default=self.ehr_profile_default, accept_preliminary=self.accept_preliminary
         )

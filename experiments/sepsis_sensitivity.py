@@ -44,7 +44,7 @@ def main() -> None:
     # The ICU clock alone: alarm when ICULOS >= t, t chosen on the development rows.
     iculos = data.frame["ICULOS"].to_numpy(dtype=np.float64)
     t = max(range(1, 200), key=lambda h: utility_table(y[dev], pid[dev]).normalized(iculos[dev] >= h))
-    print(json.dumps({"variant": "rule: ICULOS >= %d h" % t, "auroc": round(challenge_auc(y[test], iculos[test] / 400)[0], 4),
+    print(json.dumps({"variant": f"rule: ICULOS >= {t} h", "auroc": round(challenge_auc(y[test], iculos[test] / 400)[0], 4),
                       "utility": round(utility_table(y[test], pid[test]).normalized(iculos[test] >= t), 4)}), flush=True)
 
     served = spec.columns(exclude_families=("clock",))

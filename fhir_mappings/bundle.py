@@ -27,7 +27,8 @@ class SearchPage:
 def next_link(bundle: Mapping[str, Any]) -> str | None:
     for link in bundle.get("link") or ():
         if isinstance(link, Mapping) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return link["url"]
+            url: str = link["url"]
+            return url
     return None
 
 

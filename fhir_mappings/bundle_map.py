@@ -31,7 +31,7 @@ from .errors import InvalidResourceError, MappingError, StayError
 from .fhir_to_table import MAX_ICU_HOURS, MappedStay, PatientRecord, to_canonical
 from .observations import MappingReport, _time, scan_observation
 from .profiles import GENERIC, VendorProfile
-from .resources import ensure_resource, parse_datetime, parse_reference, subject_mismatch
+from .resources import element, ensure_resource, parse_datetime, parse_reference, subject_mismatch
 from .stay import select_encounter
 from .validation import ValidationIssue, validate_resources
 
@@ -96,7 +96,7 @@ def bundle_entries(bundle: Any) -> tuple[list[dict[str, Any]], int]:
 
 
 def _start(resource: Mapping[str, Any]) -> datetime:
-    period = resource.get("period") if isinstance(resource.get("period"), Mapping) else {}
+    period = element(resource, "period")
     try:
         return parse_datetime(period.get("start"), "Encounter.period.start")
     except MappingError:
@@ -125,7 +125,7 @@ def _patient_id(
 
 def _as_of(encounter: Mapping[str, Any], observations: list[dict[str, Any]]) -> datetime:
     """The end of the stay: its period end, else its last Observation, else its start."""
-    period = encounter.get("period") if isinstance(encounter.get("period"), Mapping) else {}
+    period = element(encounter, "period")
     if period.get("end"):
         return parse_datetime(period["end"], "Encounter.period.end")
     start = _start(encounter)

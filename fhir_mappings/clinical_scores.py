@@ -52,7 +52,8 @@ def _flag(condition: np.ndarray) -> np.ndarray:
 
 def qsofa(resp: np.ndarray, sbp: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        return _flag(resp >= 22) + _flag(sbp <= 100)
+        score: np.ndarray = _flag(resp >= 22) + _flag(sbp <= 100)
+    return score
 
 
 def sirs(temp: np.ndarray, hr: np.ndarray, resp: np.ndarray, paco2: np.ndarray, wbc: np.ndarray) -> np.ndarray:

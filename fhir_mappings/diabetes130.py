@@ -147,9 +147,9 @@ def diabetes130_to_table(frame: pd.DataFrame) -> DischargeTable:
     coder = default_diagnosis_coder()
     diag = [[_code(v) for v in frame[f"diag_{k}"].tolist()] for k in (1, 2, 3)]
     n_coded = np.zeros(n)
-    for k, codes in enumerate(diag, start=1):
+    for k, dx_codes in enumerate(diag, start=1):
         groups = np.full(n, np.nan)
-        for i, code in enumerate(codes):
+        for i, code in enumerate(dx_codes):
             if code is not None:
                 n_coded[i] += 1
                 group = coder.group(ICD9, code)
@@ -158,9 +158,9 @@ def diabetes130_to_table(frame: pd.DataFrame) -> DischargeTable:
     values[:, col["n_diagnoses"]] = np.fmax(num("number_diagnoses"), n_coded)
     for i in range(n):
         found: set[str] = set()
-        for codes in diag:
-            if codes[i] is not None:
-                found |= coder.charlson(ICD9, codes[i])
+        for dx_codes in diag:
+            if dx_codes[i] is not None:
+                found |= coder.charlson(ICD9, dx_codes[i])
         for category in found:
             values[i, col[f"charlson:{category}"]] = 1.0
     charlson_cols = [j for name, j in col.items() if name.startswith("charlson:")]

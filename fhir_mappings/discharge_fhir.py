@@ -222,7 +222,7 @@ def _medicine_key(request: Mapping[str, Any], medications: Mapping[str, Mapping[
         if coded:
             return "code:" + coded[0]
         if isinstance(concept.get("text"), str):
-            return "text:" + concept["text"].strip().lower()
+            return "text:" + str(concept["text"]).strip().lower()
     target = parse_reference(request.get("medicationReference"))
     if target is not None and target[0] != "#":
         return f"ref:{target[0]}/{target[1]}"  # the same Medication however the reference is written

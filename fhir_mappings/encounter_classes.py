@@ -72,7 +72,7 @@ def _rows() -> list[dict[str, str]]:
 def encounter_classes(profile: str) -> EncounterClasses:
     """The class rows that apply to one profile: the shared ones and the profile's own."""
     return EncounterClasses(
-        ClassRow(**{k: (v or "").strip() for k, v in r.items()})  # type: ignore[arg-type]
+        ClassRow(**{k: (v or "").strip() for k, v in r.items()})
         for r in _rows()
         if r["profile"] in ("*", profile)
     )

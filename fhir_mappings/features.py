@@ -215,14 +215,16 @@ def _delta_prev(ctx: _Context, names: Sequence[str], _w: int | None) -> np.ndarr
     ok = (idx >= 0) & (before >= ctx.start[:, None])
     prev_idx = np.take_along_axis(idx, np.maximum(before, 0), axis=0)
     prev_idx[~ok] = -1
-    return ctx.take(values, idx) - ctx.take(values, prev_idx)
+    delta: np.ndarray = ctx.take(values, idx) - ctx.take(values, prev_idx)
+    return delta
 
 
 def _delta(ctx: _Context, names: Sequence[str], w: int | None) -> np.ndarray:
     """Latest value minus the value carried forward to w hours ago."""
     assert w is not None
     last = _last(ctx, names, None)
-    return last - ctx.shifted(last, w)
+    change: np.ndarray = last - ctx.shifted(last, w)
+    return change
 
 
 def _static(ctx: _Context, names: Sequence[str], _w: int | None) -> np.ndarray:
@@ -264,7 +266,7 @@ def build_features(table: CanonicalTable, spec: FeatureSpec) -> np.ndarray:
     each other across patients, so chunking changes no bit."""
     if len(table) > _CHUNK_ROWS:
         starts = np.flatnonzero(table.group_starts_mask())
-        cuts = starts[np.searchsorted(starts, np.arange(_CHUNK_ROWS, len(table), _CHUNK_ROWS))[:-1]] if len(starts) else []
+        cuts: Sequence[int] | np.ndarray = starts[np.searchsorted(starts, np.arange(_CHUNK_ROWS, len(table), _CHUNK_ROWS))[:-1]] if len(starts) else []
         bounds = [0, *sorted(set(int(c) for c in cuts) - {0}), len(table)]
         return np.concatenate([
             _build(CanonicalTable(table.patient[a:b], table.iculos[a:b], table.values[a:b]), spec)

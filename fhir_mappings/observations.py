@@ -280,11 +280,12 @@ def _emit(
     out: list[tuple[Any, ...]],
 ) -> None:
     read = _value(part)
-    if type(read) is str:
+    if isinstance(read, str):
         report.skipped[read] += 1
         return
     var = got.variable
-    value, unit = read  # type: ignore[misc]
+    assert var is not None  # only matched codes are emitted
+    value, unit = read
     shown = unit
     if type(unit) is tuple:  # a unit read out of a valueString: echoed only when the tables know it
         unit = unit[1]

@@ -97,7 +97,7 @@ def _col(name: str) -> _Column:
 def _is(name: str, index: int) -> _Column:
     def f(t: DischargeTable) -> np.ndarray:
         v = t.column(name)
-        out = (v == index).astype(np.float64)
+        out: np.ndarray = (v == index).astype(np.float64)
         out[np.isnan(v)] = np.nan
         return out
 

@@ -17,6 +17,7 @@ from .errors import InvalidResourceError, NotFHIRError
 __all__ = [
     "categories",
     "codings",
+    "element",
     "ensure_resource",
     "objects",
     "parse_date",
@@ -127,6 +128,12 @@ def objects(resource: Any, key: str) -> list[Mapping[str, Any]]:
     """The objects of a JSON array field; a field of any other JSON type gives none."""
     value = resource.get(key) if isinstance(resource, Mapping) else None
     return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def element(resource: Any, key: str) -> Mapping[str, Any]:
+    """An object field (a period, a reference), or an empty one when it is absent or not an object."""
+    value = resource.get(key) if isinstance(resource, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
 
 
 def string(resource: Any, key: str) -> str | None:

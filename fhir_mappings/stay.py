@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import MappingError, StayError
 from .profiles import GENERIC, VendorProfile
-from .resources import codings, objects, parse_datetime, resolve_reference, subject_mismatch
+from .resources import codings, element, objects, parse_datetime, resolve_reference, subject_mismatch
 
 __all__ = ["NOT_A_STAY_STATUSES", "IcuClock", "icu_clock", "select_encounter"]
 
@@ -61,7 +61,7 @@ def _describe_location(
     entry: Mapping[str, Any], encounter: Mapping[str, Any], locations: Mapping[str, Mapping[str, Any]]
 ) -> tuple[str, set[tuple[str, str]]]:
     """Lower-case words naming a location entry, and the codes of its Location.type."""
-    ref = entry.get("location") if isinstance(entry.get("location"), Mapping) else {}
+    ref = element(entry, "location")
     texts = [ref.get("display")]
     codes: set[tuple[str, str]] = set()
     loc = resolve_reference(ref, "Location", encounter, locations)
@@ -80,7 +80,7 @@ def icu_clock(
     as_of: datetime,
     profile: VendorProfile,
 ) -> IcuClock:
-    period = encounter.get("period") if isinstance(encounter.get("period"), Mapping) else {}
+    period = element(encounter, "period")
     admission = parse_datetime(period["start"], "Encounter.period.start") if period.get("start") else None
 
     icu_entries: list[tuple[datetime, datetime | None, str]] = []
@@ -91,7 +91,7 @@ def icu_clock(
         text, codes = _describe_location(entry, encounter, locations)
         if not (codes & profile.icu_location_codes or _words_match(text, profile.icu_words)):
             continue
-        p = entry.get("period") if isinstance(entry.get("period"), Mapping) else {}
+        p = element(entry, "period")
         if not p.get("start"):
             continue
         start = parse_datetime(p["start"], f"Encounter.location[{i}].period.start")
@@ -129,7 +129,7 @@ _RANK = {"inpatient": 2, None: 1}  # recognised inpatient first, then classes no
 
 
 def select_encounter(
-    encounters: list[Mapping[str, Any]],
+    encounters: Sequence[Mapping[str, Any]],
     encounter_id: str | None,
     patient_id: str | None = None,
     *,
@@ -160,7 +160,7 @@ def select_encounter(
         rank = _RANK.get(profile.classes.kind(e.get("class")), 0)
         if rank == 0:
             continue
-        period = e.get("period") if isinstance(e.get("period"), Mapping) else {}
+        period = element(e, "period")
         try:
             start = parse_datetime(period.get("start"), "Encounter.period.start")
         except MappingError:

@@ -62,7 +62,8 @@ class CanonicalTable:
         return np.maximum.accumulate(np.where(mask, np.arange(len(mask)), 0))
 
     def patients(self) -> np.ndarray:
-        return self.patient[self.group_starts_mask()]
+        firsts: np.ndarray = self.patient[self.group_starts_mask()]
+        return firsts
 
     def to_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.values, columns=list(CANONICAL_COLUMNS))

@@ -31,7 +31,8 @@ PHYSIONET_COLUMNS = CANONICAL_COLUMNS + ("ICULOS",)
 
 
 def normalise_age(age: np.ndarray) -> np.ndarray:
-    return np.minimum(np.floor(age), AGE_CAP)
+    capped: np.ndarray = np.minimum(np.floor(age), AGE_CAP)
+    return capped
 
 
 def normalise_hosp_adm_time(hours: np.ndarray) -> np.ndarray:

@@ -168,4 +168,5 @@ def build_risk_card(
         "links": list(links),
         "extension": {CARD_EXTENSION: data},
     }
-    return strip_empty(card)
+    stripped: dict[str, Any] = strip_empty(card)
+    return stripped

@@ -1,6 +1,7 @@
 """Where XGBoost runs: `cuda` when a GPU is present, `cpu` otherwise. Decided here and only here.
 
-`CDS_DEVICE` (cpu | cuda) overrides the detection. Single-row scoring in the hook path stays on
+The preference comes from settings (`CDS_DEVICE`: auto | cpu | cuda, read by `cds.settings`, never
+from the environment here): `auto` detects. Single-row scoring in the hook path stays on
 the CPU whatever the device: a GPU adds transfer latency to one-row predictions and wins only on
 batches (training, batch scoring, batch SHAP).
 """
@@ -14,7 +15,7 @@ import subprocess
 
 import xgboost as xgb
 
-__all__ = ["choose_device", "serving_device"]
+__all__ = ["DEVICE_PREFERENCES", "choose_device", "serving_device"]
 
 
 @functools.cache
@@ -30,11 +31,16 @@ def _gpu_present() -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
-def choose_device() -> str:
-    """The device for training and batch work."""
-    forced = os.environ.get("CDS_DEVICE", "").strip().lower()
-    if forced in ("cpu", "cuda"):
-        return forced
+DEVICE_PREFERENCES = ("auto", "cpu", "cuda")
+
+
+def choose_device(preference: str = "auto") -> str:
+    """The device for training and batch work: `preference` unless it is `auto`, then detected."""
+    wanted = preference.strip().lower()
+    if wanted not in DEVICE_PREFERENCES:
+        raise ValueError(f"device {preference!r} is not one of {', '.join(DEVICE_PREFERENCES)}")
+    if wanted != "auto":
+        return wanted
     return "cuda" if _gpu_present() else "cpu"
 
 

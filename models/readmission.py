@@ -27,6 +27,7 @@ from fhir_mappings import (
 )
 
 from .calibration import calibration_report, fit_platt
+from .device import choose_device
 from .errors import DatasetError, ModelError
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import ModelManifest
@@ -52,6 +53,7 @@ __all__ = [
 
 READMISSION_OUTCOME = ("http://snomed.info/sct", "417005", "Hospital re-admission")
 HORIZON_DAYS = 30
+READMISSION_ROUNDS = 3000  # the most boosting rounds; early stopping on the validation split decides
 FLAGGED_FRACTION = 0.2  # the alert threshold flags this share of validation discharges
 
 
@@ -154,7 +156,7 @@ def readmission_report(
     }
     gaps = {k: v["largest_auroc_gap"] for k, v in report["subgroups"].items()}
     known = {k: v for k, v in gaps.items() if v is not None}
-    report["largest_subgroup_auroc_gap"] = {"grouping": max(known, key=known.get), "gap": max(known.values())} if known else None
+    report["largest_subgroup_auroc_gap"] = {"grouping": max(known, key=lambda k: known[k]), "gap": max(known.values())} if known else None
     return report
 
 
@@ -216,7 +218,7 @@ def train_readmission(
     registry: ModelRegistry,
     *,
     seed: int = 2019,
-    num_boost_round: int = 3000,
+    num_boost_round: int = READMISSION_ROUNDS,
     progress: bool = True,
     activate: bool = True,
     device: str | None = None,
@@ -300,8 +302,10 @@ def evaluate_readmission(model: RiskModel, data: ReadmissionData, *, report_dir:
 def _train_readmission(path: Path, registry: ModelRegistry, options: TrainOptions) -> ModelManifest:
     if options.patients is not None:
         raise ModelError("--patients is for sepsis only: the readmission cohort is one discharge per patient already")
-    extra = {"num_boost_round": options.rounds} if options.rounds else {}
-    return train_readmission(path, registry, seed=options.seed, activate=options.activate, **extra)
+    return train_readmission(
+        path, registry, seed=options.seed, activate=options.activate, device=choose_device(options.device),
+        num_boost_round=options.rounds or READMISSION_ROUNDS,
+    )
 
 
 def _score_readmission(model: RiskModel, path: Path) -> Iterator[str]:

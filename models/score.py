@@ -71,7 +71,8 @@ class RiskModel:
         if self._cal is None:
             return raw_probability
         x, y = self._cal
-        return np.interp(raw_probability, x, y)
+        calibrated: np.ndarray = np.interp(raw_probability, x, y)
+        return calibrated
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, one per row."""

@@ -26,6 +26,7 @@ from fhir_mappings import (
 from .baselines import BASELINES, baseline_scores
 from .calibration import calibration_report, fit_isotonic
 from .datasets import default_sepsis_path, read_physionet
+from .device import choose_device
 from .manifest import Calibration, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, utility_table
 from .registration import register_version
@@ -305,6 +306,7 @@ def _train_sepsis(path: Path, registry: ModelRegistry, options: TrainOptions) ->
         patients=options.patients,
         num_boost_round=options.rounds or SEPSIS_ROUNDS,
         activate=options.activate,
+        device=choose_device(options.device),
     )
 
 

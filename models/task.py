@@ -34,6 +34,7 @@ class TrainOptions:
     activate: bool = True
     patients: int | None = None  # the first N patients only (quick runs)
     rounds: int | None = None  # None: the model's tuned number
+    device: str = "auto"  # auto | cpu | cuda (models.device.choose_device)
 
 
 @dataclass(frozen=True)

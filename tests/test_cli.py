@@ -54,3 +54,17 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     done = cds("score", "sepsis", "--data", str(tmp_path / "nope.parquet"))
     assert done.returncode != 0
     assert "dataset not found" in done.stderr
+
+
+def test_bad_settings_stop_the_server_with_a_clear_message(tmp_path: Path) -> None:
+    """A bad value is found at start, each named by its variable, without a traceback and without
+    echoing the value (a setting may be a secret)."""
+    env = {
+        "CDS_VAR_DIR": str(tmp_path), "CDS_EHR_PROFILES": '{"https://ehr.example.org": "cernr"}',
+        "CDS_DEVICE": "tpu-secret-value",
+    }
+    done = cds("serve", env=env, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "CDS_EHR_PROFILES: Value error, unknown EHR profile(s) ['cernr']" in done.stderr
+    assert "CDS_DEVICE: Input should be 'auto', 'cpu' or 'cuda'" in done.stderr
+    assert "tpu-secret-value" not in done.stderr + done.stdout

@@ -49,3 +49,18 @@ def test_layers_import_only_downwards(package: str) -> None:
         assert ours <= ALLOWED[package] | {package}, f"{path.relative_to(ROOT)} imports {ours - ALLOWED[package] - {package}}"
         if package in PURE:
             assert not _imports(path) & IO_MODULES, f"{path.relative_to(ROOT)} does I/O"
+
+
+def test_the_cli_starts_without_the_app_and_settings_defaults_match_the_models() -> None:
+    """`cds --help` must not load the web app, the models or XGBoost; the settings' defaults that
+    avoid importing the models are the models' own."""
+    import subprocess
+    import sys
+
+    probe = "import sys, cds.cli; print(sorted(m for m in ('xgboost', 'models', 'fastapi', 'cds.app') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+    import models
+    from cds import settings
+
+    assert settings.DEFAULT_REGISTRY == models.DEFAULT_REGISTRY and settings.DEFAULT_DATA_DIR == models.DEFAULT_DATA_DIR

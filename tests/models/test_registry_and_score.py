@@ -101,11 +101,12 @@ def test_committed_model_loads_with_this_code() -> None:
     assert (registry.root / "sepsis" / manifest.version / "model.ubj").stat().st_size < 5_000_000
 
 
-def test_device_is_cpu_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CDS_DEVICE", "cuda")
-    assert choose_device() == "cuda"
-    monkeypatch.setenv("CDS_DEVICE", "cpu")
-    assert choose_device() == "cpu"
-    monkeypatch.delenv("CDS_DEVICE")
+def test_the_device_comes_from_settings_and_is_cpu_without_a_gpu() -> None:
+    from cds import Settings
+
+    assert choose_device("cuda") == "cuda" and choose_device("CPU") == "cpu"
+    assert choose_device(Settings(_env_file=None, device="cuda").device) == "cuda"
+    with pytest.raises(ValueError):
+        choose_device("tpu")
     if shutil.which("nvidia-smi") is None and not Path("/dev/nvidia0").exists():
-        assert choose_device() == "cpu"
+        assert choose_device() == "cpu" and choose_device(Settings(_env_file=None).device) == "cpu"
