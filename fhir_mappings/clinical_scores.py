@@ -92,7 +92,7 @@ def mews(sbp: np.ndarray, hr: np.ndarray, resp: np.ndarray, temp: np.ndarray) ->
 def sofa_partial(
     platelets: np.ndarray, bilirubin: np.ndarray, creatinine: np.ndarray, map_: np.ndarray, spo2: np.ndarray, fio2: np.ndarray
 ) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         sf = spo2 / fio2
     sf = np.where(np.isfinite(sf), sf, np.nan)
     return (
@@ -105,7 +105,7 @@ def sofa_partial(
 
 
 def shock_index(hr: np.ndarray, sbp: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         out = np.asarray(hr, dtype=np.float64) / sbp
     out[~np.isfinite(out)] = np.nan
     return out
