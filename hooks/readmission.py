@@ -31,6 +31,7 @@ from fhir_mappings import (
 from models import READMISSION_OUTCOME, Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
+from .consent import CONSENT_KEY, CONSENT_TEMPLATE
 from .service import (
     NON_ADHERENCE,
     NOT_APPLICABLE,
@@ -41,6 +42,7 @@ from .service import (
     ScoredCard,
     ScoringInput,
     Service,
+    feature_hash,
 )
 
 __all__ = ["READMISSION", "follow_up_request", "readmission_card"]
@@ -210,7 +212,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     )
     return ScoredCard(
         card=card, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability,
-        log={"band": band, **log},
+        log={"band": band, **log}, features_sha256=feature_hash(row),
     )
 
 
@@ -278,6 +280,7 @@ READMISSION = Service(
         "medications": "MedicationRequest?patient={{context.patientId}}",
         "labs": "Observation?patient={{context.patientId}}&category=laboratory",
         "procedures": "Procedure?patient={{context.patientId}}",
+        CONSENT_KEY: CONSENT_TEMPLATE,
     },
     model_name="readmission",
     score=_score,

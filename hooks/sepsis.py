@@ -28,6 +28,7 @@ from fhir_mappings import (
 from models import HORIZON_HOURS, SEPSIS_OUTCOME
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
+from .consent import CONSENT_KEY, CONSENT_TEMPLATE
 from .service import (
     NON_ADHERENCE,
     NOT_APPLICABLE,
@@ -39,6 +40,7 @@ from .service import (
     ScoredCard,
     ScoringInput,
     Service,
+    feature_hash,
 )
 
 __all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
@@ -167,6 +169,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         user_pseudonym=user_pseudonym,
         probability=probability,
         log={**log, "band": band},
+        features_sha256=feature_hash(row),
     )
 
 
@@ -186,6 +189,7 @@ SEPSIS = Service(
         "encounters": "Encounter?patient={{context.patientId}}&status=in-progress",
         "vitals": "Observation?patient={{context.patientId}}&category=vital-signs&_sort=-date&_count=1000",
         "labs": "Observation?patient={{context.patientId}}&category=laboratory&_sort=-date&_count=1000",
+        CONSENT_KEY: CONSENT_TEMPLATE,
     },
     model_name="sepsis",
     score=_score,
