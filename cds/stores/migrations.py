@@ -10,13 +10,14 @@ an old release must not write rows a newer schema does not expect.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .records import GENESIS, entry_hash
+from .records import GENESIS, audit_json, entry_hash
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -43,7 +44,7 @@ def _chain_sqlite(db: sqlite3.Connection) -> None:
     """Version 3: hash-chain the audit entries written before the chain existed, in seq order."""
     prev = GENESIS
     for seq, at, kind, details in db.execute("SELECT seq, at, kind, details FROM audit_event ORDER BY seq").fetchall():
-        digest = entry_hash(prev, at, kind, details)
+        digest = entry_hash(prev, at, kind, audit_json(json.loads(details)))  # as verify reads it
         db.execute("UPDATE audit_event SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq))
         prev = digest
 
@@ -52,7 +53,7 @@ async def _chain_postgres(conn: Any) -> None:
     cursor = await conn.execute("SELECT seq, at, kind, details FROM audit_event ORDER BY seq")
     prev = GENESIS
     for seq, at, kind, details in await cursor.fetchall():
-        digest = entry_hash(prev, float(at), kind, details)
+        digest = entry_hash(prev, float(at), kind, audit_json(json.loads(details)))
         await conn.execute("UPDATE audit_event SET prev_hash = %s, hash = %s WHERE seq = %s", (prev, digest, seq))
         prev = digest
 
