@@ -60,9 +60,15 @@ class CardSpool(SQLiteFile):
 
     async def forget(self, card_filter: str, args: Sequence[object]) -> int:
         """Remove spooled cards `card_filter` (an SQL condition) selects; how many."""
-        return await self._run(
-            lambda: self._db.execute(f"DELETE FROM spooled_card WHERE {card_filter}", list(args)).rowcount
-        )
+        def delete() -> int:
+            self._db.execute("PRAGMA secure_delete = ON")
+            try:
+                return int(self._db.execute(f"DELETE FROM spooled_card WHERE {card_filter}", list(args)).rowcount)
+            finally:
+                self._db.execute("PRAGMA secure_delete = OFF")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        return await self._run(delete)
 
     async def remove(self, card_uuids: Sequence[str]) -> None:
         """Only once these cards are committed in PostgreSQL."""

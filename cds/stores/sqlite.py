@@ -201,6 +201,21 @@ class SQLiteStore(SQLiteFile):
                 yield AuditEvent(seq, at, kind, json.loads(details), prev_hash, digest)
             after = rows[-1][0]
 
+    async def _erasing(self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]) -> Erasure:
+        """`_erase` with SQLite's secure delete on, then a checkpoint: the removed rows are
+        overwritten in the file, and no copy of them stays in the write-ahead log."""
+
+        def run() -> Erasure:
+            self._db.execute("PRAGMA secure_delete = ON")
+            try:
+                erased = self._transaction(lambda: self._erase(where, args, kind, tombstone))
+            finally:
+                self._db.execute("PRAGMA secure_delete = OFF")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return erased
+
+        return await self._run(run)
+
     def _erase(self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]) -> Erasure:
         """Delete the cards `where` selects and their feedback, and append the tombstone (counts)."""
         uuids = [r[0] for r in self._db.execute(f"SELECT card_uuid FROM card WHERE {where}", list(args)).fetchall()]
@@ -217,15 +232,11 @@ class SQLiteStore(SQLiteFile):
         """Every card of these patients and its feedback; a `patient-forgotten` tombstone."""
         marks = ",".join("?" * len(patient_pseudonyms)) or "NULL"
         where = f"{PATIENT_OF} IN ({marks})"
-        return await self._run(
-            self._transaction, lambda: self._erase(where, list(patient_pseudonyms), "patient-forgotten", tombstone)
-        )
+        return await self._erasing(where, list(patient_pseudonyms), "patient-forgotten", tombstone)
 
     async def purge(self, before: float, tombstone: Mapping[str, Any]) -> Erasure:
         """Cards created before `before` (epoch s) and their feedback; a `records-purged` tombstone."""
-        return await self._run(
-            self._transaction, lambda: self._erase("created < ?", [before], "records-purged", {**tombstone, "before": before})
-        )
+        return await self._erasing("created < ?", [before], "records-purged", {**tombstone, "before": before})
 
     async def active_versions(self) -> dict[str, str]:
         rows = await self._run(
