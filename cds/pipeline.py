@@ -12,6 +12,11 @@ not FHIR means the EHR failed, so the key is fetched; a search Bundle with a `ne
 completed from the FHIR server. OperationOutcome entries inside a search Bundle (warnings or
 partial failures) are skipped and counted (`ehr_outcomes`), so an EHR that keeps failing shows up
 in logs and metrics. When data is needed and there is no FHIR server to ask: 412.
+
+Consent (hooks/consent.py, docs/privacy.md): the `consent` key is fetched only when there is a
+FHIR server to ask; decision support refused means no score (reason `consent-refused`), training
+use refused labels the stored RiskAssessment NOREUSE. Each stored card carries its `card-scored`
+audit entry, written in the card's transaction.
 """
 
 from __future__ import annotations
