@@ -386,8 +386,12 @@ class PostgresStore:
         self._anchor(head)
         return head[0]
 
-    async def _erase(self, where: str, args: Sequence[Any], spool_where: str, kind: str, tombstone: Mapping[str, Any]) -> Erasure:
-        spooled = await self.spool.forget(spool_where, args)
+    async def _erase(
+        self, where: str, args: Sequence[Any], spool_where: str, spool_args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]
+    ) -> Erasure:
+        """Delete the cards `where` selects (and `spool_where` in this machine's spool) with their
+        feedback, and append the tombstone (counts), in one transaction."""
+        spooled = await self.spool.forget(spool_where, spool_args)
 
         async def write(conn: Conn) -> tuple[Erasure, tuple[int, str]]:
             async with conn.transaction():
@@ -409,11 +413,11 @@ class PostgresStore:
         marks = ",".join("?" * len(patient_pseudonyms)) or "NULL"
         spool_where = f"json_extract(resource, '$.subject.identifier.value') IN ({marks})"
         return await self._erase(
-            f"{_PATIENT_OF} = ANY(%s)", [list(patient_pseudonyms)], spool_where, "patient-forgotten", tombstone
+            f"{_PATIENT_OF} = ANY(%s)", [list(patient_pseudonyms)], spool_where, list(patient_pseudonyms), "patient-forgotten", tombstone
         )
 
     async def purge(self, before: float, tombstone: Mapping[str, Any]) -> Erasure:
-        return await self._erase("created < %s", [before], "created < ?", "records-purged", {**tombstone, "before": before})
+        return await self._erase("created < %s", [before], "created < ?", [before], "records-purged", {**tombstone, "before": before})
 
     async def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]:
         while True:

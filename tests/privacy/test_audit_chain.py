@@ -283,3 +283,30 @@ def test_a_version_2_store_is_chained_when_upgraded(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.DatabaseError, match="append-only"), sqlite3.connect(path) as conn:
         conn.execute("UPDATE audit_event SET kind = 'x'")
     FhirAuditEvent.model_validate(audit_event_resource(entries[0]))
+
+
+def _patient_card(uuid: str, patient: str, created: float) -> CardRecord:
+    ra = {"resourceType": "RiskAssessment", "id": uuid, "status": "final", "subject": {"identifier": {"value": patient}}}
+    return CardRecord(uuid, "sepsis-risk", "pr-abc", ra, created, (), (), {"card": uuid})
+
+
+def test_forget_and_purge_in_both_stores_leave_a_verifying_chain(db: Db) -> None:
+    async def run() -> tuple[Any, Any, list[str], list[Any]]:
+        store = await db.open()
+        uuids = [new_id() for _ in range(4)]
+        for uuid, patient, created in zip(uuids, ["pa-gone", "pa-gone", "pa-stays", "pa-old"], [5e9, 5e9, 5e9, 1.0], strict=True):
+            await store.put_card(_patient_card(uuid, patient, created))
+            await store.put_feedback([_feedback(uuid)])
+        forgotten = await store.forget(["pa-gone", "pa-unknown"], {"request": "r-1"})
+        purged = await store.purge(2.0, {"retention_days": 30})
+        left = list(await store.get_cards(uuids))
+        entries = [e async for e in store.iter_audit()]
+        await store.close()
+        return forgotten, purged, left, entries
+
+    forgotten, purged, left, entries = asyncio.run(run())
+    assert (forgotten.cards, forgotten.feedback) == (2, 2) and (purged.cards, purged.feedback) == (1, 1)
+    assert len(left) == 1
+    assert verify_chain(entries).ok
+    tombstones = [e.details for e in entries if e.kind in ("patient-forgotten", "records-purged")]
+    assert tombstones == [{"request": "r-1", "cards": 2, "feedback": 2}, {"retention_days": 30, "before": 2.0, "cards": 1, "feedback": 1}]

@@ -146,8 +146,11 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("comments", ["omit", "scrubbed"])
-def test_no_canary_leaves_the_server(comments: str, tmp_path: Path, ehr_identity: EhrIdentity) -> None:
+@pytest.mark.parametrize(("backend", "comments"), [("sqlite", "omit"), ("sqlite", "scrubbed"), ("postgres", "omit")])
+def test_no_canary_leaves_the_server(
+    backend: str, comments: str, request: pytest.FixtureRequest, tmp_path: Path, ehr_identity: EhrIdentity
+) -> None:
+    database_url = request.getfixturevalue("postgres_url") if backend == "postgres" else None
     now = datetime.now(UTC)
     stay = _resources(now)
     ehr = DemoFhirServer(token=TOKEN, page_size=25)
@@ -161,6 +164,8 @@ def test_no_canary_leaves_the_server(comments: str, tmp_path: Path, ehr_identity
             **os.environ, "CDS_VAR_DIR": str(var), "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": KEY, "CDS_LOG_LEVEL": "DEBUG",
             "CDS_AUTH_ISSUERS": json.dumps([issuer]), "CDS_FEEDBACK_COMMENTS": comments, "CDS_PUBLIC_URL": f"http://127.0.0.1:{port}",
         }
+        if database_url:
+            env["CDS_DATABASE_URL"] = database_url
         log_path = tmp_path / "server.log"
         with open(log_path, "wb") as log:
             server = subprocess.Popen([sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -230,8 +235,12 @@ def test_no_canary_leaves_the_server(comments: str, tmp_path: Path, ehr_identity
         shown.append(json.dumps(body, ensure_ascii=False))
 
     places: dict[str, str] = {"answers": "\n".join(shown), "metrics": metrics, "server log": log_path.read_text(encoding="utf-8", errors="replace"), "cli output": cli_out}
+    if database_url:
+        from tests.test_deid_canaries import _postgres_dump
+
+        places["postgres (every row of every table)"] = _postgres_dump(database_url)
     files = sorted(p for p in var.rglob("*") if p.is_file()) + sorted(p for p in exports.rglob("*") if p.is_file())
-    assert {"cds.sqlite3", "audit-anchors.jsonl", "RiskAssessment.ndjson", "Provenance.ndjson", "AuditEvent.ndjson"} <= {p.name for p in files}
+    assert {"cds.sqlite3", "audit-anchors.jsonl", "RiskAssessment.ndjson", "Provenance.ndjson", "AuditEvent.ndjson"} <= {p.name for p in files}  # (PostgreSQL mode: the SQLite file holds the replay window)
     for path in files:
         raw = path.read_bytes()
         places[str(path.relative_to(tmp_path))] = raw.decode("utf-8", errors="replace") + raw.decode("latin-1")
@@ -242,7 +251,7 @@ def test_no_canary_leaves_the_server(comments: str, tmp_path: Path, ehr_identity
     assert len(auth.jwts) >= 10 and KEY not in places["server log"]
 
     # It was all there to leak: the cards, the feedback, the comment's length (and in scrubbed mode its clinical words).
-    stored = places["var/cds.sqlite3"]
+    stored = places.get("postgres (every row of every table)") or places["var/cds.sqlite3"]
     assert all(c["uuid"] in stored for c in cards)
     provenances = [json.loads(line) for line in (exports / "Provenance.ndjson").read_text().splitlines()]
     assert len(provenances) == 2
