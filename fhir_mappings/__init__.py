@@ -10,7 +10,7 @@ from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
 from .codes import CodeRow, CodeTable, default_code_table
-from .deid import AGE_CAP, Pseudonymizer, age_in_years
+from .deid import AGE_CAP, Pseudonymizer, age_in_years, identity_tokens, scrub_free_text
 from .diabetes130 import (
     A1C_BANDS,
     DIABETES130_REQUIRED,
@@ -105,7 +105,6 @@ from .table import CanonicalTable
 from .tabular import PHYSIONET_COLUMNS, TabularTable, physionet_to_table
 from .units import Conversion, UnitTable, default_unit_table
 from .validation import ValidationIssue, validate_resource, validate_resources
-from .deid import REMOVED, identity_tokens, scrub_free_text  # noqa: I001 (free text: docs/privacy.md)
 from .variables import (
     CANONICAL_COLUMNS,
     CLINICAL_VARIABLES,
@@ -179,7 +178,6 @@ __all__ = [
     "PatientRecord",
     "Pseudonymizer",
     "READMISSION_FEATURE_VERSION",
-    "REMOVED",
     "RXNORM",
     "SCORE_INPUTS",
     "SCORE_SERIES",

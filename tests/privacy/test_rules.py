@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from fhir_mappings import REMOVED, Pseudonymizer, identity_tokens, scrub_free_text
+from fhir_mappings import Pseudonymizer, identity_tokens, scrub_free_text
+from fhir_mappings.deid import REMOVED
 from hooks import ConsentDecision, consent_decision
 
 ACT = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
