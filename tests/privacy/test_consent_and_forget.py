@@ -178,3 +178,28 @@ def test_purge_applies_the_retention_period(tmp_path: Path) -> None:
     assert _cards_stored(settings) == 0
     trail = _cli(settings, "audit", "verify")
     assert trail["ok"] and trail["kinds"]["records-purged"] == 2
+
+
+class _NoConsentSearch(DemoFhirServer):
+    """An EHR whose FHIR server does not support Consent search (400)."""
+
+    async def _search(self, request: Any) -> Any:
+        if request.path_params["rtype"] == "Consent":
+            from starlette.responses import JSONResponse
+
+            return JSONResponse({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}, status_code=400)
+        return await super()._search(request)
+
+
+def test_an_ehr_without_consent_search_is_scored_and_says_so_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings(tmp_path)
+    stay = synthetic_stay(hours=12)
+    ehr = _NoConsentSearch(token="ehr-token")
+    ehr.add(stay.all())
+    caplog.set_level(logging.INFO, logger="cds")
+    with serve_cds(settings) as cds, serve_in_thread(ehr.app()) as ehr_server:
+        body = patient_view_request(stay, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
+        answer = httpx.post(f"{cds.url}{SEPSIS}", json=body, timeout=10)
+    assert answer.status_code == 200 and answer.json()["cards"][0]["extension"]
+    lines = [getattr(r, "event", {}) for r in caplog.records if r.getMessage() == "hook answered"]
+    assert lines[-1]["reason"] == "card" and lines[-1]["consent_unreadable"] == 1
