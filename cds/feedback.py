@@ -59,6 +59,13 @@ def _check(request: FeedbackRequest, now: datetime, rules: FeedbackRules) -> Non
             raise BadRequest(f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} characters; nothing was recorded")
 
 
+def _audited_reason(code: str | None, flags: list[str]) -> str | None:
+    """A reason code we offered; for any other only that it was another (the Provenance keeps it)."""
+    if code is None:
+        return None
+    return "not-offered" if "reason-not-offered" in flags else code
+
+
 async def record_feedback(
     service: Service,
     request: FeedbackRequest,
@@ -101,8 +108,7 @@ async def record_feedback(
             "service": service.id,
             "card": item.card,
             "outcome": item.outcome,
-            # a code we offered, or only that it was another (the Provenance keeps what was sent)
-            "reason": None if reason is None else "reason-not-offered" in flags and "not-offered" or reason.code,
+            "reason": _audited_reason(reason.code if reason else None, flags),
             "accepted": len(accepted),
             "flags": flags,
             "user": cards[item.card].user_pseudonym,

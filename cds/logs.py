@@ -31,7 +31,7 @@ _SECRET = re.compile(
     r"(?i)\b(access_token|id_token|refresh_token|token|authorization|password|secret)([\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
 )
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_QUERY = re.compile(r"\?[^\s'\"<>]*")
+_QUERY = re.compile(r"\?[^\s'\"<>]+")
 _FHIR_REF = re.compile(
     r"\b(Patient|Encounter|Observation|Practitioner|PractitionerRole|RelatedPerson|Location|Condition|"
     r"MedicationRequest|Procedure|Consent|Person|Organization)/[A-Za-z0-9\-.]{1,64}"

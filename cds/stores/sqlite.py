@@ -103,6 +103,7 @@ class SQLiteStore(SQLiteFile):
     def __init__(self, path: Path | str, *, anchors: AnchorLog | None = None) -> None:
         super().__init__(path)
         self.anchors = anchors or AnchorLog(None)
+        self._pending_anchor: tuple[int, str] | None = None  # the head the open transaction appended
         try:
             self.schema_version = migrate_sqlite(self._db)
         except BaseException:
@@ -175,8 +176,6 @@ class SQLiteStore(SQLiteFile):
         seq = int(cursor.lastrowid or 0)
         self._pending_anchor = (seq, digest)
         return seq
-
-    _pending_anchor: tuple[int, str] | None = None
 
     def _transaction(self, fn: Callable[[], T]) -> T:
         self._pending_anchor = None
