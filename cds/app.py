@@ -37,7 +37,7 @@ from .routes import discovery, feedback, health, services
 from .routes._auth import authenticate
 from .routes._openapi import body_schemas
 from .settings import Settings, get_settings
-from .stores import RecordStore, open_store
+from .stores import AnchorLog, RecordStore, open_store
 
 __all__ = ["AppState", "create_app", "load_models", "make_verifier"]
 
@@ -140,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database_url = settings.database_url.get_secret_value() if settings.database_url else None
         store = await open_store(
             database_url=database_url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path,
-            timeout_s=settings.database_timeout_s,
+            timeout_s=settings.database_timeout_s, anchors=AnchorLog(settings.anchor_path, every=settings.audit_anchor_every),
         )
         try:
             models = load_models(settings, await stored_versions(store))
@@ -168,6 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_resources=settings.max_resources,
                 profiles=settings.vendor_profile,
                 fhir_allowed=settings.fhir_server_allowed,
+                keep_identity_hashes=settings.feedback_comments == "scrubbed",
+                consent_refused_card=settings.consent_refused_card,
             )
             _announce_auth(settings)
             metrics = Metrics()

@@ -1,5 +1,5 @@
-"""The `cds` command: serve, train, score, evaluate, map, feedback export, models activate. Model-specific work is
-looked up in `models.MODELS`; nothing here branches on a model's name."""
+"""The `cds` command: serve, train, score, evaluate, map, feedback export, models activate, audit verify/export,
+forget, purge. Model-specific work is looked up in `models.MODELS`; nothing here branches on a model's name."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ feedback_app = typer.Typer(help="Clinician feedback records.", no_args_is_help=T
 app.add_typer(feedback_app, name="feedback")
 models_app = typer.Typer(help="Which model versions the servers serve.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+audit_app = typer.Typer(help="The hash-chained audit trail of scores and decisions.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 class ModelName(StrEnum):
@@ -55,11 +57,12 @@ def _settings() -> Settings:
 
 
 async def _open_store(settings: Settings) -> RecordStore:
-    from .stores import open_store
+    from .stores import AnchorLog, open_store
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
     return await open_store(
-        database_url=url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path, timeout_s=settings.database_timeout_s
+        database_url=url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path, timeout_s=settings.database_timeout_s,
+        anchors=AnchorLog(settings.anchor_path, every=settings.audit_anchor_every),
     )
 
 
@@ -152,23 +155,38 @@ def feedback_export(
         "export"
     ),
 ) -> None:
-    """Write the recorded RiskAssessments and feedback Provenances as FHIR NDJSON (with PostgreSQL,
-    cards still in this machine's spool are included; `spooled` says how many were)."""
+    """Write the recorded RiskAssessments and feedback Provenances as FHIR NDJSON for retraining and
+    monitoring (with PostgreSQL, cards still in this machine's spool are included; `spooled` says how
+    many were). Cards of patients who refused training use, and their feedback, are withheld
+    (`withheld` counts them)."""
+    from .privacy import training_use_refused
+
     settings = _settings()
 
     async def run() -> dict[str, int]:
         store = await _open_store(settings)
         counts = {}
+        withheld_cards: set[str] = set()
+        withheld = 0
         try:
             out.mkdir(parents=True, exist_ok=True)
             for resource_type in ("RiskAssessment", "Provenance"):
                 n = 0
                 with open(out / f"{resource_type}.ndjson", "w", encoding="utf-8") as f:
                     async for resource in store.iter_resources(resource_type):
+                        if resource_type == "RiskAssessment" and training_use_refused(resource):
+                            withheld_cards.add(str(resource.get("id")))
+                            withheld += 1
+                            continue
+                        targets = {t.get("reference", "") for t in resource.get("target", ())}
+                        if resource_type == "Provenance" and {f"RiskAssessment/{c}" for c in withheld_cards} & targets:
+                            withheld += 1
+                            continue
                         f.write(json.dumps(resource, separators=(",", ":")) + "\n")
                         n += 1
                 counts[resource_type] = n
             counts["spooled"] = store.health().spooled
+            counts["withheld"] = withheld
         finally:
             await store.close()
         return counts
@@ -200,6 +218,117 @@ def models_activate(model: ModelName, version: str) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"model": model.value, "version": version, "previous": previous}))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    anchors: Annotated[Path | None, typer.Option(help="anchor file (default: CDS_AUDIT_ANCHOR_FILE or <var>/audit-anchors.jsonl)")] = None,
+) -> None:
+    """Recompute the audit hash chain and check it against the anchors; print the first broken,
+    edited, deleted, reordered or truncated entry (exit status 1), or the head (exit status 0)."""
+    from .audit import verify_chain
+    from .stores import read_anchors
+
+    settings = _settings()
+
+    async def run() -> dict[str, object]:
+        store = await _open_store(settings)
+        try:
+            entries = [e async for e in store.iter_audit()]
+        finally:
+            await store.close()
+        return verify_chain(entries, read_anchors(anchors or settings.anchor_path)).as_dict()
+
+    report = asyncio.run(run())
+    typer.echo(json.dumps(report))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option("--out", help="NDJSON file of FHIR R4 AuditEvent resources")] = Path("export/AuditEvent.ndjson"),
+) -> None:
+    """Write every audit entry as a FHIR R4 AuditEvent (NDJSON) for the hospital's SIEM; each carries
+    its chain hashes, so the export can be verified on its own."""
+    from .audit import audit_event_resource
+
+    settings = _settings()
+
+    async def run() -> int:
+        store = await _open_store(settings)
+        n = 0
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "w", encoding="utf-8") as f:
+                async for entry in store.iter_audit():
+                    f.write(json.dumps(audit_event_resource(entry), separators=(",", ":")) + "\n")
+                    n += 1
+        finally:
+            await store.close()
+        return n
+
+    typer.echo(json.dumps({"out": str(out), "AuditEvent": asyncio.run(run())}))
+
+
+@app.command()
+def forget(
+    patient: Annotated[str, typer.Option("--patient", help="the patient's id in the EHR (pseudonymised here with CDS_PSEUDONYM_KEY; never stored)")],
+    fhir_server: Annotated[list[str] | None, typer.Option("--fhir-server", help="FHIR base the EHR names (default: every base in CDS_AUTH_ISSUERS, and none)")] = None,
+) -> None:
+    """Remove a patient's cards and feedback from the record store (everything retraining and
+    monitoring read), leaving a `patient-forgotten` tombstone (counts only) in the audit chain."""
+    import uuid
+
+    from fhir_mappings import Pseudonymizer
+
+    from .errors import StoreError
+    from .privacy import patient_pseudonyms
+
+    settings = _settings()
+    sources = fhir_server if fhir_server else [u for i in settings.auth_issuers for u in i.fhir_servers]
+    pseudonyms = patient_pseudonyms(Pseudonymizer(settings.pseudonym_key_bytes()), patient, sources)
+    request_id = str(uuid.uuid4())
+
+    async def run() -> dict[str, object]:
+        store = await _open_store(settings)
+        try:
+            erased = await store.forget(pseudonyms, {"request": request_id})
+        finally:
+            await store.close()
+        return {"request": request_id, "cards": erased.cards, "feedback": erased.feedback, "audit_seq": erased.seq}
+
+    try:
+        typer.echo(json.dumps(asyncio.run(run())))
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def purge(
+    older_than_days: Annotated[float | None, typer.Option(help="default: CDS_RETENTION_DAYS")] = None,
+) -> None:
+    """Remove cards (and their feedback) recorded more than the retention period ago, leaving a
+    `records-purged` tombstone in the audit chain. The audit trail itself is kept."""
+    import time
+
+    settings = _settings()
+    days = older_than_days if older_than_days is not None else settings.retention_days
+    if days is None or days <= 0:
+        typer.echo("error: no retention period: set CDS_RETENTION_DAYS or pass --older-than-days", err=True)
+        raise typer.Exit(2)
+    before = time.time() - days * 86400
+
+    async def run() -> dict[str, object]:
+        store = await _open_store(settings)
+        try:
+            erased = await store.purge(before, {"retention_days": days})
+        finally:
+            await store.close()
+        return {"before": before, "cards": erased.cards, "feedback": erased.feedback, "audit_seq": erased.seq}
+
+    typer.echo(json.dumps(asyncio.run(run())))
 
 
 @app.command("map")

@@ -8,15 +8,21 @@ before anything is stored, only for what cannot be recorded faithfully: a card w
 (404), an `outcomeTimestamp` further in the future than the allowed clock skew (it would
 outrank the clinician's real later decision: the latest decision by timestamp wins, ties by
 arrival), or a comment over the size limit (400).
+
+The comment (`overrideReason.userComment`) is free text, where names and record numbers turn
+up: by default only its presence and length are kept (`comments="omit"`); a site that opts in
+(`CDS_FEEDBACK_COMMENTS=scrubbed`) keeps it scrubbed of the identities the hook call knew and of
+identifier-shaped strings (docs/privacy.md). Each created or updated Provenance also becomes a
+`feedback-recorded` entry of the audit chain, in the same transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from fhir_mappings import build_provenance
+from fhir_mappings import Pseudonymizer, build_provenance, scrub_free_text
 from hooks import Service
 
 from .errors import BadRequest, UnknownCard
@@ -30,6 +36,17 @@ __all__ = ["FeedbackRules", "record_feedback"]
 class FeedbackRules:
     max_future_s: float = 300.0
     comment_max_chars: int = 2_000
+    comments: Literal["omit", "scrubbed"] = "omit"
+
+
+def kept_comment(comment: str | None, rules: FeedbackRules, identity_hashes: tuple[str, ...], pseudonymizer: Pseudonymizer | None) -> str | None:
+    """What of a comment may be stored: nothing (omit), or its scrubbed text."""
+    if not comment or rules.comments == "omit":
+        return None
+    known = frozenset(identity_hashes)
+    token_hash = pseudonymizer.token_hash if pseudonymizer is not None else None
+    scrubbed = scrub_free_text(comment, lambda word: token_hash is not None and token_hash(word) in known)
+    return scrubbed or None
 
 
 def _check(request: FeedbackRequest, now: datetime, rules: FeedbackRules) -> None:
@@ -42,8 +59,21 @@ def _check(request: FeedbackRequest, now: datetime, rules: FeedbackRules) -> Non
             raise BadRequest(f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} characters; nothing was recorded")
 
 
+def _audited_reason(code: str | None, flags: list[str]) -> str | None:
+    """A reason code we offered; for any other only that it was another (the Provenance keeps it)."""
+    if code is None:
+        return None
+    return "not-offered" if "reason-not-offered" in flags else code
+
+
 async def record_feedback(
-    service: Service, request: FeedbackRequest, store: RecordStore, *, now: datetime, rules: FeedbackRules = FeedbackRules()
+    service: Service,
+    request: FeedbackRequest,
+    store: RecordStore,
+    *,
+    now: datetime,
+    rules: FeedbackRules = FeedbackRules(),
+    pseudonymizer: Pseudonymizer | None = None,
 ) -> dict[str, Any]:
     _check(request, now, rules)
     uuids = list(dict.fromkeys(item.card for item in request.feedback))
@@ -62,17 +92,29 @@ async def record_feedback(
         accepted = [s.id for s in item.acceptedSuggestions or ()]
         if any(a not in cards[item.card].suggestion_uuids for a in accepted):
             flags.append("suggestion-not-offered")
+        comment = item.overrideReason.userComment if item.overrideReason else None
         provenance = build_provenance(
             card_uuid=item.card,
             outcome=item.outcome,
             outcome_timestamp=item.outcomeTimestamp,
             practitioner_pseudonym=cards[item.card].user_pseudonym,
             override_reason=reason.model_dump(exclude_none=True) if reason else None,
-            user_comment=item.overrideReason.userComment if item.overrideReason else None,
+            user_comment=kept_comment(comment, rules, cards[item.card].identity_hashes, pseudonymizer),
             accepted_suggestions=accepted,
             flags=flags,
+            comment_length=len(comment) if comment else None,
         )
-        records.append(FeedbackRecord(item.card, provenance, item.outcomeTimestamp.timestamp()))
+        audit = {
+            "service": service.id,
+            "card": item.card,
+            "outcome": item.outcome,
+            "reason": _audited_reason(reason.code if reason else None, flags),
+            "accepted": len(accepted),
+            "flags": flags,
+            "user": cards[item.card].user_pseudonym,
+            "comment_chars": len(comment) if comment else 0,
+        }
+        records.append(FeedbackRecord(item.card, provenance, item.outcomeTimestamp.timestamp(), audit))
         flagged.append(flags)
     results = await store.put_feedback(records)
     return {

@@ -17,6 +17,7 @@ from a slow one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,10 @@ from .transport import secure_or_loopback
 __all__ = ["FetchBudget", "FhirClient", "same_base"]
 
 _PARSE_IN_THREAD = 256 * 1024
+
+# httpx logs every request URL at INFO, the EHR's patient id in it: not a line we may write.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def same_base(base: str, url: str) -> bool:

@@ -12,6 +12,11 @@ not FHIR means the EHR failed, so the key is fetched; a search Bundle with a `ne
 completed from the FHIR server. OperationOutcome entries inside a search Bundle (warnings or
 partial failures) are skipped and counted (`ehr_outcomes`), so an EHR that keeps failing shows up
 in logs and metrics. When data is needed and there is no FHIR server to ask: 412.
+
+Consent (hooks/consent.py, docs/privacy.md): the `consent` key is fetched only when there is a
+FHIR server to ask; decision support refused means no score (reason `consent-refused`), training
+use refused labels the stored RiskAssessment NOREUSE. Each stored card carries its `card-scored`
+audit entry, written in the card's transaction.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ from fhir_mappings import (
     FhirQuery,
     Pseudonymizer,
     VendorProfile,
+    identity_tokens,
     observation_queries,
     read_search_page,
 )
 from hooks import (
+    CONSENT_KEY,
+    ConsentDecision,
     NoCard,
     ScoringInput,
     Service,
     check_context_ids,
+    consent_decision,
     explanation_link,
     render_template,
     template_tokens,
@@ -46,6 +55,7 @@ from hooks import (
 from models import RiskModel
 
 from .admission import Deadline, Lane
+from .audit import card_audit
 from .bodies import parse_model
 from .errors import (
     BadRequest,
@@ -59,6 +69,7 @@ from .errors import (
     StoreError,
 )
 from .fhir_client import FetchBudget, FhirClient
+from .privacy import NO_REUSE
 from .schemas import HookRequest
 from .stores import CardRecord, RecordStore
 
@@ -85,6 +96,10 @@ class HookDeps:
     profiles: Callable[[str | None, str | None], VendorProfile] = field(default=lambda server, issuer: GENERIC)
     # (fhirServer, verified issuer) -> may we connect? (Settings.fhir_server_allowed)
     fhir_allowed: Callable[[str, str | None], bool] = field(default=lambda server, issuer: True)
+    # CDS_FEEDBACK_COMMENTS=scrubbed: keep keyed hashes of the call's identity words with the card.
+    keep_identity_hashes: bool = False
+    # CDS_CONSENT_REFUSED_CARD: answer an info card (no score) when decision support is refused.
+    consent_refused_card: bool = False
 
 
 @dataclass
@@ -179,6 +194,8 @@ async def _gather(
         query = render_template(template, request.context)
         if query is None:
             continue  # a token the context cannot fill (e.g. no encounterId)
+        if key == CONSENT_KEY and key not in prefetch and request.fhirServer is None:
+            continue  # nothing to ask: no Consent is known (docs/privacy.md)
         if key in prefetch:
             if prefetch[key] is None:
                 fetched[key] = [] if query.is_search else None
@@ -223,6 +240,14 @@ async def _fetch(
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
 
     async def one(need: _Need) -> Any:
+        if need.key == CONSENT_KEY:
+            try:
+                return await deps.fhir.search(base, need.query, token, budget)
+            except FHIRUnavailable:
+                raise
+            except FHIRServerError:  # an EHR without Consent search: none is known (logged)
+                counts["consent_unreadable"] = 1
+                return None
         if need.query.is_search:
             if need.key in partial:
                 return await deps.fhir.complete(base, partial[need.key], token, budget)
@@ -231,6 +256,8 @@ async def _fetch(
 
     results = await asyncio.gather(*(one(n) for n in needs))
     for need, result in zip(needs, results, strict=True):
+        if result is None and need.key == CONSENT_KEY:
+            continue
         if need.query.is_search:
             fetched[need.key] = result.resources
             counts["ehr_outcomes"] += len(result.outcomes)
@@ -293,6 +320,12 @@ async def run_hook(
     except FHIRServerError as exc:
         raise PreconditionFailed(f"required data could not be fetched: {exc.message}") from exc
 
+    consent = _consent(request, fetched, deps)
+    if not consent.decision_support:
+        log.info("no score: the patient declined decision support", extra={"event": {"service": service.id, "consent": consent.code}})
+        body = {"cards": [_consent_card(service, deps)]} if deps.consent_refused_card else dict(NO_GUIDANCE)
+        return HookOutcome(body, "consent-refused", {**counts, "consent": consent.code})
+
     card_uuid = deps.new_uuid()
     scoring = ScoringInput(
         context=request.context,
@@ -314,6 +347,27 @@ async def run_hook(
         link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)
         card = {**card, "links": [*card.get("links", ()), link]}
 
+    risk = scored.risk_assessment
+    if not consent.training:
+        risk = {**risk, "meta": {**risk.get("meta", {}), "security": [*risk.get("meta", {}).get("security", ()), NO_REUSE]}}
+    identities: tuple[str, ...] = ()
+    if deps.keep_identity_hashes:
+        patient = fetched.get("patient")
+        tokens = identity_tokens(request.context, patient if isinstance(patient, dict) else None)
+        identities = tuple(sorted({deps.pseudonymizer.token_hash(t) for t in tokens}))
+    audit = card_audit(
+        service_id=service.id,
+        card_uuid=card_uuid,
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.manifest.model_sha256,
+        features_sha256=scored.features_sha256,
+        probability=scored.probability,
+        band=str(scored.log.get("band", model.band(scored.probability))),
+        issuer=issuer,
+        user_pseudonym=scored.user_pseudonym,
+        consent=consent.code,
+    )
     reason = "card"
     try:
         async with asyncio.timeout(max(0.01, deadline.remaining())):
@@ -322,12 +376,35 @@ async def run_hook(
                     card_uuid,
                     service.id,
                     scored.user_pseudonym,
-                    scored.risk_assessment,
+                    risk,
                     time.time(),
                     tuple(s["uuid"] for s in card.get("suggestions", ())),
+                    identities,
+                    audit,
                 )
             )
     except (TimeoutError, StoreError):
         # The advice still goes out; feedback for this card will be refused as unknown.
         reason = "card-unrecorded"
-    return HookOutcome({"cards": [card]}, reason, {**counts, **scored.log})
+    details = {**counts, **scored.log}
+    if consent.code:
+        details["consent"] = consent.code
+    return HookOutcome({"cards": [card]}, reason, details)
+
+
+def _consent(request: HookRequest, fetched: Mapping[str, Any], deps: HookDeps) -> ConsentDecision:
+    found = fetched.get(CONSENT_KEY)
+    patient_id = request.context.get("patientId")
+    if not isinstance(found, list) or not isinstance(patient_id, str):
+        return ConsentDecision()
+    return consent_decision(found, patient_id, deps.clock())
+
+
+def _consent_card(service: Service, deps: HookDeps) -> dict[str, Any]:
+    """The info card a site may prefer to silence when decision support is refused: no score."""
+    return {
+        "uuid": deps.new_uuid(),
+        "summary": "No risk score: the patient has declined the use of their data for decision support",
+        "indicator": "info",
+        "source": {"label": service.title},
+    }

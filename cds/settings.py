@@ -116,6 +116,15 @@ class Settings(BaseSettings):
     feedback_comment_max_chars: int = 2_000
     feedback_max_future_s: float = 300.0  # clock skew allowed on outcomeTimestamp
 
+    # --- privacy (docs/privacy.md) ----------------------------------------------------------
+    # overrideReason.userComment: "omit" keeps only its presence and length; "scrubbed" keeps the
+    # text with the call's identities and identifier-shaped strings removed (a site's opt-in).
+    feedback_comments: Literal["omit", "scrubbed"] = "omit"
+    consent_refused_card: bool = False  # decision support refused: an info card (no score) instead of none
+    retention_days: float | None = None  # `cds purge` removes cards (and their feedback) older than this
+    audit_anchor_file: Path | None = None  # default: <var_dir>/audit-anchors.jsonl (better: other storage)
+    audit_anchor_every: int = 100  # entries between anchors (and one when the store closes)
+
     # --- admission control (cds/admission.py) -------------------------------------------
     hook_workers: int = 2  # threads for the CPU-heavy steps of a hook call
     hook_queue: int = 24  # calls waiting for one of those threads
@@ -203,6 +212,8 @@ class Settings(BaseSettings):
             raise ValueError("auth_disabled_for_local_demo is for local demos: the host must be a loopback address")
         if min(self.max_hook_bytes, self.max_feedback_bytes, self.max_json_depth, self.max_resources, self.hook_workers) < 1:
             raise ValueError("limits must be positive")
+        if self.audit_anchor_every < 1 or (self.retention_days is not None and self.retention_days <= 0):
+            raise ValueError("audit_anchor_every and retention_days must be positive")
         return self
 
     def fhir_server_allowed(self, fhir_server: str, issuer: str | None) -> bool:
@@ -223,6 +234,10 @@ class Settings(BaseSettings):
     @property
     def spool_path(self) -> Path:
         return self.spool_file or self.var_dir / "spool.sqlite3"
+
+    @property
+    def anchor_path(self) -> Path:
+        return self.audit_anchor_file or self.var_dir / "audit-anchors.jsonl"
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for pseudonyms. Set CDS_PSEUDONYM_KEY in production (shared by every worker)."""

@@ -1,6 +1,6 @@
 """A small FHIR R4 server over an in-memory set of resources: the demo EHR's FHIR API.
 
-Enough of FHIR search for our hooks: read by id; search Patient/Encounter/Observation/Location
+Enough of FHIR search for our hooks: read by id; search Patient/Encounter/Observation/Location/Consent
 by `patient`, `status`, `category`, `date` (ge/gt/le/lt), `_count`, `_sort=date|-date`, with
 searchset paging through `next` links. It can require a bearer token, and can be made slow or
 broken on purpose, to test timeouts and failure handling. It records each request's path and
@@ -83,7 +83,7 @@ class DemoFhirServer:
                 continue
             for value in values:
                 if name == "patient":
-                    ref = r.get("subject") if r["resourceType"] != "Patient" else None
+                    ref = r.get("patient" if r["resourceType"] == "Consent" else "subject") if r["resourceType"] != "Patient" else None
                     target = reference_id(ref, "Patient") if ref else r.get("id")
                     if target != value.removeprefix("Patient/"):
                         return False

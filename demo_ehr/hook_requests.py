@@ -58,8 +58,10 @@ def patient_view_request(
     access_token: str | None = None,
     user: str = "Practitioner/demo-clinician",
     with_encounter_id: bool = True,
+    consents: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """`prefetch`: True for every key, False for none, or the keys to include."""
+    """`prefetch`: True for every key, False for none, or the keys to include. `consents`: the
+    patient's active Consents, prefetched under `consent` (none by default)."""
     context = {"userId": user, "patientId": stay.patient_id}
     if with_encounter_id:
         context["encounterId"] = str(stay.encounter["id"])
@@ -68,6 +70,7 @@ def patient_view_request(
         "encounters": searchset([stay.encounter]),
         "vitals": searchset(stay.vitals()),
         "labs": searchset(stay.labs()),
+        "consent": searchset(consents),
     }
     return _hook_request(
         "patient-view", context, values, prefetch=prefetch, fhir_server=fhir_server, access_token=access_token,
@@ -83,8 +86,10 @@ def discharge_hook_request(
     fhir_server: str | None = None,
     access_token: str | None = None,
     user: str = "Practitioner/demo-clinician",
+    consents: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """A CDS Hooks request for this discharge. `prefetch`: True for every key, False for none, or keys."""
+    """A CDS Hooks request for this discharge. `prefetch`: True for every key, False for none, or keys;
+    `consents`: the patient's active Consents (prefetched under `consent`)."""
     context = {"userId": user, "patientId": stay.patient_id, "encounterId": stay.encounter_id}
     values = {
         "patient": stay.patient,
@@ -94,6 +99,7 @@ def discharge_hook_request(
         "medications": searchset(stay.medication_requests),
         "labs": searchset(stay.observations),
         "procedures": searchset(stay.procedures),
+        "consent": searchset(consents),
     }
     return _hook_request(
         hook, context, values, prefetch=prefetch, fhir_server=fhir_server, access_token=access_token,

@@ -10,7 +10,7 @@ from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
 from .codes import ROW_STATUSES, CodeMatch, CodeRow, CodeTable, default_code_table
-from .deid import AGE_CAP, Pseudonymizer, age_in_years
+from .deid import AGE_CAP, Pseudonymizer, age_in_years, identity_tokens, scrub_free_text
 from .diabetes130 import (
     A1C_BANDS,
     DIABETES130_REQUIRED,
@@ -234,6 +234,7 @@ __all__ = [
     "hourly_family",
     "hourly_spec",
     "icu_clock",
+    "identity_tokens",
     "is_fhir_id",
     "is_resource_type",
     "lace_points",
@@ -260,6 +261,7 @@ __all__ = [
     "resolve_reference",
     "safe_token",
     "scan_observation",
+    "scrub_free_text",
     "select_encounter",
     "select_profile",
     "sepsis_feature_spec",

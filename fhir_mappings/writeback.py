@@ -122,9 +122,15 @@ def build_provenance(
     user_comment: str | None,
     accepted_suggestions: Sequence[str] = (),
     flags: Sequence[str] = (),
+    comment_length: int | None = None,
 ) -> dict[str, Any]:
-    """`flags`: what was odd about the feedback and kept anyway (e.g. `reason-not-offered`)."""
+    """`flags`: what was odd about the feedback and kept anyway (e.g. `reason-not-offered`).
+    `user_comment`: the comment as it may be stored (scrubbed), or None when it is not kept;
+    `comment_length`: the length of the comment the clinician wrote (its presence and size are
+    kept whatever the policy)."""
     extensions: list[dict[str, Any]] = []
+    if comment_length:
+        extensions.append({"url": f"{EXT}/override-comment-length", "valueInteger": int(comment_length)})
     if user_comment:
         extensions.append({"url": f"{EXT}/override-comment", "valueString": user_comment})
     for suggestion in accepted_suggestions:

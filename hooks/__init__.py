@@ -15,6 +15,7 @@ from .cards import (
     format_value,
     strip_empty,
 )
+from .consent import CONSENT_KEY, CONSENT_TEMPLATE, ConsentDecision, consent_decision
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
 from .scoring import Score, card_from_table
@@ -28,13 +29,17 @@ from .service import (
     ScoredCard,
     ScoringInput,
     Service,
+    feature_hash,
 )
 
 SERVICES: dict[str, Service] = {s.id: s for s in (SEPSIS, READMISSION)}
 
 __all__ = [
     "CARD_EXTENSION",
+    "CONSENT_KEY",
+    "CONSENT_TEMPLATE",
     "CONTEXT_IDS",
+    "ConsentDecision",
     "Driver",
     "Fetched",
     "INSUFFICIENT_DATA",
@@ -52,7 +57,9 @@ __all__ = [
     "build_risk_card",
     "card_from_table",
     "check_context_ids",
+    "consent_decision",
     "explanation_link",
+    "feature_hash",
     "follow_up_request",
     "format_percent",
     "format_value",

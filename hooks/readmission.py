@@ -29,6 +29,7 @@ from fhir_mappings import (
 from models import Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
+from .consent import CONSENT_KEY, CONSENT_TEMPLATE
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -251,6 +252,7 @@ READMISSION = Service(
         "medications": "MedicationRequest?patient={{context.patientId}}",
         "labs": "Observation?patient={{context.patientId}}&category=laboratory",
         "procedures": "Procedure?patient={{context.patientId}}",
+        CONSENT_KEY: CONSENT_TEMPLATE,
     },
     model_name="readmission",
     score=_score,

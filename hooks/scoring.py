@@ -1,6 +1,7 @@
 """The one path from a service's canonical table to a card and a RiskAssessment, shared by every
 service: minimum data -> the task's serving row -> probability, band, SHAP -> the service's card ->
-the RiskAssessment we record -> the clinician's pseudonym. A service's `_score` maps its fetched
+the RiskAssessment we record -> the clinician's pseudonym and the hash of the scored row (for
+the audit trail). A service's `_score` maps its fetched
 resources to its canonical table and words its card; everything after is here."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from fhir_mappings import build_risk_assessment
 from models import Explanation, RiskModel, model_task
 
-from .service import NoCard, ScoredCard, ScoringInput, Service
+from .service import NoCard, ScoredCard, ScoringInput, Service, feature_hash
 
 __all__ = ["Score", "card_from_table"]
 
@@ -74,5 +75,5 @@ def card_from_table(
     )
     return ScoredCard(
         card=built, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability,
-        log={**log, "band": band},
+        log={**log, "band": band}, features_sha256=feature_hash(row),
     )

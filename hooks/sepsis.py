@@ -27,6 +27,7 @@ from fhir_mappings import (
 from models import TRAINED_MAX_ICU_HOURS
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
+from .consent import CONSENT_KEY, CONSENT_TEMPLATE
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -171,6 +172,7 @@ SEPSIS = Service(
         "encounters": "Encounter?patient={{context.patientId}}&status=in-progress",
         "vitals": "Observation?patient={{context.patientId}}&category=vital-signs&_sort=-date&_count=1000",
         "labs": "Observation?patient={{context.patientId}}&category=laboratory&_sort=-date&_count=1000",
+        CONSENT_KEY: CONSENT_TEMPLATE,
     },
     model_name="sepsis",
     score=_score,

@@ -3,6 +3,7 @@ needs, and the pure function that turns fetched resources into a scored card (or
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ __all__ = [
     "ScoredCard",
     "ScoringInput",
     "Service",
+    "feature_hash",
 ]
 
 # Reason code (logs, metrics) of an answer without a card because the data is too thin to score.
@@ -73,6 +75,13 @@ class ScoredCard:
     user_pseudonym: str | None
     probability: float
     log: dict[str, Any] = field(default_factory=dict)  # counts for the hook log; never PHI
+    features_sha256: str | None = None  # feature_hash of the row scored, for the audit trail
+
+
+def feature_hash(row: np.ndarray) -> str:
+    """SHA-256 of the de-identified feature row a model scored (float64 in the spec's order, NaN
+    as NaN): the audit trail can show which input gave a score without keeping the input."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(row, dtype=np.float64).ravel()).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)

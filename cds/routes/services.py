@@ -94,6 +94,7 @@ def launch_url(request: Request, settings: Settings) -> str:
 # Counts and codes only: what may appear in a hook log line.
 _LOGGED = {
     "prefetched", "fetched", "ehr_outcomes", "icu_hour", "band", "observations", "measurements", "skipped",
-    "unmapped_codes", "unit_errors", "implausible", "minimum", "fhir", "stage", "hookInstance",
+    "unmapped_codes", "unit_errors", "implausible", "minimum", "fhir", "stage", "hookInstance", "consent",
+    "consent_unreadable",
 }
 

@@ -12,17 +12,21 @@ docs/stores.md.
 
 from __future__ import annotations
 
+from .anchors import Anchor, AnchorLog, read_anchors
 from .factory import open_store
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, Migration
 from .postgres import PostgresStore
-from .records import AuditEvent, CardRecord, FeedbackRecord, RecordStore, StoreHealth, WriteResult
+from .records import AuditEvent, CardRecord, Erasure, FeedbackRecord, RecordStore, StoreHealth, WriteResult
 from .spool import CardSpool
 from .sqlite import SQLiteStore
 
 __all__ = [
+    "Anchor",
+    "AnchorLog",
     "AuditEvent",
     "CardRecord",
     "CardSpool",
+    "Erasure",
     "FeedbackRecord",
     "Migration",
     "POSTGRES_MIGRATIONS",
@@ -33,4 +37,5 @@ __all__ = [
     "StoreHealth",
     "WriteResult",
     "open_store",
+    "read_anchors",
 ]

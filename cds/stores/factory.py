@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .anchors import AnchorLog
 from .postgres import PostgresStore
 from .records import RecordStore
 from .sqlite import SQLiteStore
@@ -16,9 +17,15 @@ __all__ = ["open_store"]
 
 
 async def open_store(
-    *, database_url: str | None, sqlite_path: Path, spool_path: Path, timeout_s: float = 1.0
+    *,
+    database_url: str | None,
+    sqlite_path: Path,
+    spool_path: Path,
+    timeout_s: float = 1.0,
+    anchors: AnchorLog | None = None,
 ) -> RecordStore:
-    """`spool_path`: where PostgreSQL mode keeps cards answered while the database is unreachable."""
+    """`spool_path`: where PostgreSQL mode keeps cards answered while the database is unreachable;
+    `anchors`: where the audit chain's head is anchored (docs/privacy.md)."""
     if database_url:
-        return await PostgresStore.open(database_url, spool_path=spool_path, timeout_s=timeout_s)
-    return SQLiteStore(sqlite_path)
+        return await PostgresStore.open(database_url, spool_path=spool_path, timeout_s=timeout_s, anchors=anchors)
+    return SQLiteStore(sqlite_path, anchors=anchors)

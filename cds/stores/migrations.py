@@ -10,11 +10,14 @@ an old release must not write rows a newer schema does not expect.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
+from .records import GENESIS, audit_json, entry_hash
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -27,9 +30,32 @@ MIGRATION_LOCK = 0x636473_01
 
 @dataclass(frozen=True)
 class Migration:
+    """`statements`, then `backfill` (a function of the connection: sync for SQLite, async for
+    PostgreSQL), then `after`, in the same transaction."""
+
     version: int
     name: str
     statements: tuple[str, ...]
+    backfill: Callable[[Any], Any] | None = None
+    after: tuple[str, ...] = ()
+
+
+def _chain_sqlite(db: sqlite3.Connection) -> None:
+    """Version 3: hash-chain the audit entries written before the chain existed, in seq order."""
+    prev = GENESIS
+    for seq, at, kind, details in db.execute("SELECT seq, at, kind, details FROM audit_event ORDER BY seq").fetchall():
+        digest = entry_hash(prev, at, kind, audit_json(json.loads(details)))  # as verify reads it
+        db.execute("UPDATE audit_event SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq))
+        prev = digest
+
+
+async def _chain_postgres(conn: Any) -> None:
+    cursor = await conn.execute("SELECT seq, at, kind, details FROM audit_event ORDER BY seq")
+    prev = GENESIS
+    for seq, at, kind, details in await cursor.fetchall():
+        digest = entry_hash(prev, float(at), kind, audit_json(json.loads(details)))
+        await conn.execute("UPDATE audit_event SET prev_hash = %s, hash = %s WHERE seq = %s", (prev, digest, seq))
+        prev = digest
 
 
 def _no_update(table: str, dialect: str) -> tuple[str, ...]:
@@ -72,6 +98,19 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             " updated_at REAL NOT NULL)",
         ),
     ),
+    Migration(
+        3,
+        "audit hash chain; identity hashes of cards",
+        (
+            "ALTER TABLE card ADD COLUMN identity_hashes TEXT NOT NULL DEFAULT '[]'",
+            "DROP TRIGGER IF EXISTS audit_event_no_update",
+            "DROP TRIGGER IF EXISTS audit_event_no_delete",
+            "ALTER TABLE audit_event ADD COLUMN prev_hash TEXT",
+            "ALTER TABLE audit_event ADD COLUMN hash TEXT",
+        ),
+        backfill=_chain_sqlite,
+        after=_no_update("audit_event", "sqlite"),
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -100,6 +139,18 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             " updated_at double precision NOT NULL)",
         ),
     ),
+    Migration(
+        3,
+        "audit hash chain; identity hashes of cards",
+        (
+            "ALTER TABLE card ADD COLUMN identity_hashes text NOT NULL DEFAULT '[]'",
+            "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only",
+            "ALTER TABLE audit_event ADD COLUMN prev_hash text",
+            "ALTER TABLE audit_event ADD COLUMN hash text",
+        ),
+        backfill=_chain_postgres,
+        after=("ALTER TABLE audit_event ENABLE TRIGGER audit_event_append_only",),
+    ),
 )
 
 
@@ -125,6 +176,10 @@ def migrate_sqlite(db: sqlite3.Connection, migrations: tuple[Migration, ...] = S
                 raise _newer(current, latest)
             if current < migration.version:
                 for statement in migration.statements:
+                    db.execute(statement)
+                if migration.backfill is not None:
+                    migration.backfill(db)
+                for statement in migration.after:
                     db.execute(statement)
                 if migration.version == 1:
                     columns = {row[1] for row in db.execute("PRAGMA table_info(card)")}
@@ -162,6 +217,10 @@ async def migrate_postgres(
                 continue
             for statement in migration.statements:
                 await conn.execute(statement)  # our literals, no parameters
+            if migration.backfill is not None:
+                await migration.backfill(conn)
+            for statement in migration.after:
+                await conn.execute(statement)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),

@@ -34,16 +34,21 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import StoreError, StoreUnavailable
+from .anchors import AnchorLog
 from .migrations import migrate_postgres
 from .records import (
+    CARD_COLUMNS,
+    GENESIS,
     AuditEvent,
     CardRecord,
+    Erasure,
     FeedbackRecord,
     StoreHealth,
     WriteResult,
     audit_json,
     card_from_row,
     card_row,
+    entry_hash,
     feedback_json,
 )
 from .spool import CardSpool
@@ -66,8 +71,9 @@ DRAIN_BATCH = 200
 # Failures that mean "the database is not reachable or not answering", as opposed to a bug.
 _OUTAGE = (TimeoutError, OSError, psycopg.OperationalError, psycopg.InterfaceError)
 
-_CARD_COLUMNS = "card_uuid, service_id, user_pseudonym, resource, created, suggestions"
-_INSERT_CARD = f"INSERT INTO card ({_CARD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+_CARD_COLUMNS = CARD_COLUMNS
+_INSERT_CARD = f"INSERT INTO card ({CARD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+_PATIENT_OF = "(resource::jsonb #>> '{subject,identifier,value}')"
 _UPSERT_FEEDBACK = """
 INSERT INTO feedback AS f (provenance_id, card_uuid, resource, recorded) VALUES (%s, %s, %s, %s)
 ON CONFLICT (provenance_id) DO UPDATE SET resource = excluded.resource, recorded = excluded.recorded
@@ -86,7 +92,9 @@ class PostgresStore:
         pool_size: int = 8,
         retry_s: float = 0.5,
         idle_check_s: float = 2.0,
+        anchors: AnchorLog | None = None,
     ) -> None:
+        self.anchors = anchors or AnchorLog(None)
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.idle_check_s = idle_check_s
@@ -223,17 +231,22 @@ class PostgresStore:
     async def _record_card(self, record: CardRecord) -> None:
         if not self._degraded:
 
-            async def insert(conn: Conn) -> None:
-                await conn.execute(
-                    _INSERT_CARD + " ON CONFLICT (card_uuid) DO UPDATE SET service_id = excluded.service_id,"
-                    " user_pseudonym = excluded.user_pseudonym, resource = excluded.resource,"
-                    " created = excluded.created, suggestions = excluded.suggestions",
-                    card_row(record),
-                )
+            async def insert(conn: Conn) -> tuple[int, str] | None:
+                async with conn.transaction():
+                    await conn.execute(
+                        _INSERT_CARD + " ON CONFLICT (card_uuid) DO UPDATE SET service_id = excluded.service_id,"
+                        " user_pseudonym = excluded.user_pseudonym, resource = excluded.resource,"
+                        " created = excluded.created, suggestions = excluded.suggestions,"
+                        " identity_hashes = excluded.identity_hashes",
+                        card_row(record),
+                    )
+                    if record.audit is None:
+                        return None
+                    return await self._append(conn, "card-scored", record.audit)
 
             try:
                 await self._ensure_schema()
-                await self._op(insert)
+                self._anchor(await self._op(insert))
                 return
             except StoreUnavailable:
                 pass
@@ -268,24 +281,42 @@ class PostgresStore:
             raise self._refusal()
         spooled = await self.spool.get(list(dict.fromkeys(r.card_uuid for r in records)))
 
-        async def write(conn: Conn) -> list[WriteResult]:
+        async def write(conn: Conn) -> tuple[list[WriteResult], tuple[int, str] | None]:
             results: list[WriteResult] = []
+            head = None
             async with conn.transaction():
+                # the cards must be in PostgreSQL before feedback can reference them
+                head = await self._insert_spooled(conn, list(spooled.values()))
                 async with conn.cursor() as cursor:
-                    if spooled:  # the cards must be in PostgreSQL before feedback can reference them
-                        await cursor.executemany(
-                            _INSERT_CARD + " ON CONFLICT (card_uuid) DO NOTHING",
-                            [card_row(c) for c in spooled.values()],
-                        )
                     for rec, text in zip(records, texts, strict=True):
                         await cursor.execute(
                             _UPSERT_FEEDBACK, (rec.provenance_id, rec.card_uuid, text, rec.recorded)
                         )
                         row = await cursor.fetchone()
-                        results.append("unchanged" if row is None else "created" if row[0] else "updated")
-            return results
+                        outcome: WriteResult = "unchanged" if row is None else "created" if row[0] else "updated"
+                        if outcome != "unchanged" and rec.audit is not None:
+                            head = await self._append(conn, "feedback-recorded", {**rec.audit, "write": outcome})
+                        results.append(outcome)
+            return results, head
 
-        return await self._db(write)
+        results, head = await self._db(write)
+        self._anchor(head)
+        return results
+
+    async def _insert_spooled(self, conn: Conn, cards: Sequence[CardRecord]) -> tuple[int, str] | None:
+        """Spooled cards into PostgreSQL (inside a transaction), each new one with its audit entry."""
+        head = None
+        for card in cards:
+            cursor = await conn.execute(
+                _INSERT_CARD + " ON CONFLICT (card_uuid) DO NOTHING RETURNING card_uuid", card_row(card)
+            )
+            if await cursor.fetchone() is not None and card.audit is not None:
+                head = await self._append(conn, "card-scored", {**card.audit, "spooled": True})
+        return head
+
+    def _anchor(self, head: tuple[int, str] | None) -> None:
+        if head is not None:
+            self.anchors.note(*head)
 
     # --- export ------------------------------------------------------------------------------
 
@@ -329,38 +360,79 @@ class PostgresStore:
     # --- audit events and registry state ------------------------------------------------------
 
     @staticmethod
-    async def _append(conn: Conn, kind: str, details: Mapping[str, Any]) -> int:
-        """Inside a transaction: the lock is held until commit, so no later seq commits first."""
+    async def _append(conn: Conn, kind: str, details: Mapping[str, Any]) -> tuple[int, str]:
+        """Inside a transaction: the lock is held until commit, so no later seq commits first and
+        the head read here is still the head at commit (one chain, every worker, every machine)."""
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+        cursor = await conn.execute("SELECT hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+        last = await cursor.fetchone()
+        prev = last[0] if last and last[0] else GENESIS
+        at, text = time.time(), audit_json(details)
+        digest = entry_hash(prev, at, kind, text)
         cursor = await conn.execute(
-            "INSERT INTO audit_event (at, kind, details) VALUES (%s, %s, %s) RETURNING seq",
-            (time.time(), kind, audit_json(details)),
+            "INSERT INTO audit_event (at, kind, details, prev_hash, hash) VALUES (%s, %s, %s, %s, %s) RETURNING seq",
+            (at, kind, text, prev, digest),
         )
         row = await cursor.fetchone()
         assert row is not None
-        return int(row[0])
+        return int(row[0]), digest
 
     async def append_audit(self, kind: str, details: Mapping[str, Any]) -> int:
-        async def write(conn: Conn) -> int:
+        async def write(conn: Conn) -> tuple[int, str]:
             async with conn.transaction():
                 return await self._append(conn, kind, details)
 
-        return await self._db(write)
+        head = await self._db(write)
+        self._anchor(head)
+        return head[0]
+
+    async def _erase(
+        self, where: str, args: Sequence[Any], spool_where: str, spool_args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]
+    ) -> Erasure:
+        """Delete the cards `where` selects (and `spool_where` in this machine's spool) with their
+        feedback, and append the tombstone (counts), in one transaction."""
+        spooled = await self.spool.forget(spool_where, spool_args)
+
+        async def write(conn: Conn) -> tuple[Erasure, tuple[int, str]]:
+            async with conn.transaction():
+                cursor = await conn.execute(f"SELECT card_uuid FROM card WHERE {where}", args)
+                uuids = [row[0] for row in await cursor.fetchall()]
+                cursor = await conn.execute("DELETE FROM feedback WHERE card_uuid = ANY(%s)", (uuids,))
+                feedback = cursor.rowcount
+                await conn.execute("DELETE FROM card WHERE card_uuid = ANY(%s)", (uuids,))
+                cards = len(uuids) + spooled
+                head = await self._append(conn, kind, {**tombstone, "cards": cards, "feedback": feedback})
+                return Erasure(cards, feedback, head[0]), head
+
+        erased, head = await self._db(write)
+        self._anchor(head)
+        return erased
+
+    async def forget(self, patient_pseudonyms: Sequence[str], tombstone: Mapping[str, Any]) -> Erasure:
+        """Every card of these patients (PostgreSQL and this machine's spool) and its feedback."""
+        marks = ",".join("?" * len(patient_pseudonyms)) or "NULL"
+        spool_where = f"json_extract(resource, '$.subject.identifier.value') IN ({marks})"
+        return await self._erase(
+            f"{_PATIENT_OF} = ANY(%s)", [list(patient_pseudonyms)], spool_where, list(patient_pseudonyms), "patient-forgotten", tombstone
+        )
+
+    async def purge(self, before: float, tombstone: Mapping[str, Any]) -> Erasure:
+        return await self._erase("created < %s", [before], "created < ?", [before], "records-purged", {**tombstone, "before": before})
 
     async def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]:
         while True:
 
             async def page(conn: Conn, after: int = after) -> list[Any]:
                 cursor = await conn.execute(
-                    "SELECT seq, at, kind, details FROM audit_event WHERE seq > %s"
+                    "SELECT seq, at, kind, details, prev_hash, hash FROM audit_event WHERE seq > %s"
                     f" ORDER BY seq LIMIT {PAGE}",
                     (after,),
                 )
                 return await cursor.fetchall()
 
             rows = await self._db(page)
-            for seq, at, kind, details in rows:
-                yield AuditEvent(int(seq), float(at), kind, json.loads(details))
+            for seq, at, kind, details, prev_hash, digest in rows:
+                yield AuditEvent(int(seq), float(at), kind, json.loads(details), prev_hash, digest)
             if len(rows) < PAGE:
                 return
             after = int(rows[-1][0])
@@ -375,7 +447,7 @@ class PostgresStore:
     async def set_active_version(self, model: str, version: str) -> str | None:
         """Set the served version and record a `model-activated` audit event, in one transaction."""
 
-        async def write(conn: Conn) -> str | None:
+        async def write(conn: Conn) -> tuple[str | None, tuple[int, str]]:
             async with conn.transaction():
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,)
@@ -389,12 +461,14 @@ class PostgresStore:
                     (model, version, time.time()),
                 )
                 previous = row[0] if row else None
-                await self._append(
+                head = await self._append(
                     conn, "model-activated", {"model": model, "version": version, "previous": previous}
                 )
-                return previous
+                return previous, head
 
-        return await self._db(write)
+        previous, head = await self._db(write)
+        self._anchor(head)
+        return previous
 
     # --- the spool drainer -----------------------------------------------------------------
 
@@ -402,13 +476,12 @@ class PostgresStore:
         """Move spooled cards into PostgreSQL until the spool is empty; return how many moved."""
         moved = 0
         while batch := await self.spool.oldest(DRAIN_BATCH):
-            rows = [card_row(c) for c in batch]
 
-            async def insert(conn: Conn, rows: list[Any] = rows) -> None:
-                async with conn.transaction(), conn.cursor() as cursor:
-                    await cursor.executemany(_INSERT_CARD + " ON CONFLICT (card_uuid) DO NOTHING", rows)
+            async def insert(conn: Conn, batch: list[CardRecord] = batch) -> tuple[int, str] | None:
+                async with conn.transaction():
+                    return await self._insert_spooled(conn, batch)
 
-            await self._db(insert)
+            self._anchor(await self._db(insert))
             await self.spool.remove([c.card_uuid for c in batch])  # only after the commit
             moved += len(batch)
             self._drained_total += len(batch)
@@ -481,4 +554,5 @@ class PostgresStore:
             await asyncio.wait_for(self._pool.close(timeout=self.timeout_s), 2 * self.timeout_s + 1)
         except TimeoutError:
             pass
+        self.anchors.write()
         await self.spool.close()

@@ -6,13 +6,16 @@ ordering rule and the JSON written are the same whichever store holds them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "GENESIS",
     "AuditEvent",
+    "Erasure",
     "CardRecord",
     "FeedbackRecord",
     "RecordStore",
@@ -21,6 +24,7 @@ __all__ = [
     "audit_json",
     "card_from_row",
     "card_row",
+    "entry_hash",
     "feedback_json",
     "feedback_outcome",
 ]
@@ -36,6 +40,11 @@ class CardRecord:
     risk_assessment: dict[str, Any]
     created: float  # epoch seconds
     suggestion_uuids: tuple[str, ...] = ()  # what the card offered: feedback may accept only these
+    # Keyed hashes of the words that identified the call's patient and user (only when a site keeps
+    # scrubbed comments: feedback on this card is scrubbed of them). Never the words themselves.
+    identity_hashes: tuple[str, ...] = ()
+    # The `card-scored` audit entry written with the card, in the same transaction (None: none).
+    audit: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,8 @@ class FeedbackRecord:
     card_uuid: str
     provenance: dict[str, Any]
     recorded: float  # epoch seconds of outcomeTimestamp
+    # The `feedback-recorded` audit entry, written when this record is created or updated.
+    audit: Mapping[str, Any] | None = None
 
     @property
     def provenance_id(self) -> str:
@@ -55,6 +66,17 @@ class AuditEvent:
     at: float  # epoch seconds
     kind: str  # e.g. "model-activated"
     details: dict[str, Any]
+    prev_hash: str | None = None  # the hash chain (docs/privacy.md): the previous entry's `hash`
+    hash: str | None = None  # entry_hash(prev_hash, at, kind, details)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What `forget` or `purge` removed: counts only (the tombstone in the audit chain says the same)."""
+
+    cards: int
+    feedback: int
+    seq: int  # the tombstone's audit entry
 
 
 @dataclass(frozen=True)
@@ -74,6 +96,8 @@ class RecordStore(Protocol):
     async def put_feedback(self, records: Sequence[FeedbackRecord]) -> list[WriteResult]: ...
     def iter_resources(self, resource_type: str) -> AsyncIterator[dict[str, Any]]: ...
     async def append_audit(self, kind: str, details: Mapping[str, Any]) -> int: ...
+    async def forget(self, patient_pseudonyms: Sequence[str], tombstone: Mapping[str, Any]) -> Erasure: ...
+    async def purge(self, before: float, tombstone: Mapping[str, Any]) -> Erasure: ...
     def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]: ...
     async def active_versions(self) -> dict[str, str]: ...
     async def set_active_version(self, model: str, version: str) -> str | None: ...
@@ -82,11 +106,12 @@ class RecordStore(Protocol):
     async def close(self) -> None: ...
 
 
-CardRow = tuple[str, str, str | None, str, float, str]
+CardRow = tuple[str, str, str | None, str, float, str, str]
+CARD_COLUMNS = "card_uuid, service_id, user_pseudonym, resource, created, suggestions, identity_hashes"
 
 
 def card_row(record: CardRecord) -> CardRow:
-    """(card_uuid, service_id, user_pseudonym, resource, created, suggestions) as every table holds them."""
+    """The columns `CARD_COLUMNS` as every table holds them."""
     return (
         record.card_uuid,
         record.service_id,
@@ -94,11 +119,14 @@ def card_row(record: CardRecord) -> CardRow:
         json.dumps(record.risk_assessment),
         record.created,
         json.dumps(list(record.suggestion_uuids)),
+        json.dumps(list(record.identity_hashes)),
     )
 
 
 def card_from_row(row: Sequence[Any]) -> CardRecord:
-    return CardRecord(row[0], row[1], row[2], json.loads(row[3]), float(row[4]), tuple(json.loads(row[5])))
+    return CardRecord(
+        row[0], row[1], row[2], json.loads(row[3]), float(row[4]), tuple(json.loads(row[5])), tuple(json.loads(row[6]))
+    )
 
 
 def feedback_json(record: FeedbackRecord) -> str:
@@ -107,8 +135,17 @@ def feedback_json(record: FeedbackRecord) -> str:
 
 
 def audit_json(details: Mapping[str, Any]) -> str:
-    """Canonical and compact, so a later hash chain can hash exactly what is stored."""
+    """Canonical and compact, so the hash chain hashes exactly what is stored."""
     return json.dumps(dict(details), sort_keys=True, separators=(",", ":"))
+
+
+GENESIS = "0" * 64  # the `prev_hash` of the first entry
+
+
+def entry_hash(prev_hash: str, at: float, kind: str, details: str) -> str:
+    """SHA-256 over the previous entry's hash and this entry's content (`details`: audit_json text).
+    Unkeyed on purpose: anyone holding an export can verify it; rewrites are caught by anchors."""
+    return hashlib.sha256(f"{prev_hash}\x1e{at!r}\x1e{kind}\x1e{details}".encode()).hexdigest()
 
 
 def feedback_outcome(stored: tuple[float, str] | None, recorded: float, text: str) -> WriteResult:

@@ -9,11 +9,13 @@ committed, so a crash at any point leaves the card in PostgreSQL, in the spool, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from .records import CardRecord, card_from_row, card_row
-from .sqlite import CARD_COLUMNS, SQLiteFile, cards_by_uuid
+from .records import CARD_COLUMNS, CardRecord, card_from_row, card_row
+from .sqlite import SQLiteFile, cards_by_uuid
 
 __all__ = ["CardSpool"]
 
@@ -25,14 +27,22 @@ class CardSpool(SQLiteFile):
         super().__init__(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS spooled_card (card_uuid TEXT PRIMARY KEY, service_id TEXT NOT NULL,"
-            " user_pseudonym TEXT, resource TEXT NOT NULL, created REAL NOT NULL, suggestions TEXT NOT NULL)"
+            " user_pseudonym TEXT, resource TEXT NOT NULL, created REAL NOT NULL, suggestions TEXT NOT NULL,"
+            " identity_hashes TEXT NOT NULL DEFAULT '[]', audit TEXT)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(spooled_card)")}
+        if "identity_hashes" not in columns:  # a spool written by an earlier release
+            self._db.execute("ALTER TABLE spooled_card ADD COLUMN identity_hashes TEXT NOT NULL DEFAULT '[]'")
+        if "audit" not in columns:
+            self._db.execute("ALTER TABLE spooled_card ADD COLUMN audit TEXT")
 
     async def put(self, record: CardRecord) -> None:
+        """With its `card-scored` audit entry, appended to the chain when the card is drained."""
+        audit = json.dumps(dict(record.audit)) if record.audit is not None else None
         await self._run(
             lambda: self._db.execute(
-                f"INSERT OR REPLACE INTO spooled_card ({CARD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                card_row(record),
+                f"INSERT OR REPLACE INTO spooled_card ({CARD_COLUMNS}, audit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*card_row(record), audit),
             )
         )
 
@@ -43,10 +53,22 @@ class CardSpool(SQLiteFile):
         """In spool order; -1: all of them."""
         rows = await self._run(
             lambda: self._db.execute(
-                f"SELECT {CARD_COLUMNS} FROM spooled_card ORDER BY rowid LIMIT ?", (limit,)
+                f"SELECT {CARD_COLUMNS}, audit FROM spooled_card ORDER BY rowid LIMIT ?", (limit,)
             ).fetchall()
         )
-        return [card_from_row(row) for row in rows]
+        return [replace(card_from_row(row), audit=json.loads(row[-1]) if row[-1] else None) for row in rows]
+
+    async def forget(self, card_filter: str, args: Sequence[object]) -> int:
+        """Remove spooled cards `card_filter` (an SQL condition) selects; how many."""
+        def delete() -> int:
+            self._db.execute("PRAGMA secure_delete = ON")
+            try:
+                return int(self._db.execute(f"DELETE FROM spooled_card WHERE {card_filter}", list(args)).rowcount)
+            finally:
+                self._db.execute("PRAGMA secure_delete = OFF")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        return await self._run(delete)
 
     async def remove(self, card_uuids: Sequence[str]) -> None:
         """Only once these cards are committed in PostgreSQL."""

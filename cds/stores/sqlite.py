@@ -17,16 +17,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import StoreError
+from .anchors import AnchorLog
 from .migrations import migrate_sqlite
 from .records import (
+    CARD_COLUMNS,
+    GENESIS,
     AuditEvent,
     CardRecord,
+    Erasure,
     FeedbackRecord,
     StoreHealth,
     WriteResult,
     audit_json,
     card_from_row,
     card_row,
+    entry_hash,
     feedback_json,
     feedback_outcome,
 )
@@ -36,7 +41,8 @@ __all__ = ["SQLiteStore", "connect_durable"]
 T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 5.0
-CARD_COLUMNS = "card_uuid, service_id, user_pseudonym, resource, created, suggestions"
+CARD_MARKS = ", ".join("?" * len(CARD_COLUMNS.split(",")))
+PATIENT_OF = "json_extract(resource, '$.subject.identifier.value')"
 
 
 def cards_by_uuid(db: sqlite3.Connection, table: str, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
@@ -94,8 +100,10 @@ class SQLiteFile:
 
 
 class SQLiteStore(SQLiteFile):
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, anchors: AnchorLog | None = None) -> None:
         super().__init__(path)
+        self.anchors = anchors or AnchorLog(None)
+        self._pending_anchor: tuple[int, str] | None = None  # the head the open transaction appended
         try:
             self.schema_version = migrate_sqlite(self._db)
         except BaseException:
@@ -103,12 +111,14 @@ class SQLiteStore(SQLiteFile):
             raise
 
     async def put_card(self, record: CardRecord) -> None:
-        def write() -> None:
-            self._db.execute(
-                f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", card_row(record)
-            )
+        """The card and its `card-scored` audit entry, in one transaction."""
 
-        await self._run(write)
+        def write() -> None:
+            self._db.execute(f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES ({CARD_MARKS})", card_row(record))
+            if record.audit is not None:
+                self._append_audit("card-scored", record.audit)
+
+        await self._run(self._transaction, write)
 
     async def get_cards(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
         return await self._run(lambda: cards_by_uuid(self._db, "card", card_uuids))
@@ -133,6 +143,8 @@ class SQLiteStore(SQLiteFile):
                         "UPDATE feedback SET resource = ?, recorded = ? WHERE provenance_id = ?",
                         (text, rec.recorded, rec.provenance_id),
                     )
+                if outcome != "unchanged" and rec.audit is not None:
+                    self._append_audit("feedback-recorded", {**rec.audit, "write": outcome})
                 results.append(outcome)
             return results
 
@@ -151,15 +163,32 @@ class SQLiteStore(SQLiteFile):
         return await self._run(self._transaction, lambda: self._append_audit(kind, details))
 
     def _append_audit(self, kind: str, details: Mapping[str, Any]) -> int:
+        """Inside a write transaction (BEGIN IMMEDIATE: one writer across processes), so the head
+        read here is still the head when this entry commits: one chain, whoever writes."""
+        row = self._db.execute("SELECT hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = row[0] if row and row[0] else GENESIS
+        at, text = time.time(), audit_json(details)
+        digest = entry_hash(prev, at, kind, text)
         cursor = self._db.execute(
-            "INSERT INTO audit_event (at, kind, details) VALUES (?, ?, ?)",
-            (time.time(), kind, audit_json(details)),
+            "INSERT INTO audit_event (at, kind, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?)",
+            (at, kind, text, prev, digest),
         )
-        return int(cursor.lastrowid or 0)
+        seq = int(cursor.lastrowid or 0)
+        self._pending_anchor = (seq, digest)
+        return seq
+
+    def _transaction(self, fn: Callable[[], T]) -> T:
+        self._pending_anchor = None
+        result = super()._transaction(fn)
+        if self._pending_anchor is not None:  # committed: the new head may be anchored
+            self.anchors.note(*self._pending_anchor)
+            self._pending_anchor = None
+        return result
 
     def _audit_page(self, after: int) -> list[Any]:
         return self._db.execute(
-            "SELECT seq, at, kind, details FROM audit_event WHERE seq > ? ORDER BY seq LIMIT 500", (after,)
+            "SELECT seq, at, kind, details, prev_hash, hash FROM audit_event WHERE seq > ? ORDER BY seq LIMIT 500",
+            (after,),
         ).fetchall()
 
     async def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]:
@@ -167,9 +196,46 @@ class SQLiteStore(SQLiteFile):
             rows = await self._run(self._audit_page, after)
             if not rows:
                 return
-            for seq, at, kind, details in rows:
-                yield AuditEvent(seq, at, kind, json.loads(details))
+            for seq, at, kind, details, prev_hash, digest in rows:
+                yield AuditEvent(seq, at, kind, json.loads(details), prev_hash, digest)
             after = rows[-1][0]
+
+    async def _erasing(self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]) -> Erasure:
+        """`_erase` with SQLite's secure delete on, then a checkpoint: the removed rows are
+        overwritten in the file, and no copy of them stays in the write-ahead log."""
+
+        def run() -> Erasure:
+            self._db.execute("PRAGMA secure_delete = ON")
+            try:
+                erased = self._transaction(lambda: self._erase(where, args, kind, tombstone))
+            finally:
+                self._db.execute("PRAGMA secure_delete = OFF")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return erased
+
+        return await self._run(run)
+
+    def _erase(self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]) -> Erasure:
+        """Delete the cards `where` selects and their feedback, and append the tombstone (counts)."""
+        uuids = [r[0] for r in self._db.execute(f"SELECT card_uuid FROM card WHERE {where}", list(args)).fetchall()]
+        feedback = 0
+        for start in range(0, len(uuids), 500):
+            chunk = uuids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            feedback += self._db.execute(f"DELETE FROM feedback WHERE card_uuid IN ({marks})", chunk).rowcount
+            self._db.execute(f"DELETE FROM card WHERE card_uuid IN ({marks})", chunk)
+        seq = self._append_audit(kind, {**tombstone, "cards": len(uuids), "feedback": feedback})
+        return Erasure(len(uuids), feedback, seq)
+
+    async def forget(self, patient_pseudonyms: Sequence[str], tombstone: Mapping[str, Any]) -> Erasure:
+        """Every card of these patients and its feedback; a `patient-forgotten` tombstone."""
+        marks = ",".join("?" * len(patient_pseudonyms)) or "NULL"
+        where = f"{PATIENT_OF} IN ({marks})"
+        return await self._erasing(where, list(patient_pseudonyms), "patient-forgotten", tombstone)
+
+    async def purge(self, before: float, tombstone: Mapping[str, Any]) -> Erasure:
+        """Cards created before `before` (epoch s) and their feedback; a `records-purged` tombstone."""
+        return await self._erasing("created < ?", [before], "records-purged", {**tombstone, "before": before})
 
     async def active_versions(self) -> dict[str, str]:
         rows = await self._run(
@@ -200,3 +266,7 @@ class SQLiteStore(SQLiteFile):
 
     def health(self) -> StoreHealth:
         return StoreHealth("sqlite")
+
+    async def close(self) -> None:
+        self.anchors.write()
+        await super().close()

@@ -47,7 +47,7 @@ def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: S
         [sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True,
         timeout=120, text=True,
     )
-    assert json.loads(done.stdout) == {"out": str(out), "RiskAssessment": 1, "Provenance": 1, "spooled": 0}
+    assert json.loads(done.stdout) == {"out": str(out), "RiskAssessment": 1, "Provenance": 1, "spooled": 0, "withheld": 0}
     risks = [json.loads(line) for line in (out / "RiskAssessment.ndjson").read_text().splitlines()]
     provenances = [json.loads(line) for line in (out / "Provenance.ndjson").read_text().splitlines()]
     assert [r["id"] for r in risks] == [card["uuid"]]
@@ -61,7 +61,9 @@ def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: S
     assert provenances[0]["recorded"].startswith("2026-11-20T10:00:00")
     assert prov.agent[0].who.identifier.value.startswith("pr-")
     assert "demo-clinician" not in json.dumps(provenances) and stay.patient_id not in json.dumps(risks)
-    assert any(e.valueString == "lactate was from a tourniquet draw" for e in prov.extension)
+    # The comment's text is not kept by default (CDS_FEEDBACK_COMMENTS=omit), only its presence and length.
+    assert "tourniquet" not in json.dumps(provenances)
+    assert [e.valueInteger for e in prov.extension if e.url.endswith("/override-comment-length")] == [len("lactate was from a tourniquet draw")]
     shap = [e for e in risk.extension if e.url.endswith("/shap-contribution")]
     card_shap = card["extension"]["org.cds-ml.risk"]["shap"]
     assert len(shap) == min(20, len(card_shap["contributions"]))

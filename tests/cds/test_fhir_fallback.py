@@ -38,7 +38,7 @@ def test_missing_prefetch_is_fetched_with_the_token(cds_server, ehr: DemoFhirSer
 def test_partial_prefetch_is_completed(cds_server, ehr: DemoFhirServer, ehr_server) -> None:
     stay = synthetic_stay()
     ehr.add(stay.all())
-    body = patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=ehr_server.url, access_token=ehr.token)
+    body = patient_view_request(stay, prefetch=["patient", "encounters", "consent"], fhir_server=ehr_server.url, access_token=ehr.token)
     body["prefetch"]["labs"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     with httpx.Client(base_url=cds_server.url, timeout=10) as client:
         full = probability(client.post("/cds-services/sepsis-risk", json=patient_view_request(stay)))
@@ -170,7 +170,7 @@ def test_an_ehr_that_sends_more_than_the_limits_gets_412(tmp_path, ehr: DemoFhir
     stay = synthetic_stay(hours=40)
     ehr.add(stay.all())
     assert len(stay.vitals()) > 3 * ehr.page_size and len(stay.all()) > 60
-    body = patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=ehr_server.url, access_token=ehr.token)
+    body = patient_view_request(stay, prefetch=["patient", "encounters", "consent"], fhir_server=ehr_server.url, access_token=ehr.token)
     with serve_cds(settings) as server:
         response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=10)
     assert response.status_code == 412, response.text

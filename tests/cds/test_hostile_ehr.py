@@ -123,7 +123,7 @@ def test_a_hostile_ehr_is_answered_within_budget_with_bounded_memory(cds: Loopba
     stay = synthetic_stay(hours=8)
     before = _peak_rss_mb()
     with serve_in_thread(ehr.app()) as server:
-        body = patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=server.url, access_token="t")
+        body = patient_view_request(stay, prefetch=["patient", "encounters", "consent"], fhir_server=server.url, access_token="t")
         started = time.monotonic()
         response = httpx.post(f"{cds.url}{SEPSIS}", json=body, timeout=30)
         elapsed = time.monotonic() - started

@@ -97,7 +97,7 @@ def test_reference_ids_from_the_ehr_are_fetched_only_when_they_are_fhir_ids(
     stay = synthetic_stay(hours=8)
     stay.encounter["location"] = [{"location": {"reference": location}, "period": {"start": stay.encounter["period"]["start"]}}]
     ehr.add(stay.all())
-    body = patient_view_request(stay, prefetch=["patient", "encounters", "vitals", "labs"], fhir_server=ehr_server.url, access_token=ehr.token)
+    body = patient_view_request(stay, prefetch=["patient", "encounters", "vitals", "labs", "consent"], fhir_server=ehr_server.url, access_token=ehr.token)
     response = httpx.post(f"{cds_server.url}{SEPSIS}", json=body, timeout=10)
     assert response.status_code == 200, response.text
     assert [s.path for s in ehr.seen] == (["/Location/icu-7"] if fetched else [])

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from cds import CardRecord, PostgresStore, Settings, StoreUnavailable, create_app
+from cds.audit import verify_chain
 from cds.stores import CardSpool
 from demo_ehr import patient_view_request, serve_in_thread
 from tests.cds.helpers import feedback, new_id, synthetic_stay
@@ -106,6 +107,20 @@ def test_hooks_answer_through_an_outage_and_the_spool_drains_after_it(
     assert _rows(database, "SELECT card_uuid FROM card") == uuids
     assert _rows(database, "SELECT card_uuid FROM feedback") == uuids
     assert asyncio.run(_spool_count(settings.spool_path)) == 0
+    # Spooled cards joined the audit chain when they were drained: one valid chain, every card in it.
+    entries = asyncio.run(_audit(database, tmp_path))
+    assert verify_chain(entries).ok
+    scored = [e.details["card"] for e in entries if e.kind == "card-scored"]
+    assert sorted(scored) == sorted(uuids)  # each exactly once (a frozen server may commit a late insert itself)
+    assert any(e.details.get("spooled") for e in entries)
+
+
+async def _audit(database: str, tmp_path: Path) -> list[Any]:
+    store = await PostgresStore.open(database, spool_path=tmp_path / "audit-spool.sqlite3")
+    try:
+        return [e async for e in store.iter_audit()]
+    finally:
+        await store.close()
 
 
 async def _spool_count(path: Path) -> int:
@@ -166,4 +181,4 @@ def test_a_store_opened_while_postgres_is_down_spools_and_another_worker_drains_
     asyncio.run(after_outage())
     assert _rows(database, "SELECT card_uuid FROM card") == {a, b, c}
     assert _rows(database, "SELECT card_uuid FROM feedback") == {c}
-    assert _rows(database, "SELECT COUNT(*) FROM schema_migrations") == {2}
+    assert _rows(database, "SELECT COUNT(*) FROM schema_migrations") == {3}

@@ -306,7 +306,7 @@ def test_a_version_1_sqlite_file_is_upgraded_in_place(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         store = SQLiteStore(path)
-        assert store.schema_version == SQLITE_MIGRATIONS[-1].version == 2
+        assert store.schema_version == SQLITE_MIGRATIONS[-1].version == 3
         assert (await store.get_cards(["old-card"]))["old-card"].suggestion_uuids == ("s-1",)
         assert await store.put_feedback([prov]) == ["unchanged"]  # the row written by version 1 code
         await store.append_audit("upgraded", {})
@@ -318,7 +318,7 @@ def test_a_version_1_sqlite_file_is_upgraded_in_place(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
