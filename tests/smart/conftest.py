@@ -1,0 +1,88 @@
+"""Real parts for the SMART app's tests: the demo EHR's FHIR server, SMART's reference launcher as
+its authorization server (skips outside CI when node or the launcher is missing, fails in CI),
+our server trusting that launcher, and a card issued for the demo patient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cds import Settings
+from cds.settings import SmartEhr
+from demo_ehr import DemoFhirServer, LoopbackServer, StayResources, patient_view_request, serve_in_thread
+from tests.cds.helpers import serve_cds, synthetic_stay
+from tests.conftest import unavailable
+from tests.smart.launcher import Launcher, launch_code, missing, start_launcher
+
+CLIENT_ID = "cds-explain"
+FRAME_ORIGIN = "http://127.0.0.1:9999"
+
+
+@pytest.fixture(scope="module")
+def stay() -> StayResources:
+    return synthetic_stay(hours=30)
+
+
+@pytest.fixture(scope="module")
+def fhir_ehr(stay: StayResources) -> Iterator[tuple[DemoFhirServer, LoopbackServer]]:
+    """The demo EHR's FHIR server (behind the launcher's proxy, which checks the access token)."""
+    ehr = DemoFhirServer(page_size=200)
+    ehr.add(stay.all())
+    with serve_in_thread(ehr.app()) as server:
+        yield ehr, server
+
+
+@pytest.fixture(scope="module")
+def launcher(fhir_ehr: tuple[DemoFhirServer, LoopbackServer]) -> Iterator[Launcher]:
+    if problem := missing():
+        unavailable(problem)
+    running = start_launcher(fhir_ehr[1].url)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def standalone_code(stay: StayResources, **options: str) -> str:
+    return launch_code(launch_type="provider-standalone", patient=stay.patient_id, provider="dr-1", **options)
+
+
+def smart_settings(tmp: Path, launcher: Launcher, stay: StayResources, *extra: SmartEhr, **overrides: object) -> Settings:
+    ehrs = (
+        SmartEhr(iss=launcher.iss, client_id=CLIENT_ID, frame_origins=(FRAME_ORIGIN,)),
+        SmartEhr(iss=launcher.standalone_iss(standalone_code(stay)), client_id=CLIENT_ID, card_sources=(launcher.iss,)),
+        *extra,
+    )
+    return Settings(
+        var_dir=tmp / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True, smart_ehrs=ehrs,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Running:
+    server: LoopbackServer
+    settings: Settings
+    card: dict  # the card as the EHR received it
+
+    @property
+    def smart(self):  # the SmartApp inside the running server (to look at what it keeps)
+        return self.server.server.config.app.state.smart
+
+
+def issue_card(server: LoopbackServer, stay: StayResources, fhir_server: str) -> dict:
+    body = patient_view_request(stay, fhir_server=fhir_server)
+    response = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["cards"][0]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, launcher: Launcher, stay: StayResources) -> Iterator[Running]:
+    settings = smart_settings(tmp_path_factory.mktemp("smart"), launcher, stay)
+    with serve_cds(settings) as server:
+        yield Running(server, settings, issue_card(server, stay, launcher.iss))

@@ -1,0 +1,88 @@
+"""SMART App Launch 2.x through SMART's reference launcher (a real authorization server proxying
+the demo EHR): EHR launch and standalone launch, PKCE S256 always, public and confidential
+clients, the page that follows, and feedback recorded as the CDS Hooks Provenance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+
+from cds.stores import SQLiteStore
+from demo_ehr import StayResources
+from tests.smart.conftest import FRAME_ORIGIN, Running, standalone_code
+from tests.smart.launcher import Launcher, follow, launch_code, query
+
+pytestmark = pytest.mark.slow
+
+
+def ehr_launch_url(running: Running, launcher: Launcher, stay: StayResources, **options: str) -> str:
+    """What the CDS Hooks sandbox opens for a card's SMART link: `<link url>&launch=..&iss=..`."""
+    link = next(link for link in running.card["links"] if link["type"] == "smart")
+    code = launch_code(patient=stay.patient_id, provider="dr-1", encounter=str(stay.encounter["id"]), **options)
+    return f"{link['url']}&launch={code}&iss={launcher.iss}"
+
+
+def server_log(caplog: pytest.LogCaptureFixture) -> str:
+    """Every log line but the test browser's own request lines (httpx, httpcore) and uvicorn's
+    access log, which `cds serve` turns off (access_log=False) and pytest's capture turns back on."""
+    skipped = ("httpx", "httpcore", "uvicorn.access")
+    return "\n".join(f"{r.getMessage()} {getattr(r, 'event', '')}" for r in caplog.records if not r.name.startswith(skipped))
+
+
+def provenances(running: Running) -> list[dict]:
+    async def read() -> list[dict]:
+        store = SQLiteStore(running.settings.sqlite_path)
+        try:
+            return [r async for r in store.iter_resources("Provenance")]
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
+    running: Running, launcher: Launcher, stay: StayResources, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with httpx.Client(timeout=30) as browser:
+        walk = follow(browser, ehr_launch_url(running, launcher, stay))
+        authorize = walk.hops[1]
+        assert str(authorize.request.url).startswith(f"{launcher.url}/v/r4/auth/authorize")
+        asked = query(str(authorize.request.url))
+        assert asked["code_challenge_method"] == "S256" and len(asked["code_challenge"]) == 43
+        assert asked["scope"] == "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/Encounter.rs"
+        assert asked["aud"] == launcher.iss
+        page = walk.last
+        assert page.status_code == 200, page.text
+        assert str(page.url).startswith(f"{running.server.url}/smart/app/")
+        html = page.text
+        risk = running.card["extension"]["org.cds-ml.risk"]
+        assert f"{100 * risk['probability']:.1f} %" in html
+        assert f"{risk['band']} risk" in html
+        assert "waterfall.svg" in html and "trend.svg" in html and "Full model card" in html
+        csp = page.headers["content-security-policy"]
+        assert "script-src" not in csp and "default-src 'none'" in csp and f"frame-ancestors 'self' {FRAME_ORIGIN}" in csp
+        assert page.headers["referrer-policy"] == "no-referrer" and "set-cookie" not in page.headers
+        for picture in ("waterfall.svg", "trend.svg"):
+            svg = browser.get(f"{page.url}/{picture}")
+            assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+            assert svg.text.lstrip().startswith("<?xml") and "<svg" in svg.text
+        assert "alert threshold" in browser.get(f"{page.url}/trend.svg").text
+
+        sent = browser.post(f"{page.url}/feedback", data={"decision": "override:1", "comment": "picture fits pneumonia"})
+        assert sent.status_code == 303
+        again = browser.post(f"{page.url}/feedback", data={"decision": "override:1", "comment": "picture fits pneumonia"})
+        assert again.status_code == 303
+        confirmed = browser.get(str(page.url))
+        assert "Recorded: overridden: Disagree: clinical picture does not fit" in confirmed.text
+    found = [p for p in provenances(running) if p["target"][0]["reference"] == f"RiskAssessment/{running.card['uuid']}"]
+    assert len(found) == 1  # one Provenance per card, as CDS Hooks feedback makes
+    assert found[0]["activity"]["coding"][0]["code"] == "overridden"
+    assert found[0]["reason"][0]["coding"][0]["code"] == "recipient-disagrees-evidence"
+    session = next(iter(running.smart.sessions._sessions.values()))
+    logged = server_log(caplog)
+    assert session.token.access_token not in logged and str(page.url).rsplit("/", 1)[1] not in logged
+    assert "smart session opened" in logged
