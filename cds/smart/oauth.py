@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 from authlib.common.security import generate_token
+from authlib.common.urls import add_params_to_qs
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from ..settings import SmartEhr
 from .errors import BadIdToken, EhrDiscoveryFailed, TokenRefused
@@ -148,15 +149,15 @@ def _client_auth(ehr: SmartEhr, config: SmartConfiguration, body: str) -> tuple[
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     elif ehr.client_auth == "private_key_jwt":
         assert ehr.private_key_file is not None
+        kind = ECKey if ehr.signing_alg.startswith("ES") else RSAKey
         assertion = private_key_jwt_sign(
-            ehr.private_key_file.read_text(), ehr.client_id, config.token_endpoint, alg=ehr.signing_alg,
+            kind.import_key(ehr.private_key_file.read_bytes()), ehr.client_id, config.token_endpoint, alg=ehr.signing_alg,
             header={"alg": ehr.signing_alg, "kid": ehr.key_id, "typ": "JWT"}, expires_in=300,
         )
         assertion = assertion.decode() if isinstance(assertion, bytes) else assertion
-        body = prepare_token_request(
-            "", body, client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            client_assertion=assertion,
-        ).removeprefix("grant_type=&")
+        body = add_params_to_qs(body, [
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"), ("client_assertion", assertion),
+        ])
     return body, headers
 
 

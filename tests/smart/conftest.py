@@ -4,12 +4,17 @@ our server trusting that launcher, and a card issued for the demo patient."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from joserfc.jwk import RSAKey
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from cds import Settings
 from cds.settings import SmartEhr
@@ -51,11 +56,60 @@ def standalone_code(stay: StayResources, **options: str) -> str:
     return launch_code(launch_type="provider-standalone", patient=stay.patient_id, provider="dr-1", **options)
 
 
-def smart_settings(tmp: Path, launcher: Launcher, stay: StayResources, *extra: SmartEhr, **overrides: object) -> Settings:
+@dataclass(frozen=True)
+class ClientKey:
+    """Our private_key_jwt key: the PEM file we sign with, the JWKS registered with the EHR."""
+
+    pem: Path
+    jwks: str
+    kid: str = "cds-explain-1"
+
+
+@pytest.fixture(scope="module")
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
+    key = RSAKey.generate_key(2048)
+    pem = tmp_path_factory.mktemp("key") / "client.pem"
+    pem.write_bytes(key.as_pem(private=True))
+    public = {**key.as_dict(private=False), "alg": "RS384", "kid": "cds-explain-1", "key_ops": ["verify"]}
+    return ClientKey(pem, json.dumps({"keys": [public]}))
+
+
+@pytest.fixture(scope="module")
+def stranger_jwks() -> Iterator[str]:
+    """A JWKS of keys the launcher never signed with: its id_tokens must not verify against it."""
+    keys = {"keys": [{**RSAKey.generate_key(2048).as_dict(private=False), "alg": "RS256", "kid": "stranger"}]}
+    app = Starlette(routes=[Route("/jwks.json", lambda request: JSONResponse(keys))])
+    with serve_in_thread(app) as server:
+        yield f"{server.url}/jwks.json"
+
+
+# Launch options per client type: each is its own `iss` (the launcher encodes them in the URL).
+SECRET = "s3cret-for-tests"
+SYMMETRIC = {"client_type": "confidential-symmetric", "client_secret": SECRET}
+WRONG_SECRET = {"client_type": "confidential-symmetric", "client_secret": "the-ehr-has-another-secret"}
+
+
+def asymmetric(key: ClientKey) -> dict[str, str]:
+    return {"client_type": "confidential-asymmetric", "jwks": key.jwks}
+
+
+def smart_settings(
+    tmp: Path, launcher: Launcher, stay: StayResources, key: ClientKey, stranger_jwks: str, **overrides: object
+) -> Settings:
+    def standalone(**options: str) -> str:
+        return launcher.standalone_iss(standalone_code(stay, **options))
+
     ehrs = (
         SmartEhr(iss=launcher.iss, client_id=CLIENT_ID, frame_origins=(FRAME_ORIGIN,)),
-        SmartEhr(iss=launcher.standalone_iss(standalone_code(stay)), client_id=CLIENT_ID, card_sources=(launcher.iss,)),
-        *extra,
+        SmartEhr(iss=standalone(), client_id=CLIENT_ID, card_sources=(launcher.iss,)),
+        SmartEhr(iss=standalone(**SYMMETRIC), client_id=CLIENT_ID, client_auth="client_secret_basic", client_secret=SECRET,
+                 card_sources=(launcher.iss,)),
+        SmartEhr(iss=standalone(**WRONG_SECRET), client_id=CLIENT_ID, client_auth="client_secret_basic", client_secret=SECRET,
+                 card_sources=(launcher.iss,)),
+        SmartEhr(iss=standalone(**asymmetric(key)), client_id=CLIENT_ID, client_auth="private_key_jwt", private_key_file=key.pem,
+                 key_id=key.kid, signing_alg="RS384", card_sources=(launcher.iss,)),
+        SmartEhr(iss=launcher.standalone_iss(standalone_code(stay, client_id="pinned-keys")), client_id="pinned-keys",
+                 jwks_url=stranger_jwks, card_sources=(launcher.iss,)),
     )
     return Settings(
         var_dir=tmp / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True, smart_ehrs=ehrs,
@@ -82,7 +136,9 @@ def issue_card(server: LoopbackServer, stay: StayResources, fhir_server: str) ->
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory, launcher: Launcher, stay: StayResources) -> Iterator[Running]:
-    settings = smart_settings(tmp_path_factory.mktemp("smart"), launcher, stay)
+def running(
+    tmp_path_factory: pytest.TempPathFactory, launcher: Launcher, stay: StayResources, client_key: ClientKey, stranger_jwks: str
+) -> Iterator[Running]:
+    settings = smart_settings(tmp_path_factory.mktemp("smart"), launcher, stay, client_key, stranger_jwks)
     with serve_cds(settings) as server:
         yield Running(server, settings, issue_card(server, stay, launcher.iss))

@@ -5,14 +5,16 @@ clients, the page that follows, and feedback recorded as the CDS Hooks Provenanc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 
 import httpx
 import pytest
 
 from cds.stores import SQLiteStore
 from demo_ehr import StayResources
-from tests.smart.conftest import FRAME_ORIGIN, Running, standalone_code
+from tests.smart.conftest import SYMMETRIC, WRONG_SECRET, ClientKey, FRAME_ORIGIN, Running, asymmetric, standalone_code
 from tests.smart.launcher import Launcher, follow, launch_code, query
 
 pytestmark = pytest.mark.slow
@@ -86,3 +88,47 @@ def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
     logged = server_log(caplog)
     assert session.token.access_token not in logged and str(page.url).rsplit("/", 1)[1] not in logged
     assert "smart session opened" in logged
+
+
+def card_launch(running: Running, iss: str, card: str | None = None) -> str:
+    return f"{running.server.url}/smart/launch?iss={iss}&card={card or running.card['uuid']}"
+
+
+@pytest.mark.parametrize(
+    "options, method",
+    [({}, "none"), (SYMMETRIC, "client_secret_basic"), ("asymmetric", "private_key_jwt")],
+    ids=["public", "confidential-secret", "confidential-private-key-jwt"],
+)
+def test_standalone_launch_with_each_client_type(
+    running: Running, launcher: Launcher, stay: StayResources, client_key: ClientKey, options: object, method: str
+) -> None:
+    chosen = asymmetric(client_key) if options == "asymmetric" else options
+    iss = launcher.standalone_iss(standalone_code(stay, **chosen))  # type: ignore[arg-type]
+    assert running.settings.smart_ehr(iss).client_auth == method  # type: ignore[union-attr]
+    with httpx.Client(timeout=30) as browser:
+        walk = follow(browser, card_launch(running, iss))
+        asked = query(str(walk.hops[1].request.url))
+        assert asked["scope"].startswith("launch/patient openid fhirUser ") and "launch" not in asked
+        assert walk.last.status_code == 200, walk.last.text
+        assert f"{100 * running.card['extension']['org.cds-ml.risk']['probability']:.1f} %" in walk.last.text
+
+
+def test_a_wrong_client_secret_is_the_ehrs_refusal_shown_plainly(running: Running, launcher: Launcher, stay: StayResources) -> None:
+    before = len(running.smart.sessions)
+    with httpx.Client(timeout=30) as browser:
+        page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay, **WRONG_SECRET)))).last
+    assert page.status_code == 502 and "refused to issue an access token" in page.text and "invalid_client" in page.text
+    assert len(running.smart.sessions) == before
+
+
+def test_refresh_when_the_access_token_expires(running: Running, launcher: Launcher, stay: StayResources) -> None:
+    """The launcher offers a refresh token for `online_access`/`offline_access` only; we do not ask
+    for either (minimal scopes), so a session whose token expired ends with a clear page."""
+    with httpx.Client(timeout=30) as browser:
+        page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)))).last
+        assert page.status_code == 200
+        session = running.smart.sessions.get(str(page.url).rsplit("/", 1)[1])
+        assert session is not None and session.token.refresh_token is None
+        session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
+        ended = browser.get(str(page.url))
+    assert ended.status_code == 401 and "This app session has ended" in ended.text
