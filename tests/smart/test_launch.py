@@ -14,7 +14,15 @@ import pytest
 
 from cds.stores import SQLiteStore
 from demo_ehr import StayResources
-from tests.smart.conftest import SYMMETRIC, WRONG_SECRET, ClientKey, FRAME_ORIGIN, Running, asymmetric, standalone_code
+from tests.smart.conftest import (
+    FRAME_ORIGIN,
+    SYMMETRIC,
+    WRONG_SECRET,
+    ClientKey,
+    Running,
+    asymmetric,
+    standalone_code,
+)
 from tests.smart.launcher import Launcher, follow, launch_code, query
 
 pytestmark = pytest.mark.slow
