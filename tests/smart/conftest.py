@@ -42,10 +42,10 @@ def fhir_ehr(stay: StayResources) -> Iterator[tuple[DemoFhirServer, LoopbackServ
 
 
 @pytest.fixture(scope="module")
-def launcher(fhir_ehr: tuple[DemoFhirServer, LoopbackServer]) -> Iterator[Launcher]:
+def launcher(fhir_ehr: tuple[DemoFhirServer, LoopbackServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     if problem := missing():
         unavailable(problem)
-    running = start_launcher(fhir_ehr[1].url)
+    running = start_launcher(fhir_ehr[1].url, tmp_path_factory.mktemp("launcher") / "launcher.log")
     try:
         yield running
     finally:

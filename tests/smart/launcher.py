@@ -66,24 +66,22 @@ class Launcher:
             self.process.kill()
 
 
-def start_launcher(fhir_base: str, *, timeout_s: float = 30.0) -> Launcher:
+def start_launcher(fhir_base: str, log: Path, *, timeout_s: float = 30.0) -> Launcher:
+    """`log`: where its output goes (a file, so that a full pipe never blocks it)."""
     env = {**os.environ, "HOST": "127.0.0.1", "PORT": "0", "FHIR_SERVER_R4": fhir_base, "NODE_ENV": "production"}
-    process = subprocess.Popen(
-        ["node", "dist/server.js"], cwd=LAUNCHER_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert process.stdout is not None
+    with log.open("wb") as out:
+        process = subprocess.Popen(["node", "dist/server.js"], cwd=LAUNCHER_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
-    seen = b""
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        seen += line
-        found = re.search(rb"available at (http://127\.0\.0\.1:\d+)", line)
+        found = re.search(rb"available at (http://127\.0\.0\.1:\d+)", log.read_bytes())
         if found:
             return Launcher(found.group(1).decode(), process)
         if process.poll() is not None:
             break
+        time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"the SMART launcher did not start: {seen[-2000:]!r}")
+    process.wait()
+    raise RuntimeError(f"the SMART launcher did not start: {log.read_bytes()[-2000:]!r}")
 
 
 @dataclass
