@@ -20,11 +20,12 @@ import matplotlib
 
 from fhir_mappings.writeback import CANONICAL
 
-__all__ = ["CardView", "Driver", "card_view", "trend_svg", "waterfall_svg"]
+__all__ = ["CardView", "Driver", "UNIT_WORDS", "card_view", "trend_svg", "waterfall_svg"]
 
 _EXT = f"{CANONICAL}/StructureDefinition"
 _LOCK = threading.Lock()
-WATERFALL_ROWS = 10  # drivers drawn one by one; the rest are grouped by shap into one bar
+WATERFALL_ROWS = 10
+UNIT_WORDS = {"Cel": "°C", "%": "%", "/min": "/min", "mm[Hg]": "mmHg"}  # UCUM codes as clinicians write them  # drivers drawn one by one; the rest are grouped by shap into one bar
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class Driver:
     value: float | None  # its latest value, when the card recorded it
     shap: float
     features: tuple[tuple[str, str, float | None, float], ...]  # (feature, label, value, shap)
+
+    @property
+    def measured(self) -> bool:
+        """False when none of its features had a value: the score leans on its absence."""
+        return any(v is not None for _, _, v, _ in self.features)
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ def _format(value: float | None, unit: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "not measured"
     text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return f"{text} {unit}".strip()
+    return f"{text} {UNIT_WORDS.get(unit, unit)}".strip()
 
 
 def waterfall_svg(view: CardView) -> bytes:
@@ -141,10 +147,13 @@ def waterfall_svg(view: CardView) -> bytes:
     clinical variable (named with its latest value), the rest in one grouped bar."""
     import numpy as np
 
-    names = [f"{d.label} {_format(d.value, d.unit)}" if d.value is not None else d.label for d in view.drivers]
+    names = [
+        f"{d.label} {_format(d.value, d.unit)}" if d.value is not None else d.label if d.measured else f"{d.label}: not measured"
+        for d in view.drivers
+    ]
     values = [d.shap for d in view.drivers]
     if view.other:
-        names.append("features not stored one by one")
+        names.append("other features (summed when scored)")
         values.append(view.other)
     with _LOCK:
         shap = _shap()
@@ -158,7 +167,6 @@ def waterfall_svg(view: CardView) -> bytes:
             shap.plots.waterfall(explanation, max_display=WATERFALL_ROWS, show=False)
         fig = plt.gcf()
         fig.set_size_inches(7.5, 0.42 * min(len(values), WATERFALL_ROWS) + 1.4)
-        fig.axes[0].set_xlabel("log-odds of the outcome (model margin): E[f(X)] is the average patient, f(x) this patient")
         try:
             return _svg(fig)
         finally:

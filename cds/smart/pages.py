@@ -15,7 +15,7 @@ from typing import Any
 from starlette.responses import HTMLResponse, Response
 
 from .errors import SmartError
-from .explain import CardView
+from .explain import UNIT_WORDS, CardView
 
 __all__ = ["SVG_CSP", "app_page", "content_security_policy", "error_page", "page_headers"]
 
@@ -70,7 +70,13 @@ def _num(value: float | None, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return escape(f"{text} {unit}".strip())
+    return escape(f"{text} {UNIT_WORDS.get(unit, unit)}".strip())
+
+
+def _latest(d: Any) -> str:
+    if d.value is not None:
+        return _num(d.value, d.unit)
+    return "see the exact contributions" if d.measured else "<strong>not measured</strong> (the score uses its absence)"
 
 
 def _drivers_table(view: CardView, top: int = 8) -> str:
@@ -79,7 +85,7 @@ def _drivers_table(view: CardView, top: int = 8) -> str:
         effect = "raises risk" if d.shap > 0 else "lowers risk"
         arrow = "↑" if d.shap > 0 else "↓"
         rows.append(
-            f"<tr><th scope=\"row\">{escape(d.label)}</th><td>{_num(d.value, d.unit) if d.value is not None else 'see details'}</td>"
+            f"<tr><th scope=\"row\">{escape(d.label)}</th><td>{_latest(d)}</td>"
             f"<td class=\"num\">{d.shap:+.3f}</td><td>{arrow} {effect}</td></tr>"
         )
     return (
@@ -119,7 +125,9 @@ def _trend_section(handle: str, trend: Any, trend_error: str | None, view: CardV
         else:
             measured.append((trend.current_hour - hour, label))
     measured.sort()
-    rows = "".join(f"<tr><th scope=\"row\">{escape(label)}</th><td>{ago} h ago</td></tr>" for ago, label in measured)
+    rows = "".join(
+        f"<tr><th scope=\"row\">{escape(label)}</th><td>{'this hour' if ago == 0 else f'{ago} h ago'}</td></tr>" for ago, label in measured
+    )
     return (
         '<section aria-labelledby="trend"><h2 id="trend">Risk over the stay</h2>'
         f'<img class="chart" src="/smart/app/{escape(handle)}/trend.svg" width="720" height="250" '
@@ -178,6 +186,8 @@ def app_page(
         f'<img class="chart" src="/smart/app/{escape(handle)}/waterfall.svg" width="720" height="480" '
         f'alt="SHAP waterfall from the average patient (log-odds {view.base_value:+.2f}) to this patient ({view.margin:+.2f}); '
         f'the drivers are listed in the table below.">'
+        '<p class="muted">Log-odds of the outcome: E[f(X)] is the model\'s average patient, f(x) this patient; red bars raise '
+        "the risk, blue bars lower it.</p>"
         f"{_drivers_table(view)}{_exact_table(view)}</section>"
         f"{_trend_section(handle, trend, trend_error, view)}{_model_section(model)}"
         f"{_feedback_section(handle, reasons, can_agree, recorded, comment_max_chars)}"

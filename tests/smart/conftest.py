@@ -94,13 +94,14 @@ def asymmetric(key: ClientKey) -> dict[str, str]:
 
 
 def smart_settings(
-    tmp: Path, launcher: Launcher, stay: StayResources, key: ClientKey, stranger_jwks: str, **overrides: object
+    tmp: Path, launcher: Launcher, stay: StayResources, key: ClientKey, stranger_jwks: str, *,
+    frame_origins: tuple[str, ...] = (FRAME_ORIGIN,), **overrides: object,
 ) -> Settings:
     def standalone(**options: str) -> str:
         return launcher.standalone_iss(standalone_code(stay, **options))
 
     ehrs = (
-        SmartEhr(iss=launcher.iss, client_id=CLIENT_ID, frame_origins=(FRAME_ORIGIN,)),
+        SmartEhr(iss=launcher.iss, client_id=CLIENT_ID, frame_origins=frame_origins),
         SmartEhr(iss=standalone(), client_id=CLIENT_ID, card_sources=(launcher.iss,)),
         SmartEhr(iss=standalone(**SYMMETRIC), client_id=CLIENT_ID, client_auth="client_secret_basic", client_secret=SECRET,
                  card_sources=(launcher.iss,)),
