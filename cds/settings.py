@@ -77,7 +77,8 @@ class SmartEhr(BaseModel):
     is fetched. `client_auth`: `none` (public client), `client_secret_basic`, or `private_key_jwt`
     (`private_key_file`: a PEM RSA or EC key; `key_id`: its `kid` in the JWKS registered with the
     EHR). `jwks_url`: the keys that sign its id_tokens (default: `jwks_uri` from its
-    smart-configuration). `frame_origins`: its web origins allowed to frame the app. `card_sources`:
+    smart-configuration). `frame_origins`: its web origins allowed to frame the app. `online_access`:
+    ask for a refresh token too (used when the access token expires). `card_sources`:
     the `fhirServer` its CDS Hooks calls name when it differs from `iss` (cards are bound to the
     launch's patient through their pseudonym, which is scoped by that base)."""
 
@@ -93,6 +94,7 @@ class SmartEhr(BaseModel):
     jwks_url: str | None = None
     frame_origins: tuple[str, ...] = ()
     card_sources: tuple[str, ...] = ()
+    online_access: bool = False  # also ask for `online_access`, so the EHR may offer a refresh token
 
     @field_validator("iss", "jwks_url")
     @classmethod

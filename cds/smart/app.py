@@ -11,6 +11,7 @@ patient. Only then is a session opened; any failure leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -157,7 +158,7 @@ class SmartApp:
         redirect_uri = self.redirect_uri(request_base)
         flow = Flow(ehr.iss, config, verifier, nonce, redirect_uri, ehr_launch=launch is not None, card_hint=_uuid(card))
         state = self.flows.start(flow)
-        scope = scopes_for(config, ehr_launch=launch is not None)
+        scope = scopes_for(config, ehr_launch=launch is not None, online_access=ehr.online_access)
         log_event(log, "smart launch", ehr_launch=launch is not None, card_hint=flow.card_hint is not None)
         return authorization_url(
             config, ehr, redirect_uri=redirect_uri, scope=scope, state=state, challenge=challenge, nonce=nonce, launch=launch
@@ -239,10 +240,14 @@ class SmartApp:
         if token.expires_at is not None and token.expires_at - time.time() < 30:
             if token.refresh_token is None:
                 raise SessionExpired("the access token expired and the EHR offered no refresh")
-            session.token = await refresh(self.http, self._ehr(session.iss), session.config, token.refresh_token,
-                                          timeout_s=self.settings.smart_timeout_s)
-            if session.token.refresh_token is None:  # a refresh token that is not rotated stays valid
-                session.token = type(token)(**{**session.token.__dict__, "refresh_token": token.refresh_token})
+            try:
+                renewed = await refresh(self.http, self._ehr(session.iss), session.config, token.refresh_token,
+                                        timeout_s=self.settings.smart_timeout_s)
+            except TokenRefused as exc:
+                log_event(log, "smart refresh refused", ehr_error=exc.ehr_error)
+                raise SessionExpired("the EHR refused to refresh the access token") from exc
+            # a refresh token that is not rotated stays the one to use next time
+            session.token = renewed if renewed.refresh_token else dataclasses.replace(renewed, refresh_token=token.refresh_token)
             log_event(log, "smart token refreshed")
         return session
 

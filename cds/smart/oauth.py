@@ -102,7 +102,7 @@ async def discover(http: httpx.AsyncClient, iss: str, *, timeout_s: float) -> Sm
     )
 
 
-def scopes_for(config: SmartConfiguration, *, ehr_launch: bool) -> str:
+def scopes_for(config: SmartConfiguration, *, ehr_launch: bool, online_access: bool = False) -> str:
     """`launch` (EHR launch) or `launch/patient` (standalone), `openid fhirUser`, and read/search
     on the three resource types, in v2 syntax unless the EHR offers only v1."""
     v1_only = "permission-v1" in config.capabilities and "permission-v2" not in config.capabilities
@@ -110,7 +110,8 @@ def scopes_for(config: SmartConfiguration, *, ehr_launch: bool) -> str:
         listed = " ".join(config.scopes_supported)
         v1_only = ".read" in listed and ".rs" not in listed and ".cruds" not in listed
     suffix = "read" if v1_only else "rs"
-    return " ".join(["launch" if ehr_launch else "launch/patient", "openid", "fhirUser", *(f"patient/{r}.{suffix}" for r in _RESOURCES)])
+    scopes = ["launch" if ehr_launch else "launch/patient", "openid", "fhirUser", *(f"patient/{r}.{suffix}" for r in _RESOURCES)]
+    return " ".join([*scopes, "online_access"] if online_access else scopes)
 
 
 def new_pkce() -> tuple[str, str]:

@@ -86,6 +86,7 @@ def stranger_jwks() -> Iterator[str]:
 # Launch options per client type: each is its own `iss` (the launcher encodes them in the URL).
 SECRET = "s3cret-for-tests"
 SYMMETRIC = {"client_type": "confidential-symmetric", "client_secret": SECRET}
+REFRESHING = {"client_id": "refreshing"}  # its own iss, for the entry that asks for online_access
 WRONG_SECRET = {"client_type": "confidential-symmetric", "client_secret": "the-ehr-has-another-secret"}
 
 
@@ -109,6 +110,7 @@ def smart_settings(
                  card_sources=(launcher.iss,)),
         SmartEhr(iss=standalone(**asymmetric(key)), client_id=CLIENT_ID, client_auth="private_key_jwt", private_key_file=key.pem,
                  key_id=key.kid, signing_alg="RS384", card_sources=(launcher.iss,)),
+        SmartEhr(iss=standalone(**REFRESHING), client_id="refreshing", online_access=True, card_sources=(launcher.iss,)),
         SmartEhr(iss=launcher.standalone_iss(standalone_code(stay, client_id="pinned-keys")), client_id="pinned-keys",
                  jwks_url=stranger_jwks, card_sources=(launcher.iss,)),
     )

@@ -14,13 +14,16 @@ import pytest
 
 from cds.stores import SQLiteStore
 from demo_ehr import StayResources
+from fhir_mappings.writeback import provenance_id
 from tests.smart.conftest import (
     FRAME_ORIGIN,
+    REFRESHING,
     SYMMETRIC,
     WRONG_SECRET,
     ClientKey,
     Running,
     asymmetric,
+    issue_card,
     standalone_code,
 )
 from tests.smart.launcher import Launcher, follow, launch_code, query
@@ -129,9 +132,27 @@ def test_a_wrong_client_secret_is_the_ehrs_refusal_shown_plainly(running: Runnin
     assert len(running.smart.sessions) == before
 
 
-def test_refresh_when_the_access_token_expires(running: Running, launcher: Launcher, stay: StayResources) -> None:
-    """The launcher offers a refresh token for `online_access`/`offline_access` only; we do not ask
-    for either (minimal scopes), so a session whose token expired ends with a clear page."""
+def test_an_expired_access_token_is_refreshed_when_the_ehr_offered_a_refresh_token(
+    running: Running, launcher: Launcher, stay: StayResources
+) -> None:
+    with httpx.Client(timeout=30) as browser:
+        walk = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay, **REFRESHING))))
+        assert query(str(walk.hops[1].request.url))["scope"].endswith(" online_access")
+        page = walk.last
+        assert page.status_code == 200, page.text
+        session = running.smart.sessions.get(str(page.url).rsplit("/", 1)[1])
+        assert session is not None and session.token.refresh_token is not None
+        first = session.token.access_token
+        session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
+        session.trend = None  # read the EHR again, with the refreshed token
+        again = browser.get(str(page.url))
+        assert again.status_code == 200 and "Re-scored hour by hour" in again.text
+    assert session.token.access_token != first and session.token.expires_at > time.time()  # type: ignore[operator]
+
+
+def test_without_a_refresh_token_an_expired_session_ends_plainly(running: Running, launcher: Launcher, stay: StayResources) -> None:
+    """We ask for no refresh token unless configured (minimal scopes): then an expired access token
+    ends the session with a clear page."""
     with httpx.Client(timeout=30) as browser:
         page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)))).last
         assert page.status_code == 200
@@ -140,3 +161,19 @@ def test_refresh_when_the_access_token_expires(running: Running, launcher: Launc
         session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
         ended = browser.get(str(page.url))
     assert ended.status_code == 401 and "This app session has ended" in ended.text
+
+
+def test_app_feedback_is_the_same_provenance_as_cds_hooks_feedback(running: Running, launcher: Launcher, stay: StayResources) -> None:
+    card = issue_card(running.server, stay, launcher.iss)
+    with httpx.Client(timeout=30) as browser:
+        page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)), card["uuid"])).last
+        assert page.status_code == 200
+        assert browser.post(f"{page.url}/feedback", data={"decision": "override:0"}).status_code == 303
+        assert browser.post(f"{page.url}/feedback", data={"decision": "override:0"}).status_code == 303  # a double submit
+    reason = card["overrideReasons"][0]
+    older = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z", "overrideReason": {"reason": reason}}
+    answer = httpx.post(f"{running.server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [older]}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "unchanged"  # an older decision: same record
+    mine = [p for p in provenances(running) if p["target"][0]["reference"] == f"RiskAssessment/{card['uuid']}"]
+    assert [p["id"] for p in mine] == [provenance_id(card["uuid"])]
+    assert mine[0]["reason"][0]["coding"][0] == reason

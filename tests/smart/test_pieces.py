@@ -60,6 +60,7 @@ def test_minimal_scopes_in_v2_form_unless_the_ehr_offers_only_v1() -> None:
     assert scopes_for(config(scopes=("patient/*.read", "launch")), ehr_launch=False).startswith("launch/patient openid")
     assert scopes_for(config(scopes=("patient/*.read",)), ehr_launch=False).endswith("patient/Encounter.read")
     assert scopes_for(config(), ehr_launch=True) == v2
+    assert scopes_for(config(), ehr_launch=True, online_access=True) == v2 + " online_access"
 
 
 @pytest.fixture(scope="module")
