@@ -41,11 +41,12 @@ class DemoPatient:
 
 
 def markdown_html(text: str) -> str:
-    """The little Markdown our cards use: paragraphs, `- ` lists, **bold**."""
+    """The little Markdown our cards use: paragraphs, `- ` lists, **bold**, _italics_."""
     out: list[str] = []
     in_list = False
     for line in text.splitlines():
         escaped = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(line))
+        escaped = re.sub(r"(?<![\w])_(.+?)_(?![\w])", r"<em>\1</em>", escaped)
         if line.startswith("- "):
             if not in_list:
                 out.append("<ul>")

@@ -24,8 +24,8 @@ __all__ = ["CardView", "Driver", "UNIT_WORDS", "card_view", "trend_svg", "waterf
 
 _EXT = f"{CANONICAL}/StructureDefinition"
 _LOCK = threading.Lock()
-WATERFALL_ROWS = 10
-UNIT_WORDS = {"Cel": "°C", "%": "%", "/min": "/min", "mm[Hg]": "mmHg"}  # UCUM codes as clinicians write them  # drivers drawn one by one; the rest are grouped by shap into one bar
+WATERFALL_ROWS = 10  # drivers drawn one by one; the rest are grouped by shap into one bar
+UNIT_WORDS = {"Cel": "°C", "mm[Hg]": "mmHg", "1": ""}  # UCUM codes as clinicians write them
 
 
 @dataclass(frozen=True)

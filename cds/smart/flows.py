@@ -49,6 +49,7 @@ class Session:
     decisions: dict[tuple[Any, ...], float] = field(default_factory=dict)  # same decision -> same timestamp
     recorded: str | None = None  # what the clinician last recorded, for the confirmation
     trend: Any = None  # computed once per session
+    pictures: dict[str, bytes] = field(default_factory=dict)  # rendered SVGs, drawn once per session
 
 
 def _digest(value: str) -> str:

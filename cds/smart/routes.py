@@ -80,8 +80,10 @@ def _svg(body: bytes) -> Response:
 @router.get("/app/{handle}/waterfall.svg")
 async def waterfall(handle: str, app: SmartDep) -> Response:
     session = await app.session(handle)
-    _, view = await app.card(session)
-    return _svg(await asyncio.to_thread(waterfall_svg, view))
+    if "waterfall" not in session.pictures:
+        _, view = await app.card(session)
+        session.pictures["waterfall"] = await asyncio.to_thread(waterfall_svg, view)
+    return _svg(session.pictures["waterfall"])
 
 
 @router.get("/app/{handle}/trend.svg")
@@ -91,7 +93,11 @@ async def trend(handle: str, app: SmartDep) -> Response:
     found, _ = await app.trend(session, view)
     if found is None:
         raise CardNotFound("no trend for this card")
-    return _svg(await asyncio.to_thread(trend_svg, found.hours, found.probabilities, found.threshold, card_hour=view.icu_hour))
+    if "trend" not in session.pictures:
+        session.pictures["trend"] = await asyncio.to_thread(
+            trend_svg, found.hours, found.probabilities, found.threshold, card_hour=view.icu_hour
+        )
+    return _svg(session.pictures["trend"])
 
 
 @router.post("/app/{handle}/feedback")
