@@ -62,6 +62,7 @@ class ClientKey:
 
     pem: Path
     jwks: str
+    stranger_pem: Path  # a key the EHR never registered, under the same kid
     kid: str = "cds-explain-1"
 
 
@@ -71,7 +72,9 @@ def client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
     pem = tmp_path_factory.mktemp("key") / "client.pem"
     pem.write_bytes(key.as_pem(private=True))
     public = {**key.as_dict(private=False), "alg": "RS384", "kid": "cds-explain-1", "key_ops": ["verify"]}
-    return ClientKey(pem, json.dumps({"keys": [public]}))
+    stranger = pem.with_name("stranger.pem")
+    stranger.write_bytes(RSAKey.generate_key(2048).as_pem(private=True))
+    return ClientKey(pem, json.dumps({"keys": [public]}), stranger)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,8 @@ def smart_settings(
                  card_sources=(launcher.iss,)),
         SmartEhr(iss=standalone(**asymmetric(key)), client_id=CLIENT_ID, client_auth="private_key_jwt", private_key_file=key.pem,
                  key_id=key.kid, signing_alg="RS384", card_sources=(launcher.iss,)),
+        SmartEhr(iss=standalone(**asymmetric(key), client_id="unregistered-key"), client_id="unregistered-key",
+                 client_auth="private_key_jwt", private_key_file=key.stranger_pem, key_id=key.kid, card_sources=(launcher.iss,)),
         SmartEhr(iss=standalone(**REFRESHING), client_id="refreshing", online_access=True, card_sources=(launcher.iss,)),
         SmartEhr(iss=launcher.standalone_iss(standalone_code(stay, client_id="pinned-keys")), client_id="pinned-keys",
                  jwks_url=stranger_jwks, card_sources=(launcher.iss,)),

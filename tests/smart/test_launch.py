@@ -132,6 +132,17 @@ def test_a_wrong_client_secret_is_the_ehrs_refusal_shown_plainly(running: Runnin
     assert len(running.smart.sessions) == before
 
 
+def test_a_client_assertion_signed_with_an_unregistered_key_is_refused(
+    running: Running, launcher: Launcher, stay: StayResources, client_key: ClientKey
+) -> None:
+    before = len(running.smart.sessions)
+    iss = launcher.standalone_iss(standalone_code(stay, **asymmetric(client_key), client_id="unregistered-key"))
+    with httpx.Client(timeout=30) as browser:
+        page = follow(browser, card_launch(running, iss)).last
+    assert page.status_code == 502 and "refused to issue an access token" in page.text and "invalid_client" in page.text
+    assert len(running.smart.sessions) == before
+
+
 def test_an_expired_access_token_is_refreshed_when_the_ehr_offered_a_refresh_token(
     running: Running, launcher: Launcher, stay: StayResources
 ) -> None:
