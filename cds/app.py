@@ -37,6 +37,8 @@ from .routes import discovery, feedback, health, services
 from .routes._auth import authenticate
 from .routes._openapi import body_schemas
 from .settings import Settings, get_settings
+from .smart import SmartApp, SmartError, error_page
+from .smart import router as smart_router
 from .stores import AnchorLog, RecordStore, open_store
 
 __all__ = ["AppState", "create_app", "load_models", "make_verifier"]
@@ -171,6 +173,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 keep_identity_hashes=settings.feedback_comments == "scrubbed",
                 consent_refused_card=settings.consent_refused_card,
             )
+            smart_timeout = httpx.Timeout(settings.smart_timeout_s, connect=min(2.0, settings.smart_timeout_s))
+            smart_http = httpx.AsyncClient(timeout=smart_timeout, follow_redirects=False, trust_env=False)
+            smart_fhir = FhirClient(
+                smart_http, max_pages=settings.fhir_max_pages, max_response_bytes=settings.fhir_max_response_bytes,
+                max_json_depth=settings.max_json_depth, allow_http=settings.allow_http_fhir_server,
+            )
+            app.state.smart = SmartApp(settings, smart_http, smart_fhir, store, models, deps.pseudonymizer)
             _announce_auth(settings)
             metrics = Metrics()
             verifier = None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
@@ -196,6 +205,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 if verifier is not None:
                     await verifier.close()
+                await smart_http.aclose()
                 await store.close()
                 lane.close()
 
@@ -204,6 +214,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CDSError)
     async def cds_error(request: Request, exc: CDSError) -> Response:
+        if isinstance(exc, SmartError):  # the SMART app's pages (cds/smart/errors.py)
+            smart = getattr(request.app.state, "smart", None)
+            return error_page(exc, smart.frame_origins() if smart else ())
         status = status_for(exc)
         if status == 401:
             return unauthorized()
@@ -227,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(services.router, dependencies=guarded)
     app.include_router(feedback.router, dependencies=guarded)
     app.include_router(health.router)
+    app.include_router(smart_router)  # authenticated by SMART (OAuth with the EHR), not by CDS Hooks JWTs
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if settings.cors_origins:
         app.add_middleware(

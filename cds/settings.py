@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -38,7 +39,8 @@ def _profile_names() -> frozenset[str]:
 
     return frozenset(PROFILES)
 
-__all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "TrustedIssuer", "get_settings"]
+
+__all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "SmartEhr", "TrustedIssuer", "get_settings"]
 
 log = logging.getLogger("cds.settings")
 
@@ -83,6 +85,57 @@ class TrustedIssuer(BaseModel):
 
     def may_name(self, fhir_server: str) -> bool:
         return fhir_server.rstrip("/") in self.fhir_servers
+
+
+class SmartEhr(BaseModel):
+    """One EHR allowed to launch the explanation app (SMART App Launch 2.x, cds/smart/). `iss` is its
+    FHIR base exactly as it sends it; a launch naming any other `iss` is refused before anything
+    is fetched. `client_auth`: `none` (public client), `client_secret_basic`, or `private_key_jwt`
+    (`private_key_file`: a PEM RSA or EC key; `key_id`: its `kid` in the JWKS registered with the
+    EHR). `jwks_url`: the keys that sign its id_tokens (default: `jwks_uri` from its
+    smart-configuration). `frame_origins`: its web origins allowed to frame the app. `online_access`:
+    ask for a refresh token too (used when the access token expires). `card_sources`:
+    the `fhirServer` its CDS Hooks calls name when it differs from `iss` (cards are bound to the
+    launch's patient through their pseudonym, which is scoped by that base)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iss: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_auth: Literal["none", "client_secret_basic", "private_key_jwt"] = "none"
+    client_secret: SecretStr | None = None
+    private_key_file: Path | None = None
+    key_id: str | None = None
+    signing_alg: str = "RS384"
+    jwks_url: str | None = None
+    frame_origins: tuple[str, ...] = ()
+    card_sources: tuple[str, ...] = ()
+    online_access: bool = False  # also ask for `online_access`, so the EHR may offer a refresh token
+
+    @field_validator("iss", "jwks_url")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("SMART EHR URLs must be absolute")
+        return value.rstrip("/") if value else value
+
+    @field_validator("frame_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(f"frame_origins must be origins (scheme://host[:port]), not {origin!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SmartEhr:
+        if self.client_auth == "client_secret_basic" and self.client_secret is None:
+            raise ValueError(f"SMART EHR {self.iss!r}: client_secret_basic needs client_secret")
+        if self.client_auth == "private_key_jwt" and (self.private_key_file is None or not self.key_id):
+            raise ValueError(f"SMART EHR {self.iss!r}: private_key_jwt needs private_key_file and key_id")
+        if self.signing_alg not in ALLOWED_JWT_ALGORITHMS:
+            raise ValueError(f"SMART EHR {self.iss!r}: signing_alg must be an asymmetric JWS algorithm")
+        return self
 
 
 class Settings(BaseSettings):
@@ -195,6 +248,14 @@ class Settings(BaseSettings):
 
     # SMART launch URL of the explanation app in card links (default: <public_url>/smart/launch)
     smart_launch_url: str | None = None
+    # --- the SMART explanation app (cds/smart/): EHRs that may launch it, JSON list of SmartEhr --
+    smart_ehrs: tuple[SmartEhr, ...] = ()
+    smart_flow_ttl_s: float = 600.0  # from launch to the EHR's redirect back
+    smart_session_ttl_s: float = 3600.0  # an app session (its handle), refreshed tokens included
+    smart_timeout_s: float = 5.0  # per request to the EHR's authorization and FHIR servers
+
+    def smart_ehr(self, iss: str) -> SmartEhr | None:
+        return next((e for e in self.smart_ehrs if e.iss == iss.rstrip("/")), None)
 
     @field_validator("auth_algorithms")
     @classmethod

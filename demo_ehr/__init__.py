@@ -8,22 +8,32 @@ from .fhir_server import DemoFhirServer
 from .hook_requests import discharge_hook_request, patient_view_request, searchset
 from .loopback import LoopbackServer, free_port, serve_in_thread, wait_until_healthy
 from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
+from .smart_launcher import DEFAULT_LAUNCHER_DIR, SmartLauncher, launch_code, launcher_missing, start_launcher
+from .web import DemoPatient, demo_ehr_web, markdown_html
 
 __all__ = [
+    "DEFAULT_LAUNCHER_DIR",
     "DemoFhirServer",
+    "DemoPatient",
     "DischargeResources",
     "EhrIdentity",
     "EhrJwtAuth",
     "LoopbackServer",
+    "SmartLauncher",
     "StayResources",
+    "demo_ehr_web",
     "discharge_hook_request",
     "discharge_to_fhir",
     "endpoint_audience",
     "free_port",
     "icu_start_for_hour",
+    "launch_code",
+    "launcher_missing",
+    "markdown_html",
     "patient_view_request",
     "searchset",
     "serve_in_thread",
+    "start_launcher",
     "stay_to_fhir",
     "wait_until_healthy",
 ]

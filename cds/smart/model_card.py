@@ -1,0 +1,61 @@
+"""The model card in brief, from the registry's files (manifest, report/metrics.json, model_card.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from models import RiskModel
+
+__all__ = ["model_brief", "model_card_text"]
+
+_SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
+
+
+def _sections(text: str) -> dict[str, str]:
+    parts = _SECTION.split(text)
+    return {parts[i].strip(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+
+
+def model_card_text(model_dir: Path, name: str, version: str) -> str | None:
+    for path in (model_dir / name / version / "report" / "model_card.md", model_dir / name / version / "model_card.md"):
+        if path.is_file():
+            return path.read_text()
+    return None
+
+
+def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
+    manifest = model.manifest
+    report_path = model_dir / manifest.name / manifest.version / "report" / "metrics.json"
+    report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    test = report or manifest.metrics.get("test", {})
+    facts: list[tuple[str, str]] = [
+        ("Model", f"{manifest.title}, version {manifest.version}"),
+        ("Predicts", manifest.outcome),
+        ("Alert threshold", f"{100 * manifest.threshold:.1f} %"),
+    ]
+    data = Path(str(manifest.training_data.get("path", "the training data"))).name
+    if test.get("patients"):
+        facts.append(("Validated on", f"{data}: {test['patients']} held-out patients, {test.get('rows', '?')} hourly rows"
+                      if "septic_patients" in test else f"{data}: {test['patients']} held-out patients"))
+    patient = report.get("patient_level", {})
+    if "sensitivity" in patient:
+        facts.append(("At the threshold (per patient)", f"sensitivity {patient['sensitivity']:.2f}, PPV {patient['ppv']:.2f}"))
+    elif "sensitivity" in test:
+        facts.append(("At the threshold", f"sensitivity {test['sensitivity']:.2f}, PPV {test.get('ppv', float('nan')):.2f}"))
+    if "auroc" in test:
+        facts.append(("AUROC (held-out)", f"{test['auroc']:.3f}"))
+    if "alert_burden" in report:
+        facts.append(("Alerts per 100 patient-days", f"{report['alert_burden']['alerts_per_100_patient_days']:.0f}"))
+    text = model_card_text(model_dir, manifest.name, manifest.version) or ""
+    sections = _sections(text)
+    if "Intended use" in sections:
+        facts.append(("Intended use", sections["Intended use"].split("\n\n")[0]))
+    limits = [s.strip() for s in re.split(r"(?<=\.) ", sections.get("Limitations", "")) if s.strip()][:4]
+    icu = report.get("subgroups", {}).get("icu_type", {}).get("groups", {})
+    if "SICU" in icu and "MICU" in icu:
+        limits.insert(0, f"Lower sensitivity in surgical ICUs: {icu['SICU']['sensitivity']:.2f} against "
+                         f"{icu['MICU']['sensitivity']:.2f} in medical ICUs (hour level).")
+    return {"facts": facts, "limits": limits, "card_url": f"/smart/model-card/{manifest.name}/{manifest.version}"}
