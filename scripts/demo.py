@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+# The demo EHR is demo and test support, not part of the installed product: run from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from cds import Settings, TrustedIssuer, create_app
 from cds.server import uvicorn_options
 from cds.settings import SmartEhr
