@@ -124,7 +124,7 @@ _heap_frozen = False
 def _freeze_startup_heap() -> None:
     """Move everything loaded at start (libraries, models, tables) out of the collector's reach.
 
-    Otherwise each full collection walks that whole heap: measured with scripts/bench_hook.py, one
+    Otherwise each full collection walks that whole heap: measured with benchmarks/bench_hook.py, one
     call in ~50 then took ~110 ms more (p99 137 ms against p50 23 ms); frozen, p99 ~38 ms. Once per
     process: later apps in the same process (tests) gain nothing from freezing again."""
     global _heap_frozen

@@ -2,7 +2,7 @@
 
 Where validation happens, and why: building pydantic models of every resource costs about
 0.1 ms per Observation (~90 ms for a 700-Observation prefetch, measured by
-scripts/bench_mapping.py), twenty times the whole mapping budget of a hook call. So the hook's hot
+benchmarks/bench_mapping.py), twenty times the whole mapping budget of a hook call. So the hook's hot
 path uses the narrow readers of `resources.py`/`observations.py`, which check each field they
 touch and count (never raise on, never guess) what they cannot use. Full validation runs where
 time is not scarce: `cds map` (onboarding a hospital's data), the tests (every resource our

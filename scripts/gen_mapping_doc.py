@@ -120,7 +120,7 @@ patients), each comes back within half a unit of that last digit: relative 5e-4 
 multiplicative conversion, 0.05 Cel for temperature sent in K or [degF].
 
 Where validation happens: the hook's hot path reads plain JSON with narrow readers (measured by
-`scripts/bench_mapping.py`: FHIR -> canonical p50 ~2.2 ms for 838 Observations; full
+`benchmarks/bench_mapping.py`: FHIR -> canonical p50 ~2.2 ms for 838 Observations; full
 `fhir.resources` validation of the same Observations ~80 ms), so full validation runs in
 `cds map`, in the tests, and on resources we build, not on every hook call.
 """
@@ -373,15 +373,15 @@ def _csv(name: str) -> list[dict[str, str]]:
 def _vendor_fixture_section() -> list[str]:
     import subprocess
 
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "vendor_fixtures.py")], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.vendor_figures"], cwd=ROOT, capture_output=True, text=True, check=True)
     return [
         "",
         "## Vendor payloads (hand-written fixtures)",
         "",
-        "tests/fhir_mappings/vendor_shapes.py writes payloads in each vendor's shape (Cerner event codes first "
+        "testkit/vendor_payloads.py writes payloads in each vendor's shape (Cerner event codes first "
         "with LOINC after, tenants in the system URL, `DegC`; Epic flowsheet rows beside LOINC, Epic class codes, "
         "a planned Preadmission; MEDITECH valueString results and bundles without a Patient), each value with "
-        "the variable and value a reader expects. `scripts/vendor_fixtures.py` prints:",
+        "the variable and value a reader expects. `benchmarks/vendor_figures.py` prints:",
         "",
         *done.stdout.strip().splitlines(),
     ]

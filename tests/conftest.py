@@ -16,10 +16,10 @@ import pytest
 
 from cds import Settings, TrustedIssuer
 from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, LoopbackServer, serve_in_thread
-from tests.cds.helpers import serve_cds
+from testkit.helpers import serve_cds
 
 if TYPE_CHECKING:
-    from tests.cds.private_postgres import PrivatePostgres
+    from testkit.private_postgres import PrivatePostgres
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DATA_DIR = Path(os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
@@ -97,7 +97,7 @@ def postgres_admin_url() -> str:
 @pytest.fixture
 def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A database of this test's own on the shared server, dropped afterwards."""
-    from tests.cds.private_postgres import scratch_database
+    from testkit.private_postgres import scratch_database
 
     with scratch_database(postgres_admin_url) as url:
         yield url
@@ -106,7 +106,7 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def private_postgres() -> Iterator[PrivatePostgres]:
     """A PostgreSQL server of this module's own, on a free port, that tests may stop and freeze."""
-    from tests.cds.private_postgres import PrivatePostgres, missing_binaries
+    from testkit.private_postgres import PrivatePostgres, missing_binaries
 
     if problem := missing_binaries():
         unavailable(problem)

@@ -20,7 +20,7 @@ from cds import Settings, TrustedIssuer
 from cds.logs import JsonFormatter
 from demo_ehr import EhrIdentity, EhrJwtAuth, StayResources, patient_view_request
 from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical
-from tests.cds.helpers import feedback, serve_cds, synthetic_stay
+from testkit.helpers import feedback, serve_cds, synthetic_stay
 
 KEY = "canary-key-0123456789abcdef"
 PID = "CANARYPID7731"

@@ -64,3 +64,18 @@ def test_the_cli_starts_without_the_app_and_settings_defaults_match_the_models()
     from cds import settings
 
     assert settings.DEFAULT_REGISTRY == models.DEFAULT_REGISTRY and settings.DEFAULT_DATA_DIR == models.DEFAULT_DATA_DIR
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "testkit", "experiments", "scripts"])
+def test_support_code_imports_no_tests(folder: str) -> None:
+    """Benchmarks, the shared test kit, experiments and scripts never import `tests`."""
+    for path in (ROOT / folder).rglob("*.py"):
+        assert "tests" not in _imports(path), f"{path.relative_to(ROOT)} imports tests"
+
+
+@pytest.mark.parametrize("package", ["fhir_mappings", "models", "hooks", "cds"])
+def test_the_product_imports_no_support_code(package: str) -> None:
+    """What ships (the wheel, the image) never needs the demo EHR, the kit, benchmarks or tests."""
+    for path in (ROOT / package).rglob("*.py"):
+        support = _imports(path) & {"demo_ehr", "testkit", "benchmarks", "tests", "experiments"}
+        assert not support, f"{path.relative_to(ROOT)} imports {support}"

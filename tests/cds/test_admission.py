@@ -18,7 +18,7 @@ from cds import Settings
 from cds.admission import Deadline, Gate, Lane
 from cds.errors import BudgetSpent, Overloaded
 from demo_ehr import DemoFhirServer, LoopbackServer, patient_view_request
-from tests.cds.helpers import feedback, serve_cds, synthetic_stay
+from testkit.helpers import feedback, serve_cds, synthetic_stay
 
 SEPSIS = "/cds-services/sepsis-risk"
 

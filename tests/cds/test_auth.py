@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from cds import Settings, TrustedIssuer
 from cds.responses import UNAUTHORIZED_BODY
 from demo_ehr import EhrIdentity, LoopbackServer, patient_view_request, serve_in_thread
-from tests.cds.helpers import serve_cds, synthetic_stay
+from testkit.helpers import serve_cds, synthetic_stay
 
 SERVICE = "/cds-services/sepsis-risk"
 

@@ -12,7 +12,7 @@ import pytest
 
 from cds import Settings
 from demo_ehr import LoopbackServer
-from tests.cds.helpers import serve_cds
+from testkit.helpers import serve_cds
 
 
 @pytest.fixture

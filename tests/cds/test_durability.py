@@ -1,6 +1,6 @@
 """kill -9 durability, per store: every card and every feedback the server acknowledged (200) is in
 the store after the server was killed mid-stream and restarted, twice. The longer run with figures
-is scripts/durability.py."""
+is benchmarks/durability.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cds.durability import run_kill_cycles
+from testkit.durability import run_kill_cycles
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 
 from cds import Settings, TrustedIssuer
 from demo_ehr import EhrIdentity, EhrJwtAuth, patient_view_request
-from tests.cds.helpers import feedback, serve_cds, synthetic_stay
+from testkit.helpers import feedback, serve_cds, synthetic_stay
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,7 +10,7 @@ import pytest
 
 from cds import Settings, TrustedIssuer
 from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, patient_view_request, serve_in_thread
-from tests.cds.helpers import serve_cds, synthetic_stay
+from testkit.helpers import serve_cds, synthetic_stay
 
 
 def probability(response: httpx.Response) -> float:

@@ -1,6 +1,6 @@
 """schemathesis over our own OpenAPI document, with a valid EHR token on every call: whatever a
 trusted caller sends, valid by the schema or not, the answer is never a 5xx, and every 4xx is a
-FHIR OperationOutcome. (`scripts/fuzz_api.py` runs the same with many more examples.)"""
+FHIR OperationOutcome. (`benchmarks/fuzz_api.py` runs the same with many more examples.)"""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from schemathesis.generation import GenerationMode
 
 from cds import Settings, TrustedIssuer
 from demo_ehr import EhrIdentity, LoopbackServer, serve_in_thread
-from tests.cds.fuzzing import CASES, fuzz_operation
-from tests.cds.helpers import serve_cds
+from testkit.fuzzing import CASES, fuzz_operation
+from testkit.helpers import serve_cds
 
 EXAMPLES = 40
 

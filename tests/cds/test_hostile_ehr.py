@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from cds import Settings
 from demo_ehr import LoopbackServer, patient_view_request, searchset, serve_in_thread
-from tests.cds.helpers import serve_cds, synthetic_stay
+from testkit.helpers import serve_cds, synthetic_stay
 
 SEPSIS = "/cds-services/sepsis-risk"
 FHIR_JSON = "application/fhir+json"

@@ -24,7 +24,7 @@ from demo_ehr import (
     serve_in_thread,
 )
 from hooks import SERVICES
-from tests.cds.helpers import serve_cds, synthetic_stay
+from testkit.helpers import serve_cds, synthetic_stay
 from tests.hooks.test_prefetch_and_cards import INJECTION_IDS
 from tests.readmission_rows import row
 

@@ -19,8 +19,8 @@ from cds import CardRecord, PostgresStore, Settings, StoreUnavailable, create_ap
 from cds.audit import verify_chain
 from cds.stores import CardSpool
 from demo_ehr import patient_view_request, serve_in_thread
-from tests.cds.helpers import feedback, new_id, synthetic_stay
-from tests.cds.private_postgres import PrivatePostgres, scratch_database
+from testkit.helpers import feedback, new_id, synthetic_stay
+from testkit.private_postgres import PrivatePostgres, scratch_database
 from tests.cds.test_stores import fb
 
 pytestmark = pytest.mark.postgres

@@ -10,7 +10,7 @@ import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from demo_ehr import DemoFhirServer, discharge_hook_request, discharge_to_fhir
-from tests.cds.helpers import feedback, no_empty_values
+from testkit.helpers import feedback, no_empty_values
 from tests.readmission_rows import row
 
 URL = "/cds-services/readmission-risk"

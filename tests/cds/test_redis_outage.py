@@ -17,7 +17,7 @@ import pytest
 
 from cds import Settings, TrustedIssuer
 from demo_ehr import EhrIdentity, free_port, patient_view_request
-from tests.cds.helpers import feedback, serve_cds, synthetic_stay
+from testkit.helpers import feedback, serve_cds, synthetic_stay
 from tests.conftest import IN_CI
 
 SEPSIS = "/cds-services/sepsis-risk"

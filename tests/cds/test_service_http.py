@@ -9,7 +9,7 @@ import pytest
 
 from demo_ehr import patient_view_request
 from fhir_mappings import sepsis_feature_spec
-from tests.cds.helpers import feedback, no_empty_values, synthetic_stay
+from testkit.helpers import feedback, no_empty_values, synthetic_stay
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from cds.schemas import CardsResponse, DiscoveryResponse, FeedbackRequest, HookRequest
 from demo_ehr import patient_view_request
 from hooks import SEPSIS, sepsis_bundle_suggestion, template_tokens
-from tests.cds.helpers import feedback, no_empty_values, synthetic_stay
+from testkit.helpers import feedback, no_empty_values, synthetic_stay
 
 EXAMPLES = Path(__file__).parent / "spec_examples"
 NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"

@@ -17,7 +17,7 @@ import pytest
 from cds import CardRecord, FeedbackRecord, PostgresStore, RecordStore, SQLiteStore, StoreError
 from cds.stores import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from fhir_mappings import build_provenance
-from tests.cds.helpers import new_id
+from testkit.helpers import new_id
 
 
 @dataclass

@@ -19,8 +19,8 @@ from cds.schemas import HookRequest
 from demo_ehr import DemoFhirServer, patient_view_request, serve_in_thread
 from fhir_mappings import GENERIC, PROFILES, Pseudonymizer, VendorProfile
 from hooks import SEPSIS
-from tests.cds.helpers import synthetic_stay
-from tests.fhir_mappings.vendor_shapes import all_fixtures
+from testkit.helpers import synthetic_stay
+from testkit.vendor_payloads import all_fixtures
 
 
 def _run(profile: VendorProfile, body: dict, tmp_path: Path, *, outcome: bool = False, now: datetime | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""Vendor profiles against hand-written Epic, Oracle Health and MEDITECH payloads (vendor_shapes.py):
+"""Vendor profiles against hand-written Epic, Oracle Health and MEDITECH payloads (vendor_payloads.py):
 every value read as a reader expects, the standard code winning over a disagreeing local code,
 code sets matched across tenants, each local-code and encounter-class row one by one, the stays
 that give no usable ICU clock, bundles without a Patient, and `cds map` never printing a traceback."""
@@ -28,7 +28,7 @@ from fhir_mappings import (
 )
 from hooks import SEPSIS, NoCard, ScoredCard, ScoringInput
 from models import TRAINED_MAX_ICU_HOURS, ModelRegistry, RiskModel, model_task
-from tests.fhir_mappings.vendor_shapes import Refused, all_fixtures, check_value, oracle_health_icu
+from testkit.vendor_payloads import Refused, all_fixtures, check_value, oracle_health_icu
 
 PSEUDO = Pseudonymizer(b"v" * 32)
 FIXTURES = {f.name: f for f in all_fixtures()}

@@ -25,7 +25,7 @@ from demo_ehr import discharge_hook_request, discharge_to_fhir, patient_view_req
 from fhir_mappings import CDSError, FhirQuery, Pseudonymizer, read_search_page
 from hooks import READMISSION, SEPSIS, NoCard, ScoredCard, ScoringInput, Service
 from models import ModelRegistry, RiskModel, model_task
-from tests.cds.helpers import synthetic_stay
+from testkit.helpers import synthetic_stay
 from tests.readmission_rows import row
 
 PSEUDO = Pseudonymizer(b"hostile-input-key-0123456789")

@@ -27,7 +27,7 @@ from hooks import (
     Service,
 )
 from models import ModelRegistry, RiskModel, model_task
-from tests.cds.helpers import synthetic_stay
+from testkit.helpers import synthetic_stay
 from tests.handmade import vital_sign
 from tests.readmission_rows import row
 

@@ -25,7 +25,7 @@ from cds.audit import audit_event_resource, verify_chain
 from cds.stores import AnchorLog, read_anchors
 from cds.stores.records import entry_hash
 from fhir_mappings import build_provenance
-from tests.cds.helpers import new_id
+from testkit.helpers import new_id
 
 
 @dataclass

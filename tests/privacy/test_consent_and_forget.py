@@ -22,7 +22,7 @@ from fhir.resources.R4B.consent import Consent
 from cds import Settings
 from demo_ehr import DemoFhirServer, patient_view_request, serve_in_thread
 from fhir_mappings import Pseudonymizer
-from tests.cds.helpers import feedback, serve_cds, synthetic_stay
+from testkit.helpers import feedback, serve_cds, synthetic_stay
 
 KEY = "test-key-0123456789abcdef"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from cds import Settings
 from cds.settings import SmartEhr
 from demo_ehr import DemoFhirServer, LoopbackServer, StayResources, patient_view_request, serve_in_thread
-from tests.cds.helpers import serve_cds, synthetic_stay
+from testkit.helpers import serve_cds, synthetic_stay
 from tests.conftest import unavailable
 from tests.smart.launcher import Launcher, launch_code, missing, start_launcher
 

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from demo_ehr import LoopbackServer, StayResources, free_port, serve_in_thread
-from tests.cds.helpers import serve_cds
+from testkit.helpers import serve_cds
 from tests.conftest import unavailable
 from tests.smart.conftest import ClientKey, Running, issue_card, smart_settings
 from tests.smart.launcher import Launcher, launch_code

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from demo_ehr import StayResources
-from tests.cds.helpers import serve_cds, synthetic_stay
+from testkit.helpers import serve_cds, synthetic_stay
 from tests.smart.conftest import ClientKey, Running, issue_card, smart_settings, standalone_code
 from tests.smart.launcher import Launcher, follow, launch_code, query
 from tests.smart.test_launch import card_launch, provenances, server_log

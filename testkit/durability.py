@@ -1,4 +1,4 @@
-"""kill -9 durability harness, shared by tests/cds/test_durability.py and scripts/durability.py.
+"""kill -9 durability harness, shared by tests/cds/test_durability.py and benchmarks/durability.py.
 
 Runs `cds serve` as a subprocess, sends hook calls and feedback from a few client threads, kills
 the server with SIGKILL mid-stream and restarts it, several times. Every card answered with 200
@@ -25,7 +25,7 @@ import httpx
 
 from cds.stores import open_store
 from demo_ehr import free_port, patient_view_request
-from tests.cds.helpers import feedback, synthetic_stay
+from testkit.helpers import feedback, synthetic_stay
 
 __all__ = ["DurabilityRun", "run_kill_cycles"]
 

@@ -8,7 +8,7 @@ EHR's FHIR server hangs.
 2. Over HTTP: a patient-view call without prefetch against a FHIR server that never answers in
    time; the hook budget (CDS_HOOK_TIMEOUT_S, default 2 s) must bound the answer.
 
-Loopback only; stops by itself. Usage: .venv/bin/python scripts/bench_auth.py [--calls 500]
+Loopback only; stops by itself. Usage: .venv/bin/python -m benchmarks.bench_auth [--calls 500]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cds import (  # noqa: E402
+from cds import (
     CallerVerifier,
     JwksCache,
     RedisReplayStore,
@@ -37,8 +33,10 @@ from cds import (  # noqa: E402
     TrustedIssuer,
     create_app,
 )
-from demo_ehr import DemoFhirServer, EhrIdentity, patient_view_request, serve_in_thread  # noqa: E402
-from tests.cds.helpers import synthetic_stay  # noqa: E402
+from demo_ehr import DemoFhirServer, EhrIdentity, patient_view_request, serve_in_thread
+from testkit.helpers import synthetic_stay
+
+ROOT = Path(__file__).resolve().parents[1]
 
 AUD = "https://cds.example.org/cds-services/sepsis-risk"
 

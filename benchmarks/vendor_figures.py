@@ -1,26 +1,24 @@
 #!/usr/bin/env python
 """Per-vendor figures of the mapping on the hand-written Epic, Oracle Health and MEDITECH payloads
-(tests/fhir_mappings/vendor_shapes.py): values read right, impossible values refused, wrong
+(testkit/vendor_payloads.py): values read right, impossible values refused, wrong
 mappings, local codes overruled by LOINC, and what `cds map` and the sepsis hook say about each
 stay. `--write DIR` also writes each fixture as a Bundle file for `cds map --bundle`.
 
-Usage: .venv/bin/python scripts/vendor_fixtures.py [--write /tmp/vendor-bundles]
+Usage: .venv/bin/python benchmarks/vendor_figures.py [--write /tmp/vendor-bundles]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fhir_mappings import PROFILES, Pseudonymizer, map_bundle
+from models import TRAINED_MAX_ICU_HOURS
+from testkit.vendor_payloads import Refused, all_fixtures, check_value
 
-from fhir_mappings import PROFILES, Pseudonymizer, map_bundle  # noqa: E402
-from models import TRAINED_MAX_ICU_HOURS  # noqa: E402
-from tests.fhir_mappings.vendor_shapes import Refused, all_fixtures, check_value  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

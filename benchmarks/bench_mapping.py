@@ -5,7 +5,7 @@ Prints p50/p99 of FHIR -> canonical table (`to_canonical`), canonical table -> f
 (`build_features`), their sum, and, for comparison, of full `fhir.resources` validation of the same
 Observations (which is why validation is kept off the hot path; see fhir_mappings/validation.py).
 Usage:
-    .venv/bin/python scripts/bench_mapping.py [--calls 500] [--validation-calls 20]
+    .venv/bin/python -m benchmarks.bench_mapping [--calls 500] [--validation-calls 20]
 """
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from demo_ehr import icu_start_for_hour, stay_to_fhir  # noqa: E402
-from fhir_mappings import (  # noqa: E402
+from benchmarks.bench_hook import HOURS, percentiles, stay_frame
+from demo_ehr import icu_start_for_hour, stay_to_fhir
+from fhir_mappings import (
     PatientRecord,
     Pseudonymizer,
     build_features,
@@ -31,8 +28,7 @@ from fhir_mappings import (  # noqa: E402
     validate_resources,
 )
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_hook import HOURS, percentiles, stay_frame  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ cycled; a synthetic stay when set A is absent.
 
 Prints a table per rate, a summary table and one JSON object (last, on stdout). Loopback only;
 stops by itself (at most duration + 90 s per rate); kills its servers on exit or Ctrl-C. Usage:
-    .venv/bin/python scripts/load_hook.py --capacity --rates 20,50,200 --duration 60
-    .venv/bin/python scripts/load_hook.py --rates 5,40 --duration 10 --workers 2 --env CDS_HOOK_TIMEOUT_S=1.5
+    .venv/bin/python -m benchmarks.load_hook --capacity --rates 20,50,200 --duration 60
+    .venv/bin/python -m benchmarks.load_hook --rates 5,40 --duration 10 --workers 2 --env CDS_HOOK_TIMEOUT_S=1.5
 """
 
 from __future__ import annotations
@@ -54,13 +54,8 @@ from typing import Any
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bench_hook import HOURS, percentiles, stay_frame, values_per_patient  # noqa: E402
-
-from demo_ehr import (  # noqa: E402
+from benchmarks.bench_hook import HOURS, percentiles, stay_frame, values_per_patient
+from demo_ehr import (
     EhrIdentity,
     free_port,
     icu_start_for_hour,
@@ -68,7 +63,9 @@ from demo_ehr import (  # noqa: E402
     serve_in_thread,
     stay_to_fhir,
 )
-from models import ModelRegistry, development_split  # noqa: E402
+from models import ModelRegistry, development_split
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SERVICE = "/cds-services/sepsis-risk"
 HOST = "127.0.0.1"
@@ -1123,7 +1120,7 @@ def main() -> None:
     bodies, observations = workload.bodies()
     sizes = [len(b) for b in bodies]
     report: dict[str, Any] = {
-        "benchmark": "scripts/load_hook.py",
+        "benchmark": "benchmarks/load_hook.py",
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "server": {

@@ -7,7 +7,7 @@ such as `DegC` or `x10(6)/mcL` beside the UCUM code; Epic flowsheet-row codings 
 spellings like "mmHg", "bpm", "breaths/minute", FiO2 in percent, `K/mm3`, creatinine in umol/L,
 lowercase `meq/L`, Epic's own Encounter.class system and a planned "Preadmission" encounter;
 MEDITECH results as `valueString`, bundles without a Patient. Used by the tests and by
-`scripts/vendor_fixtures.py`, which prints the per-vendor figures and writes the bundles as files
+`benchmarks/vendor_figures.py`, which prints the per-vendor figures and writes the bundles as files
 for `cds map --bundle`.
 """
 
@@ -397,7 +397,7 @@ def all_fixtures() -> list[VendorFixture]:
 
 
 def _refusal(report: MappingReport) -> str | None:
-    """Where a refused value was counted, as vendor_shapes.Refused spells it."""
+    """Where a refused value was counted, as vendor_payloads.Refused spells it."""
     places = [
         *(f"skipped:{k}" for k in report.skipped),
         *(f"unit_errors:{k}" for k in report.unit_errors),

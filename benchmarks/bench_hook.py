@@ -4,7 +4,7 @@ and of its parts (mapping + features; model score + SHAP), on this machine.
 
 Starts `cds serve` as a separate process on 127.0.0.1 (a free port, a temporary var dir) and
 calls it sequentially over HTTP. Stops by itself. Usage:
-    .venv/bin/python scripts/bench_hook.py [--calls 300]
+    .venv/bin/python -m benchmarks.bench_hook [--calls 300]
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import httpx
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from demo_ehr import free_port, icu_start_for_hour, patient_view_request, stay_to_fhir, wait_until_healthy
+from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical
+from models import ModelRegistry, RiskModel
 
-from demo_ehr import free_port, icu_start_for_hour, patient_view_request, stay_to_fhir, wait_until_healthy  # noqa: E402
-from fhir_mappings import PatientRecord, Pseudonymizer, build_features, sepsis_feature_spec, to_canonical  # noqa: E402
-from models import ModelRegistry, RiskModel  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 HOURS = 72
 
@@ -108,7 +107,7 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as var:
         env = {**os.environ, "CDS_VAR_DIR": var, "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": "bench-key-0123456789abcdef", "CDS_LOG_LEVEL": "WARNING",
-               "CDS_AUTH_DISABLED_FOR_LOCAL_DEMO": "true"}  # auth cost: scripts/bench_auth.py
+               "CDS_AUTH_DISABLED_FOR_LOCAL_DEMO": "true"}  # auth cost: benchmarks/bench_auth.py
         server = subprocess.Popen([sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"

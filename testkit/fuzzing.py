@@ -1,5 +1,5 @@
 """schemathesis over our own OpenAPI document, shared by tests/cds/test_fuzz_api.py (a few dozen
-examples per operation) and scripts/fuzz_api.py (as many as you like)."""
+examples per operation) and benchmarks/fuzz_api.py (as many as you like)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ restarts, lost (must be 0), over N kill cycles.
 Starts `cds serve` as a subprocess (a free port, a temporary var dir; for PostgreSQL a scratch
 database on the server at --postgres-url, dropped afterwards), sends hook calls and feedback from
 a few client threads, kills the server with SIGKILL mid-stream and restarts it, N times; then
-checks through the restarted server and in the store itself (tests/cds/durability.py). Stops by
+checks through the restarted server and in the store itself (testkit/durability.py). Stops by
 itself; exits 1 if anything acknowledged was lost. Usage:
-    .venv/bin/python scripts/durability.py [--cycles 10] [--segment-s 2] [--stores sqlite,postgres]
+    .venv/bin/python -m benchmarks.durability [--cycles 10] [--segment-s 2] [--stores sqlite,postgres]
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from testkit.durability import run_kill_cycles
+from testkit.private_postgres import scratch_database
 
-from tests.cds.durability import run_kill_cycles  # noqa: E402
-from tests.cds.private_postgres import scratch_database  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:

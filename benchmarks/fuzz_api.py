@@ -6,7 +6,7 @@ Serves the app on a loopback port with authentication on (a loopback test EHR si
 JWT per call), stops by itself. `--repo DIR` fuzzes another checkout's server instead (run as
 `DIR/.venv/bin/python -m cds.cli serve`, e.g. an older commit, for before/after figures), with
 the request bodies this checkout's schema describes. Usage:
-    .venv/bin/python scripts/fuzz_api.py [--examples 500] [--repo DIR]
+    .venv/bin/python -m benchmarks.fuzz_api [--examples 500] [--repo DIR]
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cds import Settings, TrustedIssuer
+from demo_ehr import EhrIdentity, free_port, serve_in_thread, wait_until_healthy
+from testkit.fuzzing import CASES, fuzz_operation
+from testkit.helpers import serve_cds
 
-from cds import Settings, TrustedIssuer  # noqa: E402
-from demo_ehr import EhrIdentity, free_port, serve_in_thread, wait_until_healthy  # noqa: E402
-from tests.cds.fuzzing import CASES, fuzz_operation  # noqa: E402
-from tests.cds.helpers import serve_cds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
