@@ -33,23 +33,22 @@ from typing import Any
 
 from fhir_mappings import (
     GENERIC,
-    FhirQuery,
     Pseudonymizer,
     VendorProfile,
     identity_tokens,
-    observation_queries,
-    read_search_page,
 )
 from hooks import (
     CONSENT_KEY,
     ConsentDecision,
+    Need,
     NoCard,
     ScoringInput,
     Service,
     check_context_ids,
     consent_decision,
     explanation_link,
-    render_template,
+    followup_needs,
+    plan_fetch,
     template_tokens,
 )
 from models import RiskModel
@@ -113,12 +112,6 @@ NO_GUIDANCE: dict[str, Any] = {"cards": []}
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-@dataclass(frozen=True)
-class _Need:
-    key: str
-    query: FhirQuery
-
-
 def count_resources(prefetch: Mapping[str, Any] | None) -> int:
     """Resources in a prefetch: each value, and each entry of a Bundle."""
     total = 0
@@ -148,82 +141,20 @@ def check_request(service: Service, request: HookRequest, *, max_resources: int)
     return prefetched
 
 
-def _from_prefetch(key: str, query: FhirQuery, value: Any) -> tuple[Any, bool]:
-    """(usable value, needs fetching). Search values become lists of resources."""
-    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-        return None, True  # not FHIR: the EHR failed to prefetch
-    if value["resourceType"] == "OperationOutcome":
-        return None, True
-    if not query.is_search:
-        if value["resourceType"] == "Bundle":
-            entries = [e.get("resource") for e in value.get("entry") or () if isinstance(e, dict)]
-            found = [r for r in entries if isinstance(r, dict) and r.get("resourceType") != "OperationOutcome"]
-            return (found[0] if len(found) == 1 else None), len(found) != 1
-        return value, False
-    page = read_search_page(value, f"prefetch.{key}")
-    return page, page.next_url is not None
-
-
-def _profile_observation_needs(
-    service: Service, needs: list[_Need], partial: Mapping[str, Any], fetched: Mapping[str, Any], patient_id: str,
-    profile: VendorProfile,
-) -> list[_Need]:
-    """Observation searches the EHR left to us: one per category its vendor profile names, except
-    categories already prefetched (or partly prefetched, which are completed as they are)."""
-    keys = service.observation_keys
-    if not any(n.key in keys and n.key not in partial for n in needs):
-        return needs
-    have = {keys[k] for k in keys if k in fetched or k in partial}
-    key_of = {category: key for key, category in keys.items()}
-    kept = [n for n in needs if n.key not in keys or n.key in partial]
-    for category, query in observation_queries(profile, patient_id).items():
-        if category not in have:
-            kept.append(_Need(key_of.get(category, f"observations:{category}"), query))
-    return kept
-
-
 async def _gather(
     service: Service, request: HookRequest, deps: HookDeps, profile: VendorProfile, budget: FetchBudget
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    prefetch = request.prefetch or {}
-    fetched: dict[str, Any] = {}
-    needs: list[_Need] = []
-    partial: dict[str, Any] = {}
-    counts = {"prefetched": 0, "fetched": 0, "ehr_outcomes": 0}
-    for key, template in service.prefetch.items():
-        query = render_template(template, request.context)
-        if query is None:
-            continue  # a token the context cannot fill (e.g. no encounterId)
-        if key == CONSENT_KEY and key not in prefetch and request.fhirServer is None:
-            continue  # nothing to ask: no Consent is known (docs/privacy.md)
-        if key in prefetch:
-            if prefetch[key] is None:
-                fetched[key] = [] if query.is_search else None
-                counts["prefetched"] += 1
-                continue
-            value, missing = _from_prefetch(key, query, prefetch[key])
-            if not missing:
-                if query.is_search:
-                    fetched[key] = value.resources
-                    counts["ehr_outcomes"] += len(value.outcomes)
-                else:
-                    fetched[key] = value
-                counts["prefetched"] += 1
-                continue
-            if query.is_search and value is not None:
-                partial[key] = value  # a first page to complete
-        needs.append(_Need(key, query))
-    if isinstance(request.context.get("patientId"), str):
-        needs = _profile_observation_needs(service, needs, partial, fetched, request.context["patientId"], profile)
-    await _fetch(needs, partial, fetched, request, deps, counts, budget)
-    if service.followups is not None:
-        more = service.followups(request.context, fetched)
-        await _fetch([_Need(k, q) for k, q in more.items()], {}, fetched, request, deps, counts, budget)
+    """Carry out the pure plan (hooks/fetch_plan.py): fetch what the prefetch left, then the
+    follow-ups the first round revealed."""
+    plan = plan_fetch(service, request.context, request.prefetch, profile=profile, has_fhir_server=request.fhirServer is not None)
+    fetched, counts = plan.fetched, plan.counts
+    await _fetch(plan.needs, plan.partial, fetched, request, deps, counts, budget)
+    await _fetch(followup_needs(service, request.context, fetched), {}, fetched, request, deps, counts, budget)
     return fetched, counts
 
 
 async def _fetch(
-    needs: list[_Need],
+    needs: list[Need],
     partial: Mapping[str, Any],
     fetched: dict[str, Any],
     request: HookRequest,
@@ -239,7 +170,7 @@ async def _fetch(
     base = request.fhirServer
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
 
-    async def one(need: _Need) -> Any:
+    async def one(need: Need) -> Any:
         if need.key == CONSENT_KEY:
             try:
                 return await deps.fhir.search(base, need.query, token, budget)

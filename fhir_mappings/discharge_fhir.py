@@ -184,6 +184,8 @@ def _lab_band(obs: Mapping[str, Any]) -> tuple[str, float] | str | None:
         return None
     kind = lab.kind
     unit = q.get("code") or q.get("unit") or ""
+    if not isinstance(unit, str):
+        unit = ""  # a malformed unit: read in the code's default unit, as a missing one
     factor, offset = _LAB_UNITS.get((kind, unit)) or _LAB_UNITS[(kind, lab.default_unit)]
     if factor != 1.0 or offset:
         value = value * factor + offset

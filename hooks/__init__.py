@@ -16,6 +16,7 @@ from .cards import (
     strip_empty,
 )
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE, ConsentDecision, consent_decision
+from .fetch_plan import FetchPlan, Need, followup_needs, plan_fetch
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
 from .scoring import Score, card_from_table
@@ -41,9 +42,11 @@ __all__ = [
     "CONTEXT_IDS",
     "ConsentDecision",
     "Driver",
+    "FetchPlan",
     "Fetched",
     "INSUFFICIENT_DATA",
     "MinimumData",
+    "Need",
     "NoCard",
     "OverrideReason",
     "READMISSION",
@@ -61,8 +64,10 @@ __all__ = [
     "explanation_link",
     "feature_hash",
     "follow_up_request",
+    "followup_needs",
     "format_percent",
     "format_value",
+    "plan_fetch",
     "readmission_card",
     "render_template",
     "sepsis_bundle_suggestion",
