@@ -27,6 +27,7 @@ from .degraded import Breaker
 from .errors import status_for
 from .fhir_client import FhirClient
 from .jwks import FallbackJwksBackend, JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
+from .keys import pseudonym_key
 from .metrics import Metrics
 from .middleware import GuardMiddleware
 from .model_versions import stored_versions
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 fhir=fhir,
                 store=store,
                 models=models,
-                pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
+                pseudonymizer=Pseudonymizer(pseudonym_key(settings)),
                 budget_s=settings.hook_timeout_s,
                 lane=lane,
                 max_json_depth=settings.max_json_depth,

@@ -283,11 +283,12 @@ def forget(
     from fhir_mappings import Pseudonymizer
 
     from .errors import StoreError
+    from .keys import pseudonym_key
     from .privacy import patient_pseudonyms
 
     settings = _settings()
     sources = fhir_server if fhir_server else [u for i in settings.auth_issuers for u in i.fhir_servers]
-    pseudonyms = patient_pseudonyms(Pseudonymizer(settings.pseudonym_key_bytes()), patient, sources)
+    pseudonyms = patient_pseudonyms(Pseudonymizer(pseudonym_key(settings)), patient, sources)
     request_id = str(uuid.uuid4())
 
     async def run() -> dict[str, object]:
@@ -346,6 +347,8 @@ def map_bundle_command(
     from fhir_mappings import PROFILES, CDSError, Pseudonymizer, map_bundle
     from models import TRAINED_MAX_ICU_HOURS
 
+    from .keys import pseudonym_key
+
     settings = _settings()
     if profile is not None and profile not in PROFILES:
         typer.echo(f"error: unknown profile {profile!r} (known: {', '.join(sorted(PROFILES))})", err=True)
@@ -363,7 +366,7 @@ def map_bundle_command(
     try:
         mapped = map_bundle(
             data,
-            pseudonymizer=Pseudonymizer(settings.pseudonym_key_bytes()),
+            pseudonymizer=Pseudonymizer(pseudonym_key(settings)),
             profile=chosen,
             encounter_id=encounter,
             validate=validate,

@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import os
 import re
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -299,23 +297,6 @@ class Settings(BaseSettings):
     @property
     def anchor_path(self) -> Path:
         return self.audit_anchor_file or self.var_dir / "audit-anchors.jsonl"
-
-    def pseudonym_key_bytes(self) -> bytes:
-        """The HMAC key for pseudonyms. Set CDS_PSEUDONYM_KEY in production (shared by every worker)."""
-        if self.pseudonym_key is not None:
-            return self.pseudonym_key.get_secret_value().encode()
-        path = self.var_dir / "pseudonym.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another worker made it first
-                pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32))
-                log.warning("no CDS_PSEUDONYM_KEY set: created a random key in %s", path)
-        return path.read_text().strip().encode()
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -79,3 +79,16 @@ def test_the_product_imports_no_support_code(package: str) -> None:
     for path in (ROOT / package).rglob("*.py"):
         support = _imports(path) & {"demo_ehr", "testkit", "benchmarks", "tests", "experiments"}
         assert not support, f"{path.relative_to(ROOT)} imports {support}"
+
+
+def test_reading_settings_does_no_io(tmp_path: Path) -> None:
+    """Settings describe where things are; the pseudonym key file is created at the edge (cds.keys)."""
+    from cds import Settings
+    from cds.keys import pseudonym_key
+
+    var = tmp_path / "var"
+    settings = Settings(_env_file=None, var_dir=var)
+    assert not var.exists()  # validated, nothing written
+    key = pseudonym_key(settings)
+    assert len(key) == 64 and (var / "pseudonym.key").read_bytes().strip() == key
+    assert pseudonym_key(settings) == key  # the same key on the next start
