@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import AppState, create_app
+    from .app import create_app
     from .auth import AuthFailure, Caller, CallerVerifier
     from .errors import (
         BadRequest,
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .pipeline import HookDeps, HookOutcome, run_hook
     from .replay import RedisReplayStore, ReplayStore, SQLiteReplayStore, replay_key
     from .settings import Settings, TrustedIssuer, get_settings
+    from .state import AppState
     from .stores import (
         AuditEvent,
         CardRecord,
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
-    "AppState": "app",
+    "AppState": "state",
     "AuditEvent": "stores",
     "AuthFailure": "auth",
     "BadRequest": "errors",

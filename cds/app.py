@@ -6,7 +6,6 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,22 +39,12 @@ from .routes._openapi import body_schemas
 from .settings import Settings, get_settings
 from .smart import SmartApp, SmartError, error_page
 from .smart import router as smart_router
-from .stores import AnchorLog, RecordStore, open_store
+from .state import AppState
+from .stores import AnchorLog, open_store
 
 __all__ = ["AppState", "create_app", "load_models", "make_verifier"]
 
 log = logging.getLogger("cds.app")
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    deps: HookDeps
-    store: RecordStore
-    metrics: Metrics
-    hook_gate: Gate
-    feedback_gate: Gate
-    verifier: CallerVerifier | None = None  # None only with auth_disabled_for_local_demo
 
 
 def load_models(settings: Settings, versions: Mapping[str, str] | None = None) -> dict[str, RiskModel]:

@@ -29,7 +29,7 @@ from .responses import json_response, operation_outcome
 from .routes._state import ARRIVAL
 
 if TYPE_CHECKING:
-    from .app import AppState
+    from .state import AppState
 
 __all__ = ["GuardMiddleware", "describe_exception"]
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ..auth import AuthFailure, Caller, bearer_token
-from ._state import app_state
+from ._state import State
 
 log = logging.getLogger("cds.auth")
 
@@ -18,8 +19,9 @@ def endpoint_url(request: Request, public_url: str | None) -> str:
     return base + request.url.path
 
 
-async def authenticate(request: Request) -> Caller | None:
-    state = app_state(request)
+async def authenticate(request: Request, state: State) -> Caller | None:
+    """The verified caller (None only with auth disabled for a local demo). FastAPI runs it once per
+    request: as the routers' guard and for the routes that ask for `VerifiedCaller`."""
     if state.verifier is None:  # auth_disabled_for_local_demo
         return None
     try:
@@ -30,5 +32,7 @@ async def authenticate(request: Request) -> Caller | None:
         # The caller sees a bare 401; the reason (a code, never the token) is for the operators.
         log.warning("caller refused", extra={"event": {"reason": failure.reason, "why": failure.detail}})
         raise
-    request.state.caller = caller
     return caller
+
+
+VerifiedCaller = Annotated[Caller | None, Depends(authenticate)]

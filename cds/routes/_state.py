@@ -1,22 +1,30 @@
+"""The routes' dependencies: the server's state, its settings, the service a path names, the
+verified caller and when the call arrived. Routes declare what they need (`Annotated[..., Depends]`);
+nothing reads `request.app.state` but `app_state`."""
+
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from hooks import SERVICES, Service
 
 from ..errors import ServiceNotFound
-
-if TYPE_CHECKING:
-    from ..app import AppState
+from ..settings import Settings
+from ..state import AppState
 
 ARRIVAL = "cds.arrival"  # scope key: when the call reached us (time.monotonic), set by the middleware
 
 
 def app_state(request: Request) -> AppState:
-    return request.app.state.cds  # type: ignore[no-any-return]
+    state: AppState = request.app.state.cds
+    return state
+
+
+def app_settings(state: Annotated[AppState, Depends(app_state)]) -> Settings:
+    return state.settings
 
 
 def arrival(request: Request) -> float:
@@ -38,3 +46,9 @@ async def until_disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+State = Annotated[AppState, Depends(app_state)]
+AppSettings = Annotated[Settings, Depends(app_settings)]
+ServiceOf = Annotated[Service, Depends(service_or_404)]
+Arrival = Annotated[float, Depends(arrival)]

@@ -15,18 +15,16 @@ from ..feedback import FeedbackRules, record_feedback
 from ..responses import json_response
 from ..schemas import FeedbackRequest
 from ._openapi import json_body
-from ._state import app_state, arrival, service_or_404
+from ._state import Arrival, ServiceOf, State
 
 router = APIRouter()
 
 
 @router.post("/cds-services/{service_id}/feedback", openapi_extra=json_body(FeedbackRequest), response_model=None)
-async def post_feedback(service_id: str, request: Request) -> Response:
-    service = service_or_404(service_id)
-    state = app_state(request)
+async def post_feedback(service: ServiceOf, request: Request, state: State, arrived: Arrival) -> Response:
     settings = state.settings
     check_json_request(request)
-    deadline = Deadline.after(settings.hook_timeout_s, start=arrival(request))
+    deadline = Deadline.after(settings.hook_timeout_s, start=arrived)
     try:
         async with asyncio.timeout(max(0.0, deadline.remaining())):
             raw = await read_body(request, settings.max_feedback_bytes)

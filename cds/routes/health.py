@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from ._state import app_state
+from ._state import State
 
 router = APIRouter()
 
@@ -16,9 +16,8 @@ STORE_CHECK_S = 0.25
 
 
 @router.get("/healthz")
-async def healthz(request: Request) -> dict[str, Any]:
+async def healthz(state: State) -> dict[str, Any]:
     """200 while the process serves; `store` says whether the record store answered just now."""
-    state = app_state(request)
     try:
         async with asyncio.timeout(STORE_CHECK_S):
             store_ok = await state.store.ping()
@@ -36,5 +35,5 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> str:
-    return app_state(request).metrics.render()
+async def metrics(state: State) -> str:
+    return state.metrics.render()

@@ -17,8 +17,9 @@ from ..pipeline import NO_GUIDANCE, HookOutcome, answer_hook
 from ..responses import json_response
 from ..schemas import HookRequest
 from ..settings import Settings
+from ._auth import VerifiedCaller
 from ._openapi import json_body
-from ._state import app_state, arrival, service_or_404, until_disconnected
+from ._state import Arrival, ServiceOf, State, until_disconnected
 
 router = APIRouter()
 log = logging.getLogger("cds.hook")
@@ -28,10 +29,9 @@ ANSWER_MARGIN_S = 0.05
 
 
 @router.post("/cds-services/{service_id}", openapi_extra=json_body(HookRequest), response_model=None)
-async def call_service(service_id: str, request: Request) -> Response:
-    service = service_or_404(service_id)
-    state = app_state(request)
-    started = arrival(request)
+async def call_service(
+    service: ServiceOf, request: Request, state: State, started: Arrival, caller: VerifiedCaller
+) -> Response:
     deadline = Deadline.after(state.settings.hook_timeout_s - ANSWER_MARGIN_S, start=started)
     check_json_request(request)
     reason = "error"
@@ -42,7 +42,6 @@ async def call_service(service_id: str, request: Request) -> Response:
         except TimeoutError:
             outcome = HookOutcome(dict(NO_GUIDANCE), "budget-spent", {"stage": "body"})
         else:
-            caller = getattr(request.state, "caller", None)
             work = asyncio.ensure_future(
                 answer_hook(
                     service,
