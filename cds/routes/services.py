@@ -94,6 +94,6 @@ def launch_url(request: Request, settings: Settings) -> str:
 _LOGGED = {
     "prefetched", "fetched", "ehr_outcomes", "icu_hour", "band", "observations", "measurements", "skipped",
     "unmapped_codes", "unit_errors", "implausible", "minimum", "fhir", "stage", "hookInstance", "consent",
-    "consent_unreadable",
+    "consent_unreadable", "code_conflicts", "stay",
 }
 

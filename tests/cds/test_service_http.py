@@ -203,3 +203,28 @@ def _outcome_count(client: httpx.Client) -> int:
         if line.startswith('cds_ehr_operation_outcomes_total{service="sepsis-risk"}'):
             return int(line.rsplit(" ", 1)[1])
     return 0
+
+
+def test_the_hook_log_says_why_a_stay_is_not_scored(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    """A Cerner outpatient visit without a period: no card, and the log line names the stay reason
+    (and local codes overruled by LOINC, when there are any)."""
+    import logging
+
+    from testkit.vendor_payloads import oracle_health_outpatient
+
+    fixture = oracle_health_outpatient()
+    resources = [e["resource"] for e in fixture.bundle()["entry"]]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    searchset = lambda kind: {"resourceType": "Bundle", "type": "searchset",  # noqa: E731
+                              "entry": [{"resource": r} for r in resources if r["resourceType"] == kind]}
+    body = {
+        "hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/u1", "patientId": patient["id"]},
+        "prefetch": {"patient": patient, "encounters": searchset("Encounter"), "vitals": searchset("Observation"),
+                     "labs": searchset("Nothing"), "consent": None},
+    }
+    caplog.set_level(logging.INFO, logger="cds.hook")
+    response = call(client, body)
+    assert response.status_code == 200 and response.json() == {"cards": []}
+    [event] = [r.event for r in caplog.records if r.getMessage() == "hook answered"]  # type: ignore[attr-defined]
+    assert event["reason"] == "not-applicable" and event["stay"] == "no-icu-clock"
