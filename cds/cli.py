@@ -4,8 +4,10 @@ forget, purge. Model-specific work is looked up in `models.MODELS`; nothing here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -56,14 +58,20 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-async def _open_store(settings: Settings) -> RecordStore:
+@contextlib.asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[RecordStore]:
+    """The configured record store, opened for one command and closed after it."""
     from .stores import AnchorLog, open_store
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
-    return await open_store(
+    store = await open_store(
         database_url=url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path, timeout_s=settings.database_timeout_s,
         anchors=AnchorLog(settings.anchor_path, every=settings.audit_anchor_every),
     )
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def _data_path(model: ModelName, data: Path | None) -> Path:
@@ -164,22 +172,21 @@ def feedback_export(
     settings = _settings()
 
     async def run() -> dict[str, int]:
-        store = await _open_store(settings)
         counts = {}
-        withheld_cards: set[str] = set()
+        withheld_refs: set[str] = set()  # "RiskAssessment/<card uuid>" of refused cards
         withheld = 0
-        try:
+        async with _store(settings) as store:
             out.mkdir(parents=True, exist_ok=True)
             for resource_type in ("RiskAssessment", "Provenance"):
                 n = 0
                 with open(out / f"{resource_type}.ndjson", "w", encoding="utf-8") as f:
                     async for resource in store.iter_resources(resource_type):
                         if resource_type == "RiskAssessment" and training_use_refused(resource):
-                            withheld_cards.add(str(resource.get("id")))
+                            withheld_refs.add(f"RiskAssessment/{resource.get('id')}")
                             withheld += 1
                             continue
                         targets = {t.get("reference", "") for t in resource.get("target", ())}
-                        if resource_type == "Provenance" and {f"RiskAssessment/{c}" for c in withheld_cards} & targets:
+                        if resource_type == "Provenance" and withheld_refs & targets:
                             withheld += 1
                             continue
                         f.write(json.dumps(resource, separators=(",", ":")) + "\n")
@@ -187,8 +194,6 @@ def feedback_export(
                 counts[resource_type] = n
             counts["spooled"] = store.health().spooled
             counts["withheld"] = withheld
-        finally:
-            await store.close()
         return counts
 
     typer.echo(json.dumps({"out": str(out), **asyncio.run(run())}))
@@ -206,11 +211,8 @@ def models_activate(model: ModelName, version: str) -> None:
     settings = _settings()
 
     async def run() -> str | None:
-        store = await _open_store(settings)
-        try:
+        async with _store(settings) as store:
             return await activate_model(store, ModelRegistry(settings.model_dir), model.value, version)
-        finally:
-            await store.close()
 
     try:
         previous = asyncio.run(run())
@@ -232,11 +234,8 @@ def audit_verify(
     settings = _settings()
 
     async def run() -> dict[str, object]:
-        store = await _open_store(settings)
-        try:
+        async with _store(settings) as store:
             entries = [e async for e in store.iter_audit()]
-        finally:
-            await store.close()
         return verify_chain(entries, read_anchors(anchors or settings.anchor_path)).as_dict()
 
     report = asyncio.run(run())
@@ -256,16 +255,13 @@ def audit_export(
     settings = _settings()
 
     async def run() -> int:
-        store = await _open_store(settings)
         n = 0
-        try:
+        async with _store(settings) as store:
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, "w", encoding="utf-8") as f:
                 async for entry in store.iter_audit():
                     f.write(json.dumps(audit_event_resource(entry), separators=(",", ":")) + "\n")
                     n += 1
-        finally:
-            await store.close()
         return n
 
     typer.echo(json.dumps({"out": str(out), "AuditEvent": asyncio.run(run())}))
@@ -292,11 +288,8 @@ def forget(
     request_id = str(uuid.uuid4())
 
     async def run() -> dict[str, object]:
-        store = await _open_store(settings)
-        try:
+        async with _store(settings) as store:
             erased = await store.forget(pseudonyms, {"request": request_id})
-        finally:
-            await store.close()
         return {"request": request_id, "cards": erased.cards, "feedback": erased.feedback, "audit_seq": erased.seq}
 
     try:
@@ -322,11 +315,8 @@ def purge(
     before = time.time() - days * 86400
 
     async def run() -> dict[str, object]:
-        store = await _open_store(settings)
-        try:
+        async with _store(settings) as store:
             erased = await store.purge(before, {"retention_days": days})
-        finally:
-            await store.close()
         return {"before": before, "cards": erased.cards, "feedback": erased.feedback, "audit_seq": erased.seq}
 
     typer.echo(json.dumps(asyncio.run(run())))
