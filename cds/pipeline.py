@@ -153,6 +153,9 @@ async def _gather(
     return fetched, counts
 
 
+_UNREADABLE = object()  # an optional need the EHR could not answer: left out of `fetched`
+
+
 async def _fetch(
     needs: list[Need],
     partial: Mapping[str, Any],
@@ -170,24 +173,27 @@ async def _fetch(
     base = request.fhirServer
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
 
-    async def one(need: Need) -> Any:
-        if need.key == CONSENT_KEY:
-            try:
-                return await deps.fhir.search(base, need.query, token, budget)
-            except FHIRUnavailable:
-                raise
-            except FHIRServerError:  # an EHR without Consent search: none is known (logged)
-                counts["consent_unreadable"] = 1
-                return None
+    async def get(need: Need) -> Any:
         if need.query.is_search:
             if need.key in partial:
                 return await deps.fhir.complete(base, partial[need.key], token, budget)
             return await deps.fhir.search(base, need.query, token, budget)
         return await deps.fhir.read(base, need.query, token, budget)
 
+    async def one(need: Need) -> Any:
+        if not need.optional:
+            return await get(need)
+        try:
+            return await get(need)
+        except FHIRUnavailable:
+            raise  # a slow or unreachable EHR is the call's problem, not this search's
+        except FHIRServerError:  # e.g. an EHR without Consent search: none is known (logged)
+            counts[f"{need.key}_unreadable"] = 1
+            return _UNREADABLE
+
     results = await asyncio.gather(*(one(n) for n in needs))
     for need, result in zip(needs, results, strict=True):
-        if result is None and need.key == CONSENT_KEY:
+        if result is _UNREADABLE:
             continue
         if need.query.is_search:
             fetched[need.key] = result.resources
@@ -294,7 +300,7 @@ async def run_hook(
         model_sha256=model.manifest.model_sha256,
         features_sha256=scored.features_sha256,
         probability=scored.probability,
-        band=str(scored.log.get("band", model.band(scored.probability))),
+        band=scored.band,
         issuer=issuer,
         user_pseudonym=scored.user_pseudonym,
         consent=consent.code,

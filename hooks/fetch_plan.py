@@ -35,6 +35,8 @@ __all__ = ["FetchPlan", "Need", "followup_needs", "plan_fetch"]
 class Need:
     key: str
     query: FhirQuery
+    # An EHR that cannot answer this search (no Consent search) means "none known", not a failed call.
+    optional: bool = False
 
 
 @dataclass
@@ -112,7 +114,7 @@ def plan_fetch(
                 continue
             if query.is_search and value is not None:
                 plan.partial[key] = value  # a first page to complete
-        plan.needs.append(Need(key, query))
+        plan.needs.append(Need(key, query, optional=key == CONSENT_KEY))
     patient_id = context.get("patientId")
     if isinstance(patient_id, str):
         plan.needs = _observation_needs(service, plan, patient_id, profile)

@@ -74,6 +74,7 @@ class ScoredCard:
     risk_assessment: dict[str, Any]  # FHIR RiskAssessment to record
     user_pseudonym: str | None
     probability: float
+    band: str
     log: dict[str, Any] = field(default_factory=dict)  # counts for the hook log; never PHI
     features_sha256: str | None = None  # feature_hash of the row scored, for the audit trail
 

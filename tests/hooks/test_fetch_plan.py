@@ -47,7 +47,7 @@ def test_a_complete_prefetch_needs_nothing() -> None:
 
 def test_an_absent_key_is_fetched() -> None:
     plan = plan_fetch(SEPSIS, CONTEXT, {k: v for k, v in FULL.items() if k != "patient"}, profile=GENERIC, has_fhir_server=True)
-    assert keys(plan) == ["patient"] and str(plan.needs[0].query) .endswith("Patient/p1")
+    assert keys(plan) == ["patient"] and str(plan.needs[0].query).endswith("Patient/p1")
 
 
 def test_null_means_nothing_found_and_nothing_is_fetched() -> None:
