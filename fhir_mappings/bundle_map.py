@@ -166,23 +166,24 @@ def map_bundle(
     locations = {r["id"]: r for r in items if r["resourceType"] == "Location" and isinstance(r.get("id"), str)}
     patient = patients[0] if patients else None
 
-    # The patient first (an Encounter of someone else is never the stay), then the stay.
-    patient_id, patient_from = _patient_id(patient, None, observations)
-    if patient is None:  # no Patient: the stay's own subject names the patient
-        chosen = select_encounter(encounters, encounter_id, None, profile=profile, in_progress=False)
-        patient_id, patient_from = _patient_id(None, chosen, observations)
+    # The patient first (an Encounter of someone else is never the stay), then the stay; without
+    # a Patient, the stay's own subject names the patient.
+    chosen = None if patient is not None else select_encounter(encounters, encounter_id, None, profile=profile, in_progress=False)
+    patient_id, patient_from = _patient_id(patient, chosen, observations)
     encounter = select_encounter(encounters, encounter_id, patient_id, profile=profile, in_progress=False)
     if encounter_id and encounter is None:
         raise MappingError("no Encounter with that id in the bundle (or it is planned, cancelled or entered in error)", path="Encounter")
 
     report = MappingReport()
     scratch: list[tuple[Any, ...]] = []
+    own: list[dict[str, Any]] = []  # the patient's Observations (all of them when no one is named)
     for obs in observations:
         why = subject_mismatch(obs, patient_id) if patient_id is not None else None
         if why is not None:
             report.observations += 1
             report.skipped[why] += 1
             continue
+        own.append(obs)
         scan_observation(obs, profile, report, scratch)
 
     mapping = BundleMapping(None, report, outcomes, counts, issues, patient_from=patient_from)
@@ -199,7 +200,7 @@ def map_bundle(
     try:
         mapping.stay = to_canonical(
             record,
-            as_of=as_of or _as_of(encounter, [o for o in observations if patient_id is None or subject_mismatch(o, patient_id) is None]),
+            as_of=as_of or _as_of(encounter, own),
             pseudonymizer=pseudonymizer,
             profile=profile,
             source=source,

@@ -101,7 +101,7 @@ class CodeTable:
     """Look-up of (system, code[, category]) -> variable."""
 
     # `lookup` answers this when the Observation's categories decide (see `match`).
-    BY_CATEGORY: Any = CodeMatch("<by-category>")
+    BY_CATEGORY: Any = CodeMatch(None)  # a distinct object: compare with `is`
 
     def __init__(self, rows: Iterable[CodeRow]) -> None:
         self.rows = tuple(rows)

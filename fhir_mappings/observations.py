@@ -166,8 +166,8 @@ def _category_codes(obs: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _string_value(text: Any) -> tuple[float, Any] | str:
-    """(value, unit or None) from a valueString, or a skip reason."""
+def _string_value(text: Any) -> tuple[float, Any, bool] | str:
+    """(value, unit or None, True) from a valueString, or a skip reason."""
     if not isinstance(text, str) or len(text) > _STRING_MAX:
         return "string-not-a-number"
     m = _STRING_VALUE.match(text)
@@ -178,15 +178,14 @@ def _string_value(text: Any) -> tuple[float, Any] | str:
     value = float(m["num"])
     if not math.isfinite(value):
         return "string-not-a-number"
-    unit = m["unit"].strip() if m["unit"] else None
-    return value, (_STRING_UNIT, unit) if unit else None
+    return value, m["unit"].strip() if m["unit"] else None, True
 
 
-_STRING_UNIT = "<from-string>"  # marks a unit read out of free text (echoed only when known)
+_UNRECOGNISED = "<unrecognised>"  # a unit read out of free text that the unit tables do not know
 
 
-def _value(part: Mapping[str, Any]) -> tuple[float, Any] | str:
-    """(value, unit) or a skip reason."""
+def _value(part: Mapping[str, Any]) -> tuple[float, Any, bool] | str:
+    """(value, unit, whether the unit was read out of free text) or a skip reason."""
     q = part.get("valueQuantity")
     if q is None:
         if "dataAbsentReason" in part:
@@ -210,9 +209,9 @@ def _value(part: Mapping[str, Any]) -> tuple[float, Any] | str:
         if unit is None:
             unit = q.get("code")
     try:
-        return float(value), unit
+        return float(value), unit, False
     except OverflowError:  # a JSON integer beyond any float (10**400): certainly out of range
-        return (math.inf if value > 0 else -math.inf), unit
+        return (math.inf if value > 0 else -math.inf), unit, False
 
 
 def scan_observation(
@@ -247,8 +246,6 @@ def scan_observation(
         found = 0
         if got.variable is not None:
             found = 1
-            if got.conflict is not None:
-                report.code_conflicts[got.conflict] += 1
             _emit(obs, got, -1, when, rid, units, report, out)
         if components:
             # Panels (blood pressure) and US Core pulse oximetry (FiO2 as a component).
@@ -259,8 +256,6 @@ def scan_observation(
                     cgot = codes.match(ckey, _category_codes(obs))
                 if cgot.variable is not None:
                     found += 1
-                    if cgot.conflict is not None:
-                        report.code_conflicts[cgot.conflict] += 1
                     _emit(part, cgot, index, when, rid, units, report, out)
         if not found:
             system, code = key[0] if key else (None, None)
@@ -279,22 +274,23 @@ def _emit(
     report: MappingReport,
     out: list[tuple[Any, ...]],
 ) -> None:
+    if got.conflict is not None:
+        report.code_conflicts[got.conflict] += 1
     read = _value(part)
     if isinstance(read, str):
         report.skipped[read] += 1
         return
     var = got.variable
     assert var is not None  # only matched codes are emitted
-    value, unit = read
-    shown = unit
-    if type(unit) is tuple:  # a unit read out of a valueString: echoed only when the tables know it
-        unit = unit[1]
-        shown = unit if units.known(unit) else "<unrecognised>"
+    value, sent, from_text = read
+    unit = sent
     if unit is None and got.row is not None and got.row.implied_unit is not None:
         unit = got.row.implied_unit  # the code fixes the unit (potassium in mmol/L)
     conversion = units.lookup(var, unit)
     if conversion is None:
-        report.unit_errors[f"{var}|{shown if shown == '<unrecognised>' else safe_token(shown)}"] += 1
+        # Free text is never echoed: a unit read out of a valueString only when the tables know it.
+        shown = _UNRECOGNISED if from_text and sent is not None and not units.known(sent) else safe_token(sent)
+        report.unit_errors[f"{var}|{shown}"] += 1
         return
     factor, offset = conversion
     if offset or factor != 1.0:
