@@ -27,6 +27,7 @@ from hooks import Service
 
 from .errors import BadRequest, UnknownCard
 from .schemas import FeedbackRequest
+from .settings import Settings
 from .stores import FeedbackRecord, RecordStore
 
 __all__ = ["FeedbackRules", "record_feedback"]
@@ -37,6 +38,15 @@ class FeedbackRules:
     max_future_s: float = 300.0
     comment_max_chars: int = 2_000
     comments: Literal["omit", "scrubbed"] = "omit"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeedbackRules:
+        """The site's rules, the same for CDS Hooks feedback and the SMART app's."""
+        return cls(
+            max_future_s=settings.feedback_max_future_s,
+            comment_max_chars=settings.feedback_comment_max_chars,
+            comments=settings.feedback_comments,
+        )
 
 
 def kept_comment(comment: str | None, rules: FeedbackRules, identity_hashes: tuple[str, ...], pseudonymizer: Pseudonymizer | None) -> str | None:

@@ -31,13 +31,9 @@ async def post_feedback(service: ServiceOf, request: Request, state: State, arri
     except TimeoutError as exc:
         raise RequestTimeout("the feedback body did not arrive in time") from exc
     body = parse_model(raw, FeedbackRequest, max_depth=settings.max_json_depth)
-    rules = FeedbackRules(
-        max_future_s=settings.feedback_max_future_s,
-        comment_max_chars=settings.feedback_comment_max_chars,
-        comments=settings.feedback_comments,
-    )
     result = await record_feedback(
-        service, body, state.store, now=datetime.now(UTC), rules=rules, pseudonymizer=state.deps.pseudonymizer
+        service, body, state.store, now=datetime.now(UTC), rules=FeedbackRules.from_settings(settings),
+        pseudonymizer=state.deps.pseudonymizer,
     )
     for item in result["results"]:
         state.metrics.feedback_item(service.id, item["status"], item.get("flags", ()))

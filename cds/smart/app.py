@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from fhir_mappings import Pseudonymizer
+from fhir_mappings import Pseudonymizer, is_fhir_id
 from hooks import SERVICES
 from models import RiskModel
 
@@ -64,7 +64,6 @@ __all__ = ["SmartApp"]
 log = logging.getLogger("cds.smart")
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _DISCOVERY_TTL_S = 300.0
 
 
@@ -102,7 +101,7 @@ def relative_user(fhir_user: Any, iss: str) -> str | None:
         return None
     parts = fhir_user.removeprefix(iss.rstrip("/") + "/").rstrip("/").split("/")
     if len(parts) >= 2 and parts[-2] in ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Person"):
-        if _FHIR_ID.fullmatch(parts[-1]):
+        if is_fhir_id(parts[-1]):
             return f"{parts[-2]}/{parts[-1]}"
     return None
 
@@ -202,10 +201,10 @@ class SmartApp:
                 raise
             user = relative_user(claims.get("fhirUser") or claims.get("profile"), ehr.iss)
         patient = token.context.get("patient")
-        if not isinstance(patient, str) or not _FHIR_ID.fullmatch(patient):
+        if not is_fhir_id(patient):
             raise MissingLaunchContext("the token response names no patient")
         encounter = token.context.get("encounter")
-        encounter = encounter if isinstance(encounter, str) and _FHIR_ID.fullmatch(encounter) else None
+        encounter = encounter if is_fhir_id(encounter) else None
         card_uuid = card_from_context(token.context, flow.card_hint)
         if card_uuid is None:
             raise MissingLaunchContext("no card in the launch context")
@@ -298,8 +297,10 @@ class SmartApp:
         body = FeedbackRequest.model_validate(
             {"feedback": [{"card": record.card_uuid, "outcomeTimestamp": datetime.fromtimestamp(at, UTC).isoformat(), **item}]}
         )
-        rules = FeedbackRules(max_future_s=self.settings.feedback_max_future_s, comment_max_chars=self.settings.feedback_comment_max_chars)
-        result = await record_feedback(service, body, self.store, now=datetime.now(UTC), rules=rules)
+        result = await record_feedback(
+            service, body, self.store, now=datetime.now(UTC), rules=FeedbackRules.from_settings(self.settings),
+            pseudonymizer=self.pseudonymizer,
+        )
         status = result["results"][0]["status"]
         log_event(log, "smart feedback", service=service.id, status=status, outcome=item["outcome"])
         session.recorded = said
