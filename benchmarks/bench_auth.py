@@ -43,8 +43,12 @@ AUD = "https://cds.example.org/cds-services/sepsis-risk"
 
 def stats(samples: list[float]) -> dict[str, float]:
     ms = np.array(samples) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
-            "max_ms": round(float(ms.max()), 3), "n": len(ms)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3),
+        "n": len(ms),
+    }
 
 
 async def verify_cost(identity: EhrIdentity, replay: ReplayStore, alg: str, calls: int) -> dict[str, float]:
@@ -76,8 +80,13 @@ def hung_fhir(calls: int, budget_s: float) -> dict[str, object]:
     stay = synthetic_stay()
     ehr.add(stay.all())
     with tempfile.TemporaryDirectory() as var, serve_in_thread(ehr.app()) as fhir:
-        settings = Settings(var_dir=Path(var), pseudonym_key="bench-key-0123456789abcdef", hook_timeout_s=budget_s,
-                            fhir_timeout_s=60, auth_disabled_for_local_demo=True)
+        settings = Settings(
+            var_dir=Path(var),
+            pseudonym_key="bench-key-0123456789abcdef",
+            hook_timeout_s=budget_s,
+            fhir_timeout_s=60,
+            auth_disabled_for_local_demo=True,
+        )
         with serve_in_thread(create_app(settings)) as server:
             samples, bodies = [], set()
             for _ in range(calls):
@@ -104,11 +113,15 @@ def main() -> None:
         identity.jwks_url = f"{jwks_server.url}/.well-known/jwks.json"
         for alg in ("ES384", "RS384"):
             replay = SQLiteReplayStore(Path(tmp) / f"{alg}.sqlite3")
-            result[f"verify_{alg}_sqlite_replay"] = asyncio.run(verify_cost(identity, replay, alg, args.calls))
+            result[f"verify_{alg}_sqlite_replay"] = asyncio.run(
+                verify_cost(identity, replay, alg, args.calls)
+            )
             if redis_available():
                 prefix = f"cds-bench:{time.time_ns()}:"
                 replay = RedisReplayStore("redis://127.0.0.1:6379/0", prefix=prefix)
-                result[f"verify_{alg}_redis_replay"] = asyncio.run(verify_cost(identity, replay, alg, args.calls))
+                result[f"verify_{alg}_redis_replay"] = asyncio.run(
+                    verify_cost(identity, replay, alg, args.calls)
+                )
                 import redis
 
                 client = redis.Redis(host="127.0.0.1", port=6379)

@@ -44,10 +44,36 @@ def stay_frame(data_dir: Path) -> tuple[pd.DataFrame, str]:
     rng = np.random.default_rng(0)
     rows = []
     for h in range(1, HOURS + 1):
-        row = {"patient": 1, "ICULOS": h, "Age": 64.2, "Gender": 1, "Unit1": 1, "Unit2": 0, "HospAdmTime": -3.0}
-        for v, mu in (("HR", 92), ("O2Sat", 96), ("SBP", 118), ("DBP", 64), ("MAP", 80), ("Resp", 20), ("Temp", 37.4)):
+        row = {
+            "patient": 1,
+            "ICULOS": h,
+            "Age": 64.2,
+            "Gender": 1,
+            "Unit1": 1,
+            "Unit2": 0,
+            "HospAdmTime": -3.0,
+        }
+        for v, mu in (
+            ("HR", 92),
+            ("O2Sat", 96),
+            ("SBP", 118),
+            ("DBP", 64),
+            ("MAP", 80),
+            ("Resp", 20),
+            ("Temp", 37.4),
+        ):
             row[v] = float(rng.normal(mu, mu * 0.05))
-        for v, mu in (("Lactate", 2.0), ("WBC", 11), ("Creatinine", 1.1), ("Glucose", 130), ("Potassium", 4.1), ("Hgb", 10.5), ("Platelets", 210), ("BUN", 22), ("FiO2", 0.4)):
+        for v, mu in (
+            ("Lactate", 2.0),
+            ("WBC", 11),
+            ("Creatinine", 1.1),
+            ("Glucose", 130),
+            ("Potassium", 4.1),
+            ("Hgb", 10.5),
+            ("Platelets", 210),
+            ("BUN", 22),
+            ("FiO2", 0.4),
+        ):
             if h % 3 == 0:
                 row[v] = float(rng.normal(mu, mu * 0.1))
         rows.append(row)
@@ -76,7 +102,9 @@ def percentiles(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CDS_DATA_DIR", ROOT.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("CDS_DATA_DIR", ROOT.parent / "shared" / "data"))
+    )
     args = parser.parse_args()
 
     frame, source = stay_frame(args.data_dir)
@@ -106,9 +134,20 @@ def main() -> None:
     # The whole hook call over HTTP against a separate server process.
     port = free_port()
     with tempfile.TemporaryDirectory() as var:
-        env = {**os.environ, "CDS_VAR_DIR": var, "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": "bench-key-0123456789abcdef", "CDS_LOG_LEVEL": "WARNING",
-               "CDS_AUTH_DISABLED_FOR_LOCAL_DEMO": "true"}  # auth cost: benchmarks/bench_auth.py
-        server = subprocess.Popen([sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "CDS_VAR_DIR": var,
+            "CDS_PORT": str(port),
+            "CDS_PSEUDONYM_KEY": "bench-key-0123456789abcdef",
+            "CDS_LOG_LEVEL": "WARNING",
+            "CDS_AUTH_DISABLED_FOR_LOCAL_DEMO": "true",
+        }  # auth cost: benchmarks/bench_auth.py
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cds.cli", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_until_healthy(url)

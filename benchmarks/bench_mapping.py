@@ -35,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--validation-calls", type=int, default=20)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CDS_DATA_DIR", ROOT.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("CDS_DATA_DIR", ROOT.parent / "shared" / "data"))
+    )
     args = parser.parse_args()
 
     frame, source = stay_frame(args.data_dir)

@@ -34,8 +34,11 @@ def main() -> int:
     parser.add_argument("--segment-s", type=float, default=2.0, help="seconds of traffic before each kill")
     parser.add_argument("--clients", type=int, default=3, help="client threads")
     parser.add_argument("--stores", default="sqlite,postgres")
-    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="a server where a scratch database may be created")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a server where a scratch database may be created",
+    )
     args = parser.parse_args()
     rows = []
     for store in args.stores.split(","):
@@ -44,7 +47,11 @@ def main() -> int:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"cds-durability-{store}-")))
             url = stack.enter_context(scratch_database(args.postgres_url)) if store == "postgres" else None
             run = run_kill_cycles(
-                tmp / "var", store=store, database_url=url, cycles=args.cycles, segment_s=args.segment_s,
+                tmp / "var",
+                store=store,
+                database_url=url,
+                cycles=args.cycles,
+                segment_s=args.segment_s,
                 clients=args.clients,
             )
         figures = run.figures() | {"seconds": round(time.monotonic() - started, 1)}

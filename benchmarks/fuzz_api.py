@@ -34,16 +34,29 @@ ROOT = Path(__file__).resolve().parents[1]
 def served(repo: Path | None, var: str, issuer: TrustedIssuer) -> Iterator[str]:
     """The base URL of a CDS server: this checkout's in-process, or `repo`'s as a subprocess."""
     if repo is None:
-        with serve_cds(Settings(var_dir=Path(var), pseudonym_key="fuzz-key-0123456789abcdef", auth_issuers=(issuer,))) as api:
+        with serve_cds(
+            Settings(var_dir=Path(var), pseudonym_key="fuzz-key-0123456789abcdef", auth_issuers=(issuer,))
+        ) as api:
             yield api.url
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env |= {"CDS_VAR_DIR": var, "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": "fuzz-key-0123456789abcdef", "CDS_LOG_LEVEL": "WARNING",
-            "CDS_PUBLIC_URL": url, "CDS_AUTH_ISSUERS": json.dumps([issuer.model_dump(mode="json", exclude_defaults=True)])}
-    server = subprocess.Popen([str(repo / ".venv/bin/python"), "-m", "cds.cli", "serve"], cwd=repo, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env |= {
+        "CDS_VAR_DIR": var,
+        "CDS_PORT": str(port),
+        "CDS_PSEUDONYM_KEY": "fuzz-key-0123456789abcdef",
+        "CDS_LOG_LEVEL": "WARNING",
+        "CDS_PUBLIC_URL": url,
+        "CDS_AUTH_ISSUERS": json.dumps([issuer.model_dump(mode="json", exclude_defaults=True)]),
+    }
+    server = subprocess.Popen(
+        [str(repo / ".venv/bin/python"), "-m", "cds.cli", "serve"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until_healthy(url)
         yield url
@@ -54,8 +67,12 @@ def served(repo: Path | None, var: str, issuer: TrustedIssuer) -> Iterator[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=500, help="examples per operation and generation mode")
-    parser.add_argument("--repo", type=Path, help="fuzz the server of this checkout (its .venv) instead of this one")
+    parser.add_argument(
+        "--examples", type=int, default=500, help="examples per operation and generation mode"
+    )
+    parser.add_argument(
+        "--repo", type=Path, help="fuzz the server of this checkout (its .venv) instead of this one"
+    )
     args = parser.parse_args()
     identity = EhrIdentity()
     rows = []
@@ -67,16 +84,36 @@ def main() -> None:
         issuer = TrustedIssuer(iss=identity.issuer, jwks_url=identity.jwks_url)
         with served(args.repo, var, issuer) as api_url:
             for path, method, service, mode in CASES:
-                result = fuzz_operation(api_url, identity, path, method, service, mode, examples=args.examples)
+                result = fuzz_operation(
+                    api_url, identity, path, method, service, mode, examples=args.examples
+                )
                 total.update(result.statuses)
                 errors += result.server_errors
-                rows.append({"operation": f"{method} {path}", "service": service or "random", "mode": mode.value,
-                             "calls": sum(result.statuses.values()), "statuses": dict(sorted(result.statuses.items())),
-                             "5xx": len(result.server_errors), "4xx_not_operation_outcome": len(result.not_outcomes)})
-                print(f"{method:4} {path:40} {service or 'random':18} {mode.value:8} {dict(sorted(result.statuses.items()))}", flush=True)
-    summary = {"server": str(args.repo or ROOT), "examples_per_case": args.examples, "calls": sum(total.values()), "statuses": dict(sorted(total.items())),
-               "5xx": sum(n for s, n in total.items() if s >= 500), "seconds": round(time.monotonic() - started, 1),
-               "first_5xx": errors[:5], "cases": rows}
+                rows.append(
+                    {
+                        "operation": f"{method} {path}",
+                        "service": service or "random",
+                        "mode": mode.value,
+                        "calls": sum(result.statuses.values()),
+                        "statuses": dict(sorted(result.statuses.items())),
+                        "5xx": len(result.server_errors),
+                        "4xx_not_operation_outcome": len(result.not_outcomes),
+                    }
+                )
+                print(
+                    f"{method:4} {path:40} {service or 'random':18} {mode.value:8} {dict(sorted(result.statuses.items()))}",
+                    flush=True,
+                )
+    summary = {
+        "server": str(args.repo or ROOT),
+        "examples_per_case": args.examples,
+        "calls": sum(total.values()),
+        "statuses": dict(sorted(total.items())),
+        "5xx": sum(n for s, n in total.items() if s >= 500),
+        "seconds": round(time.monotonic() - started, 1),
+        "first_5xx": errors[:5],
+        "cases": rows,
+    }
     print(json.dumps(summary, indent=2))
 
 

@@ -36,8 +36,12 @@ def main() -> None:
             t[kind] += n
             t[f"{kind} right"] += n if result in ("right", "refused-right") else 0
             t["wrong"] += 0 if result in ("right", "refused-right") else 1
-        mapped = map_bundle(fixture.bundle(), pseudonymizer=Pseudonymizer(b"f" * 32), profile=PROFILES[fixture.profile],
-                            max_icu_hours=TRAINED_MAX_ICU_HOURS)
+        mapped = map_bundle(
+            fixture.bundle(),
+            pseudonymizer=Pseudonymizer(b"f" * 32),
+            profile=PROFILES[fixture.profile],
+            max_icu_hours=TRAINED_MAX_ICU_HOURS,
+        )
         t["code conflicts"] += sum(mapped.report.code_conflicts.values())
         got = f"table:{mapped.stay.current_hour}" if mapped.stay is not None else mapped.stay_reason
         t["stays"] += 1
@@ -46,11 +50,15 @@ def main() -> None:
         if args.write:
             args.write.mkdir(parents=True, exist_ok=True)
             (args.write / f"{fixture.name}.json").write_text(json.dumps(fixture.bundle(), indent=1))
-    print("| vendor | values read right | impossible values refused | wrong | LOINC over local code | stays as expected |")
+    print(
+        "| vendor | values read right | impossible values refused | wrong | LOINC over local code | stays as expected |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for vendor, t in totals.items():
-        print(f"| {vendor} | {t['values right']}/{t['values']} | {t['refusals right']}/{t['refusals']} | {t['wrong']} | "
-              f"{t['code conflicts']} | {t['stays right']}/{t['stays']} |")
+        print(
+            f"| {vendor} | {t['values right']}/{t['values']} | {t['refusals right']}/{t['refusals']} | {t['wrong']} | "
+            f"{t['code conflicts']} | {t['stays right']}/{t['stays']} |"
+        )
     print()
     print("| fixture | stay expected | cds map says | sepsis hook | patient id from |")
     print("| --- | --- | --- | --- | --- |")

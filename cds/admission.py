@@ -64,7 +64,9 @@ class Gate:
         self.bytes = 0
 
     def try_enter(self, body_bytes: int = 0) -> bool:
-        over_bytes = self.max_bytes is not None and self.in_flight and self.bytes + body_bytes > self.max_bytes
+        over_bytes = (
+            self.max_bytes is not None and self.in_flight and self.bytes + body_bytes > self.max_bytes
+        )
         if self.in_flight >= self.limit or over_bytes:
             return False
         self.in_flight += 1

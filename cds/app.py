@@ -63,9 +63,13 @@ def make_verifier(settings: Settings, http: httpx.AsyncClient, metrics: Metrics)
     replay_breaker = Breaker("replay-store", retry_s=settings.degraded_retry_s)
     if settings.redis_url:
         jwks_breaker = Breaker("jwks-cache", retry_s=settings.degraded_retry_s)
-        redis_jwks = RedisJwksBackend(settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s)
+        redis_jwks = RedisJwksBackend(
+            settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s
+        )
         backend = FallbackJwksBackend(redis_jwks, jwks_breaker)
-        metrics.degraded_source(lambda: {"replay-store": replay_breaker.degraded, "jwks-cache": jwks_breaker.degraded})
+        metrics.degraded_source(
+            lambda: {"replay-store": replay_breaker.degraded, "jwks-cache": jwks_breaker.degraded}
+        )
     jwks = JwksCache(
         http,
         settings.jwks_allowlist(),
@@ -131,8 +135,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database_url = settings.database_url.get_secret_value() if settings.database_url else None
         store = await open_store(
-            database_url=database_url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path,
-            timeout_s=settings.database_timeout_s, anchors=AnchorLog(settings.anchor_path, every=settings.audit_anchor_every),
+            database_url=database_url,
+            sqlite_path=settings.sqlite_path,
+            spool_path=settings.spool_path,
+            timeout_s=settings.database_timeout_s,
+            anchors=AnchorLog(settings.anchor_path, every=settings.audit_anchor_every),
         )
         try:
             models = load_models(settings, await stored_versions(store))
@@ -140,7 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.close()
             raise
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
-        lane = Lane(settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s)
+        lane = Lane(
+            settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s
+        )
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as http:
             fhir = FhirClient(
                 http,
@@ -163,21 +172,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 keep_identity_hashes=settings.feedback_comments == "scrubbed",
                 consent_refused_card=settings.consent_refused_card,
             )
-            smart_timeout = httpx.Timeout(settings.smart_timeout_s, connect=min(2.0, settings.smart_timeout_s))
+            smart_timeout = httpx.Timeout(
+                settings.smart_timeout_s, connect=min(2.0, settings.smart_timeout_s)
+            )
             smart_http = httpx.AsyncClient(timeout=smart_timeout, follow_redirects=False, trust_env=False)
             smart_fhir = FhirClient(
-                smart_http, max_pages=settings.fhir_max_pages, max_response_bytes=settings.fhir_max_response_bytes,
-                max_json_depth=settings.max_json_depth, allow_http=settings.allow_http_fhir_server,
+                smart_http,
+                max_pages=settings.fhir_max_pages,
+                max_response_bytes=settings.fhir_max_response_bytes,
+                max_json_depth=settings.max_json_depth,
+                allow_http=settings.allow_http_fhir_server,
             )
             app.state.smart = SmartApp(settings, smart_http, smart_fhir, store, models, deps.pseudonymizer)
             _announce_auth(settings)
             metrics = Metrics()
-            verifier = None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
-            app.state.cds = AppState(
-                settings, deps, store, metrics, Gate(settings.max_in_flight_hooks, max_bytes=settings.max_in_flight_bytes),
-                Gate(settings.max_in_flight_feedback), verifier,
+            verifier = (
+                None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
             )
-            metrics.watch(lane=lane, hook_gate=app.state.cds.hook_gate, feedback_gate=app.state.cds.feedback_gate, store=store)
+            app.state.cds = AppState(
+                settings,
+                deps,
+                store,
+                metrics,
+                Gate(settings.max_in_flight_hooks, max_bytes=settings.max_in_flight_bytes),
+                Gate(settings.max_in_flight_feedback),
+                verifier,
+            )
+            metrics.watch(
+                lane=lane,
+                hook_gate=app.state.cds.hook_gate,
+                feedback_gate=app.state.cds.feedback_gate,
+                store=store,
+            )
             _freeze_startup_heap()
             log.info(
                 "cds ready",
@@ -200,7 +226,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 lane.close()
 
     docs = "/openapi.json" if settings.api_docs else None
-    app = FastAPI(title="CDS ML service", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=docs)
+    app = FastAPI(
+        title="CDS ML service",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=docs,
+    )
 
     @app.exception_handler(CDSError)
     async def cds_error(request: Request, exc: CDSError) -> Response:
@@ -211,7 +244,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if status == 401:
             return unauthorized()
         if status >= 500:
-            log.error("request failed", extra={"event": {"code": exc.code, "route": getattr(request.scope.get("route"), "path", "")}})
+            log.error(
+                "request failed",
+                extra={"event": {"code": exc.code, "route": getattr(request.scope.get("route"), "path", "")}},
+            )
         retry = getattr(exc, "retry_after_s", None) or settings.retry_after_s
         headers = {"Retry-After": str(max(1, round(retry)))} if status == 503 else None
         return operation_outcome(status, exc.code, str(exc), headers=headers)
@@ -252,4 +288,3 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema.setdefault("components", {}).setdefault("schemas", {}).update(body_schemas())
         app.openapi_schema = schema
     return app.openapi_schema
-

@@ -73,7 +73,12 @@ class ChainReport:
     kinds: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": self.ok, "entries": self.entries, "anchors": self.anchors, "kinds": self.kinds}
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "entries": self.entries,
+            "anchors": self.anchors,
+            "kinds": self.kinds,
+        }
         if self.head is not None:
             out["head"] = {"seq": self.head.seq, "hash": self.head.hash}
         if not self.ok:
@@ -103,9 +108,17 @@ def verify_chain(entries: Iterable[AuditEvent], anchors: Sequence[Anchor] = ()) 
             j = by_hash.get(e.prev_hash)
             after = f"after seq {prev_seq}" if prev_seq is not None else "at the start"
             if j is not None and j > i:
-                return broken("reordered", e.seq, f"it follows seq {rows[j].seq} in the chain, which comes later in the table")
+                return broken(
+                    "reordered",
+                    e.seq,
+                    f"it follows seq {rows[j].seq} in the chain, which comes later in the table",
+                )
             if j is not None:
-                return broken("inserted", e.seq, f"it follows seq {rows[j].seq}; the entries between were inserted or moved")
+                return broken(
+                    "inserted",
+                    e.seq,
+                    f"it follows seq {rows[j].seq}; the entries between were inserted or moved",
+                )
             return broken("deleted", e.seq, f"the entry it follows is missing: deleted {after}")
         prev, prev_seq = e.hash, e.seq
     seqs = {e.seq: e.hash for e in rows}
@@ -113,10 +126,18 @@ def verify_chain(entries: Iterable[AuditEvent], anchors: Sequence[Anchor] = ()) 
     for anchor in sorted(anchors, key=lambda a: a.seq):
         if anchor.seq not in seqs:
             if anchor.seq > last:
-                return broken("truncated", anchor.seq, f"anchored seq {anchor.seq} is past the last entry ({last}): the tail was removed")
+                return broken(
+                    "truncated",
+                    anchor.seq,
+                    f"anchored seq {anchor.seq} is past the last entry ({last}): the tail was removed",
+                )
             return broken("deleted", anchor.seq, f"anchored seq {anchor.seq} is missing")
         if seqs[anchor.seq] != anchor.hash:
-            return broken("edited", anchor.seq, f"seq {anchor.seq} no longer has its anchored hash: the chain was rewritten")
+            return broken(
+                "edited",
+                anchor.seq,
+                f"seq {anchor.seq} no longer has its anchored hash: the chain was rewritten",
+            )
     head = Anchor(rows[-1].seq, rows[-1].hash or "") if rows else None
     return ChainReport(True, len(rows), head, len(anchors), kinds=kinds)
 
@@ -129,17 +150,28 @@ def audit_event_resource(entry: AuditEvent, *, observer: str = "cds-ml") -> dict
     d: Mapping[str, Any] = entry.details
     agents: list[dict[str, Any]] = []
     if d.get("issuer"):
-        agents.append({
-            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-            "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": str(d["issuer"])}},
-            "requestor": True,
-        })
+        agents.append(
+            {
+                "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+                "who": {"identifier": {"system": "urn:ietf:rfc:3986", "value": str(d["issuer"])}},
+                "requestor": True,
+            }
+        )
     if d.get("user"):
-        agents.append({
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "AUT"}]},
-            "who": {"identifier": {"system": PRACTITIONER_PSEUDONYM_SYSTEM, "value": str(d["user"])}},
-            "requestor": not d.get("issuer"),
-        })
+        agents.append(
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "code": "AUT",
+                        }
+                    ]
+                },
+                "who": {"identifier": {"system": PRACTITIONER_PSEUDONYM_SYSTEM, "value": str(d["user"])}},
+                "requestor": not d.get("issuer"),
+            }
+        )
     if not agents:
         agents.append({"who": {"display": observer}, "requestor": True})
     details = [
@@ -147,8 +179,14 @@ def audit_event_resource(entry: AuditEvent, *, observer: str = "cds-ml") -> dict
         for k, v in sorted(d.items())
         if v is not None and k not in ("issuer", "user")
     ]
-    details += [{"type": "prev_hash", "valueString": entry.prev_hash or ""}, {"type": "hash", "valueString": entry.hash or ""}]
-    entity: dict[str, Any] = {"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}, "detail": details}
+    details += [
+        {"type": "prev_hash", "valueString": entry.prev_hash or ""},
+        {"type": "hash", "valueString": entry.hash or ""},
+    ]
+    entity: dict[str, Any] = {
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+        "detail": details,
+    }
     if isinstance(d.get("card"), str):
         entity["what"] = {"identifier": {"system": CARD_ID_SYSTEM, "value": d["card"]}}
     resource: dict[str, Any] = {
@@ -160,7 +198,10 @@ def audit_event_resource(entry: AuditEvent, *, observer: str = "cds-ml") -> dict
         "recorded": datetime.fromtimestamp(entry.at, UTC).isoformat(),
         "outcome": "0",
         "agent": agents,
-        "source": {"observer": {"display": observer}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
+        "source": {
+            "observer": {"display": observer},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
+        },
         "entity": [entity],
     }
     return resource

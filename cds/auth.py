@@ -123,15 +123,22 @@ class CallerVerifier:
         jku = header.get("jku")
         if jku is None:
             if issuer.jwks_url is None:
-                raise AuthFailure("jku-required", "the token names no jku and this issuer has no pinned jwks_url")
+                raise AuthFailure(
+                    "jku-required", "the token names no jku and this issuer has no pinned jwks_url"
+                )
             return issuer.jwks_url, False
         if isinstance(jku, str) and jku in issuer.key_urls():
             return jku, False
         if issuer.jwks_url is None:
-            raise AuthFailure("jku-not-allowed", "the token's jku is not allow-listed and this issuer has no pinned jwks_url")
+            raise AuthFailure(
+                "jku-not-allowed",
+                "the token's jku is not allow-listed and this issuer has no pinned jwks_url",
+            )
         return issuer.jwks_url, True
 
-    def _check_claims(self, claims: Mapping[str, Any], audience: str, issuer: TrustedIssuer) -> tuple[float, str]:
+    def _check_claims(
+        self, claims: Mapping[str, Any], audience: str, issuer: TrustedIssuer
+    ) -> tuple[float, str]:
         now = self._clock()
         exp = _number(claims, "exp", required=True)
         iat = _number(claims, "iat", required=True)
@@ -181,7 +188,9 @@ class CallerVerifier:
         try:
             verified = jwt.decode(token, key, algorithms=[header["alg"]])
         except JoseError as exc:
-            detail = "signature does not verify" + (" with the pinned keys (the token's jku was not allow-listed)" if jku_set_aside else "")
+            detail = "signature does not verify" + (
+                " with the pinned keys (the token's jku was not allow-listed)" if jku_set_aside else ""
+            )
             raise AuthFailure("bad-signature", detail) from exc
         claims = verified.claims
         if claims.get("iss") != issuer.iss:
@@ -195,7 +204,12 @@ class CallerVerifier:
             raise AuthFailure("replayed-jti")
         tenant = claims.get("tenant")
         sub = claims.get("sub")
-        return Caller(issuer.iss, jti, tenant if isinstance(tenant, str) else None, sub if isinstance(sub, str) else None)
+        return Caller(
+            issuer.iss,
+            jti,
+            tenant if isinstance(tenant, str) else None,
+            sub if isinstance(sub, str) else None,
+        )
 
     async def close(self) -> None:
         await self.jwks.close()

@@ -45,7 +45,9 @@ def is_json_media_type(content_type: str | None) -> bool:
 
 def check_json_request(request: Request) -> None:
     if not is_json_media_type(request.headers.get("content-type")):
-        raise UnsupportedMediaType("the body must be JSON (Content-Type application/json or application/fhir+json)")
+        raise UnsupportedMediaType(
+            "the body must be JSON (Content-Type application/json or application/fhir+json)"
+        )
     encoding = request.headers.get("content-encoding")
     if encoding and encoding.strip().lower() != "identity":
         raise UnsupportedMediaType("compressed request bodies are not accepted")

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
     from .stores import RecordStore
 
-app = typer.Typer(help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.", no_args_is_help=True)
+app = typer.Typer(
+    help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.",
+    no_args_is_help=True,
+)
 feedback_app = typer.Typer(help="Clinician feedback records.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 models_app = typer.Typer(help="Which model versions the servers serve.", no_args_is_help=True)
@@ -38,7 +41,10 @@ class ModelName(StrEnum):
 
 DataOption = Annotated[
     Path | None,
-    typer.Option("--data", help="sepsis: PhysioNet 2019 parquet or .psv directory; readmission: Diabetes 130-US csv(.gz)"),
+    typer.Option(
+        "--data",
+        help="sepsis: PhysioNet 2019 parquet or .psv directory; readmission: Diabetes 130-US csv(.gz)",
+    ),
 ]
 VersionOption = Annotated[str | None, typer.Option(help="registry version (default: the active one)")]
 
@@ -53,7 +59,9 @@ def _settings() -> Settings:
     except ValidationError as exc:
         typer.echo("error: invalid settings; nothing was started", err=True)
         for error in exc.errors(include_input=False, include_url=False):
-            name = "CDS_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+            name = (
+                "CDS_" + "_".join(str(part) for part in error["loc"]).upper() if error["loc"] else "settings"
+            )
             typer.echo(f"  {name}: {error['msg']}", err=True)
         raise typer.Exit(2) from None
 
@@ -65,7 +73,10 @@ async def _store(settings: Settings) -> AsyncIterator[RecordStore]:
 
     url = settings.database_url.get_secret_value() if settings.database_url else None
     store = await open_store(
-        database_url=url, sqlite_path=settings.sqlite_path, spool_path=settings.spool_path, timeout_s=settings.database_timeout_s,
+        database_url=url,
+        sqlite_path=settings.sqlite_path,
+        spool_path=settings.spool_path,
+        timeout_s=settings.database_timeout_s,
         anchors=AnchorLog(settings.anchor_path, every=settings.audit_anchor_every),
     )
     try:
@@ -92,7 +103,12 @@ def _load_model(model: ModelName, version: str | None) -> RiskModel:
 def serve(
     host: Annotated[str | None, typer.Option(help="default: CDS_HOST or 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default: CDS_PORT or 8000")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes (share records through CDS_DATABASE_URL, caches through CDS_REDIS_URL)")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="uvicorn worker processes (share records through CDS_DATABASE_URL, caches through CDS_REDIS_URL)"
+        ),
+    ] = 1,
 ) -> None:
     """Run the CDS Hooks server."""
     import uvicorn
@@ -118,16 +134,24 @@ def train(
     model: ModelName,
     data: DataOption = None,
     seed: Annotated[int, typer.Option(help="random seed (same data + seed = same model file)")] = 2019,
-    patients: Annotated[int | None, typer.Option(help="sepsis: train on the first N patients only (for quick runs)")] = None,
+    patients: Annotated[
+        int | None, typer.Option(help="sepsis: train on the first N patients only (for quick runs)")
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="boosting rounds (default: the tuned number)")] = None,
     activate: Annotated[bool, typer.Option(help="make the new version the served one")] = True,
 ) -> None:
     """Train a model, evaluate it on held-out patients and register it."""
     from models import ModelRegistry, TrainOptions, model_task
 
-    options = TrainOptions(seed=seed, activate=activate, patients=patients, rounds=rounds, device=_settings().device)
-    manifest = model_task(model.value).train(_data_path(model, data), ModelRegistry(_settings().model_dir), options)
-    typer.echo(json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2))
+    options = TrainOptions(
+        seed=seed, activate=activate, patients=patients, rounds=rounds, device=_settings().device
+    )
+    manifest = model_task(model.value).train(
+        _data_path(model, data), ModelRegistry(_settings().model_dir), options
+    )
+    typer.echo(
+        json.dumps({"model": manifest.name, "version": manifest.version, **manifest.metrics}, indent=2)
+    )
 
 
 @app.command()
@@ -144,9 +168,18 @@ def evaluate(
     model: ModelName,
     data: DataOption = None,
     version: VersionOption = None,
-    report: Annotated[Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")] = None,
-    holdout: Annotated[bool, typer.Option(help="only the patients the model held out for testing (same data and seed)")] = False,
-    replicates: Annotated[int | None, typer.Option(help="bootstrap replicates (by patient) for the 95 % intervals (default: sepsis 200, readmission 500)")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")
+    ] = None,
+    holdout: Annotated[
+        bool, typer.Option(help="only the patients the model held out for testing (same data and seed)")
+    ] = False,
+    replicates: Annotated[
+        int | None,
+        typer.Option(
+            help="bootstrap replicates (by patient) for the 95 % intervals (default: sepsis 200, readmission 500)"
+        ),
+    ] = None,
 ) -> None:
     """Print the clinical evaluation as one JSON object (sepsis: official utility, AUROC/AUPRC, operating
     point, calibration, subgroups, baselines, bootstrap intervals; readmission: AUROC/AUPRC with
@@ -154,14 +187,18 @@ def evaluate(
     from models import EvaluateOptions, model_task
 
     options = EvaluateOptions(report=report, replicates=replicates, holdout=holdout)
-    typer.echo(json.dumps(model_task(model.value).evaluate(_load_model(model, version), _data_path(model, data), options)))
+    typer.echo(
+        json.dumps(
+            model_task(model.value).evaluate(_load_model(model, version), _data_path(model, data), options)
+        )
+    )
 
 
 @feedback_app.command("export")
 def feedback_export(
-    out: Annotated[Path, typer.Option("--out", help="directory for RiskAssessment.ndjson and Provenance.ndjson")] = Path(
-        "export"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", help="directory for RiskAssessment.ndjson and Provenance.ndjson")
+    ] = Path("export"),
 ) -> None:
     """Write the recorded RiskAssessments and feedback Provenances as FHIR NDJSON for retraining and
     monitoring (with PostgreSQL, cards still in this machine's spool are included; `spooled` says how
@@ -224,7 +261,10 @@ def models_activate(model: ModelName, version: str) -> None:
 
 @audit_app.command("verify")
 def audit_verify(
-    anchors: Annotated[Path | None, typer.Option(help="anchor file (default: CDS_AUDIT_ANCHOR_FILE or <var>/audit-anchors.jsonl)")] = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(help="anchor file (default: CDS_AUDIT_ANCHOR_FILE or <var>/audit-anchors.jsonl)"),
+    ] = None,
 ) -> None:
     """Recompute the audit hash chain and check it against the anchors; print the first broken,
     edited, deleted, reordered or truncated entry (exit status 1), or the head (exit status 0)."""
@@ -246,7 +286,9 @@ def audit_verify(
 
 @audit_app.command("export")
 def audit_export(
-    out: Annotated[Path, typer.Option("--out", help="NDJSON file of FHIR R4 AuditEvent resources")] = Path("export/AuditEvent.ndjson"),
+    out: Annotated[Path, typer.Option("--out", help="NDJSON file of FHIR R4 AuditEvent resources")] = Path(
+        "export/AuditEvent.ndjson"
+    ),
 ) -> None:
     """Write every audit entry as a FHIR R4 AuditEvent (NDJSON) for the hospital's SIEM; each carries
     its chain hashes, so the export can be verified on its own."""
@@ -269,8 +311,20 @@ def audit_export(
 
 @app.command()
 def forget(
-    patient: Annotated[str, typer.Option("--patient", help="the patient's id in the EHR (pseudonymised here with CDS_PSEUDONYM_KEY; never stored)")],
-    fhir_server: Annotated[list[str] | None, typer.Option("--fhir-server", help="FHIR base the EHR names (default: every base in CDS_AUTH_ISSUERS, and none)")] = None,
+    patient: Annotated[
+        str,
+        typer.Option(
+            "--patient",
+            help="the patient's id in the EHR (pseudonymised here with CDS_PSEUDONYM_KEY; never stored)",
+        ),
+    ],
+    fhir_server: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fhir-server",
+            help="FHIR base the EHR names (default: every base in CDS_AUTH_ISSUERS, and none)",
+        ),
+    ] = None,
 ) -> None:
     """Remove a patient's cards and feedback from the record store (everything retraining and
     monitoring read), leaving a `patient-forgotten` tombstone (counts only) in the audit chain."""
@@ -290,7 +344,12 @@ def forget(
     async def run() -> dict[str, object]:
         async with _store(settings) as store:
             erased = await store.forget(pseudonyms, {"request": request_id})
-        return {"request": request_id, "cards": erased.cards, "feedback": erased.feedback, "audit_seq": erased.seq}
+        return {
+            "request": request_id,
+            "cards": erased.cards,
+            "feedback": erased.feedback,
+            "audit_seq": erased.seq,
+        }
 
     try:
         typer.echo(json.dumps(asyncio.run(run())))
@@ -325,10 +384,20 @@ def purge(
 @app.command("map")
 def map_bundle_command(
     bundle: Annotated[Path, typer.Option("--bundle", help="a FHIR R4 Bundle (JSON) of one patient")],
-    profile: Annotated[str | None, typer.Option(help="vendor profile: generic, epic, oracle-health, meditech (default: from settings)")] = None,
-    encounter: Annotated[str | None, typer.Option(help="Encounter id of the stay (default: the latest inpatient one)")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="vendor profile: generic, epic, oracle-health, meditech (default: from settings)"),
+    ] = None,
+    encounter: Annotated[
+        str | None, typer.Option(help="Encounter id of the stay (default: the latest inpatient one)")
+    ] = None,
     validate: Annotated[bool, typer.Option(help="validate every resource with fhir.resources first")] = True,
-    max_icu_hours: Annotated[int | None, typer.Option(help="longest ICU clock to build a table for (default: the sepsis model's longest training stay)")] = None,
+    max_icu_hours: Annotated[
+        int | None,
+        typer.Option(
+            help="longest ICU clock to build a table for (default: the sepsis model's longest training stay)"
+        ),
+    ] = None,
 ) -> None:
     """Print the canonical table of a bundle's stay and the codes left unmapped, with counts and reasons.
 
@@ -366,7 +435,9 @@ def map_bundle_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except Exception as exc:  # a bug of ours: one line, no traceback (it could quote the input)
-        typer.echo(f"error: the bundle could not be mapped ({type(exc).__name__}); please report it", err=True)
+        typer.echo(
+            f"error: the bundle could not be mapped ({type(exc).__name__}); please report it", err=True
+        )
         raise typer.Exit(3) from None
     _print_bundle_mapping(mapped, chosen.name)
 
@@ -375,13 +446,19 @@ def _print_bundle_mapping(mapped: BundleMapping, profile: str) -> None:
     import pandas as pd
 
     report = mapped.report
-    typer.echo(f"profile: {profile}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome entries skipped: {mapped.outcomes}")
+    typer.echo(
+        f"profile: {profile}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome entries skipped: {mapped.outcomes}"
+    )
     typer.echo(f"patient id from: {mapped.patient_from}")
     typer.echo(f"validation issues: {len(mapped.validation)}")
     for issue in mapped.validation[:20]:
         typer.echo(f"  {issue}")
-    typer.echo(f"Observations: {report.observations}; measurements: {report.measurements}; per variable: {json.dumps(dict(sorted(report.mapped.items())))}")
-    typer.echo(f"skipped: {json.dumps(dict(sorted(report.skipped.items())))}; unit errors: {json.dumps(dict(sorted(report.unit_errors.items())))}")
+    typer.echo(
+        f"Observations: {report.observations}; measurements: {report.measurements}; per variable: {json.dumps(dict(sorted(report.mapped.items())))}"
+    )
+    typer.echo(
+        f"skipped: {json.dumps(dict(sorted(report.skipped.items())))}; unit errors: {json.dumps(dict(sorted(report.unit_errors.items())))}"
+    )
     if report.implausible:
         typer.echo(f"implausible values: {json.dumps(dict(sorted(report.implausible.items())))}")
     if report.code_conflicts:

@@ -22,7 +22,9 @@ log = logging.getLogger("cds.degraded")
 class Breaker:
     """Whether to call a shared dependency now, and the log and metric of its outages."""
 
-    def __init__(self, component: str, *, retry_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, component: str, *, retry_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.component = component
         self.retry_s = retry_s
         self._clock = clock
@@ -51,7 +53,11 @@ class Breaker:
         if not self.degraded:
             return False
         self.degraded = False
-        log.warning("recovered: %s is available again", self.component, extra={"event": {"component": self.component, "degraded": False}})
+        log.warning(
+            "recovered: %s is available again",
+            self.component,
+            extra={"event": {"component": self.component, "degraded": False}},
+        )
         return True
 
 

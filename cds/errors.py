@@ -1,23 +1,23 @@
 """HTTP-facing errors, and the one table that turns any CDSError into a status code.
 
-    CDSError (fhir_mappings.errors)
-    ├── MappingError ...................... 422  (NotFHIRError, InvalidResourceError, UnitError)
-    ├── ModelError (models.errors) ........ 503  model missing or unusable
-    ├── InvalidIdError (fhir_mappings) .... 400  a context id that is not a FHIR id
-    ├── BadRequest ........................ 400  malformed JSON or a body that breaks the spec
-    ├── Unauthorized ...................... 401  (never with detail)
-    ├── RequestTimeout .................... 408  the body did not arrive in time
-    ├── PayloadTooLarge ................... 413  body, JSON depth or resource count over a limit
-    ├── UnsupportedMediaType .............. 415  not a JSON media type, or a content encoding
-    ├── ServiceNotFound ................... 404
-    ├── UnknownCard ....................... 404  feedback for a card we never issued
-    ├── PreconditionFailed ................ 412  required data could not be obtained
-    ├── FHIRServerError ................... 412  the EHR's FHIR server failed (status, transport, paging)
-    │   └── FHIRUnavailable ............... refused, reset or too slow: a hook answers `{"cards": []}`
-    ├── StoreError ........................ 503  the record store failed (with Retry-After)
-    │   └── StoreUnavailable .............. 503  PostgreSQL down or too slow; retry_after_s says when to retry
-    ├── Overloaded ........................ 503  at capacity (with Retry-After; hooks answer `{"cards": []}`)
-    └── BudgetSpent ....................... the hook's time budget ran out (hooks answer `{"cards": []}`)
+CDSError (fhir_mappings.errors)
+├── MappingError ...................... 422  (NotFHIRError, InvalidResourceError, UnitError)
+├── ModelError (models.errors) ........ 503  model missing or unusable
+├── InvalidIdError (fhir_mappings) .... 400  a context id that is not a FHIR id
+├── BadRequest ........................ 400  malformed JSON or a body that breaks the spec
+├── Unauthorized ...................... 401  (never with detail)
+├── RequestTimeout .................... 408  the body did not arrive in time
+├── PayloadTooLarge ................... 413  body, JSON depth or resource count over a limit
+├── UnsupportedMediaType .............. 415  not a JSON media type, or a content encoding
+├── ServiceNotFound ................... 404
+├── UnknownCard ....................... 404  feedback for a card we never issued
+├── PreconditionFailed ................ 412  required data could not be obtained
+├── FHIRServerError ................... 412  the EHR's FHIR server failed (status, transport, paging)
+│   └── FHIRUnavailable ............... refused, reset or too slow: a hook answers `{"cards": []}`
+├── StoreError ........................ 503  the record store failed (with Retry-After)
+│   └── StoreUnavailable .............. 503  PostgreSQL down or too slow; retry_after_s says when to retry
+├── Overloaded ........................ 503  at capacity (with Retry-After; hooks answer `{"cards": []}`)
+└── BudgetSpent ....................... the hook's time budget ran out (hooks answer `{"cards": []}`)
 """
 
 from __future__ import annotations
@@ -155,4 +155,3 @@ def status_for(error: CDSError) -> int:
         if cls in _STATUS:
             return _STATUS[cls]  # type: ignore[index]
     return 500
-

@@ -49,7 +49,12 @@ class FeedbackRules:
         )
 
 
-def kept_comment(comment: str | None, rules: FeedbackRules, identity_hashes: tuple[str, ...], pseudonymizer: Pseudonymizer | None) -> str | None:
+def kept_comment(
+    comment: str | None,
+    rules: FeedbackRules,
+    identity_hashes: tuple[str, ...],
+    pseudonymizer: Pseudonymizer | None,
+) -> str | None:
     """What of a comment may be stored: nothing (omit), or its scrubbed text."""
     if not comment or rules.comments == "omit":
         return None
@@ -63,10 +68,14 @@ def _check(request: FeedbackRequest, now: datetime, rules: FeedbackRules) -> Non
     latest = now + timedelta(seconds=rules.max_future_s)
     for i, item in enumerate(request.feedback):
         if item.outcomeTimestamp > latest:
-            raise BadRequest(f"feedback[{i}].outcomeTimestamp is in the future (beyond {rules.max_future_s:.0f} s of clock skew); nothing was recorded")
+            raise BadRequest(
+                f"feedback[{i}].outcomeTimestamp is in the future (beyond {rules.max_future_s:.0f} s of clock skew); nothing was recorded"
+            )
         comment = item.overrideReason.userComment if item.overrideReason else None
         if comment is not None and len(comment) > rules.comment_max_chars:
-            raise BadRequest(f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} characters; nothing was recorded")
+            raise BadRequest(
+                f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} characters; nothing was recorded"
+            )
 
 
 def _audited_reason(code: str | None, flags: list[str]) -> str | None:
@@ -90,7 +99,9 @@ async def record_feedback(
     cards = await store.get_cards(uuids)
     unknown = [u for u in uuids if u not in cards or cards[u].service_id != service.id]
     if unknown:
-        raise UnknownCard(f"{len(unknown)} of {len(uuids)} cards were not issued by {service.id}; nothing was recorded")
+        raise UnknownCard(
+            f"{len(unknown)} of {len(uuids)} cards were not issued by {service.id}; nothing was recorded"
+        )
     offered = {(r.system, r.code) for r in service.override_reasons}
     records = []
     flagged: list[list[str]] = []

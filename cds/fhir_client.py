@@ -133,7 +133,9 @@ class FhirClient:
             raise FHIRUnavailable("the FHIR server could not be reached in time", kind=kind) from exc
         try:
             if len(raw) > _PARSE_IN_THREAD:
-                body = await asyncio.to_thread(parse_json, raw, max_depth=self.max_json_depth, what="FHIR response")
+                body = await asyncio.to_thread(
+                    parse_json, raw, max_depth=self.max_json_depth, what="FHIR response"
+                )
             else:
                 body = parse_json(raw, max_depth=self.max_json_depth, what="FHIR response")
         except CDSError as exc:
@@ -142,7 +144,9 @@ class FhirClient:
             raise FHIRServerError("the FHIR server answered with an OperationOutcome")
         return body
 
-    async def read(self, base: str, query: FhirQuery, token: str | None, budget: FetchBudget) -> dict[str, Any] | None:
+    async def read(
+        self, base: str, query: FhirQuery, token: str | None, budget: FetchBudget
+    ) -> dict[str, Any] | None:
         """A resource by `Type/id`, or None when the server has no such resource."""
         body = await self._get(self._url(base, query), token)
         if body is not None and (not isinstance(body, dict) or "resourceType" not in body):
@@ -160,7 +164,9 @@ class FhirClient:
         budget.take(len(page.resources))
         return await self.complete(base, page, token, budget)
 
-    async def complete(self, base: str, page: SearchPage, token: str | None, budget: FetchBudget) -> SearchPage:
+    async def complete(
+        self, base: str, page: SearchPage, token: str | None, budget: FetchBudget
+    ) -> SearchPage:
         """Follow `page.next_url` until the search is exhausted (for partial prefetch too)."""
         pages = 1
         seen: set[str] = set()

@@ -24,7 +24,14 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from .degraded import Breaker, redis_client
 from .transport import secure_or_loopback
 
-__all__ = ["FallbackJwksBackend", "JwksBackend", "JwksCache", "JwksUnavailable", "MemoryJwksBackend", "RedisJwksBackend"]
+__all__ = [
+    "FallbackJwksBackend",
+    "JwksBackend",
+    "JwksCache",
+    "JwksUnavailable",
+    "MemoryJwksBackend",
+    "RedisJwksBackend",
+]
 
 log = logging.getLogger("cds.auth")
 
@@ -95,7 +102,9 @@ class RedisJwksBackend:
         await self._call(self._redis.set(self._key("set", url), text, px=max(1, int(1000 * ttl_s))))
 
     async def claim_refresh(self, url: str, interval_s: float) -> bool:
-        claimed = await self._call(self._redis.set(self._key("refresh", url), "1", nx=True, px=max(1, int(1000 * interval_s))))
+        claimed = await self._call(
+            self._redis.set(self._key("refresh", url), "1", nx=True, px=max(1, int(1000 * interval_s)))
+        )
         return bool(claimed)
 
     async def close(self) -> None:
@@ -152,9 +161,13 @@ def _parse(text: str) -> dict[str, PublicKey]:
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise JwksUnavailable("JWKS is not a JSON key set") from exc
     usable = [
-        {k: v for k, v in key.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}  # public parts only
+        {
+            k: v for k, v in key.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")
+        }  # public parts only
         for key in raw
-        if isinstance(key.get("kid"), str) and key.get("kty") in ("EC", "RSA") and key.get("use", "sig") == "sig"
+        if isinstance(key.get("kid"), str)
+        and key.get("kty") in ("EC", "RSA")
+        and key.get("use", "sig") == "sig"
     ]
     try:
         key_set = KeySet.import_key_set({"keys": usable})
@@ -193,7 +206,9 @@ class JwksCache:
 
     async def _download(self, url: str) -> str:
         try:
-            response = await self.http.get(url, headers={"Accept": "application/json"}, timeout=self.timeout_s)
+            response = await self.http.get(
+                url, headers={"Accept": "application/json"}, timeout=self.timeout_s
+            )
         except httpx.HTTPError as exc:
             raise JwksUnavailable(f"JWKS fetch failed ({type(exc).__name__})") from exc
         if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:

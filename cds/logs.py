@@ -20,7 +20,14 @@ import re
 import time
 from typing import Any
 
-__all__ = ["QUIET_LOGGERS", "JsonFormatter", "configure_logging", "log_event", "logging_config", "scrub_message"]
+__all__ = [
+    "QUIET_LOGGERS",
+    "JsonFormatter",
+    "configure_logging",
+    "log_event",
+    "logging_config",
+    "scrub_message",
+]
 
 # Libraries whose INFO lines quote request URLs or paths with query strings.
 QUIET_LOGGERS = ("httpx", "httpcore", "uvicorn.access", "hpack")

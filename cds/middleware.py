@@ -90,7 +90,9 @@ class GuardMiddleware:
                 size = _declared_size(scope, state.settings.max_hook_bytes)
                 if state.deps.lane.saturated() or not gate.try_enter(size):
                     state.metrics.overloaded("hook")
-                    state.metrics.hook(hook.group(1) if hook.group(1) in SERVICES else "unknown", "overloaded", 0.0)
+                    state.metrics.hook(
+                        hook.group(1) if hook.group(1) in SERVICES else "unknown", "overloaded", 0.0
+                    )
                     await json_response({"cards": []})(scope, receive, guarded_send)
                     return
             elif _FEEDBACK.match(path) is not None:
@@ -99,9 +101,9 @@ class GuardMiddleware:
                 if not gate.try_enter(size):
                     state.metrics.overloaded("feedback")
                     retry = {"Retry-After": str(state.settings.retry_after_s)}
-                    await operation_outcome(503, "overloaded", "too many feedback calls at once; retry", headers=retry)(
-                        scope, receive, guarded_send
-                    )
+                    await operation_outcome(
+                        503, "overloaded", "too many feedback calls at once; retry", headers=retry
+                    )(scope, receive, guarded_send)
                     return
         try:
             await self.app(scope, receive, guarded_send)

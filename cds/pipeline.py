@@ -92,7 +92,9 @@ class HookDeps:
     max_resources: int = 20_000
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     new_uuid: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
-    profiles: Callable[[str | None, str | None], VendorProfile] = field(default=lambda server, issuer: GENERIC)
+    profiles: Callable[[str | None, str | None], VendorProfile] = field(
+        default=lambda server, issuer: GENERIC
+    )
     # (fhirServer, verified issuer) -> may we connect? (Settings.fhir_server_allowed)
     fhir_allowed: Callable[[str, str | None], bool] = field(default=lambda server, issuer: True)
     # CDS_FEEDBACK_COMMENTS=scrubbed: keep keyed hashes of the call's identity words with the card.
@@ -123,7 +125,12 @@ def count_resources(prefetch: Mapping[str, Any] | None) -> int:
 
 
 def _template_fields(service: Service) -> list[str]:
-    return [t.removeprefix("context.") for tpl in service.prefetch.values() for t in template_tokens(tpl) if t.startswith("context.")]
+    return [
+        t.removeprefix("context.")
+        for tpl in service.prefetch.values()
+        for t in template_tokens(tpl)
+        if t.startswith("context.")
+    ]
 
 
 def check_request(service: Service, request: HookRequest, *, max_resources: int) -> int:
@@ -146,10 +153,18 @@ async def _gather(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Carry out the pure plan (hooks/fetch_plan.py): fetch what the prefetch left, then the
     follow-ups the first round revealed."""
-    plan = plan_fetch(service, request.context, request.prefetch, profile=profile, has_fhir_server=request.fhirServer is not None)
+    plan = plan_fetch(
+        service,
+        request.context,
+        request.prefetch,
+        profile=profile,
+        has_fhir_server=request.fhirServer is not None,
+    )
     fetched, counts = plan.fetched, plan.counts
     await _fetch(plan.needs, plan.partial, fetched, request, deps, counts, budget)
-    await _fetch(followup_needs(service, request.context, fetched), {}, fetched, request, deps, counts, budget)
+    await _fetch(
+        followup_needs(service, request.context, fetched), {}, fetched, request, deps, counts, budget
+    )
     return fetched, counts
 
 
@@ -215,8 +230,12 @@ async def answer_hook(
     """A hook call from its raw body: parsed on a Lane thread, then `run_hook`. At capacity or
     out of time: `{"cards": []}` (an EHR reads it as no guidance) with the reason for the log."""
     try:
-        request = await deps.lane.run(deadline, lambda: parse_model(raw, HookRequest, max_depth=deps.max_json_depth))
-        outcome = await run_hook(service, request, deps, deadline=deadline, launch_url=launch_url, issuer=issuer)
+        request = await deps.lane.run(
+            deadline, lambda: parse_model(raw, HookRequest, max_depth=deps.max_json_depth)
+        )
+        outcome = await run_hook(
+            service, request, deps, deadline=deadline, launch_url=launch_url, issuer=issuer
+        )
         if _UUID.fullmatch(request.hookInstance):  # for the log; anything else the EHR sent is not echoed
             outcome.details["hookInstance"] = request.hookInstance
         return outcome
@@ -244,12 +263,16 @@ async def run_hook(
     if model is None:
         raise ModelNotFound(f"no {service.model_name} model is loaded")
     if request.fhirServer is not None and not deps.fhir_allowed(request.fhirServer, issuer):
-        raise PreconditionFailed("fhirServer is not a FHIR server this EHR is configured for; no request was sent")
+        raise PreconditionFailed(
+            "fhirServer is not a FHIR server this EHR is configured for; no request was sent"
+        )
 
     profile = deps.profiles(request.fhirServer, issuer)
     try:
         async with asyncio.timeout(max(0.0, deadline.remaining() - min(deps.reserve_s, deps.budget_s / 4))):
-            fetched, counts = await _gather(service, request, deps, profile, FetchBudget(deps.max_resources - prefetched))
+            fetched, counts = await _gather(
+                service, request, deps, profile, FetchBudget(deps.max_resources - prefetched)
+            )
     except (TimeoutError, FHIRUnavailable) as exc:
         # One answer for a slow and an unreachable EHR; the log line tells them apart.
         why = exc.kind if isinstance(exc, FHIRUnavailable) else "timeout"
@@ -259,7 +282,10 @@ async def run_hook(
 
     consent = _consent(request, fetched, deps)
     if not consent.decision_support:
-        log.info("no score: the patient declined decision support", extra={"event": {"service": service.id, "consent": consent.code}})
+        log.info(
+            "no score: the patient declined decision support",
+            extra={"event": {"service": service.id, "consent": consent.code}},
+        )
         body = {"cards": [_consent_card(service, deps)]} if deps.consent_refused_card else dict(NO_GUIDANCE)
         return HookOutcome(body, "consent-refused", {**counts, "consent": consent.code})
 
@@ -281,12 +307,20 @@ async def run_hook(
         return HookOutcome(dict(NO_GUIDANCE), scored.reason, {**counts, **scored.log})
     card = scored.card
     if launch_url:
-        link = explanation_link(launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version)
+        link = explanation_link(
+            launch_url, card_uuid=card_uuid, service_id=service.id, model_version=model.version
+        )
         card = {**card, "links": [*card.get("links", ()), link]}
 
     risk = scored.risk_assessment
     if not consent.training:
-        risk = {**risk, "meta": {**risk.get("meta", {}), "security": [*risk.get("meta", {}).get("security", ()), NO_REUSE]}}
+        risk = {
+            **risk,
+            "meta": {
+                **risk.get("meta", {}),
+                "security": [*risk.get("meta", {}).get("security", ()), NO_REUSE],
+            },
+        }
     identities: tuple[str, ...] = ()
     if deps.keep_identity_hashes:
         patient = fetched.get("patient")

@@ -12,7 +12,11 @@ __all__ = ["NO_REUSE", "patient_pseudonyms", "training_use_refused"]
 NO_REUSE_CODE = "NOREUSE"
 # The security label on a RiskAssessment whose patient refused training use (HL7 v3 ActCode
 # refrain policy: no reuse beyond the purpose of use it was collected for, decision support).
-NO_REUSE = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": NO_REUSE_CODE, "display": "no reuse beyond purpose of use"}
+NO_REUSE = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+    "code": NO_REUSE_CODE,
+    "display": "no reuse beyond purpose of use",
+}
 
 
 def training_use_refused(risk_assessment: Mapping[str, Any]) -> bool:

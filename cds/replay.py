@@ -104,7 +104,9 @@ class MemoryReplayStore:
 
 
 class RedisReplayStore:
-    def __init__(self, url: str, *, prefix: str = "cds:", timeout_s: float = 0.25, clock: Any = time.time) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "cds:", timeout_s: float = 0.25, clock: Any = time.time
+    ) -> None:
         self.prefix = prefix + "jti:"
         self._clock = clock
         self._redis = redis_client(url, timeout_s=timeout_s)
@@ -162,7 +164,11 @@ class FallbackReplayStore:
 
 
 def open_replay_store(
-    *, redis_url: str | None, sqlite_path: Path, redis_prefix: str = "cds:", redis_timeout_s: float = 0.25,
+    *,
+    redis_url: str | None,
+    sqlite_path: Path,
+    redis_prefix: str = "cds:",
+    redis_timeout_s: float = 0.25,
     breaker: Breaker | None = None,
 ) -> ReplayStore:
     if redis_url:

@@ -30,15 +30,30 @@ _ISSUE_CODE = {
 
 
 def json_response(
-    body: Any, status: int = 200, *, media_type: str = "application/json", headers: Mapping[str, str] | None = None
+    body: Any,
+    status: int = 200,
+    *,
+    media_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type=media_type, headers=dict(headers or {}))
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=media_type, headers=dict(headers or {})
+    )
 
 
-def operation_outcome(status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None) -> Response:
+def operation_outcome(
+    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+) -> Response:
     """`code`: our stable reason code; `message`: words for the EHR's logs (never PHI)."""
-    issue = {"severity": "error", "code": _ISSUE_CODE.get(status, "exception"), "details": {"text": code}, "diagnostics": message}
-    return json_response({"resourceType": "OperationOutcome", "issue": [issue]}, status, media_type=FHIR_JSON, headers=headers)
+    issue = {
+        "severity": "error",
+        "code": _ISSUE_CODE.get(status, "exception"),
+        "details": {"text": code},
+        "diagnostics": message,
+    }
+    return json_response(
+        {"resourceType": "OperationOutcome", "issue": [issue]}, status, media_type=FHIR_JSON, headers=headers
+    )
 
 
 def unauthorized() -> Response:

@@ -40,7 +40,9 @@ class FhirAuthorization(BaseModel):
     patient: str | None = None
 
     def __repr__(self) -> str:  # the token must never reach a log
-        return f"FhirAuthorization(token_type={self.token_type!r}, scope={self.scope!r}, access_token=<hidden>)"
+        return (
+            f"FhirAuthorization(token_type={self.token_type!r}, scope={self.scope!r}, access_token=<hidden>)"
+        )
 
     __str__ = __repr__
 
@@ -48,7 +50,10 @@ class FhirAuthorization(BaseModel):
 _FHIR_ID = r"^[A-Za-z0-9\-.]{1,64}$"
 _CONTEXT_SCHEMA: dict[str, Any] = {
     "properties": {
-        "userId": {"type": "string", "pattern": r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"},
+        "userId": {
+            "type": "string",
+            "pattern": r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$",
+        },
         "patientId": {"type": "string", "pattern": _FHIR_ID},
         "encounterId": {"type": "string", "pattern": _FHIR_ID},
     },
@@ -202,7 +207,9 @@ class Action(_Out):
 
     @model_validator(mode="after")
     def _target(self) -> Action:
-        if self.type in ("create", "update") and (self.resource is None or "resourceType" not in self.resource):
+        if self.type in ("create", "update") and (
+            self.resource is None or "resourceType" not in self.resource
+        ):
             raise ValueError(f"a {self.type} action needs a FHIR resource")
         return self
 

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 DEFAULT_DATA_DIR = Path("../shared/data")
 _MODELS_SPEC = importlib.util.find_spec("models")
 DEFAULT_REGISTRY = (
-    Path(_MODELS_SPEC.origin).resolve().parent / "artifacts" if _MODELS_SPEC and _MODELS_SPEC.origin else Path("models/artifacts")
+    Path(_MODELS_SPEC.origin).resolve().parent / "artifacts"
+    if _MODELS_SPEC and _MODELS_SPEC.origin
+    else Path("models/artifacts")
 )
 
 
@@ -44,7 +46,9 @@ log = logging.getLogger("cds.settings")
 
 
 # Asymmetric signatures only: `none` and HMAC (HS*) can never be configured.
-ALLOWED_JWT_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+ALLOWED_JWT_ALGORITHMS = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+)
 
 
 class TrustedIssuer(BaseModel):
@@ -148,7 +152,9 @@ class Settings(BaseSettings):
     store_path: Path | None = None  # default: <var_dir>/cds.sqlite3
     database_url: SecretStr | None = None  # PostgreSQL record store, e.g. postgresql://cds@db:5432/cds
     database_timeout_s: float = 1.0  # bound on each PostgreSQL operation: a hook never waits longer
-    spool_file: Path | None = None  # PostgreSQL mode, cards answered during an outage: <var_dir>/spool.sqlite3
+    spool_file: Path | None = (
+        None  # PostgreSQL mode, cards answered during an outage: <var_dir>/spool.sqlite3
+    )
     redis_url: str | None = None
     redis_prefix: str = "cds:"
     pseudonym_key: SecretStr | None = None  # default: a random key kept in <var_dir>/pseudonym.key
@@ -218,6 +224,7 @@ class Settings(BaseSettings):
         if value not in known:
             raise ValueError(f"unknown EHR profile {value!r} (known: {', '.join(sorted(known))})")
         return value
+
     accept_preliminary: bool = False  # count `preliminary` Observations (a site's explicit choice)
 
     def vendor_profile(self, fhir_server: str | None, issuer: str | None = None) -> VendorProfile:
@@ -225,7 +232,11 @@ class Settings(BaseSettings):
         from fhir_mappings import select_profile
 
         return select_profile(
-            fhir_server, issuer, self.ehr_profiles, default=self.ehr_profile_default, accept_preliminary=self.accept_preliminary
+            fhir_server,
+            issuer,
+            self.ehr_profiles,
+            default=self.ehr_profile_default,
+            accept_preliminary=self.accept_preliminary,
         )
 
     # --- caller authentication (CDS Hooks 2.0 "Trusting CDS Clients") ---------------------
@@ -268,8 +279,19 @@ class Settings(BaseSettings):
         if "*" in self.cors_origins and self.cors_allow_credentials:
             raise ValueError("CORS: '*' cannot be combined with credentials; list the EHR origins")
         if self.auth_disabled_for_local_demo and self.host not in _LOOPBACK:
-            raise ValueError("auth_disabled_for_local_demo is for local demos: the host must be a loopback address")
-        if min(self.max_hook_bytes, self.max_feedback_bytes, self.max_json_depth, self.max_resources, self.hook_workers) < 1:
+            raise ValueError(
+                "auth_disabled_for_local_demo is for local demos: the host must be a loopback address"
+            )
+        if (
+            min(
+                self.max_hook_bytes,
+                self.max_feedback_bytes,
+                self.max_json_depth,
+                self.max_resources,
+                self.hook_workers,
+            )
+            < 1
+        ):
             raise ValueError("limits must be positive")
         if self.audit_anchor_every < 1 or (self.retention_days is not None and self.retention_days <= 0):
             raise ValueError("audit_anchor_every and retention_days must be positive")

@@ -38,7 +38,11 @@ OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 _A1C = {">8": (8.0, ">"), ">7": (7.0, ">"), "Norm": (7.0, "<")}
 _GLUCOSE = {">300": (300.0, ">"), ">200": (200.0, ">"), "Norm": (200.0, "<")}
-_VISIT_CLASS = {"n_outpatient": ("AMB", "ambulatory"), "n_emergency": ("EMER", "emergency"), "n_inpatient": ("IMP", "inpatient encounter")}
+_VISIT_CLASS = {
+    "n_outpatient": ("AMB", "ambulatory"),
+    "n_emergency": ("EMER", "emergency"),
+    "n_inpatient": ("IMP", "inpatient encounter"),
+}
 _DOSE = {"Steady": None, "Up": (1.0, 2.0), "Down": (2.0, 1.0)}  # (prior, current) doses
 
 
@@ -149,7 +153,11 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
     out = DischargeResources(patient, encounter)
 
     for column, (code, display) in _VISIT_CLASS.items():
-        source_column = {"n_outpatient": "number_outpatient", "n_emergency": "number_emergency", "n_inpatient": "number_inpatient"}[column]
+        source_column = {
+            "n_outpatient": "number_outpatient",
+            "n_emergency": "number_emergency",
+            "n_inpatient": "number_inpatient",
+        }[column]
         for i in range(_int(row.get(source_column)) or 0):
             start = admitted - timedelta(days=3 + (i * 11) % 355, hours=2)
             out.history.append(
@@ -177,8 +185,22 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
             {
                 "resourceType": "Condition",
                 "id": cid,
-                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-                "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
+                "clinicalStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                            "code": "active",
+                        }
+                    ]
+                },
+                "verificationStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                            "code": "confirmed",
+                        }
+                    ]
+                },
                 "category": [{"coding": [{"system": CONDITION_CATEGORY, "code": "encounter-diagnosis"}]}],
                 "code": {"coding": [{"system": ICD9, "code": code}]},
                 "subject": patient_ref,
@@ -191,11 +213,15 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
     while len(diagnoses) > max(total, 0) and "reference" not in diagnoses[-1]["condition"]:
         diagnoses.pop()
     for k in range(len(diagnoses) + 1, total + 1):
-        diagnoses.append({"condition": {"display": "Secondary diagnosis (code not in the source data)"}, "rank": k})
+        diagnoses.append(
+            {"condition": {"display": "Secondary diagnosis (code not in the source data)"}, "rank": k}
+        )
     if diagnoses:
         encounter["diagnosis"] = diagnoses
 
-    def observation(oid: str, concept: dict[str, Any], when: datetime, value: dict[str, Any] | None) -> dict[str, Any]:
+    def observation(
+        oid: str, concept: dict[str, Any], when: datetime, value: dict[str, Any] | None
+    ) -> dict[str, Any]:
         obs: dict[str, Any] = {
             "resourceType": "Observation",
             "id": oid,
@@ -215,21 +241,58 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
     if a1c:
         results += 1
         out.observations.append(
-            observation(f"{eid}-a1c", {"coding": [{"system": LOINC, "code": "4548-4", "display": "Hemoglobin A1c/Hemoglobin.total in Blood"}]},
-                        admitted + timedelta(hours=6), {"value": a1c[0], "comparator": a1c[1], "unit": "%", "system": UCUM, "code": "%"})
+            observation(
+                f"{eid}-a1c",
+                {
+                    "coding": [
+                        {
+                            "system": LOINC,
+                            "code": "4548-4",
+                            "display": "Hemoglobin A1c/Hemoglobin.total in Blood",
+                        }
+                    ]
+                },
+                admitted + timedelta(hours=6),
+                {"value": a1c[0], "comparator": a1c[1], "unit": "%", "system": UCUM, "code": "%"},
+            )
         )
     glucose = _GLUCOSE.get(str(row.get("max_glu_serum")))
     if glucose:
         results += 1
         out.observations.append(
-            observation(f"{eid}-glucose", {"coding": [{"system": LOINC, "code": "2345-7", "display": "Glucose [Mass/volume] in Serum or Plasma"}]},
-                        admitted + timedelta(hours=4), {"value": glucose[0], "comparator": glucose[1], "unit": "mg/dL", "system": UCUM, "code": "mg/dL"})
+            observation(
+                f"{eid}-glucose",
+                {
+                    "coding": [
+                        {
+                            "system": LOINC,
+                            "code": "2345-7",
+                            "display": "Glucose [Mass/volume] in Serum or Plasma",
+                        }
+                    ]
+                },
+                admitted + timedelta(hours=4),
+                {
+                    "value": glucose[0],
+                    "comparator": glucose[1],
+                    "unit": "mg/dL",
+                    "system": UCUM,
+                    "code": "mg/dL",
+                },
+            )
         )
     span = max(1.0, (discharged_at - admitted).total_seconds() / 3600 - 1)
     n_labs = max(_int(row.get("num_lab_procedures")) or 0, results) - results
     for i in range(n_labs):
         when = admitted + timedelta(hours=1 + (i * 7.3) % span)
-        out.observations.append(observation(f"{eid}-lab-{i}", _text_concept("Laboratory test (not identified in the source data)"), when, None))
+        out.observations.append(
+            observation(
+                f"{eid}-lab-{i}",
+                _text_concept("Laboratory test (not identified in the source data)"),
+                when,
+                None,
+            )
+        )
 
     for i in range(_int(row.get("num_procedures")) or 0):
         out.procedures.append(
@@ -244,7 +307,9 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
             }
         )
 
-    def request(rid: str, status: str, medicine: dict[str, Any], dose: float | None, prior: str | None = None) -> dict[str, Any]:
+    def request(
+        rid: str, status: str, medicine: dict[str, Any], dose: float | None, prior: str | None = None
+    ) -> dict[str, Any]:
         r: dict[str, Any] = {
             "resourceType": "MedicationRequest",
             "id": rid,
@@ -256,7 +321,13 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
             **medicine,
         }
         if dose is not None:
-            r["dosageInstruction"] = [{"doseAndRate": [{"doseQuantity": {"value": dose, "unit": "dose", "system": UCUM, "code": "{dose}"}}]}]
+            r["dosageInstruction"] = [
+                {
+                    "doseAndRate": [
+                        {"doseQuantity": {"value": dose, "unit": "dose", "system": UCUM, "code": "{dose}"}}
+                    ]
+                }
+            ]
         if prior is not None:
             r["priorPrescription"] = {"reference": f"MedicationRequest/{prior}"}
         return r
@@ -273,7 +344,11 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
         given += 1
         rx = sorted(drug.ingredients)
         if len(rx) == 1:
-            medicine: dict[str, Any] = {"medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": rx[0], "display": drug.display}]}}
+            medicine: dict[str, Any] = {
+                "medicationCodeableConcept": {
+                    "coding": [{"system": RXNORM, "code": rx[0], "display": drug.display}]
+                }
+            }
         else:
             medicine = {
                 "contained": [
@@ -281,7 +356,9 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
                         "resourceType": "Medication",
                         "id": "med",
                         "code": {"text": drug.display},
-                        "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": c}]}} for c in rx],
+                        "ingredient": [
+                            {"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": c}]}} for c in rx
+                        ],
                     }
                 ],
                 "medicationReference": {"reference": "#med"},
@@ -295,6 +372,15 @@ def discharge_to_fhir(row: Mapping[str, Any], *, discharged_at: datetime) -> Dis
             out.medication_requests.append(request(rid, "active", medicine, doses[1], prior=f"{rid}-prior"))
     for i in range(max(_int(row.get("num_medications")) or 0, given) - given):
         out.medication_requests.append(
-            request(f"{eid}-med-{i}", "active", {"medicationCodeableConcept": _text_concept(f"Medication {i + 1} (not identified in the source data)")}, None)
+            request(
+                f"{eid}-med-{i}",
+                "active",
+                {
+                    "medicationCodeableConcept": _text_concept(
+                        f"Medication {i + 1} (not identified in the source data)"
+                    )
+                },
+                None,
+            )
         )
     return out

@@ -29,8 +29,12 @@ JWKS_PATH = "/.well-known/jwks.json"
 
 def _new_keys() -> dict[str, ECKey | RSAKey]:
     return {
-        "ES384": ECKey.generate_key("P-384", parameters={"kid": f"es384-{uuid.uuid4().hex[:8]}", "use": "sig", "alg": "ES384"}),
-        "RS384": RSAKey.generate_key(2048, parameters={"kid": f"rs384-{uuid.uuid4().hex[:8]}", "use": "sig", "alg": "RS384"}),
+        "ES384": ECKey.generate_key(
+            "P-384", parameters={"kid": f"es384-{uuid.uuid4().hex[:8]}", "use": "sig", "alg": "ES384"}
+        ),
+        "RS384": RSAKey.generate_key(
+            2048, parameters={"kid": f"rs384-{uuid.uuid4().hex[:8]}", "use": "sig", "alg": "RS384"}
+        ),
     }
 
 
@@ -58,7 +62,13 @@ class EhrIdentity:
 
     def claims(self, aud: str | list[str], *, lifetime_s: int = 300, epic: bool = False) -> dict[str, Any]:
         now = int(time.time())
-        claims: dict[str, Any] = {"iss": self.issuer, "aud": aud, "exp": now + lifetime_s, "iat": now, "jti": str(uuid.uuid4())}
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": aud,
+            "exp": now + lifetime_s,
+            "iat": now,
+            "jti": str(uuid.uuid4()),
+        }
         if self.tenant:
             claims["tenant"] = self.tenant
         if epic:

@@ -25,7 +25,10 @@ __all__ = ["DemoFhirServer"]
 
 
 def _outcome(status: int, text: str) -> JSONResponse:
-    body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]}
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+    }
     return JSONResponse(body, status_code=status, media_type="application/fhir+json")
 
 
@@ -83,7 +86,11 @@ class DemoFhirServer:
                 continue
             for value in values:
                 if name == "patient":
-                    ref = r.get("patient" if r["resourceType"] == "Consent" else "subject") if r["resourceType"] != "Patient" else None
+                    ref = (
+                        r.get("patient" if r["resourceType"] == "Consent" else "subject")
+                        if r["resourceType"] != "Patient"
+                        else None
+                    )
                     target = reference_id(ref, "Patient") if ref else r.get("id")
                     if target != value.removeprefix("Patient/"):
                         return False
@@ -98,9 +105,19 @@ class DemoFhirServer:
                     when = observation_time(r) if r["resourceType"] == "Observation" else None
                     if when is None:
                         return False
-                    prefix, text = (value[:2], value[2:]) if value[:2] in ("ge", "gt", "le", "lt", "eq") else ("eq", value)
+                    prefix, text = (
+                        (value[:2], value[2:])
+                        if value[:2] in ("ge", "gt", "le", "lt", "eq")
+                        else ("eq", value)
+                    )
                     bound = parse_datetime(text, "date")
-                    ok = {"ge": when >= bound, "gt": when > bound, "le": when <= bound, "lt": when < bound, "eq": when == bound}
+                    ok = {
+                        "ge": when >= bound,
+                        "gt": when > bound,
+                        "le": when <= bound,
+                        "lt": when < bound,
+                        "eq": when == bound,
+                    }
                     if not ok[prefix]:
                         return False
                 else:
@@ -127,7 +144,14 @@ class DemoFhirServer:
             "type": "searchset",
             "total": len(hits),
             "link": [{"relation": "self", "url": str(request.url)}],
-            "entry": [{"fullUrl": f"{request.base_url}{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}} for r in page],
+            "entry": [
+                {
+                    "fullUrl": f"{request.base_url}{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in page
+            ],
         }
         if offset + count < len(hits):
             nxt = request.url.include_query_params(_offset=str(offset + count))

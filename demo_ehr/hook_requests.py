@@ -73,7 +73,12 @@ def patient_view_request(
         "consent": searchset(consents),
     }
     return _hook_request(
-        "patient-view", context, values, prefetch=prefetch, fhir_server=fhir_server, access_token=access_token,
+        "patient-view",
+        context,
+        values,
+        prefetch=prefetch,
+        fhir_server=fhir_server,
+        access_token=access_token,
         scope="patient/Patient.rs patient/Encounter.rs patient/Observation.rs",
     )
 
@@ -102,6 +107,11 @@ def discharge_hook_request(
         "consent": searchset(consents),
     }
     return _hook_request(
-        hook, context, values, prefetch=prefetch, fhir_server=fhir_server, access_token=access_token,
+        hook,
+        context,
+        values,
+        prefetch=prefetch,
+        fhir_server=fhir_server,
+        access_token=access_token,
         scope="patient/*.rs",
     )

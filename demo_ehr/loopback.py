@@ -37,10 +37,16 @@ class LoopbackServer:
         self.stop()
 
 
-def serve_in_thread(app: Any, *, port: int | None = None, timeout_s: float = 30.0, **options: Any) -> LoopbackServer:
+def serve_in_thread(
+    app: Any, *, port: int | None = None, timeout_s: float = 30.0, **options: Any
+) -> LoopbackServer:
     """`options`: more uvicorn.Config arguments (the CDS server passes its own protocol and limits)."""
     port = port or free_port()
-    defaults = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": 1}  # a hung test EHR must not hold teardown
+    defaults = {
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 1,
+    }  # a hung test EHR must not hold teardown
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **{**defaults, **options})
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True, name=f"uvicorn-{port}")

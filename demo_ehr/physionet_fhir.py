@@ -54,7 +54,9 @@ _ALT_CODES: dict[str, list[tuple[list[tuple[str, str]], str | None]]] = {}
 for _row in _CODES.rows:
     if _row.system == LOINC and _row.code != "2708-6":
         _ALT_CODES.setdefault(_row.variable, []).append(([(_row.code, _row.display)], None))
-_ALT_CODES["O2Sat"].append(([("59408-5", "Pulse oximetry"), ("2708-6", "Oxygen saturation in Arterial blood")], None))
+_ALT_CODES["O2Sat"].append(
+    ([("59408-5", "Pulse oximetry"), ("2708-6", "Oxygen saturation in Arterial blood")], None)
+)
 _ALT_CODES["O2Sat"].append(([("2708-6", "Oxygen saturation in Arterial blood")], "vital-signs"))
 _ALT_CODES["SaO2"].append(([("2708-6", "Oxygen saturation in Arterial blood")], "laboratory"))
 # Every (UCUM code, spellings) a variable's value may be sent in, with its conversion.
@@ -129,7 +131,12 @@ def _quantity(var: str, value: float) -> dict[str, Any]:
 
 
 def _observation(
-    oid: str, category: str, codes: Iterable[tuple[str, str]], patient_ref: str, encounter_ref: str, when: datetime
+    oid: str,
+    category: str,
+    codes: Iterable[tuple[str, str]],
+    patient_ref: str,
+    encounter_ref: str,
+    when: datetime,
 ) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
@@ -150,7 +157,9 @@ class _Shaper:
         self.rng = rng
         self.digits = significant_digits
 
-    def codes(self, var: str, default: list[tuple[str, str]], category: str) -> tuple[list[tuple[str, str]], str]:
+    def codes(
+        self, var: str, default: list[tuple[str, str]], category: str
+    ) -> tuple[list[tuple[str, str]], str]:
         codes, needs = self.rng.choice(_ALT_CODES[var]) if self.rng.random() < 0.7 else (default, None)
         return codes, needs or category
 
@@ -179,7 +188,9 @@ class _Shaper:
             start = when - timedelta(minutes=self.rng.choice((1, 5, 10)))
             obs["effectivePeriod"] = {"start": _instant(start), "end": _instant(when)}
         else:
-            obs["issued"] = when.astimezone(timezone(self.rng.choice(_OFFSETS))).isoformat(timespec="milliseconds")
+            obs["issued"] = when.astimezone(timezone(self.rng.choice(_OFFSETS))).isoformat(
+                timespec="milliseconds"
+            )
         if self.rng.random() < 0.1:
             obs["status"] = self.rng.choice(("amended", "corrected"))
 
@@ -197,7 +208,14 @@ class _Shaper:
             return []
         obs = make(oid)
         if self.rng.random() < 0.5:
-            obs["dataAbsentReason"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed"}]}
+            obs["dataAbsentReason"] = {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                        "code": "not-performed",
+                    }
+                ]
+            }
         else:
             obs["valueString"] = self.rng.choice(("see note", "unable to obtain", "hemolysed"))
         return [obs]
@@ -223,7 +241,9 @@ def stay_to_fhir(
     patient_ref, encounter_ref = f"Patient/{pid}", f"Encounter/{pid}-stay"
     unit = "MICU" if first.get("Unit1") == 1 else "SICU" if first.get("Unit2") == 1 else None
     loc_id, loc_name = _UNITS[unit]
-    gender = {1.0: "male", 0.0: "female"}.get(float(first["Gender"])) if not pd.isna(first["Gender"]) else None
+    gender = (
+        {1.0: "male", 0.0: "female"}.get(float(first["Gender"])) if not pd.isna(first["Gender"]) else None
+    )
     patient: dict[str, Any] = {"resourceType": "Patient", "id": pid}
     if gender:
         patient["gender"] = gender
@@ -263,10 +283,23 @@ def stay_to_fhir(
         lab_time = icu_start + timedelta(hours=k - 1, minutes=20)
         present = {v: a[i] for v, a in values.items() if not np.isnan(a[i])}
         if "SBP" in present and "DBP" in present and (shaper is None or shaper.rng.random() < 0.6):
-            obs = _observation(f"{pid}-{k}-bp", "vital-signs", [("85354-9", "Blood pressure panel")], patient_ref, encounter_ref, vital_time)
+            obs = _observation(
+                f"{pid}-{k}-bp",
+                "vital-signs",
+                [("85354-9", "Blood pressure panel")],
+                patient_ref,
+                encounter_ref,
+                vital_time,
+            )
             obs["component"] = [
-                {"code": {"coding": [{"system": LOINC, "code": _PRIMARY[v][0], "display": _PRIMARY[v][1]}]},
-                 "valueQuantity": _quantity(v, present[v]) if shaper is None else shaper.quantity(v, present[v])}
+                {
+                    "code": {
+                        "coding": [{"system": LOINC, "code": _PRIMARY[v][0], "display": _PRIMARY[v][1]}]
+                    },
+                    "valueQuantity": _quantity(v, present[v])
+                    if shaper is None
+                    else shaper.quantity(v, present[v]),
+                }
                 for v in ("SBP", "DBP")
             ]
             del present["SBP"], present["DBP"]
@@ -276,7 +309,10 @@ def stay_to_fhir(
         for var, value in present.items():
             kind = variable(var).kind
             if var == "O2Sat":
-                codes = [("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"), ("2708-6", "Oxygen saturation in Arterial blood")]
+                codes = [
+                    ("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+                    ("2708-6", "Oxygen saturation in Arterial blood"),
+                ]
             else:
                 codes = [_PRIMARY[var]]
             category = "vital-signs" if kind == "vital" else "laboratory"
@@ -298,9 +334,15 @@ def stay_to_fhir(
                     observations += shaper.absent(
                         f"{pid}-{k}-{_slug(var)}-absent",
                         var,
-                        lambda oid, var=var, kind=kind, when=(vital_time if kind == "vital" else lab_time): _observation(
-                            oid, "vital-signs" if kind == "vital" else "laboratory", [_PRIMARY[var]],
-                            patient_ref, encounter_ref, when,
+                        lambda oid, var=var, kind=kind, when=(vital_time if kind == "vital" else lab_time): (
+                            _observation(
+                                oid,
+                                "vital-signs" if kind == "vital" else "laboratory",
+                                [_PRIMARY[var]],
+                                patient_ref,
+                                encounter_ref,
+                                when,
+                            )
                         ),
                     )
     if shaper is not None:

@@ -17,7 +17,10 @@ from pathlib import Path
 __all__ = ["DEFAULT_LAUNCHER_DIR", "SmartLauncher", "launch_code", "launcher_missing", "start_launcher"]
 
 DEFAULT_LAUNCHER_DIR = Path(
-    os.environ.get("CDS_SMART_LAUNCHER_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "smart-launcher")
+    os.environ.get(
+        "CDS_SMART_LAUNCHER_DIR",
+        Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "smart-launcher",
+    )
 ).resolve()
 _LAUNCH_TYPES = ["provider-ehr", "patient-portal", "provider-standalone", "patient-standalone"]
 _CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
@@ -33,14 +36,38 @@ def launcher_missing(directory: Path = DEFAULT_LAUNCHER_DIR) -> str | None:
 
 
 def launch_code(
-    *, launch_type: str = "provider-ehr", patient: str = "", provider: str = "", encounter: str = "", client_type: str = "public",
-    client_id: str = "", client_secret: str = "", jwks: str = "", auth_error: str = "", pkce: str = "always",
+    *,
+    launch_type: str = "provider-ehr",
+    patient: str = "",
+    provider: str = "",
+    encounter: str = "",
+    client_type: str = "public",
+    client_id: str = "",
+    client_secret: str = "",
+    jwks: str = "",
+    auth_error: str = "",
+    pkce: str = "always",
 ) -> str:
     """The launcher's launch options (its src/isomorphic/codec.ts): a base64url JSON array. Login
     and approval screens are skipped (one patient, one provider given), PKCE is `always`."""
     options = [
-        _LAUNCH_TYPES.index(launch_type), patient, provider, encounter or "NONE", 1, 1, 0, "", "", client_id, client_secret,
-        auth_error, "", jwks, _CLIENT_TYPES.index(client_type), ["none", "auto", "always"].index(pkce), "",
+        _LAUNCH_TYPES.index(launch_type),
+        patient,
+        provider,
+        encounter or "NONE",
+        1,
+        1,
+        0,
+        "",
+        "",
+        client_id,
+        client_secret,
+        auth_error,
+        "",
+        jwks,
+        _CLIENT_TYPES.index(client_type),
+        ["none", "auto", "always"].index(pkce),
+        "",
     ]
     return base64.urlsafe_b64encode(json.dumps(options).encode()).rstrip(b"=").decode()
 
@@ -67,11 +94,26 @@ class SmartLauncher:
             self.process.wait()
 
 
-def start_launcher(fhir_base: str, log: Path, *, port: int = 0, directory: Path = DEFAULT_LAUNCHER_DIR, timeout_s: float = 30.0) -> SmartLauncher:
+def start_launcher(
+    fhir_base: str,
+    log: Path,
+    *,
+    port: int = 0,
+    directory: Path = DEFAULT_LAUNCHER_DIR,
+    timeout_s: float = 30.0,
+) -> SmartLauncher:
     """`log`: where its output goes (a file, so that a full pipe never blocks it)."""
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "FHIR_SERVER_R4": fhir_base, "NODE_ENV": "production"}
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "FHIR_SERVER_R4": fhir_base,
+        "NODE_ENV": "production",
+    }
     with log.open("wb") as out:
-        process = subprocess.Popen(["node", "dist/server.js"], cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            ["node", "dist/server.js"], cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = re.search(rb"available at (http://127\.0\.0\.1:\d+)", log.read_bytes())

@@ -66,7 +66,7 @@ def markdown_html(text: str) -> str:
 def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>'
-        f'<body><header><strong>Demo EHR</strong> · a stand-in for an EHR calling the CDS service</header><main>{body}</main></body></html>'
+        f"<body><header><strong>Demo EHR</strong> · a stand-in for an EHR calling the CDS service</header><main>{body}</main></body></html>"
     )
 
 
@@ -79,29 +79,50 @@ def _card_html(card: dict[str, Any], launch: Callable[[str], str | None]) -> str
     ]
     suggestions = card.get("suggestions", [])
     if suggestions:
-        parts.append("<h4>Suggestions</h4><ul>" + "".join(f"<li>{html.escape(s['label'])}</li>" for s in suggestions) + "</ul>")
+        parts.append(
+            "<h4>Suggestions</h4><ul>"
+            + "".join(f"<li>{html.escape(s['label'])}</li>" for s in suggestions)
+            + "</ul>"
+        )
     reasons = card.get("overrideReasons", [])
     if reasons:
-        parts.append("<h4>Override reasons offered</h4><ul>" + "".join(f"<li>{html.escape(r['display'])}</li>" for r in reasons) + "</ul>")
+        parts.append(
+            "<h4>Override reasons offered</h4><ul>"
+            + "".join(f"<li>{html.escape(r['display'])}</li>" for r in reasons)
+            + "</ul>"
+        )
     for link in card.get("links", []):
         target = launch(link["url"]) if link.get("type") == "smart" else link["url"]
         if target is None:
-            parts.append(f'<p class="muted">{html.escape(link["label"])}: needs the SMART launcher (not running)</p>')
+            parts.append(
+                f'<p class="muted">{html.escape(link["label"])}: needs the SMART launcher (not running)</p>'
+            )
         else:
-            parts.append(f'<p><a class="smart" id="smart-link" href="{html.escape(target)}">{html.escape(link["label"])}</a></p>')
+            parts.append(
+                f'<p><a class="smart" id="smart-link" href="{html.escape(target)}">{html.escape(link["label"])}</a></p>'
+            )
     return "".join(parts) + "</section>"
 
 
 def demo_ehr_web(
-    patients: Sequence[DemoPatient], *, cds_url: str, identity: EhrIdentity, fhir_server: str,
+    patients: Sequence[DemoPatient],
+    *,
+    cds_url: str,
+    identity: EhrIdentity,
+    fhir_server: str,
     launch: Callable[[DemoPatient, str], str | None],
 ) -> Starlette:
     """`launch(patient, link_url)`: the URL the EHR opens for a card's SMART link (None: no
     authorization server to launch through)."""
 
     async def index(request: Request) -> HTMLResponse:
-        rows = "".join(f'<li><a href="/patient/{i}">{html.escape(p.label)}</a></li>' for i, p in enumerate(patients))
-        return _page("Demo EHR", f"<h1>ICU patients</h1><p>Open a chart: the EHR calls the CDS service (patient-view).</p><ul>{rows}</ul>")
+        rows = "".join(
+            f'<li><a href="/patient/{i}">{html.escape(p.label)}</a></li>' for i, p in enumerate(patients)
+        )
+        return _page(
+            "Demo EHR",
+            f"<h1>ICU patients</h1><p>Open a chart: the EHR calls the CDS service (patient-view).</p><ul>{rows}</ul>",
+        )
 
     async def chart(request: Request) -> HTMLResponse:
         index_ = int(request.path_params["index"])
@@ -115,7 +136,13 @@ def demo_ehr_web(
             cards_html = f"<p>The CDS service answered HTTP {answer.status_code}.</p>"
         else:
             cards = answer.json().get("cards", [])
-            cards_html = "".join(_card_html(c, lambda url: launch(patient, url)) for c in cards) or "<p>No card: no guidance for this patient.</p>"
-        return _page(patient.label, f'<p><a href="/">All patients</a></p><h1>{html.escape(patient.label)}</h1>{cards_html}')
+            cards_html = (
+                "".join(_card_html(c, lambda url: launch(patient, url)) for c in cards)
+                or "<p>No card: no guidance for this patient.</p>"
+            )
+        return _page(
+            patient.label,
+            f'<p><a href="/">All patients</a></p><h1>{html.escape(patient.label)}</h1>{cards_html}',
+        )
 
     return Starlette(routes=[Route("/", index), Route("/patient/{index:int}", chart)])

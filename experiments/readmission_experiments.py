@@ -66,8 +66,16 @@ def run_all_stays(name, xa, ya, pa, x, y, pat, tr_ids, va_ids, p, folds=5):
     for k in range(folds):
         m = np.isin(pa, pat[idx[fold != k]])
         cv.append(fit_auc(xa[m], ya[m], x[idx[fold == k]], y[idx[fold == k]], p)[0])
-    out = {"name": name, "n_features": int(x.shape[1]), "train_rows": int(np.isin(pa, tr_ids).sum()), "valid_auroc": round(v_auc, 4),
-           "valid_rounds": v_rounds, "cv_auroc": round(float(np.mean(cv)), 4), "cv_sd": round(float(np.std(cv)), 4), "seconds": round(time.time() - t)}
+    out = {
+        "name": name,
+        "n_features": int(x.shape[1]),
+        "train_rows": int(np.isin(pa, tr_ids).sum()),
+        "valid_auroc": round(v_auc, 4),
+        "valid_rounds": v_rounds,
+        "cv_auroc": round(float(np.mean(cv)), 4),
+        "cv_sd": round(float(np.std(cv)), 4),
+        "seconds": round(time.time() - t),
+    }
     print(json.dumps(out), flush=True)
     return out
 
@@ -99,28 +107,57 @@ def run(name, x, y, tr, va, dev, p, folds=5):
     idx = np.flatnonzero(dev)
     rng = np.random.default_rng(SEED)
     fold = rng.permutation(len(idx)) % folds
-    cv = [fit_auc(x[idx[fold != k]], y[idx[fold != k]], x[idx[fold == k]], y[idx[fold == k]], p)[0] for k in range(folds)]
-    out = {"name": name, "n_features": int(x.shape[1]), "valid_auroc": round(v_auc, 4), "valid_rounds": v_rounds,
-           "cv_auroc": round(float(np.mean(cv)), 4), "cv_sd": round(float(np.std(cv)), 4), "seconds": round(time.time() - t)}
+    cv = [
+        fit_auc(x[idx[fold != k]], y[idx[fold != k]], x[idx[fold == k]], y[idx[fold == k]], p)[0]
+        for k in range(folds)
+    ]
+    out = {
+        "name": name,
+        "n_features": int(x.shape[1]),
+        "valid_auroc": round(v_auc, 4),
+        "valid_rounds": v_rounds,
+        "cv_auroc": round(float(np.mean(cv)), 4),
+        "cv_sd": round(float(np.std(cv)), 4),
+        "seconds": round(time.time() - t),
+    }
     print(json.dumps(out), flush=True)
     return out
 
 
 SPECIALTY_GROUPS = {
-    "InternalMedicine": "internal_medicine", "Hospitalist": "internal_medicine",
-    "Family/GeneralPractice": "general_practice", "Osteopath": "general_practice",
+    "InternalMedicine": "internal_medicine",
+    "Hospitalist": "internal_medicine",
+    "Family/GeneralPractice": "general_practice",
+    "Osteopath": "general_practice",
     "Emergency/Trauma": "emergency",
-    "Cardiology": "cardiology", "Cardiology-Pediatric": "cardiology",
-    "Nephrology": "nephrology", "Pulmonology": "pulmonology", "Psychiatry": "psychiatry",
-    "Psychiatry-Child/Adolescent": "psychiatry", "Psychiatry-Addictive": "psychiatry", "Psychology": "psychiatry",
-    "ObstetricsandGynecology": "obstetrics_gynaecology", "Gynecology": "obstetrics_gynaecology", "Obstetrics": "obstetrics_gynaecology",
+    "Cardiology": "cardiology",
+    "Cardiology-Pediatric": "cardiology",
+    "Nephrology": "nephrology",
+    "Pulmonology": "pulmonology",
+    "Psychiatry": "psychiatry",
+    "Psychiatry-Child/Adolescent": "psychiatry",
+    "Psychiatry-Addictive": "psychiatry",
+    "Psychology": "psychiatry",
+    "ObstetricsandGynecology": "obstetrics_gynaecology",
+    "Gynecology": "obstetrics_gynaecology",
+    "Obstetrics": "obstetrics_gynaecology",
     "Obsterics&Gynecology-GynecologicOnco": "obstetrics_gynaecology",
-    "Oncology": "oncology", "Hematology/Oncology": "oncology", "Hematology": "oncology", "Pediatrics-Hematology-Oncology": "oncology",
-    "Gastroenterology": "gastroenterology", "Urology": "urology", "Neurology": "neurology", "Pediatrics-Neurology": "neurology",
-    "Radiologist": "radiology", "Radiology": "radiology",
-    "Endocrinology": "endocrinology", "Pediatrics-Endocrinology": "endocrinology", "Endocrinology-Metabolism": "endocrinology",
+    "Oncology": "oncology",
+    "Hematology/Oncology": "oncology",
+    "Hematology": "oncology",
+    "Pediatrics-Hematology-Oncology": "oncology",
+    "Gastroenterology": "gastroenterology",
+    "Urology": "urology",
+    "Neurology": "neurology",
+    "Pediatrics-Neurology": "neurology",
+    "Radiologist": "radiology",
+    "Radiology": "radiology",
+    "Endocrinology": "endocrinology",
+    "Pediatrics-Endocrinology": "endocrinology",
+    "Endocrinology-Metabolism": "endocrinology",
     "PhysicalMedicineandRehabilitation": "rehabilitation",
-    "Orthopedics": "orthopaedics", "Orthopedics-Reconstructive": "orthopaedics",
+    "Orthopedics": "orthopaedics",
+    "Orthopedics-Reconstructive": "orthopaedics",
 }
 
 
@@ -135,6 +172,7 @@ def specialty_group(s: pd.Series) -> pd.Series:
         if v.startswith("Pediatrics"):
             return "paediatrics"
         return "other"
+
     return s.map(g)
 
 
@@ -153,7 +191,9 @@ def main(names: list[str]) -> None:
     dev = tr | va
     spec_g = specialty_group(cohort["medical_specialty"])
     spec_levels = sorted(spec_g.dropna().unique())
-    x_spec = np.concatenate([one_hot(spec_g, spec_levels), spec_g.isna().to_numpy(dtype=np.float32)[:, None]], axis=1)
+    x_spec = np.concatenate(
+        [one_hot(spec_g, spec_levels), spec_g.isna().to_numpy(dtype=np.float32)[:, None]], axis=1
+    )
     disp = pd.to_numeric(cohort["discharge_disposition_id"], errors="coerce")
     disp_levels = [k for k, n in disp[tr].value_counts().items() if n >= 30]
     x_disp = one_hot(disp, disp_levels)
@@ -171,7 +211,11 @@ def main(names: list[str]) -> None:
     fold = np.random.default_rng(1).permutation(len(tr_idx)) % 5
 
     def enc(fit_idx, apply_idx):
-        s = pd.DataFrame({"c": d3[1].iloc[fit_idx].to_numpy(), "y": y[fit_idx]}).groupby("c")["y"].agg(["sum", "count"])
+        s = (
+            pd.DataFrame({"c": d3[1].iloc[fit_idx].to_numpy(), "y": y[fit_idx]})
+            .groupby("c")["y"]
+            .agg(["sum", "count"])
+        )
         rate = (s["sum"] + m * prior) / (s["count"] + m)
         te[apply_idx] = d3[1].iloc[apply_idx].map(rate).fillna(prior).to_numpy(dtype=np.float32)
 
@@ -220,7 +264,18 @@ def main(names: list[str]) -> None:
         if name in ("v1+icd3_principal_target_enc",):
             # CV folds would re-use train-fitted encodings on held-out train rows: validation only
             a, r = fit_auc(xx[tr], y[tr], xx[va], y[va], p)
-            print(json.dumps({"name": name, "n_features": int(xx.shape[1]), "valid_auroc": round(a, 4), "valid_rounds": r, "cv_auroc": None}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "name": name,
+                        "n_features": int(xx.shape[1]),
+                        "valid_auroc": round(a, 4),
+                        "valid_rounds": r,
+                        "cv_auroc": None,
+                    }
+                ),
+                flush=True,
+            )
             continue
         run(name, xx, y, tr, va, dev, p)
 

@@ -24,7 +24,9 @@ from models import (  # noqa: E402
 def load(path: Path | None = None) -> tuple[SepsisData, FeatureSpec]:
     """Set A with the served features plus the clock features (so ablations are column drops)."""
     spec = sepsis_feature_spec(include_clock=True)
-    return load_sepsis_data(path or default_sepsis_path(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"), spec), spec
+    return load_sepsis_data(
+        path or default_sepsis_path(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"), spec
+    ), spec
 
 
 def fit_predict(x_train, y_train, x_test, params, rounds):  # type: ignore[no-untyped-def]
@@ -34,7 +36,11 @@ def fit_predict(x_train, y_train, x_test, params, rounds):  # type: ignore[no-un
 
 def judge(p: np.ndarray, y: np.ndarray, patient: np.ndarray, threshold: float) -> dict[str, float]:
     auroc, auprc = challenge_auc(y, p)
-    return {"auroc": round(auroc, 4), "auprc": round(auprc, 4), "utility": round(utility_table(y, patient).normalized(p >= threshold), 4)}
+    return {
+        "auroc": round(auroc, 4),
+        "auprc": round(auprc, 4),
+        "utility": round(utility_table(y, patient).normalized(p >= threshold), 4),
+    }
 
 
 def threshold_on(p: np.ndarray, y: np.ndarray, patient: np.ndarray) -> float:

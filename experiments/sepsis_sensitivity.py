@@ -23,15 +23,33 @@ from models import (
 )
 
 
-def run(name: str, x: np.ndarray, y: np.ndarray, pid: np.ndarray, train: np.ndarray, test: np.ndarray, cols: list[int], seed: int) -> None:
+def run(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    pid: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    cols: list[int],
+    seed: int,
+) -> None:
     inner_fit, inner_val = patient_split(np.unique(pid[train]), (0.85, 0.15), seed)
     fit, val = np.isin(pid, inner_fit) & train, np.isin(pid, inner_val) & train
     params = {**SEPSIS_PARAMS, "seed": seed}
     p_val = fit_predict(x[fit][:, cols], y[fit], x[val][:, cols], params, SEPSIS_ROUNDS)
     threshold = threshold_on(p_val, y[val], pid[val])
     p = fit_predict(x[train][:, cols], y[train], x[test][:, cols], params, SEPSIS_ROUNDS)
-    print(json.dumps({"variant": name, "features": len(cols), "test_patients": int(len(np.unique(pid[test]))),
-                      **judge(p, y[test], pid[test], threshold)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "variant": name,
+                "features": len(cols),
+                "test_patients": int(len(np.unique(pid[test]))),
+                **judge(p, y[test], pid[test], threshold),
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -44,8 +62,16 @@ def main() -> None:
     # The ICU clock alone: alarm when ICULOS >= t, t chosen on the development rows.
     iculos = data.frame["ICULOS"].to_numpy(dtype=np.float64)
     t = max(range(1, 200), key=lambda h: utility_table(y[dev], pid[dev]).normalized(iculos[dev] >= h))
-    print(json.dumps({"variant": f"rule: ICULOS >= {t} h", "auroc": round(challenge_auc(y[test], iculos[test] / 400)[0], 4),
-                      "utility": round(utility_table(y[test], pid[test]).normalized(iculos[test] >= t), 4)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "variant": f"rule: ICULOS >= {t} h",
+                "auroc": round(challenge_auc(y[test], iculos[test] / 400)[0], 4),
+                "utility": round(utility_table(y[test], pid[test]).normalized(iculos[test] >= t), 4),
+            }
+        ),
+        flush=True,
+    )
 
     served = spec.columns(exclude_families=("clock",))
     variants = {
@@ -58,8 +84,11 @@ def main() -> None:
 
     unit1 = data.frame["Unit1"].to_numpy() == 1
     unit2 = data.frame["Unit2"].to_numpy() == 1
-    for name, cols in (("served (no clock)", served), ("served + ICULOS/HospAdmTime", spec.columns()),
-                       ("no clock, no measurement-habit features", variants["no clock, no measurement-habit features"])):
+    for name, cols in (
+        ("served (no clock)", served),
+        ("served + ICULOS/HospAdmTime", spec.columns()),
+        ("no clock, no measurement-habit features", variants["no clock, no measurement-habit features"]),
+    ):
         run(f"MICU -> SICU, {name}", x, y, pid, unit1, unit2, cols, seed)
         run(f"SICU -> MICU, {name}", x, y, pid, unit2, unit1, cols, seed)
 

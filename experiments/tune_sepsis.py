@@ -44,7 +44,12 @@ def main() -> None:
     dev = np.isin(data.patient, dev_ids)
     x, y, pid = data.features[dev][:, cols], data.label[dev], data.patient[dev]
     folds = grouped_folds(pid, args.folds, args.seed)
-    grid = {"max_depth": tuple(args.depths), "colsample_bytree": tuple(args.colsample), "min_child_weight": tuple(args.min_child_weight), "scale_pos_weight": tuple(args.pos_weights)}
+    grid = {
+        "max_depth": tuple(args.depths),
+        "colsample_bytree": tuple(args.colsample),
+        "min_child_weight": tuple(args.min_child_weight),
+        "scale_pos_weight": tuple(args.pos_weights),
+    }
     rounds_grid = tuple(sorted(args.rounds))
     results = []
     for values in itertools.product(*grid.values()):
@@ -53,17 +58,24 @@ def main() -> None:
         started = time.perf_counter()
         for ids in folds:
             held = np.isin(pid, ids)
-            booster = train_booster(x[~held], y[~held], params=params, num_boost_round=max(rounds_grid), progress=False).booster
+            booster = train_booster(
+                x[~held], y[~held], params=params, num_boost_round=max(rounds_grid), progress=False
+            ).booster
             for r in rounds_grid:
                 oof[r][held] = booster.inplace_predict(x[held], missing=np.nan, iteration_range=(0, r))
         for r in rounds_grid:
             p = oof[r]
             t = threshold_on(p, y, pid)  # optimistic within the OOF set; same bias for every setting
-            row = {**dict(zip(grid, values, strict=True)), "rounds": r, "oof_auroc": round(challenge_auc(y, p)[0], 4),
-                   "oof_utility": round(utility_table(y, pid).normalized(p >= t), 4), "seconds": round(time.perf_counter() - started, 1)}
+            row = {
+                **dict(zip(grid, values, strict=True)),
+                "rounds": r,
+                "oof_auroc": round(challenge_auc(y, p)[0], 4),
+                "oof_utility": round(utility_table(y, pid).normalized(p >= t), 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
-    best = max(results, key=lambda r: (r["oof_utility"] + r["oof_auroc"]))
+    best = max(results, key=lambda r: r["oof_utility"] + r["oof_auroc"])
     print(json.dumps({"best": best}))
 
 

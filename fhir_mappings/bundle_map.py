@@ -160,19 +160,30 @@ def map_bundle(
     issues = validate_resources(items) if validate else []
     patients = [r for r in items if r["resourceType"] == "Patient"]
     if len(patients) > 1:
-        raise MappingError(f"the bundle holds {len(patients)} patients; map one patient at a time", path="Bundle")
+        raise MappingError(
+            f"the bundle holds {len(patients)} patients; map one patient at a time", path="Bundle"
+        )
     observations = [r for r in items if r["resourceType"] == "Observation"]
     encounters = [r for r in items if r["resourceType"] == "Encounter"]
-    locations = {r["id"]: r for r in items if r["resourceType"] == "Location" and isinstance(r.get("id"), str)}
+    locations = {
+        r["id"]: r for r in items if r["resourceType"] == "Location" and isinstance(r.get("id"), str)
+    }
     patient = patients[0] if patients else None
 
     # The patient first (an Encounter of someone else is never the stay), then the stay; without
     # a Patient, the stay's own subject names the patient.
-    chosen = None if patient is not None else select_encounter(encounters, encounter_id, None, profile=profile, in_progress=False)
+    chosen = (
+        None
+        if patient is not None
+        else select_encounter(encounters, encounter_id, None, profile=profile, in_progress=False)
+    )
     patient_id, patient_from = _patient_id(patient, chosen, observations)
     encounter = select_encounter(encounters, encounter_id, patient_id, profile=profile, in_progress=False)
     if encounter_id and encounter is None:
-        raise MappingError("no Encounter with that id in the bundle (or it is planned, cancelled or entered in error)", path="Encounter")
+        raise MappingError(
+            "no Encounter with that id in the bundle (or it is planned, cancelled or entered in error)",
+            path="Encounter",
+        )
 
     report = MappingReport()
     scratch: list[tuple[Any, ...]] = []
@@ -193,7 +204,8 @@ def map_bundle(
         mapping.stay_problem = (
             f"no hospital stay among {len(encounters)} Encounter(s) (classes: {dict(sorted(kinds.items()))}; "
             "planned, cancelled and entered-in-error ones and recognised non-inpatient classes are never a stay)"
-            if encounters else "no Encounter in the bundle"
+            if encounters
+            else "no Encounter in the bundle"
         )
         return mapping
     record = PatientRecord(patient_id, patient, encounter, observations, locations)

@@ -56,7 +56,9 @@ def qsofa(resp: np.ndarray, sbp: np.ndarray) -> np.ndarray:
     return score
 
 
-def sirs(temp: np.ndarray, hr: np.ndarray, resp: np.ndarray, paco2: np.ndarray, wbc: np.ndarray) -> np.ndarray:
+def sirs(
+    temp: np.ndarray, hr: np.ndarray, resp: np.ndarray, paco2: np.ndarray, wbc: np.ndarray
+) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return (
             _flag((temp > 38) | (temp < 36))
@@ -66,7 +68,9 @@ def sirs(temp: np.ndarray, hr: np.ndarray, resp: np.ndarray, paco2: np.ndarray, 
         )
 
 
-def news2(resp: np.ndarray, spo2: np.ndarray, fio2: np.ndarray, sbp: np.ndarray, hr: np.ndarray, temp: np.ndarray) -> np.ndarray:
+def news2(
+    resp: np.ndarray, spo2: np.ndarray, fio2: np.ndarray, sbp: np.ndarray, hr: np.ndarray, temp: np.ndarray
+) -> np.ndarray:
     # Integer-valued vitals banded on closed intervals, e.g. RR <= 8: 3, 9-11: 1, ...
     with np.errstate(invalid="ignore"):
         oxygen = 2.0 * _flag(fio2 > 0.21)
@@ -90,7 +94,12 @@ def mews(sbp: np.ndarray, hr: np.ndarray, resp: np.ndarray, temp: np.ndarray) ->
 
 
 def sofa_partial(
-    platelets: np.ndarray, bilirubin: np.ndarray, creatinine: np.ndarray, map_: np.ndarray, spo2: np.ndarray, fio2: np.ndarray
+    platelets: np.ndarray,
+    bilirubin: np.ndarray,
+    creatinine: np.ndarray,
+    map_: np.ndarray,
+    spo2: np.ndarray,
+    fio2: np.ndarray,
 ) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         sf = spo2 / fio2

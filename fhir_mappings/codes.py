@@ -57,7 +57,9 @@ class CodeRow:
         """One row of `observation_codes.csv` or `local_codes.csv`."""
         status = (r.get("status") or "verified").strip()
         if status not in ROW_STATUSES:
-            raise ValueError(f"code row {r.get('system')}|{r.get('code')}: status {status!r} is not one of {ROW_STATUSES}")
+            raise ValueError(
+                f"code row {r.get('system')}|{r.get('code')}: status {status!r} is not one of {ROW_STATUSES}"
+            )
         return cls(
             variable=r["variable"],
             system=r["system"],
@@ -153,7 +155,9 @@ class CodeTable:
     def match(self, codings: Iterable[tuple[Any, Any]], categories: frozenset[str]) -> CodeMatch:
         """What these (system, code) pairs mean in an Observation of these categories."""
         rows = [
-            row for key in codings for row in self._rows(key)
+            row
+            for key in codings
+            for row in self._rows(key)
             if row.category is None or row.category in categories
         ]
         return self._decide(rows)

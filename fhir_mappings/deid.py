@@ -67,7 +67,9 @@ _SHAPES = [
     re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+{_MONTHS}(?:\s+\d{{2,4}})?\b", re.I),  # 17 April 1951
     re.compile(rf"\b{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{2,4}})?\b", re.I),  # April 17, 1951
     re.compile(r"(?<![\w])\+?\(?\d[\d\s().-]{5,}\d\b"),  # phone, SSN, long numbers with separators
-    re.compile(r"(?i)\b(?:mrn|mr|id|no|nr|number|acct|account|ssn|nhs|bed|room)\s*[:#.]?\s*[a-z]*\d[\w-]*"),  # MRN 123
+    re.compile(
+        r"(?i)\b(?:mrn|mr|id|no|nr|number|acct|account|ssn|nhs|bed|room)\s*[:#.]?\s*[a-z]*\d[\w-]*"
+    ),  # MRN 123
     re.compile(r"#\s*\d[\w-]*"),  # #123
     re.compile(r"\b(?=[a-z0-9-]*\d)(?=[a-z0-9-]*[a-z])[a-z0-9-]{5,}\b", re.I),  # MRN-like: letters and digits
     re.compile(r"\b\d{4,}\b"),  # a bare number of 4+ digits (years, record numbers)
@@ -103,7 +105,24 @@ def identity_tokens(context: Mapping[str, Any], patient: Mapping[str, Any] | Non
 
 
 # Words of an identity that are not identifying by themselves (FHIR codes in those fields).
-_COMMON = frozenset({"official", "usual", "home", "work", "mobile", "phone", "email", "temp", "old", "patient", "practitioner", "encounter", "mr", "mrn"})
+_COMMON = frozenset(
+    {
+        "official",
+        "usual",
+        "home",
+        "work",
+        "mobile",
+        "phone",
+        "email",
+        "temp",
+        "old",
+        "patient",
+        "practitioner",
+        "encounter",
+        "mr",
+        "mrn",
+    }
+)
 
 
 def scrub_free_text(text: str, is_known: Callable[[str], bool] = lambda word: False) -> str:

@@ -120,9 +120,15 @@ def diabetes130_to_table(frame: pd.DataFrame) -> DischargeTable:
 
     values[:, col["age"]] = frame["age"].map(age_band).to_numpy(dtype=np.float64)
     values[:, col["sex"]] = frame["gender"].map({"Male": 1.0, "Female": 0.0}).to_numpy(dtype=np.float64)
-    values[:, col["admission_type"]] = _vocab_index("admission_type", frame["admission_type_id"], ADMISSION_TYPES)
-    values[:, col["admission_source"]] = _vocab_index("admission_source", frame["admission_source_id"], ADMISSION_SOURCES)
-    values[:, col["discharge"]] = _vocab_index("discharge", frame["discharge_disposition_id"], DISCHARGE_GROUPS)
+    values[:, col["admission_type"]] = _vocab_index(
+        "admission_type", frame["admission_type_id"], ADMISSION_TYPES
+    )
+    values[:, col["admission_source"]] = _vocab_index(
+        "admission_source", frame["admission_source_id"], ADMISSION_SOURCES
+    )
+    values[:, col["discharge"]] = _vocab_index(
+        "discharge", frame["discharge_disposition_id"], DISCHARGE_GROUPS
+    )
     values[:, col["los_days"]] = num("time_in_hospital")
     values[:, col["n_procedures"]] = num("num_procedures")
     values[:, col["n_outpatient"]] = num("number_outpatient")
@@ -130,16 +136,24 @@ def diabetes130_to_table(frame: pd.DataFrame) -> DischargeTable:
     values[:, col["n_inpatient"]] = num("number_inpatient")
 
     a1c = frame["A1Cresult"].map(A1C_BANDS) if "A1Cresult" in frame else pd.Series(np.nan, index=frame.index)
-    glucose = frame["max_glu_serum"].map(GLUCOSE_BANDS) if "max_glu_serum" in frame else pd.Series(np.nan, index=frame.index)
+    glucose = (
+        frame["max_glu_serum"].map(GLUCOSE_BANDS)
+        if "max_glu_serum" in frame
+        else pd.Series(np.nan, index=frame.index)
+    )
     values[:, col["a1c"]] = a1c.to_numpy(dtype=np.float64)
     values[:, col["glucose"]] = glucose.to_numpy(dtype=np.float64)
-    coded_labs = (~np.isnan(values[:, col["a1c"]])).astype(float) + (~np.isnan(values[:, col["glucose"]])).astype(float)
+    coded_labs = (~np.isnan(values[:, col["a1c"]])).astype(float) + (
+        ~np.isnan(values[:, col["glucose"]])
+    ).astype(float)
     values[:, col["n_lab_tests"]] = np.fmax(num("num_lab_procedures"), coded_labs)
 
     status = {word: float(i) for i, word in enumerate(DRUG_STATUSES)}
     given = np.zeros(n)
     for drug in DRUG_COLUMNS:
-        codes = frame[drug].map(status).fillna(0.0).to_numpy(dtype=np.float64) if drug in frame else np.zeros(n)
+        codes = (
+            frame[drug].map(status).fillna(0.0).to_numpy(dtype=np.float64) if drug in frame else np.zeros(n)
+        )
         values[:, col[f"drug:{drug}"]] = codes
         given += codes > 0
     values[:, col["n_medications"]] = np.fmax(num("num_medications"), given)
@@ -172,5 +186,3 @@ def diabetes130_to_table(frame: pd.DataFrame) -> DischargeTable:
         encounter=frame["encounter_id"].to_numpy(),
         values=values,
     )
-
-

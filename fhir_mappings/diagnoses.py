@@ -51,7 +51,11 @@ CHARLSON_WEIGHTS: dict[str, int] = {
     "hiv_aids": 6,
 }
 # The more severe form replaces the milder one.
-_HIERARCHY = {"diabetes_complicated": "diabetes", "severe_liver": "mild_liver", "metastatic_tumour": "malignancy"}
+_HIERARCHY = {
+    "diabetes_complicated": "diabetes",
+    "severe_liver": "mild_liver",
+    "metastatic_tumour": "malignancy",
+}
 
 
 def _table(name: str) -> list[dict[str, str]]:
@@ -81,7 +85,12 @@ DIAGNOSIS_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(r["group"] for r in _tab
 class DiagnosisCoder:
     """(system, code) -> clinical group and Charlson categories."""
 
-    def __init__(self, groups: Iterable[dict[str, str]], charlson: Iterable[dict[str, str]], snomed: Iterable[dict[str, str]]) -> None:
+    def __init__(
+        self,
+        groups: Iterable[dict[str, str]],
+        charlson: Iterable[dict[str, str]],
+        snomed: Iterable[dict[str, str]],
+    ) -> None:
         self._groups = [_Range(r["system"], r["start"], r["end"], r["group"]) for r in groups]
         self._charlson = [_Range(r["system"], r["start"], r["end"], r["category"]) for r in charlson]
         unknown = {r.value for r in self._charlson} - set(CHARLSON_WEIGHTS)
@@ -123,7 +132,9 @@ class DiagnosisCoder:
 
 def _width(r: _Range) -> int:
     try:
-        return int("".join(ch for ch in r.end if ch.isdigit()) or 0) - int("".join(ch for ch in r.start if ch.isdigit()) or 0)
+        return int("".join(ch for ch in r.end if ch.isdigit()) or 0) - int(
+            "".join(ch for ch in r.start if ch.isdigit()) or 0
+        )
     except ValueError:
         return 0
 

@@ -74,7 +74,6 @@ LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
-
 @dataclass(frozen=True, slots=True)
 class _LabCode:
     kind: str  # "a1c" | "glucose"
@@ -87,18 +86,26 @@ def _lab_tables() -> tuple[dict[tuple[str, str], _LabCode], dict[tuple[str, str]
     files = resources.files(__package__)
     codes = {
         (r["system"], r["code"]): _LabCode(r["kind"], r["default_unit"])
-        for r in csv.DictReader(files.joinpath("tables/discharge_labs.csv").read_text(encoding="utf-8").splitlines())
+        for r in csv.DictReader(
+            files.joinpath("tables/discharge_labs.csv").read_text(encoding="utf-8").splitlines()
+        )
     }
     units = {
         (r["kind"], r["unit"]): (float(r["factor"]), float(r["offset"]))
-        for r in csv.DictReader(files.joinpath("tables/discharge_lab_units.csv").read_text(encoding="utf-8").splitlines())
+        for r in csv.DictReader(
+            files.joinpath("tables/discharge_lab_units.csv").read_text(encoding="utf-8").splitlines()
+        )
     }
     return codes, units
 
 
 _LAB_CODES, _LAB_UNITS = _lab_tables()
-A1C_CODES = frozenset(code for (system, code), row in _LAB_CODES.items() if row.kind == "a1c" and system == LOINC)
-GLUCOSE_CODES = frozenset(code for (system, code), row in _LAB_CODES.items() if row.kind == "glucose" and system == LOINC)
+A1C_CODES = frozenset(
+    code for (system, code), row in _LAB_CODES.items() if row.kind == "a1c" and system == LOINC
+)
+GLUCOSE_CODES = frozenset(
+    code for (system, code), row in _LAB_CODES.items() if row.kind == "glucose" and system == LOINC
+)
 _YEAR = timedelta(days=365)
 _DAY = timedelta(days=1)
 _VOID = {"entered-in-error", "cancelled", "not-done"}
@@ -289,7 +296,8 @@ def _diagnosis_entries(
         return [resolve_reference(e.get("condition"), "Condition", encounter, by_id) for _, e in ordered]
     # No Encounter.diagnosis: the stay's encounter-diagnosis Conditions, in the order given.
     return [
-        c for c in by_id.values()
+        c
+        for c in by_id.values()
         if _of_encounter(c, encounter_id) and _live(c) and "encounter-diagnosis" in categories(c)
     ]
 

@@ -35,7 +35,14 @@ __all__ = [
 ]
 
 ADMISSION_TYPES = ("emergency", "urgent", "elective")  # "Newborn" (4) has no FHIR priority: unknown
-ADMISSION_SOURCES = ("referral", "transfer_hospital", "transfer_facility", "emergency_department", "birth", "other")
+ADMISSION_SOURCES = (
+    "referral",
+    "transfer_hospital",
+    "transfer_facility",
+    "emergency_department",
+    "birth",
+    "other",
+)
 DISCHARGE_GROUPS = (
     "home",
     "home_health",
@@ -65,7 +72,8 @@ class DrugRow:
 @functools.cache
 def diabetes_drugs() -> tuple[DrugRow, ...]:
     return tuple(
-        DrugRow(r["column"], frozenset(r["rxnorm"].split("+")), r["ingredient"]) for r in _table("diabetes_drugs.csv")
+        DrugRow(r["column"], frozenset(r["rxnorm"].split("+")), r["ingredient"])
+        for r in _table("diabetes_drugs.csv")
     )
 
 
@@ -158,7 +166,9 @@ class DischargeTable:
     def concat(cls, tables: Iterable[DischargeTable]) -> DischargeTable:
         parts = list(tables)
         if not parts:
-            return cls(np.empty(0, dtype=object), np.empty(0, dtype=object), np.empty((0, len(DISCHARGE_COLUMNS))))
+            return cls(
+                np.empty(0, dtype=object), np.empty(0, dtype=object), np.empty((0, len(DISCHARGE_COLUMNS)))
+            )
         return cls(
             np.concatenate([t.patient for t in parts]),
             np.concatenate([t.encounter for t in parts]),

@@ -42,10 +42,22 @@ FEATURE_CODE_VERSION = "2"
 SCORE_SERIES: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...], str]] = {
     "qsofa": (clinical_scores.qsofa, clinical_scores.SCORE_INPUTS["qsofa"], "qSOFA (partial, no mentation)"),
     "sirs": (clinical_scores.sirs, clinical_scores.SCORE_INPUTS["sirs"], "SIRS criteria met (no bands)"),
-    "news2": (clinical_scores.news2, clinical_scores.SCORE_INPUTS["news2"], "NEWS2 (partial, no consciousness)"),
+    "news2": (
+        clinical_scores.news2,
+        clinical_scores.SCORE_INPUTS["news2"],
+        "NEWS2 (partial, no consciousness)",
+    ),
     "mews": (clinical_scores.mews, clinical_scores.SCORE_INPUTS["mews"], "MEWS (partial, no AVPU)"),
-    "sofa_partial": (clinical_scores.sofa_partial, clinical_scores.SCORE_INPUTS["sofa_partial"], "SOFA (partial)"),
-    "shock_index": (clinical_scores.shock_index, clinical_scores.SCORE_INPUTS["shock_index"], "Shock index (HR/SBP)"),
+    "sofa_partial": (
+        clinical_scores.sofa_partial,
+        clinical_scores.SCORE_INPUTS["sofa_partial"],
+        "SOFA (partial)",
+    ),
+    "shock_index": (
+        clinical_scores.shock_index,
+        clinical_scores.SCORE_INPUTS["shock_index"],
+        "Shock index (HR/SBP)",
+    ),
 }
 # Features that read the ICU clock or the time before ICU admission.
 CLOCK_FEATURES = ("HospAdmTime", "ICULOS")
@@ -66,7 +78,9 @@ def hourly_family(feature: Feature) -> str:
 
 def hourly_spec(name: str, features: Sequence[Feature]) -> FeatureSpec:
     """A spec of hourly features: computed by `build_features`, versioned by FEATURE_CODE_VERSION."""
-    return FeatureSpec(name, tuple(features), FEATURE_CODE_VERSION, ops=frozenset(_OPS), classify=hourly_family)
+    return FeatureSpec(
+        name, tuple(features), FEATURE_CODE_VERSION, ops=frozenset(_OPS), classify=hourly_family
+    )
 
 
 # --- primitives on (n rows x k variables) blocks, group-aware -------------------------------
@@ -266,12 +280,18 @@ def build_features(table: CanonicalTable, spec: FeatureSpec) -> np.ndarray:
     each other across patients, so chunking changes no bit."""
     if len(table) > _CHUNK_ROWS:
         starts = np.flatnonzero(table.group_starts_mask())
-        cuts: Sequence[int] | np.ndarray = starts[np.searchsorted(starts, np.arange(_CHUNK_ROWS, len(table), _CHUNK_ROWS))[:-1]] if len(starts) else []
+        cuts: Sequence[int] | np.ndarray = (
+            starts[np.searchsorted(starts, np.arange(_CHUNK_ROWS, len(table), _CHUNK_ROWS))[:-1]]
+            if len(starts)
+            else []
+        )
         bounds = [0, *sorted(set(int(c) for c in cuts) - {0}), len(table)]
-        return np.concatenate([
-            _build(CanonicalTable(table.patient[a:b], table.iculos[a:b], table.values[a:b]), spec)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ])
+        return np.concatenate(
+            [
+                _build(CanonicalTable(table.patient[a:b], table.iculos[a:b], table.values[a:b]), spec)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+        )
     return _build(table, spec)
 
 
@@ -313,7 +333,11 @@ def sepsis_feature_spec(*, include_clock: bool = False) -> FeatureSpec:
     def add(var: str, op: str, window: int | None, words: str, unit: str | None = None) -> None:
         label, var_unit = _label(var)
         suffix = f"{op}_{window}h" if window else op
-        features.append(Feature(f"{var}__{suffix}", op, var, window, f"{label}{words}", var_unit if unit is None else unit))
+        features.append(
+            Feature(
+                f"{var}__{suffix}", op, var, window, f"{label}{words}", var_unit if unit is None else unit
+            )
+        )
 
     for var in measured:
         add(var, "last", None, "")

@@ -159,7 +159,9 @@ def to_canonical(
         values[hour - 1, _COL[var]] = m[2]
 
     pseudonym = (
-        pseudonymizer.pseudonym("Patient", record.patient_id, source=source) if record.patient_id is not None else None
+        pseudonymizer.pseudonym("Patient", record.patient_id, source=source)
+        if record.patient_id is not None
+        else None
     )
     table = CanonicalTable(
         patient=np.full(hours, pseudonym or NO_PATIENT_ID, dtype=object),
@@ -167,4 +169,3 @@ def to_canonical(
         values=values,
     )
     return MappedStay(pseudonym, table, hours, report)
-

@@ -50,7 +50,9 @@ __all__ = ["MappingReport", "Measurement", "measurements_from_observation", "obs
 UCUM = "http://unitsofmeasure.org"
 _NON_NUMERIC = ("valueCodeableConcept", "valueBoolean", "valueInteger", "valueRange", "valueRatio")
 # A number, then an optional unit: "45.0 %", "15.0 gm/L", "4.0", "1.2e3 /uL".
-_STRING_VALUE = re.compile(r"^\s*(?P<cmp><=|>=|<|>)?\s*(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?)\s*(?P<unit>\S.{0,39})?$")
+_STRING_VALUE = re.compile(
+    r"^\s*(?P<cmp><=|>=|<|>)?\s*(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?)\s*(?P<unit>\S.{0,39})?$"
+)
 _STRING_MAX = 64  # a result string longer than this is a note, not a value
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/\[\]{}%*^+\-]{1,80}$")
 _TIME_CACHE: dict[str, tuple[datetime, float]] = {}
@@ -289,7 +291,9 @@ def _emit(
     conversion = units.lookup(var, unit)
     if conversion is None:
         # Free text is never echoed: a unit read out of a valueString only when the tables know it.
-        shown = _UNRECOGNISED if from_text and sent is not None and not units.known(sent) else safe_token(sent)
+        shown = (
+            _UNRECOGNISED if from_text and sent is not None and not units.known(sent) else safe_token(sent)
+        )
         report.unit_errors[f"{var}|{shown}"] += 1
         return
     factor, offset = conversion

@@ -67,7 +67,11 @@ class VendorProfile:
 
 def _local_rows(profile: str) -> list[CodeRow]:
     text = resources.files(__package__).joinpath("tables/local_codes.csv").read_text(encoding="utf-8")
-    return [CodeRow.from_csv(r, standard=False) for r in csv.DictReader(text.splitlines()) if r["profile"] == profile]
+    return [
+        CodeRow.from_csv(r, standard=False)
+        for r in csv.DictReader(text.splitlines())
+        if r["profile"] == profile
+    ]
 
 
 _CODES = default_code_table()
@@ -155,13 +159,16 @@ def select_profile(
     return _with_preliminary(name) if accept_preliminary else PROFILES[name]
 
 
-def observation_queries(profile: VendorProfile, patient_id: str, *, count: int = 1000) -> dict[str, FhirQuery]:
+def observation_queries(
+    profile: VendorProfile, patient_id: str, *, count: int = 1000
+) -> dict[str, FhirQuery]:
     """The Observation searches this profile asks for: one per category, newest first.
     `patient_id` must be a FHIR id (InvalidIdError otherwise)."""
     FhirQuery.read("Patient", patient_id)  # validates the id
     return {
         category: FhirQuery.search(
-            "Observation", [("patient", patient_id), ("category", category), ("_sort", "-date"), ("_count", str(count))]
+            "Observation",
+            [("patient", patient_id), ("category", category), ("_sort", "-date"), ("_count", str(count))],
         )
         for category in profile.observation_categories
     }

@@ -119,7 +119,9 @@ def _dx_primary(index: int) -> _Column:
 
 
 def _dx_any(index: int) -> _Column:
-    return lambda t: sum(((t.column(f"dx{k}") == index).astype(np.float64) for k in (1, 2, 3)), np.zeros(len(t)))
+    return lambda t: sum(
+        ((t.column(f"dx{k}") == index).astype(np.float64) for k in (1, 2, 3)), np.zeros(len(t))
+    )
 
 
 def charlson_index(t: DischargeTable) -> np.ndarray:
@@ -139,10 +141,14 @@ def lace_points(t: DischargeTable) -> np.ndarray:
     L length of stay, A emergent admission, C Charlson (from three diagnoses), E emergency
     visits (the past year here, not six months)."""
     los = t.column("los_days")
-    l_pts = np.select([los < 1, los < 2, los < 3, los < 4, los < 7, los < 14], [0, 1, 2, 3, 4, 5], 7).astype(np.float64)
+    l_pts = np.select([los < 1, los < 2, los < 3, los < 4, los < 7, los < 14], [0, 1, 2, 3, 4, 5], 7).astype(
+        np.float64
+    )
     l_pts[np.isnan(los)] = 0.0
     admission = t.column("admission_type")
-    a_pts = np.where(np.isin(admission, (ADMISSION_TYPES.index("emergency"), ADMISSION_TYPES.index("urgent"))), 3.0, 0.0)
+    a_pts = np.where(
+        np.isin(admission, (ADMISSION_TYPES.index("emergency"), ADMISSION_TYPES.index("urgent"))), 3.0, 0.0
+    )
     c = charlson_index(t)
     c_pts = np.where(c >= 4, 5.0, c)
     e = t.column("n_emergency")
@@ -155,7 +161,9 @@ def _drug_count(t: DischargeTable) -> np.ndarray:
 
 
 def _drug_any(code: float) -> _Column:
-    return lambda t: np.max(np.stack([(t.column(f"drug:{d}") == code) for d in DRUG_COLUMNS]), axis=0).astype(np.float64)
+    return lambda t: np.max(np.stack([(t.column(f"drug:{d}") == code) for d in DRUG_COLUMNS]), axis=0).astype(
+        np.float64
+    )
 
 
 def _sum(*names: str) -> _Column:
@@ -173,14 +181,39 @@ def _definitions() -> list[tuple[str, str, str, _Column]]:
     out: list[tuple[str, str, str, _Column]] = [
         ("age", "Age", "age-band", _col("age")),
         ("sex", "Sex", "sex", _col("sex")),
-        ("admission_emergent", "Emergency or urgent admission", "flag",
-         _in("admission_type", (ADMISSION_TYPES.index("emergency"), ADMISSION_TYPES.index("urgent")))),
-        ("admission_elective", "Elective admission", "flag", _is("admission_type", ADMISSION_TYPES.index("elective"))),
-        ("admitted_from_ed", "Admitted through the emergency department", "flag",
-         _is("admission_source", ADMISSION_SOURCES.index("emergency_department"))),
-        ("admitted_by_transfer", "Admitted by transfer from another facility", "flag",
-         _in("admission_source", (ADMISSION_SOURCES.index("transfer_hospital"), ADMISSION_SOURCES.index("transfer_facility")))),
-        ("admitted_by_referral", "Admitted on referral", "flag", _is("admission_source", ADMISSION_SOURCES.index("referral"))),
+        (
+            "admission_emergent",
+            "Emergency or urgent admission",
+            "flag",
+            _in("admission_type", (ADMISSION_TYPES.index("emergency"), ADMISSION_TYPES.index("urgent"))),
+        ),
+        (
+            "admission_elective",
+            "Elective admission",
+            "flag",
+            _is("admission_type", ADMISSION_TYPES.index("elective")),
+        ),
+        (
+            "admitted_from_ed",
+            "Admitted through the emergency department",
+            "flag",
+            _is("admission_source", ADMISSION_SOURCES.index("emergency_department")),
+        ),
+        (
+            "admitted_by_transfer",
+            "Admitted by transfer from another facility",
+            "flag",
+            _in(
+                "admission_source",
+                (ADMISSION_SOURCES.index("transfer_hospital"), ADMISSION_SOURCES.index("transfer_facility")),
+            ),
+        ),
+        (
+            "admitted_by_referral",
+            "Admitted on referral",
+            "flag",
+            _is("admission_source", ADMISSION_SOURCES.index("referral")),
+        ),
     ]
     for group, label in _DISCHARGE_LABELS.items():
         out.append((f"discharge_{group}", label, "flag", _is("discharge", DISCHARGE_GROUPS.index(group))))
@@ -192,17 +225,31 @@ def _definitions() -> list[tuple[str, str, str, _Column]]:
         ("n_outpatient", "Outpatient visits in the past year", "count", _col("n_outpatient")),
         ("n_emergency", "Emergency visits in the past year", "count", _col("n_emergency")),
         ("n_inpatient", "Hospital admissions in the past year", "count", _col("n_inpatient")),
-        ("n_prior_visits", "All visits in the past year", "count", _sum("n_outpatient", "n_emergency", "n_inpatient")),
+        (
+            "n_prior_visits",
+            "All visits in the past year",
+            "count",
+            _sum("n_outpatient", "n_emergency", "n_inpatient"),
+        ),
         ("n_diagnoses", "Diagnoses recorded this stay", "count", _col("n_diagnoses")),
         ("charlson_index", "Charlson comorbidity index", "points", charlson_index),
         ("lace_points", "LACE-style score", "points", lace_points),
     ]
     for i, group in enumerate(DIAGNOSIS_GROUPS):
-        out.append((f"dx_primary:{group}", f"Principal diagnosis is {_GROUP_LABELS[group]}", "flag", _dx_primary(i)))
+        out.append(
+            (f"dx_primary:{group}", f"Principal diagnosis is {_GROUP_LABELS[group]}", "flag", _dx_primary(i))
+        )
     for i, group in enumerate(DIAGNOSIS_GROUPS):
         out.append((f"dx_any:{group}", f"Diagnoses of {_GROUP_LABELS[group]}", "count", _dx_any(i)))
     for category in CHARLSON_WEIGHTS:
-        out.append((f"charlson:{category}", f"Comorbidity: {category.replace('_', ' ')}", "flag", _col(f"charlson:{category}")))
+        out.append(
+            (
+                f"charlson:{category}",
+                f"Comorbidity: {category.replace('_', ' ')}",
+                "flag",
+                _col(f"charlson:{category}"),
+            )
+        )
     out += [
         ("a1c", "Highest HbA1c", "band-a1c", _col("a1c")),
         ("glucose", "Highest serum glucose", "band-glucose", _col("glucose")),
@@ -211,7 +258,9 @@ def _definitions() -> list[tuple[str, str, str, _Column]]:
         ("diabetes_dose_down", "A diabetes medication dose was decreased", "flag", _drug_any(3.0)),
     ]
     for drug in DRUG_COLUMNS:
-        out.append((f"drug:{drug}", drug.replace("-", " / ").capitalize(), "drug-status", _col(f"drug:{drug}")))
+        out.append(
+            (f"drug:{drug}", drug.replace("-", " / ").capitalize(), "drug-status", _col(f"drug:{drug}"))
+        )
     return out
 
 
@@ -220,7 +269,8 @@ _DEFINITIONS = _definitions()
 
 def readmission_feature_spec() -> FeatureSpec:
     features = tuple(
-        Feature(name, "static", f"{READMISSION_FEATURE_VERSION}:{name}", None, label, unit) for name, label, unit, _ in _DEFINITIONS
+        Feature(name, "static", f"{READMISSION_FEATURE_VERSION}:{name}", None, label, unit)
+        for name, label, unit, _ in _DEFINITIONS
     )
     # `variable` names the derivation (`r1:<name>`); with the op it is part of the spec's hash.
     return FeatureSpec("readmission", features, READMISSION_FEATURE_VERSION, ops=frozenset({"static"}))

@@ -146,8 +146,10 @@ def select_encounter(
     never chosen, even by id. With `patient_id`, an Encounter whose subject names someone else is
     never chosen."""
     encounters = [
-        e for e in encounters
-        if isinstance(e, Mapping) and e.get("resourceType") == "Encounter"
+        e
+        for e in encounters
+        if isinstance(e, Mapping)
+        and e.get("resourceType") == "Encounter"
         and not (isinstance(e.get("status"), str) and e["status"] in NOT_A_STAY_STATUSES)
         and (patient_id is None or subject_mismatch(e, patient_id) is None)
     ]

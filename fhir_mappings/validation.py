@@ -47,7 +47,9 @@ def validate_resource(resource: Mapping[str, Any], index: int = 0) -> list[Valid
         model.model_validate(dict(resource))
     except ValidationError as exc:
         return [
-            ValidationIssue(index, resource_type, ".".join(str(p) for p in err["loc"]) or "(root)", err["type"])
+            ValidationIssue(
+                index, resource_type, ".".join(str(p) for p in err["loc"]) or "(root)", err["type"]
+            )
             for err in exc.errors(include_input=False, include_url=False)
         ]
     except (ValueError, TypeError) as exc:

@@ -72,7 +72,9 @@ def build_risk_assessment(
         "qualitativeRisk": {"coding": [{"system": RISK_PROBABILITY, "code": band}]},
     }
     if horizon_hours is not None:
-        prediction["whenRange"] = {"high": {"value": horizon_hours, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}}
+        prediction["whenRange"] = {
+            "high": {"value": horizon_hours, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}
+        }
     extensions: list[dict[str, Any]] = [
         {"url": f"{EXT}/cds-service", "valueString": service_id},
         {"url": f"{EXT}/model-version", "valueString": model_version},

@@ -72,7 +72,13 @@ def format_value(feature: str, value: float | None, unit: str) -> str:
     if feature in ("Unit1", "Unit2"):
         return "yes" if value >= 0.5 else "no"
     magnitude = abs(value)
-    text = f"{value:.0f}" if magnitude >= 100 or float(value).is_integer() else f"{value:.3g}" if magnitude < 1 else f"{value:.1f}"
+    text = (
+        f"{value:.0f}"
+        if magnitude >= 100 or float(value).is_integer()
+        else f"{value:.3g}"
+        if magnitude < 1
+        else f"{value:.1f}"
+    )
     shown = _UNIT_DISPLAY.get(unit, unit)
     return f"{text} {shown}".strip()
 
@@ -94,10 +100,16 @@ def strip_empty(value: Any) -> Any:
     return value
 
 
-def explanation_link(launch_url: str, *, card_uuid: str, service_id: str, model_version: str | None = None) -> dict[str, Any]:
+def explanation_link(
+    launch_url: str, *, card_uuid: str, service_id: str, model_version: str | None = None
+) -> dict[str, Any]:
     """A `smart` link to our explanation app. `appContext` (a string, per CDS Hooks) names the card;
     the card uuid is in the URL too, for EHRs that drop appContext."""
-    context = {"cardUuid": card_uuid, "serviceId": service_id, **({"modelVersion": model_version} if model_version else {})}
+    context = {
+        "cardUuid": card_uuid,
+        "serviceId": service_id,
+        **({"modelVersion": model_version} if model_version else {}),
+    }
     separator = "&" if "?" in launch_url else "?"
     return {
         "label": "Explain this score",
@@ -143,7 +155,11 @@ def build_risk_card(
         lines.append("")
     lines.append(text.footer)
     contributions = [
-        {"feature": c.feature, "shap": round(c.shap, 6), **({"value": round(c.value, 6)} if c.value is not None else {})}
+        {
+            "feature": c.feature,
+            "shap": round(c.shap, 6),
+            **({"value": round(c.value, 6)} if c.value is not None else {}),
+        }
         for c in all_contributions
         if c.shap != 0.0
     ]

@@ -56,7 +56,9 @@ def _from_prefetch(key: str, query: FhirQuery, value: Any) -> tuple[Any, bool]:
     if not query.is_search:
         if value["resourceType"] == "Bundle":
             entries = [e.get("resource") for e in value.get("entry") or () if isinstance(e, dict)]
-            found = [r for r in entries if isinstance(r, dict) and r.get("resourceType") != "OperationOutcome"]
+            found = [
+                r for r in entries if isinstance(r, dict) and r.get("resourceType") != "OperationOutcome"
+            ]
             return (found[0] if len(found) == 1 else None), len(found) != 1
         return value, False
     page = read_search_page(value, f"prefetch.{key}")

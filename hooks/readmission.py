@@ -109,7 +109,8 @@ def follow_up_request(
         "subject": {"reference": f"Patient/{patient_id}"},
         "encounter": {"reference": f"Encounter/{encounter_id}"},
         "occurrencePeriod": {
-            "start": now.isoformat(), "end": (now + timedelta(days=FOLLOW_UP_DAYS)).isoformat()
+            "start": now.isoformat(),
+            "end": (now + timedelta(days=FOLLOW_UP_DAYS)).isoformat(),
         },
         "reasonCode": [{"text": f"Estimated 30-day readmission risk {format_percent(probability)}"}],
         "note": [{"text": "Proposed by the readmission-risk decision aid; review before ordering."}],
@@ -156,7 +157,10 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         suggestions = []
         if score.band != "low":
             request = follow_up_request(
-                patient_id=patient_id, encounter_id=encounter_id, now=inp.now, probability=score.probability,
+                patient_id=patient_id,
+                encounter_id=encounter_id,
+                now=inp.now,
+                probability=score.probability,
                 request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"follow-up/{inp.card_uuid}")),
             )
             suggestions.append(
@@ -165,7 +169,11 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
                     "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
                     "isRecommended": score.band == "high",
                     "actions": [
-                        {"type": "create", "description": "Draft a follow-up visit request", "resource": request}
+                        {
+                            "type": "create",
+                            "description": "Draft a follow-up visit request",
+                            "resource": request,
+                        }
                     ],
                 }
             )
@@ -183,8 +191,14 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         )
 
     return card_from_table(
-        inp, READMISSION, mapped.table, DISCHARGE_COLUMNS,
-        pseudonym=mapped.pseudonym, icu_hour=None, log=log, card=card,
+        inp,
+        READMISSION,
+        mapped.table,
+        DISCHARGE_COLUMNS,
+        pseudonym=mapped.pseudonym,
+        icu_hour=None,
+        log=log,
+        card=card,
     )
 
 

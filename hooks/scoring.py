@@ -74,6 +74,11 @@ def card_from_table(
         else None
     )
     return ScoredCard(
-        card=built, risk_assessment=risk, user_pseudonym=user_pseudonym, probability=probability, band=band,
-        log={**log, "band": band}, features_sha256=feature_hash(row),
+        card=built,
+        risk_assessment=risk,
+        user_pseudonym=user_pseudonym,
+        probability=probability,
+        band=band,
+        log={**log, "band": band},
+        features_sha256=feature_hash(row),
     )

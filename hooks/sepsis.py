@@ -79,7 +79,9 @@ def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, FhirQu
         wanted["encounter"] = FhirQuery.read("Encounter", encounter_id)
     if encounter is not None:
         known = {
-            r["id"] for key in fetched for r in _resources(fetched[key])
+            r["id"]
+            for key in fetched
+            for r in _resources(fetched[key])
             if isinstance(r, dict) and r.get("resourceType") == "Location" and isinstance(r.get("id"), str)
         }
         entries = encounter.get("location")
@@ -150,9 +152,14 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         )
 
     return card_from_table(
-        inp, SEPSIS, stay.table, CANONICAL_COLUMNS,
+        inp,
+        SEPSIS,
+        stay.table,
+        CANONICAL_COLUMNS,
         pseudonym=stay.pseudonym or "",  # never None here: the hook context names the patient
-        icu_hour=stay.current_hour, log=log, card=card,
+        icu_hour=stay.current_hour,
+        log=log,
+        card=card,
     )
 
 

@@ -82,7 +82,9 @@ class ScoredCard:
 def feature_hash(row: np.ndarray) -> str:
     """SHA-256 of the de-identified feature row a model scored (float64 in the spec's order, NaN
     as NaN): the audit trail can show which input gave a score without keeping the input."""
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(row, dtype=np.float64).ravel()).tobytes()).hexdigest()
+    return hashlib.sha256(
+        np.ascontiguousarray(np.asarray(row, dtype=np.float64).ravel()).tobytes()
+    ).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ class MinimumData:
         """Whether the last row of one stay's table meets the minimum, with the counts found."""
         if not len(values):
             return False, {"values": 0, "variables": 0}
-        found, distinct = self.per_row(columns, values[-(self.window_hours or len(values)):])
+        found, distinct = self.per_row(columns, values[-(self.window_hours or len(values)) :])
         counts = {"values": int(found[-1]), "variables": int(distinct[-1])}
         return counts["values"] >= self.count and counts["variables"] >= self.distinct, counts
 

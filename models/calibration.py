@@ -53,7 +53,9 @@ def fit_isotonic(raw: np.ndarray, label: np.ndarray, *, max_knots: int = 400) ->
     return Calibration(method="isotonic", x=[float(v) for v in x], y=[float(min(v, 1.0)) for v in y])
 
 
-def _logistic_fit(z: np.ndarray, y: np.ndarray, *, offset: np.ndarray | None = None, slope: bool = True) -> tuple[float, float]:
+def _logistic_fit(
+    z: np.ndarray, y: np.ndarray, *, offset: np.ndarray | None = None, slope: bool = True
+) -> tuple[float, float]:
     """Maximum likelihood (a, b) of P(y) = sigmoid(a + b z [+ offset]) by Newton's method."""
     a, b = 0.0, 1.0 if not slope else 0.0
     off = np.zeros_like(z) if offset is None else offset
@@ -90,7 +92,9 @@ def brier_score(label: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(label, dtype=np.float64)) ** 2))
 
 
-def reliability_curve(label: np.ndarray, p: np.ndarray, *, bins: int = 10, strategy: str = "quantile") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability_curve(
+    label: np.ndarray, p: np.ndarray, *, bins: int = 10, strategy: str = "quantile"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean predicted, observed rate, count) per bin; quantile bins suit rare outcomes."""
     p = np.asarray(p, dtype=np.float64)
     y = np.asarray(label, dtype=np.float64)
@@ -107,7 +111,9 @@ def reliability_curve(label: np.ndarray, p: np.ndarray, *, bins: int = 10, strat
     return mean_p[keep], rate[keep], count[keep]
 
 
-def expected_calibration_error(label: np.ndarray, p: np.ndarray, *, bins: int = 10, strategy: str = "uniform") -> float:
+def expected_calibration_error(
+    label: np.ndarray, p: np.ndarray, *, bins: int = 10, strategy: str = "uniform"
+) -> float:
     mean_p, rate, count = reliability_curve(label, p, bins=bins, strategy=strategy)
     return float(np.sum(count * np.abs(mean_p - rate)) / np.sum(count))
 
@@ -128,7 +134,12 @@ class CalibrationReport:
     slope: float
 
     def as_dict(self) -> dict[str, float]:
-        return {"brier": round(self.brier, 5), "ece": round(self.ece, 5), "intercept": round(self.intercept, 4), "slope": round(self.slope, 4)}
+        return {
+            "brier": round(self.brier, 5),
+            "ece": round(self.ece, 5),
+            "intercept": round(self.intercept, 4),
+            "slope": round(self.slope, 4),
+        }
 
 
 def calibration_report(label: np.ndarray, p: np.ndarray) -> CalibrationReport:

@@ -34,7 +34,9 @@ def default_sepsis_path(data_dir: Path | str = DEFAULT_DATA_DIR) -> Path:
 
 
 def _read_psv_dir(path: Path) -> pd.DataFrame:
-    files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() == ".psv")
+    files = sorted(
+        f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() == ".psv"
+    )
     if not files:
         raise DatasetError(f"no .psv files in {path}")
     frames = []
@@ -70,7 +72,9 @@ def read_physionet(path: Path | str) -> pd.DataFrame:
         frame[column] = np.nan
     if "patient" not in frame:
         raise DatasetError(f"{path} has no patient column")
-    return frame.sort_values(["patient", "hour" if "hour" in frame else "ICULOS"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["patient", "hour" if "hour" in frame else "ICULOS"], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def data_fingerprint(path: Path | str) -> str:
@@ -91,4 +95,3 @@ def data_fingerprint(path: Path | str) -> str:
                 h.update(f"{f.name}\0{file_hash(f)}\n".encode())
         return h.hexdigest()
     return file_hash(path)
-

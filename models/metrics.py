@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["BootstrapInterval", "OperatingPoint", "auprc", "auroc", "bootstrap_by_group", "operating_point", "subgroup_table"]
+__all__ = [
+    "BootstrapInterval",
+    "OperatingPoint",
+    "auprc",
+    "auroc",
+    "bootstrap_by_group",
+    "operating_point",
+    "subgroup_table",
+]
 
 
 def auroc(label: np.ndarray, p: np.ndarray) -> float:
@@ -48,7 +56,14 @@ def operating_point(label: np.ndarray, p: np.ndarray, threshold: float) -> Opera
     def ratio(a: float, b: float) -> float:
         return float(a / b) if b else float("nan")
 
-    return OperatingPoint(threshold, ratio(tp, tp + fn), ratio(tn, tn + fp), ratio(tp, tp + fp), ratio(tn, tn + fn), float(flag.mean()))
+    return OperatingPoint(
+        threshold,
+        ratio(tp, tp + fn),
+        ratio(tn, tn + fp),
+        ratio(tp, tp + fp),
+        ratio(tn, tn + fn),
+        float(flag.mean()),
+    )
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,12 @@ class BootstrapInterval:
     replicates: int
 
     def as_dict(self) -> dict[str, float]:
-        return {"estimate": round(self.estimate, 4), "ci95_low": round(self.low, 4), "ci95_high": round(self.high, 4), "replicates": self.replicates}
+        return {
+            "estimate": round(self.estimate, 4),
+            "ci95_low": round(self.low, 4),
+            "ci95_high": round(self.high, 4),
+            "replicates": self.replicates,
+        }
 
 
 def bootstrap_by_group(
@@ -113,5 +133,8 @@ def subgroup_table(
                 "false_positive_rate": round(1 - op.specificity, 4),
             }
         aucs = [r["auroc"] for r in rows.values() if r["auroc"] is not None]
-        out[grouping] = {"groups": rows, "largest_auroc_gap": round(max(aucs) - min(aucs), 4) if len(aucs) > 1 else None}
+        out[grouping] = {
+            "groups": rows,
+            "largest_auroc_gap": round(max(aucs) - min(aucs), 4) if len(aucs) > 1 else None,
+        }
     return out

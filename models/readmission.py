@@ -66,7 +66,9 @@ def read_diabetes130(path: Path | str) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetError(f"dataset not found: {path}")
     if not path.name.lower().endswith((".csv", ".csv.gz")):
-        raise DatasetError(f"unsupported dataset format: {path.name} (csv or csv.gz in the Diabetes 130-US layout)")
+        raise DatasetError(
+            f"unsupported dataset format: {path.name} (csv or csv.gz in the Diabetes 130-US layout)"
+        )
     # '?' marks missing; 'None' is a real value (a test not done), not missing.
     frame = pd.read_csv(path, keep_default_na=False, na_values=["?", ""], low_memory=False)
     if "patient_nbr" not in frame or "encounter_id" not in frame:
@@ -85,14 +87,18 @@ class ReadmissionData:
     def subset(self, mask: np.ndarray) -> ReadmissionData:
         table = DischargeTable(self.table.patient[mask], self.table.encounter[mask], self.table.values[mask])
         label = self.label[mask] if self.label is not None else None
-        return ReadmissionData(self.frame[mask].reset_index(drop=True), table, self.features[mask], label, self.patient[mask])
+        return ReadmissionData(
+            self.frame[mask].reset_index(drop=True), table, self.features[mask], label, self.patient[mask]
+        )
 
 
 def load_readmission_data(path: Path | str, spec: FeatureSpec) -> ReadmissionData:
     cohort = readmission_cohort(read_diabetes130(path))
     table = diabetes130_to_table(cohort)
     label = readmitted_within_30_days(cohort) if "readmitted" in cohort else None
-    return ReadmissionData(cohort, table, build_readmission_features(table, spec), label, cohort["patient_nbr"].to_numpy())
+    return ReadmissionData(
+        cohort, table, build_readmission_features(table, spec), label, cohort["patient_nbr"].to_numpy()
+    )
 
 
 def readmission_params(seed: int) -> dict[str, Any]:
@@ -114,10 +120,20 @@ def score_readmission(model: RiskModel, data: ReadmissionData) -> np.ndarray:
 
 
 def _subgroups(frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-    race = frame["race"].fillna("Unknown").astype(str) if "race" in frame else pd.Series("Unknown", index=frame.index)
+    race = (
+        frame["race"].fillna("Unknown").astype(str)
+        if "race" in frame
+        else pd.Series("Unknown", index=frame.index)
+    )
     sex = frame["gender"].astype(str)
     age = frame["age"].astype(str).str.extract(r"\[(\d+)")[0].astype(float)
-    bands = {"<50": age < 50, "50-59": (age >= 50) & (age < 60), "60-69": (age >= 60) & (age < 70), "70-79": (age >= 70) & (age < 80), "80+": age >= 80}
+    bands = {
+        "<50": age < 50,
+        "50-59": (age >= 50) & (age < 60),
+        "60-69": (age >= 60) & (age < 70),
+        "70-79": (age >= 70) & (age < 80),
+        "80+": age >= 80,
+    }
     return {
         "race": {r: (race == r).to_numpy() for r in sorted(race.unique())},
         "sex": {s: (sex == s).to_numpy() for s in sorted(sex.unique())},
@@ -150,27 +166,50 @@ def readmission_report(
             "definition": LACE_DESCRIPTION,
             "auroc": _ci(lambda i: auroc(y[i], lace[i]), patient, replicates, seed),
             "auprc": _ci(lambda i: auprc(y[i], lace[i]), patient, replicates, seed),
-            "auroc_gain": _ci(lambda i: auroc(y[i], probability[i]) - auroc(y[i], lace[i]), patient, replicates, seed),
+            "auroc_gain": _ci(
+                lambda i: auroc(y[i], probability[i]) - auroc(y[i], lace[i]), patient, replicates, seed
+            ),
         },
         "subgroups": subgroup_table(y, probability, _subgroups(data.frame), threshold),
     }
     gaps = {k: v["largest_auroc_gap"] for k, v in report["subgroups"].items()}
     known = {k: v for k, v in gaps.items() if v is not None}
-    report["largest_subgroup_auroc_gap"] = {"grouping": max(known, key=lambda k: known[k]), "gap": max(known.values())} if known else None
+    report["largest_subgroup_auroc_gap"] = (
+        {"grouping": max(known, key=lambda k: known[k]), "gap": max(known.values())} if known else None
+    )
     return report
 
 
-def write_readmission_report(report_dir: Path, probability: np.ndarray, data: ReadmissionData, report: dict[str, Any], model: str, note: str = "") -> Path:
+def write_readmission_report(
+    report_dir: Path,
+    probability: np.ndarray,
+    data: ReadmissionData,
+    report: dict[str, Any],
+    model: str,
+    note: str = "",
+) -> Path:
     """metrics.json (the printed evaluation), model_card.md and the PNG plots."""
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     y = data.label
     assert y is not None
     lace = lace_score(data.table)
-    plot_roc(report_dir / "roc.png", {"XGBoost": (y, probability), "LACE-style": (y, lace)}, "30-day readmission: ROC")
-    plot_pr(report_dir / "pr.png", {"XGBoost": (y, probability), "LACE-style": (y, lace)}, "30-day readmission: precision-recall")
+    plot_roc(
+        report_dir / "roc.png",
+        {"XGBoost": (y, probability), "LACE-style": (y, lace)},
+        "30-day readmission: ROC",
+    )
+    plot_pr(
+        report_dir / "pr.png",
+        {"XGBoost": (y, probability), "LACE-style": (y, lace)},
+        "30-day readmission: precision-recall",
+    )
     plot_calibration(report_dir / "calibration.png", y, probability, "30-day readmission: calibration")
-    return write_model_card(report_dir / "model_card.md", f"Model card: 30-day readmission ({model})", model_card_sections(report, note))
+    return write_model_card(
+        report_dir / "model_card.md",
+        f"Model card: 30-day readmission ({model})",
+        model_card_sections(report, note),
+    )
 
 
 def _fmt(ci: dict[str, float]) -> str:
@@ -182,7 +221,17 @@ def model_card_sections(report: dict[str, Any], note: str = "") -> list[tuple[st
     sub_rows = []
     for grouping, block in report["subgroups"].items():
         for name, row in block["groups"].items():
-            sub_rows.append([grouping, name, row["n"], row["positives"], row["auroc"], row["sensitivity"], row["false_positive_rate"]])
+            sub_rows.append(
+                [
+                    grouping,
+                    name,
+                    row["n"],
+                    row["positives"],
+                    row["auroc"],
+                    row["sensitivity"],
+                    row["false_positive_rate"],
+                ]
+            )
     auroc_est = report["auroc"]["estimate"]
     audit = (
         "AUROC is above 0.70: audit for leakage before use (see docs/readmission-model.md)."
@@ -193,22 +242,54 @@ def model_card_sections(report: dict[str, Any], note: str = "") -> list[tuple[st
     )
     gap = report.get("largest_subgroup_auroc_gap")
     return [
-        ("Intended use", "Estimates, at hospital discharge, the probability that an adult with diabetes is readmitted within 30 days, "
-         "to prompt follow-up within 7 days. A decision aid, not a decision."),
-        ("Data", f"{report['encounters']} discharges of {report['patients']} patients, {report['readmitted_30d']} readmitted within 30 days "
-         f"(prevalence {report['prevalence']:.3f}). Cohort: first encounter per patient, discharges to death or hospice excluded. "
-         + note),
-        ("Discrimination", markdown_table(
-            ["metric", "model", "LACE-style baseline"],
-            [["AUROC", _fmt(report["auroc"]), _fmt(lace["auroc"])], ["AUPRC", _fmt(report["auprc"]), _fmt(lace["auprc"])],
-             ["AUROC gain over baseline", _fmt(lace["auroc_gain"]), ""]],
-        ) + f"\n\nIntervals: 95 % percentile bootstrap over patients ({report['auroc']['replicates']} replicates). Baseline: {lace['definition']}."),
-        ("Calibration", markdown_table(["Brier", "ECE (10 bins)", "intercept", "slope"], [[cal["brier"], cal["ece"], cal["intercept"], cal["slope"]]])),
+        (
+            "Intended use",
+            "Estimates, at hospital discharge, the probability that an adult with diabetes is readmitted within 30 days, "
+            "to prompt follow-up within 7 days. A decision aid, not a decision.",
+        ),
+        (
+            "Data",
+            f"{report['encounters']} discharges of {report['patients']} patients, {report['readmitted_30d']} readmitted within 30 days "
+            f"(prevalence {report['prevalence']:.3f}). Cohort: first encounter per patient, discharges to death or hospice excluded. "
+            + note,
+        ),
+        (
+            "Discrimination",
+            markdown_table(
+                ["metric", "model", "LACE-style baseline"],
+                [
+                    ["AUROC", _fmt(report["auroc"]), _fmt(lace["auroc"])],
+                    ["AUPRC", _fmt(report["auprc"]), _fmt(lace["auprc"])],
+                    ["AUROC gain over baseline", _fmt(lace["auroc_gain"]), ""],
+                ],
+            )
+            + f"\n\nIntervals: 95 % percentile bootstrap over patients ({report['auroc']['replicates']} replicates). Baseline: {lace['definition']}.",
+        ),
+        (
+            "Calibration",
+            markdown_table(
+                ["Brier", "ECE (10 bins)", "intercept", "slope"],
+                [[cal["brier"], cal["ece"], cal["intercept"], cal["slope"]]],
+            ),
+        ),
         ("Operating point", markdown_table(list(op.keys()), [list(op.values())])),
-        ("Subgroups", markdown_table(["grouping", "group", "n", "readmitted", "AUROC", "sensitivity", "false-positive rate"], sub_rows)
-         + (f"\n\nLargest AUROC gap: {gap['gap']:.3f} ({gap['grouping']}); AUROC is shown only for groups with at least 10 readmissions." if gap else "")),
-        ("Fairness note", "Race is not a model input (it is a social category that here mostly tracks access to care); "
-         "it is used only to check performance by group, as are sex and age band."),
+        (
+            "Subgroups",
+            markdown_table(
+                ["grouping", "group", "n", "readmitted", "AUROC", "sensitivity", "false-positive rate"],
+                sub_rows,
+            )
+            + (
+                f"\n\nLargest AUROC gap: {gap['gap']:.3f} ({gap['grouping']}); AUROC is shown only for groups with at least 10 readmissions."
+                if gap
+                else ""
+            ),
+        ),
+        (
+            "Fairness note",
+            "Race is not a model input (it is a social category that here mostly tracks access to care); "
+            "it is used only to check performance by group, as are sex and age band.",
+        ),
         ("Leakage audit", audit),
     ]
 
@@ -229,7 +310,10 @@ def train_readmission(
     if data.label is None:
         raise DatasetError("training data has no `readmitted` column")
     train_ids, valid_ids, test_ids = patient_split(data.patient, (0.7, 0.1, 0.2), seed)
-    parts = {name: np.isin(data.patient, ids) for name, ids in (("train", train_ids), ("valid", valid_ids), ("test", test_ids))}
+    parts = {
+        name: np.isin(data.patient, ids)
+        for name, ids in (("train", train_ids), ("valid", valid_ids), ("test", test_ids))
+    }
 
     trained = train_booster(
         data.features[parts["train"]],
@@ -244,7 +328,11 @@ def train_readmission(
         device=device,
     )
     # Keep the best round only, so the stored file is exactly the model that is scored.
-    booster = trained.booster[: trained.booster.best_iteration + 1] if trained.booster.best_iteration is not None else trained.booster
+    booster = (
+        trained.booster[: trained.booster.best_iteration + 1]
+        if trained.booster.best_iteration is not None
+        else trained.booster
+    )
     booster.set_param({"device": "cpu"})
 
     def raw(mask: np.ndarray) -> np.ndarray:
@@ -283,11 +371,17 @@ def train_readmission(
         activate=activate,
     )
     note = f"Held-out test split (20 % of patients, seed {seed}) of {Path(data_path).name}."
-    write_model_card(target / "model_card.md", "Model card: 30-day readmission (readmission v" + manifest.version + ")", model_card_sections(report, note))
+    write_model_card(
+        target / "model_card.md",
+        "Model card: 30-day readmission (readmission v" + manifest.version + ")",
+        model_card_sections(report, note),
+    )
     return manifest
 
 
-def evaluate_readmission(model: RiskModel, data: ReadmissionData, *, report_dir: Path | None = None, replicates: int = 500) -> dict[str, Any]:
+def evaluate_readmission(
+    model: RiskModel, data: ReadmissionData, *, report_dir: Path | None = None, replicates: int = 500
+) -> dict[str, Any]:
     probability = score_readmission(model, data)
     report = readmission_report(probability, data, model.threshold, replicates=replicates)
     report["model"] = f"{model.name}@{model.version}"
@@ -301,9 +395,15 @@ def evaluate_readmission(model: RiskModel, data: ReadmissionData, *, report_dir:
 
 def _train_readmission(path: Path, registry: ModelRegistry, options: TrainOptions) -> ModelManifest:
     if options.patients is not None:
-        raise ModelError("--patients is for sepsis only: the readmission cohort is one discharge per patient already")
+        raise ModelError(
+            "--patients is for sepsis only: the readmission cohort is one discharge per patient already"
+        )
     return train_readmission(
-        path, registry, seed=options.seed, activate=options.activate, device=choose_device(options.device),
+        path,
+        registry,
+        seed=options.seed,
+        activate=options.activate,
+        device=choose_device(options.device),
         num_boost_round=options.rounds or READMISSION_ROUNDS,
     )
 
@@ -311,7 +411,9 @@ def _train_readmission(path: Path, registry: ModelRegistry, options: TrainOption
 def _score_readmission(model: RiskModel, path: Path) -> Iterator[str]:
     data = load_readmission_data(path, model.spec)
     probability = score_readmission(model, data)
-    for patient, encounter, p in zip(data.patient.tolist(), data.table.encounter.tolist(), probability.tolist(), strict=True):
+    for patient, encounter, p in zip(
+        data.patient.tolist(), data.table.encounter.tolist(), probability.tolist(), strict=True
+    ):
         yield json.dumps({"patient": patient, "encounter": encounter, "probability": p})
 
 

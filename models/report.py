@@ -11,7 +11,14 @@ import numpy as np
 
 from .calibration import reliability_curve
 
-__all__ = ["markdown_table", "plot_calibration", "plot_pr", "plot_roc", "plot_threshold_curve", "write_model_card"]
+__all__ = [
+    "markdown_table",
+    "plot_calibration",
+    "plot_pr",
+    "plot_roc",
+    "plot_threshold_curve",
+    "write_model_card",
+]
 
 
 def _pyplot() -> Any:
@@ -64,7 +71,9 @@ def plot_calibration(path: Path, label: np.ndarray, p: np.ndarray, title: str, *
     top = max(float(mean_p.max()), float(rate.max())) * 1.1 if len(mean_p) else 1.0
     ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="perfect")
     ax.plot(mean_p, rate, marker="o", label="model (quantile bins)")
-    ax.set(xlabel="mean predicted probability", ylabel="observed rate", title=title, xlim=(0, top), ylim=(0, top))
+    ax.set(
+        xlabel="mean predicted probability", ylabel="observed rate", title=title, xlim=(0, top), ylim=(0, top)
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -73,7 +82,13 @@ def plot_calibration(path: Path, label: np.ndarray, p: np.ndarray, title: str, *
 
 
 def plot_threshold_curve(
-    path: Path, thresholds: Sequence[float], values: Sequence[float], title: str, ylabel: str, *, marker: float | None = None
+    path: Path,
+    thresholds: Sequence[float],
+    values: Sequence[float],
+    title: str,
+    ylabel: str,
+    *,
+    marker: float | None = None,
 ) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -101,5 +116,3 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
-
-

@@ -40,7 +40,9 @@ class Explanation:
 
 
 class RiskModel:
-    def __init__(self, artifact: LoadedArtifact, spec: FeatureSpec, *, device: str = "cpu", nthread: int = 0) -> None:
+    def __init__(
+        self, artifact: LoadedArtifact, spec: FeatureSpec, *, device: str = "cpu", nthread: int = 0
+    ) -> None:
         self.manifest: ModelManifest = artifact.manifest
         self.spec = spec
         self.booster = artifact.booster
@@ -49,7 +51,11 @@ class RiskModel:
             params["nthread"] = nthread
         self.booster.set_param(params)
         cal = self.manifest.calibration
-        self._cal = (np.asarray(cal.x, dtype=np.float64), np.asarray(cal.y, dtype=np.float64)) if cal.method != "none" else None
+        self._cal = (
+            (np.asarray(cal.x, dtype=np.float64), np.asarray(cal.y, dtype=np.float64))
+            if cal.method != "none"
+            else None
+        )
         self._labels = {f.name: (f.label, f.unit) for f in spec.features}
 
     @property
@@ -65,7 +71,9 @@ class RiskModel:
         return self.manifest.threshold
 
     def margin(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(features, predict_type="margin", missing=np.nan), dtype=np.float64)
+        return np.asarray(
+            self.booster.inplace_predict(features, predict_type="margin", missing=np.nan), dtype=np.float64
+        )
 
     def calibrate(self, raw_probability: np.ndarray) -> np.ndarray:
         if self._cal is None:

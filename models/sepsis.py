@@ -73,7 +73,12 @@ class SepsisData:
 
 
 def load_sepsis_data(
-    path: Path | str, spec: FeatureSpec, *, patients: int | None = None, baselines: bool = False, only: np.ndarray | None = None
+    path: Path | str,
+    spec: FeatureSpec,
+    *,
+    patients: int | None = None,
+    baselines: bool = False,
+    only: np.ndarray | None = None,
 ) -> SepsisData:
     """`only`: keep these patient ids (e.g. the held-out test patients)."""
     frame = read_physionet(path)
@@ -113,7 +118,9 @@ def best_threshold(probability: np.ndarray, label: np.ndarray, patient: np.ndarr
     return float(candidates[i]), float(utility)
 
 
-def sepsis_metrics(probability: np.ndarray, label: np.ndarray, patient: np.ndarray, threshold: float) -> dict[str, Any]:
+def sepsis_metrics(
+    probability: np.ndarray, label: np.ndarray, patient: np.ndarray, threshold: float
+) -> dict[str, Any]:
     predicted = (probability >= threshold).astype(np.int8)
     auroc, auprc = challenge_auc(label, probability)
     accuracy, f_measure = accuracy_f_measure(label, predicted)
@@ -165,16 +172,29 @@ def grouped_folds(patient: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
 
 
 def out_of_fold(
-    x: np.ndarray, y: np.ndarray, patient: np.ndarray, *, params: dict[str, Any], rounds: int, folds: int, seed: int,
-    device: str | None = None, progress: bool = False,
+    x: np.ndarray,
+    y: np.ndarray,
+    patient: np.ndarray,
+    *,
+    params: dict[str, Any],
+    rounds: int,
+    folds: int,
+    seed: int,
+    device: str | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Raw probabilities for every row from a model that never saw that row's patient."""
     oof = np.full(len(y), np.nan)
     for i, ids in enumerate(grouped_folds(patient, folds, seed)):
         held = np.isin(patient, ids)
         trained = train_booster(
-            x[~held], y[~held], params={**params, "seed": seed + i}, num_boost_round=rounds, progress=progress,
-            description=f"sepsis fold {i + 1}/{folds}", device=device,
+            x[~held],
+            y[~held],
+            params={**params, "seed": seed + i},
+            num_boost_round=rounds,
+            progress=progress,
+            description=f"sepsis fold {i + 1}/{folds}",
+            device=device,
         )
         oof[held] = trained.booster.inplace_predict(x[held], missing=np.nan)
     return oof
@@ -206,20 +226,34 @@ def train_sepsis(
 
     started = time.perf_counter()
     oof_raw = out_of_fold(
-        data.features[dev], data.label[dev], data.patient[dev], params=params, rounds=num_boost_round,
-        folds=folds, seed=seed, device=device, progress=progress,
+        data.features[dev],
+        data.label[dev],
+        data.patient[dev],
+        params=params,
+        rounds=num_boost_round,
+        folds=folds,
+        seed=seed,
+        device=device,
+        progress=progress,
     )
     calibration = fit_isotonic(oof_raw, data.label[dev])
     model_cal = _calibrator(calibration)
     oof = model_cal(oof_raw)
     threshold, oof_utility = best_threshold(oof, data.label[dev], data.patient[dev])
     trained = train_booster(
-        data.features[dev], data.label[dev], params=params, num_boost_round=num_boost_round,
-        progress=progress, description="sepsis final", device=device,
+        data.features[dev],
+        data.label[dev],
+        params=params,
+        num_boost_round=num_boost_round,
+        progress=progress,
+        description="sepsis final",
+        device=device,
     )
     train_seconds = time.perf_counter() - started
 
-    p_test = model_cal(np.asarray(trained.booster.inplace_predict(data.features[test], missing=np.nan), dtype=np.float64))
+    p_test = model_cal(
+        np.asarray(trained.booster.inplace_predict(data.features[test], missing=np.nan), dtype=np.float64)
+    )
     test_metrics = sepsis_metrics(p_test, data.label[test], data.patient[test], threshold)
     oof_auroc, _ = challenge_auc(data.label[dev], oof)
     cal = calibration_report(data.label[test], p_test).as_dict()
@@ -268,7 +302,12 @@ def score_sepsis(model: RiskModel, data: SepsisData) -> np.ndarray:
 
 
 def evaluate_sepsis(
-    model: RiskModel, data: SepsisData, *, report: Path | None = None, replicates: int = 200, data_label: str = ""
+    model: RiskModel,
+    data: SepsisData,
+    *,
+    report: Path | None = None,
+    replicates: int = 200,
+    data_label: str = "",
 ) -> dict[str, Any]:
     """The challenge metrics at the stored threshold, plus (when `data` carries baselines) the
     full clinical evaluation; `report` also writes metrics.json, model_card.md and the plots."""
@@ -283,14 +322,25 @@ def evaluate_sepsis(
     columns = {c: data.frame[c].to_numpy(dtype=np.float64) for c in ("Gender", "Age", "Unit1", "Unit2")}
     metrics.update(
         sepsis_evaluation(
-            probability, data.label, data.patient, model.threshold, subgroup_columns=columns,
-            baselines={k: (v, cuts[k]) for k, v in data.baselines.items()}, replicates=replicates,
+            probability,
+            data.label,
+            data.patient,
+            model.threshold,
+            subgroup_columns=columns,
+            baselines={k: (v, cuts[k]) for k, v in data.baselines.items()},
+            replicates=replicates,
         )
     )
     if report is not None:
         write_sepsis_report(
-            report, metrics, probability=probability, label=data.label, patient=data.patient, baselines=data.baselines,
-            model_label=f"{model.manifest.title} v{model.version}", data_label=data_label or "the given data",
+            report,
+            metrics,
+            probability=probability,
+            label=data.label,
+            patient=data.patient,
+            baselines=data.baselines,
+            model_label=f"{model.manifest.title} v{model.version}",
+            data_label=data_label or "the given data",
         )
     return metrics
 
@@ -323,7 +373,9 @@ def _evaluate_sepsis(model: RiskModel, path: Path, options: EvaluateOptions) -> 
         only = development_split(read_physionet(path)["patient"].to_numpy(), model.manifest.seed)[1]
     data = load_sepsis_data(path, model.spec, baselines=True, only=only)
     label = path.name + (" (held-out test patients)" if options.holdout else "")
-    return evaluate_sepsis(model, data, report=options.report, replicates=options.replicates or 200, data_label=label)
+    return evaluate_sepsis(
+        model, data, report=options.report, replicates=options.replicates or 200, data_label=label
+    )
 
 
 def _serving_row(table: Any, spec: FeatureSpec) -> np.ndarray:

@@ -81,7 +81,9 @@ def patient_operating_point(label: np.ndarray, alarm: np.ndarray, patient: np.nd
         "specificity": ratio(tn, tn + fp),
         "ppv": ratio(tp, tp + fp),
         "median_hours_warning_before_onset": float(np.median(warning)) if len(warning) else None,
-        "warning_hours_iqr": [float(np.percentile(warning, 25)), float(np.percentile(warning, 75))] if len(warning) else None,
+        "warning_hours_iqr": [float(np.percentile(warning, 25)), float(np.percentile(warning, 75))]
+        if len(warning)
+        else None,
     }
 
 
@@ -108,8 +110,12 @@ def utility_by_patient_bootstrap(
     table = utility_table(label, patient)
     group, _, first = _positions(patient)
     g = len(first)
-    observed = np.bincount(group, weights=np.where(alarm.astype(bool), table.if_positive, table.if_negative), minlength=g)
-    best = np.bincount(group, weights=np.where(table.best.astype(bool), table.if_positive, table.if_negative), minlength=g)
+    observed = np.bincount(
+        group, weights=np.where(alarm.astype(bool), table.if_positive, table.if_negative), minlength=g
+    )
+    best = np.bincount(
+        group, weights=np.where(table.best.astype(bool), table.if_positive, table.if_negative), minlength=g
+    )
     inaction = np.bincount(group, weights=table.if_negative, minlength=g)
 
     def normalised(weights: np.ndarray) -> float:
@@ -117,13 +123,23 @@ def utility_by_patient_bootstrap(
         return float((weights @ observed - weights @ inaction) / denominator) if denominator else float("nan")
 
     rng = np.random.default_rng(seed)
-    values = [normalised(np.bincount(rng.integers(0, g, g), minlength=g).astype(np.float64)) for _ in range(replicates)]
+    values = [
+        normalised(np.bincount(rng.integers(0, g, g), minlength=g).astype(np.float64))
+        for _ in range(replicates)
+    ]
     values = [v for v in values if np.isfinite(v)]
     low, high = np.percentile(values, [2.5, 97.5]) if values else (np.nan, np.nan)
-    return {"estimate": round(normalised(np.ones(g)), 4), "ci95_low": round(float(low), 4), "ci95_high": round(float(high), 4), "replicates": len(values)}
+    return {
+        "estimate": round(normalised(np.ones(g)), 4),
+        "ci95_low": round(float(low), 4),
+        "ci95_high": round(float(high), 4),
+        "replicates": len(values),
+    }
 
 
-def _auroc_interval(label: np.ndarray, score: np.ndarray, patient: np.ndarray, replicates: int, seed: int) -> dict[str, float]:
+def _auroc_interval(
+    label: np.ndarray, score: np.ndarray, patient: np.ndarray, replicates: int, seed: int
+) -> dict[str, float]:
     def stat(rows: np.ndarray) -> float:
         y = label[rows]
         return challenge_auc(y, score[rows])[0] if 0 < y.sum() < len(y) else float("nan")
@@ -142,7 +158,9 @@ def sepsis_subgroups(frame_columns: Mapping[str, np.ndarray]) -> dict[str, dict[
     }
 
 
-def _score_metrics(label: np.ndarray, score: np.ndarray, patient: np.ndarray, alert_at: float) -> dict[str, Any]:
+def _score_metrics(
+    label: np.ndarray, score: np.ndarray, patient: np.ndarray, alert_at: float
+) -> dict[str, Any]:
     # The scorer's curve assumes probabilities in (0, 1] (it never calls p = 0 positive): a
     # monotone rescale into (0, 1) keeps the ranking and lets a score of 0 count.
     top = float(score.max()) if len(score) else 0.0
@@ -191,7 +209,9 @@ def sepsis_evaluation(
     if subgroup_columns is not None:
         out["subgroups"] = subgroup_table(label, p, sepsis_subgroups(subgroup_columns), threshold)
     if baselines:
-        out["baselines"] = {name: _score_metrics(label, s, patient, cut) for name, (s, cut) in baselines.items()}
+        out["baselines"] = {
+            name: _score_metrics(label, s, patient, cut) for name, (s, cut) in baselines.items()
+        }
         best = max(v["auroc"] for v in out["baselines"].values())
         out["auroc_margin_over_best_baseline"] = round(auroc - best, 4)
     return out
@@ -225,10 +245,17 @@ def write_sepsis_report(
     curves = {"model": (label, probability), **{k: (label, v) for k, v in baselines.items()}}
     files["roc"] = plot_roc(directory / "roc.png", curves, "Sepsis, hour level")
     files["pr"] = plot_pr(directory / "pr.png", curves, "Sepsis, hour level")
-    files["calibration"] = plot_calibration(directory / "calibration.png", label, probability, "Calibration (hour level)")
+    files["calibration"] = plot_calibration(
+        directory / "calibration.png", label, probability, "Calibration (hour level)"
+    )
     t, u = _utility_curve(label, probability, patient)
     files["utility"] = plot_threshold_curve(
-        directory / "utility_vs_threshold.png", t, u, "PhysioNet 2019 utility", "normalised utility", marker=metrics["threshold"]
+        directory / "utility_vs_threshold.png",
+        t,
+        u,
+        "PhysioNet 2019 utility",
+        "normalised utility",
+        marker=metrics["threshold"],
     )
     m = metrics
     pl, cal, burden = m["patient_level"], m["calibration"], m["alert_burden"]
@@ -236,38 +263,98 @@ def write_sepsis_report(
         ["Normalised utility (PhysioNet 2019)", _fmt(m["utility_ci"])],
         ["Hour-level AUROC", _fmt(m["auroc_ci"])],
         ["Hour-level AUPRC", f"{m['hour_level']['auprc']:.3f} (row prevalence {m['row_prevalence']:.3f})"],
-        ["Patient sensitivity / specificity / PPV at threshold", f"{pl['sensitivity']} / {pl['specificity']} / {pl['ppv']}"],
-        ["Median hours of warning before onset (IQR)", f"{pl['median_hours_warning_before_onset']} ({pl['warning_hours_iqr']})"],
+        [
+            "Patient sensitivity / specificity / PPV at threshold",
+            f"{pl['sensitivity']} / {pl['specificity']} / {pl['ppv']}",
+        ],
+        [
+            "Median hours of warning before onset (IQR)",
+            f"{pl['median_hours_warning_before_onset']} ({pl['warning_hours_iqr']})",
+        ],
         ["Alerts per 100 patient-days", burden["alerts_per_100_patient_days"]],
     ]
-    base_rows = [[k, v["auroc"], v["auprc"], f">= {v['alert_at']:g}", v["utility_at_alert_cut"], v["utility_at_best_cut"]]
-                 for k, v in m.get("baselines", {}).items()]
+    base_rows = [
+        [
+            k,
+            v["auroc"],
+            v["auprc"],
+            f">= {v['alert_at']:g}",
+            v["utility_at_alert_cut"],
+            v["utility_at_best_cut"],
+        ]
+        for k, v in m.get("baselines", {}).items()
+    ]
     sub_rows = []
     for grouping, block in m.get("subgroups", {}).items():
         for name, r in block["groups"].items():
-            sub_rows.append([grouping, name, r["n"], r["positives"], r["auroc"], r["sensitivity"], r["false_positive_rate"]])
+            sub_rows.append(
+                [
+                    grouping,
+                    name,
+                    r["n"],
+                    r["positives"],
+                    r["auroc"],
+                    r["sensitivity"],
+                    r["false_positive_rate"],
+                ]
+            )
         sub_rows.append([grouping, "largest AUROC gap", "", "", block["largest_auroc_gap"], "", ""])
     sections = [
-        ("Intended use", "Decision support for adult ICU patients: an hourly probability that Sepsis-3 onset is within the "
-         "next 6 hours (or ongoing), shown to clinicians in a CDS Hooks card with its drivers. It prompts a bedside "
-         "review; it does not diagnose sepsis and must not delay or replace clinical judgement, cultures or antibiotics."),
-        ("Data", f"Evaluated on {data_label}: {m['rows']} hourly rows, {pl['patients']} patients, {pl['septic_patients']} septic. "
-         "Every hour is scored from data up to that hour only."),
+        (
+            "Intended use",
+            "Decision support for adult ICU patients: an hourly probability that Sepsis-3 onset is within the "
+            "next 6 hours (or ongoing), shown to clinicians in a CDS Hooks card with its drivers. It prompts a bedside "
+            "review; it does not diagnose sepsis and must not delay or replace clinical judgement, cultures or antibiotics.",
+        ),
+        (
+            "Data",
+            f"Evaluated on {data_label}: {m['rows']} hourly rows, {pl['patients']} patients, {pl['septic_patients']} septic. "
+            "Every hour is scored from data up to that hour only.",
+        ),
         ("Metrics (95 % intervals by patient bootstrap)", markdown_table(["metric", "value"], rows)),
-        ("Calibration", markdown_table(["Brier", "ECE", "intercept", "slope"], [[cal["brier"], cal["ece"], cal["intercept"], cal["slope"]]])
-         + "\n\nSee calibration.png."),
-        ("Clinical baselines on the same rows", markdown_table(
-            ["score", "AUROC", "AUPRC", "published cut", "utility at cut", "utility at best cut (optimistic)"], base_rows)
-         + f"\n\nAUROC margin over the best baseline: {m.get('auroc_margin_over_best_baseline')}."),
-        ("Subgroups", markdown_table(["grouping", "group", "rows", "positive rows", "AUROC", "sensitivity", "FPR"], sub_rows)),
-        ("Limitations", "Trained on one hospital system (PhysioNet 2019 set A). Labels are the challenge's Sepsis-3 "
-         "approximation. The bedside scores are partial (no GCS/AVPU, vasopressors, urine output). The utility rewards "
-         "alarms that the ICU clock alone can produce; this model does not read ICULOS or HospAdmTime. EtCO2 is ignored "
-         "(never recorded in set A)."),
-        ("What would make it unsafe", "Use outside adult ICUs; a site whose lab-ordering habits differ (the model reads how "
-         "recently and how often labs were measured); a change in units or codes the mapping does not know; prevalence "
-         "far from set A's without re-checking the threshold and calibration; treating a low score as ruling sepsis out; "
-         "alert fatigue if the threshold is lowered without re-measuring alerts per 100 patient-days."),
+        (
+            "Calibration",
+            markdown_table(
+                ["Brier", "ECE", "intercept", "slope"],
+                [[cal["brier"], cal["ece"], cal["intercept"], cal["slope"]]],
+            )
+            + "\n\nSee calibration.png.",
+        ),
+        (
+            "Clinical baselines on the same rows",
+            markdown_table(
+                [
+                    "score",
+                    "AUROC",
+                    "AUPRC",
+                    "published cut",
+                    "utility at cut",
+                    "utility at best cut (optimistic)",
+                ],
+                base_rows,
+            )
+            + f"\n\nAUROC margin over the best baseline: {m.get('auroc_margin_over_best_baseline')}.",
+        ),
+        (
+            "Subgroups",
+            markdown_table(
+                ["grouping", "group", "rows", "positive rows", "AUROC", "sensitivity", "FPR"], sub_rows
+            ),
+        ),
+        (
+            "Limitations",
+            "Trained on one hospital system (PhysioNet 2019 set A). Labels are the challenge's Sepsis-3 "
+            "approximation. The bedside scores are partial (no GCS/AVPU, vasopressors, urine output). The utility rewards "
+            "alarms that the ICU clock alone can produce; this model does not read ICULOS or HospAdmTime. EtCO2 is ignored "
+            "(never recorded in set A).",
+        ),
+        (
+            "What would make it unsafe",
+            "Use outside adult ICUs; a site whose lab-ordering habits differ (the model reads how "
+            "recently and how often labs were measured); a change in units or codes the mapping does not know; prevalence "
+            "far from set A's without re-checking the threshold and calibration; treating a low score as ruling sepsis out; "
+            "alert fatigue if the threshold is lowered without re-measuring alerts per 100 patient-days.",
+        ),
     ]
     files["card"] = write_model_card(directory / "model_card.md", f"Model card: {model_label}", sections)
     return files

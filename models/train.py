@@ -25,7 +25,9 @@ class ProgressBar(xgb.callback.TrainingCallback):
         self.bar: Any = None
 
     def before_training(self, model: xgb.Booster) -> xgb.Booster:
-        self.bar = tqdm(total=self.total, desc=self.description, unit="round", disable=not self.enabled, leave=True)
+        self.bar = tqdm(
+            total=self.total, desc=self.description, unit="round", disable=not self.enabled, leave=True
+        )
         return model
 
     def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict[str, Any]) -> bool:
@@ -96,14 +98,20 @@ def train_booster(
 ) -> TrainedBooster:
     device = device or choose_device()
     params = {**params, "device": device}
-    dtrain = xgb.QuantileDMatrix(x_train, label=y_train, missing=np.nan, max_bin=int(params.get("max_bin", 256)))
+    dtrain = xgb.QuantileDMatrix(
+        x_train, label=y_train, missing=np.nan, max_bin=int(params.get("max_bin", 256))
+    )
     evals = []
     if x_valid is not None and y_valid is not None:
         evals.append((xgb.QuantileDMatrix(x_valid, label=y_valid, missing=np.nan, ref=dtrain), "valid"))
     callbacks: list[xgb.callback.TrainingCallback] = [ProgressBar(num_boost_round, description, progress)]
     if early_stopping_rounds and evals:
-        callbacks.append(xgb.callback.EarlyStopping(rounds=early_stopping_rounds, save_best=True, data_name="valid"))
-    booster = xgb.train(params, dtrain, num_boost_round=num_boost_round, evals=evals, callbacks=callbacks, verbose_eval=False)
+        callbacks.append(
+            xgb.callback.EarlyStopping(rounds=early_stopping_rounds, save_best=True, data_name="valid")
+        )
+    booster = xgb.train(
+        params, dtrain, num_boost_round=num_boost_round, evals=evals, callbacks=callbacks, verbose_eval=False
+    )
     rounds = booster.num_boosted_rounds()
     # A model used for serving runs on the CPU regardless of where it was trained.
     booster.set_param({"device": "cpu"})

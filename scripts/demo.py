@@ -46,11 +46,23 @@ def synthetic(patient: int, hours: int, septic: bool) -> pd.DataFrame:
     nan = math.nan
     rows = [
         {
-            "patient": patient, "ICULOS": h, "HR": 88 + (1.1 * h if septic else 0), "O2Sat": 96 - (h / 12 if septic else 0),
-            "Temp": (38.3 if septic else 37.0) if h % 4 == 0 else nan, "SBP": 118 - (h / 2 if septic else 0), "DBP": 64, "MAP": 80 - (h / 4 if septic else 0),
-            "Resp": 18 + (h / 5 if septic else 0), "Lactate": (2.0 + h / 15 if septic else 1.1) if h % 8 == 0 else nan,
-            "WBC": (14.2 if septic else 8.1) if h % 12 == 0 else nan, "Creatinine": (1.6 if septic else 0.9) if h % 12 == 0 else nan,
-            "Age": 71.4 if septic else 58.0, "Gender": 1 if septic else 0, "Unit1": 1, "Unit2": 0, "HospAdmTime": -12.5,
+            "patient": patient,
+            "ICULOS": h,
+            "HR": 88 + (1.1 * h if septic else 0),
+            "O2Sat": 96 - (h / 12 if septic else 0),
+            "Temp": (38.3 if septic else 37.0) if h % 4 == 0 else nan,
+            "SBP": 118 - (h / 2 if septic else 0),
+            "DBP": 64,
+            "MAP": 80 - (h / 4 if septic else 0),
+            "Resp": 18 + (h / 5 if septic else 0),
+            "Lactate": (2.0 + h / 15 if septic else 1.1) if h % 8 == 0 else nan,
+            "WBC": (14.2 if septic else 8.1) if h % 12 == 0 else nan,
+            "Creatinine": (1.6 if septic else 0.9) if h % 12 == 0 else nan,
+            "Age": 71.4 if septic else 58.0,
+            "Gender": 1 if septic else 0,
+            "Unit1": 1,
+            "Unit2": 0,
+            "HospAdmTime": -12.5,
         }
         for h in range(1, hours + 1)
     ]
@@ -67,23 +79,35 @@ def demo_patients(data_dir: Path, now: datetime) -> list[DemoPatient]:
         for pid in chosen:
             rows = table[table["patient"] == pid].sort_values("ICULOS").head(48)
             label = "sepsis later in the stay" if septic[pid] else "no sepsis"
-            frames.append((f"PhysioNet set A patient {pid} ({label}), ICU hour {int(rows['ICULOS'].max())}", rows))
-    frames += [("Synthetic patient: worsening over 30 ICU hours", synthetic(900001, 30, True)),
-               ("Synthetic patient: stable over 30 ICU hours", synthetic(900002, 30, False))]
+            frames.append(
+                (f"PhysioNet set A patient {pid} ({label}), ICU hour {int(rows['ICULOS'].max())}", rows)
+            )
+    frames += [
+        ("Synthetic patient: worsening over 30 ICU hours", synthetic(900001, 30, True)),
+        ("Synthetic patient: stable over 30 ICU hours", synthetic(900002, 30, False)),
+    ]
     patients = []
     for label, rows in frames:
         hours = int(rows["ICULOS"].max())
-        stay = stay_to_fhir(rows.drop(columns=["SepsisLabel"], errors="ignore"), icu_start=icu_start_for_hour(now, hours), up_to_hour=hours)
+        stay = stay_to_fhir(
+            rows.drop(columns=["SepsisLabel"], errors="ignore"),
+            icu_start=icu_start_for_hour(now, hours),
+            up_to_hour=hours,
+        )
         patients.append(DemoPatient(label, stay))
     return patients
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CDS_PORT", 8000)), help="our CDS server")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("CDS_PORT", 8000)), help="our CDS server"
+    )
     parser.add_argument("--ehr-port", type=int, default=8080, help="the demo EHR's web page")
     parser.add_argument("--var-dir", type=Path, default=ROOT / "var" / "demo")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CDS_DATA_DIR", ROOT / ".." / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("CDS_DATA_DIR", ROOT / ".." / "shared" / "data"))
+    )
     parser.add_argument("--once", action="store_true", help="start, print the URLs and stop (a smoke test)")
     args = parser.parse_args()
     started = time.monotonic()
@@ -98,23 +122,38 @@ def main() -> int:
         launcher = start_launcher(fhir_server.url, args.var_dir / "launcher.log")
     else:
         print(f"note: {why}; cards are shown, the app cannot be launched", file=sys.stderr)
-    fhir_base = launcher.iss if launcher else fhir_server.url  # what the EHR names as fhirServer (and SMART iss)
+    fhir_base = (
+        launcher.iss if launcher else fhir_server.url
+    )  # what the EHR names as fhirServer (and SMART iss)
     identity = EhrIdentity(issuer="http://127.0.0.1/demo-ehr")
     servers.append(jwks := serve_in_thread(identity.app()))
     identity.jwks_url = f"{jwks.url}/.well-known/jwks.json"
     ehr_origin = f"http://127.0.0.1:{args.ehr_port}"
     cds_url = f"http://127.0.0.1:{args.port}"
     settings = Settings(
-        port=args.port, public_url=cds_url, var_dir=args.var_dir, data_dir=args.data_dir,
-        auth_issuers=(TrustedIssuer(iss=identity.issuer, jwks_url=identity.jwks_url, fhir_servers=(fhir_base,)),),
-        smart_ehrs=(SmartEhr(iss=launcher.iss, client_id="cds-explain", frame_origins=(ehr_origin,)),) if launcher else (),
+        port=args.port,
+        public_url=cds_url,
+        var_dir=args.var_dir,
+        data_dir=args.data_dir,
+        auth_issuers=(
+            TrustedIssuer(iss=identity.issuer, jwks_url=identity.jwks_url, fhir_servers=(fhir_base,)),
+        ),
+        smart_ehrs=(SmartEhr(iss=launcher.iss, client_id="cds-explain", frame_origins=(ehr_origin,)),)
+        if launcher
+        else (),
     )
-    servers.append(serve_in_thread(create_app(settings), port=args.port, **uvicorn_options(settings, in_process=True)))
+    servers.append(
+        serve_in_thread(create_app(settings), port=args.port, **uvicorn_options(settings, in_process=True))
+    )
 
     def launch(patient: DemoPatient, link_url: str) -> str | None:
         if launcher is None:
             return None
-        code = launch_code(patient=patient.stay.patient_id, provider="demo-clinician", encounter=str(patient.stay.encounter["id"]))
+        code = launch_code(
+            patient=patient.stay.patient_id,
+            provider="demo-clinician",
+            encounter=str(patient.stay.encounter["id"]),
+        )
         return f"{link_url}&launch={code}&iss={launcher.iss}"
 
     web = demo_ehr_web(patients, cds_url=cds_url, identity=identity, fhir_server=fhir_base, launch=launch)

@@ -284,8 +284,14 @@ def _readmission_measure(frame: pd.DataFrame) -> list[str]:
     for r in sample.to_dict("records"):
         res = discharge_to_fhir(r, discharged_at=now)
         record = DischargeRecord(
-            res.patient_id, res.patient, res.encounter, [res.encounter, *res.history], res.conditions,
-            res.observations, res.medication_requests, res.procedures,
+            res.patient_id,
+            res.patient,
+            res.encounter,
+            [res.encounter, *res.history],
+            res.conditions,
+            res.observations,
+            res.medication_requests,
+            res.procedures,
         )
         table = discharge_to_table(record, as_of=now, pseudonymizer=key).table
         held_fhir += not rule.assess(DISCHARGE_COLUMNS, table.values)[0]
@@ -347,7 +353,9 @@ def _codes_section() -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in _csv("encounter_classes.csv"):
-        lines.append(f"| {r['profile']} | `{r['system']}` | {r['code']} | {r['display']} | {r['kind']} | {r['status']} | {r['source']} |")
+        lines.append(
+            f"| {r['profile']} | `{r['system']}` | {r['code']} | {r['display']} | {r['kind']} | {r['status']} | {r['source']} |"
+        )
     lines += [
         "",
         "## LOINC codes reviewed against the vendors",
@@ -360,20 +368,30 @@ def _codes_section() -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     for r in _csv("loinc_review.csv"):
-        lines.append(f"| {r['code']} | {r['display']} | {r['checked_against']} | {r['expected']} | {r['note']} |")
+        lines.append(
+            f"| {r['code']} | {r['display']} | {r['checked_against']} | {r['expected']} | {r['note']} |"
+        )
     return lines
 
 
 def _csv(name: str) -> list[dict[str, str]]:
     import csv
 
-    return list(csv.DictReader((ROOT / "fhir_mappings" / "tables" / name).read_text(encoding="utf-8").splitlines()))
+    return list(
+        csv.DictReader((ROOT / "fhir_mappings" / "tables" / name).read_text(encoding="utf-8").splitlines())
+    )
 
 
 def _vendor_fixture_section() -> list[str]:
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "benchmarks.vendor_figures"], cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.vendor_figures"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [
         "",
         "## Vendor payloads (hand-written fixtures)",

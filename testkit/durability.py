@@ -74,8 +74,12 @@ class _Server:
     def start(self, within_s: float = 120.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cds.cli", "serve"], cwd=ROOT, env=self.env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "cds.cli", "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + within_s
         while True:
@@ -139,7 +143,12 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def run_kill_cycles(
-    var_dir: Path, *, store: str, database_url: str | None = None, cycles: int = 2, segment_s: float = 1.5,
+    var_dir: Path,
+    *,
+    store: str,
+    database_url: str | None = None,
+    cycles: int = 2,
+    segment_s: float = 1.5,
     clients: int = 3,
 ) -> DurabilityRun:
     """`cycles` times: start the server, let the clients run `segment_s`, kill -9. Then restart and check."""

@@ -20,7 +20,10 @@ SCHEMA = schemathesis.openapi.from_dict(create_app(Settings(_env_file=None, api_
 # (path, method, service id pinned in the path or None for random ones, generation mode)
 CASES = [
     (path, method, service, mode)
-    for path, method in (("/cds-services/{service_id}", "POST"), ("/cds-services/{service_id}/feedback", "POST"))
+    for path, method in (
+        ("/cds-services/{service_id}", "POST"),
+        ("/cds-services/{service_id}/feedback", "POST"),
+    )
     for service in [*sorted(SERVICES), None]
     for mode in GenerationMode
 ] + [(path, "GET", None, GenerationMode.POSITIVE) for path in ("/cds-services", "/healthz", "/metrics")]
@@ -34,18 +37,33 @@ class FuzzResult:
 
 
 def fuzz_operation(
-    base_url: str, identity: EhrIdentity, path: str, method: str, service: str | None, mode: GenerationMode, *, examples: int
+    base_url: str,
+    identity: EhrIdentity,
+    path: str,
+    method: str,
+    service: str | None,
+    mode: GenerationMode,
+    *,
+    examples: int,
 ) -> FuzzResult:
     """Send `examples` generated requests, each with a fresh valid EHR token for its URL."""
     operation = SCHEMA[path][method]
     pinned = {"service_id": service} if service else None
     result = FuzzResult()
 
-    @hypothesis_settings(max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(mode, path_parameters=pinned))
     def run(case: schemathesis.Case) -> None:
         url = base_url + case.formatted_path
-        response = case.call(base_url=base_url, headers={"Authorization": f"Bearer {identity.token(url)}"}, timeout=10)
+        response = case.call(
+            base_url=base_url, headers={"Authorization": f"Bearer {identity.token(url)}"}, timeout=10
+        )
         result.statuses[response.status_code] += 1
         if response.status_code >= 500:
             result.server_errors.append(f"{response.status_code}: {response.text[:300]}")

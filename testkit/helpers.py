@@ -36,10 +36,23 @@ def synthetic_stay(hours: int = 30, *, patient: int = 424242, septic_like: bool 
     for h in range(1, hours + 1):
         rows.append(
             {
-                "patient": patient, "ICULOS": h, "HR": 95 + (h if septic_like else 0), "O2Sat": 95, "Temp": 38.4 if h % 4 == 0 else float("nan"),
-                "SBP": 105 - h / 2, "DBP": 60, "MAP": 72, "Resp": 24, "Lactate": 3.1 if h % 8 == 0 else float("nan"),
-                "WBC": 14.2 if h % 12 == 0 else float("nan"), "Creatinine": 1.6 if h % 12 == 0 else float("nan"),
-                "Age": 71.4, "Gender": 1, "Unit1": 1, "Unit2": 0, "HospAdmTime": -12.5,
+                "patient": patient,
+                "ICULOS": h,
+                "HR": 95 + (h if septic_like else 0),
+                "O2Sat": 95,
+                "Temp": 38.4 if h % 4 == 0 else float("nan"),
+                "SBP": 105 - h / 2,
+                "DBP": 60,
+                "MAP": 72,
+                "Resp": 24,
+                "Lactate": 3.1 if h % 8 == 0 else float("nan"),
+                "WBC": 14.2 if h % 12 == 0 else float("nan"),
+                "Creatinine": 1.6 if h % 12 == 0 else float("nan"),
+                "Age": 71.4,
+                "Gender": 1,
+                "Unit1": 1,
+                "Unit2": 0,
+                "HospAdmTime": -12.5,
             }
         )
     frame = pd.DataFrame(rows)
@@ -47,8 +60,13 @@ def synthetic_stay(hours: int = 30, *, patient: int = 424242, septic_like: bool 
 
 
 def feedback(
-    card: str, outcome: str = "overridden", *, when: str = "2026-11-20T10:00:00Z", reason: dict | None = None,
-    comment: str | None = None, accepted: list[str] | None = None,
+    card: str,
+    outcome: str = "overridden",
+    *,
+    when: str = "2026-11-20T10:00:00Z",
+    reason: dict | None = None,
+    comment: str | None = None,
+    accepted: list[str] | None = None,
 ) -> dict:
     item: dict[str, Any] = {"card": card, "outcome": outcome, "outcomeTimestamp": when}
     if accepted:

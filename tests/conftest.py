@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from testkit.private_postgres import PrivatePostgres
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-DATA_DIR = Path(os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+DATA_DIR = Path(
+    os.environ.get("CDS_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+).resolve()
 SET_A = DATA_DIR / "physionet2019" / "setA.parquet"
 
 
@@ -122,7 +124,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 def settings(tmp_path: Path) -> Settings:
     """For tests that are not about caller authentication: the explicit local-demo switch."""
     return Settings(
-        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", hook_timeout_s=2.0, auth_disabled_for_local_demo=True
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        hook_timeout_s=2.0,
+        auth_disabled_for_local_demo=True,
     )
 
 
@@ -139,8 +144,12 @@ def ehr_identity() -> Iterator[EhrIdentity]:
 def secure_settings(tmp_path: Path, ehr_identity: EhrIdentity) -> Settings:
     """Authentication on (the default), trusting only the loopback test EHR."""
     assert ehr_identity.jwks_url
-    issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url, jku=(ehr_identity.jwks_url,))
-    return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,))
+    issuer = TrustedIssuer(
+        iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url, jku=(ehr_identity.jwks_url,)
+    )
+    return Settings(
+        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,)
+    )
 
 
 @pytest.fixture

@@ -10,7 +10,14 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 
 
 def vital_sign(
-    oid: str, loinc: str, value: object, unit: str, at: datetime | str, *, subject: str | None = None, **quantity: object
+    oid: str,
+    loinc: str,
+    value: object,
+    unit: str,
+    at: datetime | str,
+    *,
+    subject: str | None = None,
+    **quantity: object,
 ) -> dict[str, Any]:
     """A vital-sign Observation with a UCUM valueQuantity (`quantity`: more fields, e.g. a comparator)."""
     obs: dict[str, Any] = {
@@ -20,7 +27,13 @@ def vital_sign(
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs"}]}],
         "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
         "effectiveDateTime": at if isinstance(at, str) else at.isoformat(),
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit, **quantity},
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+            **quantity,
+        },
     }
     if subject is not None:
         obs["subject"] = {"reference": subject}

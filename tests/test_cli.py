@@ -15,9 +15,15 @@ from fhir_mappings import sepsis_feature_spec
 from models import ModelRegistry, RiskModel, evaluate_sepsis, load_sepsis_data
 
 
-def cds(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def cds(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cds.cli", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "cds.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -36,18 +42,32 @@ def test_evaluate_prints_the_challenge_metrics(set_a: pd.DataFrame, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)
     spec = sepsis_feature_spec()
-    expected = evaluate_sepsis(RiskModel(ModelRegistry().load("sepsis", spec), spec), load_sepsis_data(path, spec, baselines=True))
+    expected = evaluate_sepsis(
+        RiskModel(ModelRegistry().load("sepsis", spec), spec), load_sepsis_data(path, spec, baselines=True)
+    )
     assert json.loads(json.dumps(expected)) == metrics
     assert metrics["rows"] == len(subset) and 0.5 < metrics["auroc"] <= 1 and -1 < metrics["utility"] <= 1
 
 
 @pytest.mark.data
 def test_train_registers_a_new_version(set_a_path: Path, tmp_path: Path) -> None:
-    done = cds("train", "sepsis", "--data", str(set_a_path), "--patients", "300", "--rounds", "15", env={"CDS_MODEL_DIR": str(tmp_path)})
+    done = cds(
+        "train",
+        "sepsis",
+        "--data",
+        str(set_a_path),
+        "--patients",
+        "300",
+        "--rounds",
+        "15",
+        env={"CDS_MODEL_DIR": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["version"] == "1" and "auroc" in report["test"]
-    assert (tmp_path / "sepsis" / "1" / "model.ubj").is_file() and (tmp_path / "sepsis" / "ACTIVE").read_text().strip() == "1"
+    assert (tmp_path / "sepsis" / "1" / "model.ubj").is_file() and (
+        tmp_path / "sepsis" / "ACTIVE"
+    ).read_text().strip() == "1"
 
 
 def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
@@ -60,7 +80,8 @@ def test_bad_settings_stop_the_server_with_a_clear_message(tmp_path: Path) -> No
     """A bad value is found at start, each named by its variable, without a traceback and without
     echoing the value (a setting may be a secret)."""
     env = {
-        "CDS_VAR_DIR": str(tmp_path), "CDS_EHR_PROFILES": '{"https://ehr.example.org": "cernr"}',
+        "CDS_VAR_DIR": str(tmp_path),
+        "CDS_EHR_PROFILES": '{"https://ehr.example.org": "cernr"}',
         "CDS_DEVICE": "tpu-secret-value",
     }
     done = cds("serve", env=env, timeout=60)

@@ -25,8 +25,20 @@ from testkit.helpers import feedback, serve_cds, synthetic_stay
 KEY = "canary-key-0123456789abcdef"
 PID = "CANARYPID7731"
 CANARIES = [
-    PID, "Zebulon", "Quackenbush", "MRN88442211", "999-12-3456", "42 Wallaby Way", "Springfieldia", "555-0199",
-    "zq.canary@example.org", "1951-04-17", "CANARYNARRATIVE", "CANARYNOTE", "CANARYDOC991", "CANARYFREETEXT",
+    PID,
+    "Zebulon",
+    "Quackenbush",
+    "MRN88442211",
+    "999-12-3456",
+    "42 Wallaby Way",
+    "Springfieldia",
+    "555-0199",
+    "zq.canary@example.org",
+    "1951-04-17",
+    "CANARYNARRATIVE",
+    "CANARYNOTE",
+    "CANARYDOC991",
+    "CANARYFREETEXT",
 ]
 
 
@@ -34,12 +46,21 @@ def _canary_stay() -> StayResources:
     stay = synthetic_stay(hours=20)
     text = json.dumps(stay.all()).replace(stay.patient_id, PID)
     patient, encounter, location, *observations = json.loads(text)
-    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zebulon Quackenbush CANARYNARRATIVE</div>'}
+    narrative = {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zebulon Quackenbush CANARYNARRATIVE</div>',
+    }
     patient.update(
         name=[{"family": "Quackenbush", "given": ["Zebulon"]}],
-        identifier=[{"system": "urn:mrn", "value": "MRN88442211"}, {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"}],
+        identifier=[
+            {"system": "urn:mrn", "value": "MRN88442211"},
+            {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"},
+        ],
         address=[{"line": ["42 Wallaby Way"], "city": "Springfieldia"}],
-        telecom=[{"system": "phone", "value": "555-0199"}, {"system": "email", "value": "zq.canary@example.org"}],
+        telecom=[
+            {"system": "phone", "value": "555-0199"},
+            {"system": "email", "value": "zq.canary@example.org"},
+        ],
         birthDate="1951-04-17",
         text=narrative,
     )
@@ -51,7 +72,10 @@ def _canary_stay() -> StayResources:
         obs["performer"] = [{"reference": "Practitioner/CANARYDOC991", "display": "Dr Quackenbush"}]
     single = next(o for o in observations if "valueQuantity" in o and "component" not in o)
     free = json.loads(json.dumps(single))
-    free.update(id="free-text", code={"coding": [{"system": "urn:local", "code": "Zebulon Quackenbush"}], "text": "CANARYFREETEXT"})
+    free.update(
+        id="free-text",
+        code={"coding": [{"system": "urn:local", "code": "Zebulon Quackenbush"}], "text": "CANARYFREETEXT"},
+    )
     free.pop("valueQuantity", None)
     free["valueString"] = "CANARYFREETEXT Zebulon"
     odd_unit = json.loads(json.dumps(single))
@@ -90,7 +114,9 @@ def _postgres_dump(url: str) -> str:
 
     parts = []
     with psycopg.connect(url) as db:
-        tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        tables = [
+            r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        ]
         assert {"card", "feedback", "audit_event", "registry_state"} <= set(tables)
         for table in tables:
             rows = db.execute(f'SELECT t::text FROM "{table}" t').fetchall()  # type: ignore[call-overload]
@@ -116,7 +142,9 @@ def test_no_canary_identifier_leaves_the_service(
     record = PatientRecord(PID, stay.patient, stay.encounter, stay.observations, {})
     mapped = to_canonical(record, as_of=datetime.now(UTC), pseudonymizer=Pseudonymizer(KEY.encode()))
     features = build_features(mapped.table, sepsis_feature_spec())
-    assert not _leaks(mapped.table.to_frame().to_string() + repr(features.tolist()) + json.dumps(mapped.report.as_dict()))
+    assert not _leaks(
+        mapped.table.to_frame().to_string() + repr(features.tolist()) + json.dumps(mapped.report.as_dict())
+    )
     assert mapped.table.column("Age")[0] == 75  # the birth date was read, and only the age leaves
 
     logs = io.StringIO()
@@ -127,7 +155,10 @@ def test_no_canary_identifier_leaves_the_service(
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     try:
-        with serve_cds(settings) as server, httpx.Client(base_url=server.url, timeout=10, auth=auth) as client:
+        with (
+            serve_cds(settings) as server,
+            httpx.Client(base_url=server.url, timeout=10, auth=auth) as client,
+        ):
             body = patient_view_request(stay, user="Practitioner/CANARYDOC991")
             response = client.post("/cds-services/sepsis-risk", json=body)
             assert response.status_code == 200, response.text
@@ -168,7 +199,13 @@ def test_no_canary_identifier_leaves_the_service(
     if settings.database_url:
         env["CDS_DATABASE_URL"] = settings.database_url.get_secret_value()
     out = tmp_path / "export"
-    subprocess.run([sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     exported = "".join(p.read_text() for p in out.glob("*.ndjson"))
     assert card["uuid"] in exported
     assert not _leaks(exported), "export"

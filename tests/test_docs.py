@@ -23,6 +23,9 @@ def test_mapping_doc_is_regenerated_from_the_tables() -> None:
     need(DATA_DIR / "synthea", "Synthea bundles")
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gen_mapping_doc.py"), "--check"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "CDS_DATA_DIR": str(DATA_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "CDS_DATA_DIR": str(DATA_DIR)},
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -52,7 +52,10 @@ def test_hook_gives_the_probability_cds_score_gives(set_a: pd.DataFrame, cds_ser
 
     done = subprocess.run(
         [sys.executable, "-m", "cds.cli", "score", "sepsis", "--data", str(psv_dir)],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     scored = map(json.loads, done.stdout.splitlines())
     table_scores = {(r["patient"], r["hour"]): r["probability"] for r in scored}

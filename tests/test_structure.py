@@ -46,7 +46,9 @@ def _imports(path: Path) -> set[str]:
 def test_layers_import_only_downwards(package: str) -> None:
     for path in (ROOT / package).rglob("*.py"):
         ours = _imports(path) & set(PACKAGES)
-        assert ours <= ALLOWED[package] | {package}, f"{path.relative_to(ROOT)} imports {ours - ALLOWED[package] - {package}}"
+        assert ours <= ALLOWED[package] | {package}, (
+            f"{path.relative_to(ROOT)} imports {ours - ALLOWED[package] - {package}}"
+        )
         if package in PURE:
             assert not _imports(path) & IO_MODULES, f"{path.relative_to(ROOT)} does I/O"
 
@@ -58,12 +60,17 @@ def test_the_cli_starts_without_the_app_and_settings_defaults_match_the_models()
     import sys
 
     probe = "import sys, cds.cli; print(sorted(m for m in ('xgboost', 'models', 'fastapi', 'cds.app') if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
     assert done.stdout.strip() == "[]"
     import models
     from cds import settings
 
-    assert settings.DEFAULT_REGISTRY == models.DEFAULT_REGISTRY and settings.DEFAULT_DATA_DIR == models.DEFAULT_DATA_DIR
+    assert (
+        settings.DEFAULT_REGISTRY == models.DEFAULT_REGISTRY
+        and settings.DEFAULT_DATA_DIR == models.DEFAULT_DATA_DIR
+    )
 
 
 @pytest.mark.parametrize("folder", ["benchmarks", "testkit", "experiments", "scripts"])

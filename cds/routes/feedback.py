@@ -20,7 +20,9 @@ from ._state import Arrival, ServiceOf, State
 router = APIRouter()
 
 
-@router.post("/cds-services/{service_id}/feedback", openapi_extra=json_body(FeedbackRequest), response_model=None)
+@router.post(
+    "/cds-services/{service_id}/feedback", openapi_extra=json_body(FeedbackRequest), response_model=None
+)
 async def post_feedback(service: ServiceOf, request: Request, state: State, arrived: Arrival) -> Response:
     settings = state.settings
     check_json_request(request)
@@ -32,7 +34,11 @@ async def post_feedback(service: ServiceOf, request: Request, state: State, arri
         raise RequestTimeout("the feedback body did not arrive in time") from exc
     body = parse_model(raw, FeedbackRequest, max_depth=settings.max_json_depth)
     result = await record_feedback(
-        service, body, state.store, now=datetime.now(UTC), rules=FeedbackRules.from_settings(settings),
+        service,
+        body,
+        state.store,
+        now=datetime.now(UTC),
+        rules=FeedbackRules.from_settings(settings),
         pseudonymizer=state.deps.pseudonymizer,
     )
     for item in result["results"]:

@@ -61,7 +61,9 @@ async def call_service(
                 gone.cancel()
             if work not in finished:
                 work.cancel()  # caller gone, or budget spent: nothing more is started for this call
-                outcome = HookOutcome(dict(NO_GUIDANCE), "client-gone" if gone in finished else "budget-spent")
+                outcome = HookOutcome(
+                    dict(NO_GUIDANCE), "client-gone" if gone in finished else "budget-spent"
+                )
             else:
                 outcome = work.result()
         reason = outcome.reason
@@ -86,14 +88,33 @@ def launch_url(request: Request, settings: Settings) -> str:
     """Where card links launch the explanation app (CDS_SMART_LAUNCH_URL, else our own /smart/launch)."""
     if settings.smart_launch_url:
         return settings.smart_launch_url
-    base = settings.public_url.rstrip("/") if settings.public_url else f"{request.url.scheme}://{request.url.netloc}"
+    base = (
+        settings.public_url.rstrip("/")
+        if settings.public_url
+        else f"{request.url.scheme}://{request.url.netloc}"
+    )
     return f"{base}/smart/launch"
 
 
 # Counts and codes only: what may appear in a hook log line.
 _LOGGED = {
-    "prefetched", "fetched", "ehr_outcomes", "icu_hour", "band", "observations", "measurements", "skipped",
-    "unmapped_codes", "unit_errors", "implausible", "minimum", "fhir", "stage", "hookInstance", "consent",
-    "consent_unreadable", "code_conflicts", "stay",
+    "prefetched",
+    "fetched",
+    "ehr_outcomes",
+    "icu_hour",
+    "band",
+    "observations",
+    "measurements",
+    "skipped",
+    "unmapped_codes",
+    "unit_errors",
+    "implausible",
+    "minimum",
+    "fhir",
+    "stage",
+    "hookInstance",
+    "consent",
+    "consent_unreadable",
+    "code_conflicts",
+    "stay",
 }
-

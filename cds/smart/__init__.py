@@ -13,4 +13,12 @@ from .errors import SmartError
 from .pages import error_page
 from .routes import router, smart_app
 
-__all__ = ["SmartApp", "SmartError", "card_from_context", "error_page", "relative_user", "router", "smart_app"]
+__all__ = [
+    "SmartApp",
+    "SmartError",
+    "card_from_context",
+    "error_page",
+    "relative_user",
+    "router",
+    "smart_app",
+]

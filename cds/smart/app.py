@@ -88,7 +88,11 @@ def card_from_context(context: dict[str, Any], hint: str | None) -> str | None:
     for item in context.get("fhirContext") or ():
         if isinstance(item, dict):
             ref = item.get("reference")
-            if isinstance(ref, str) and ref.startswith("RiskAssessment/") and (found := _uuid(ref.split("/", 1)[1])):
+            if (
+                isinstance(ref, str)
+                and ref.startswith("RiskAssessment/")
+                and (found := _uuid(ref.split("/", 1)[1]))
+            ):
                 return found
             if item.get("type") == "RiskAssessment" and (found := _uuid(item.get("id"))):
                 return found
@@ -100,7 +104,13 @@ def relative_user(fhir_user: Any, iss: str) -> str | None:
     if not isinstance(fhir_user, str):
         return None
     parts = fhir_user.removeprefix(iss.rstrip("/") + "/").rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] in ("Practitioner", "PractitionerRole", "Patient", "RelatedPerson", "Person"):
+    if len(parts) >= 2 and parts[-2] in (
+        "Practitioner",
+        "PractitionerRole",
+        "Patient",
+        "RelatedPerson",
+        "Person",
+    ):
         if is_fhir_id(parts[-1]):
             return f"{parts[-2]}/{parts[-1]}"
     return None
@@ -146,7 +156,9 @@ class SmartApp:
         return config
 
     # --- launch --------------------------------------------------------------------------------
-    async def launch(self, *, iss: str | None, launch: str | None, card: str | None, request_base: str) -> str:
+    async def launch(
+        self, *, iss: str | None, launch: str | None, card: str | None, request_base: str
+    ) -> str:
         """The EHR's authorize URL to send the browser to (EHR launch with `launch`, else standalone)."""
         if not iss:
             raise MissingLaunchContext("no iss: the app must be launched from an EHR")
@@ -155,12 +167,27 @@ class SmartApp:
         verifier, challenge = new_pkce()
         nonce = new_pkce()[0][:32]
         redirect_uri = self.redirect_uri(request_base)
-        flow = Flow(ehr.iss, config, verifier, nonce, redirect_uri, ehr_launch=launch is not None, card_hint=_uuid(card))
+        flow = Flow(
+            ehr.iss,
+            config,
+            verifier,
+            nonce,
+            redirect_uri,
+            ehr_launch=launch is not None,
+            card_hint=_uuid(card),
+        )
         state = self.flows.start(flow)
         scope = scopes_for(config, ehr_launch=launch is not None, online_access=ehr.online_access)
         log_event(log, "smart launch", ehr_launch=launch is not None, card_hint=flow.card_hint is not None)
         return authorization_url(
-            config, ehr, redirect_uri=redirect_uri, scope=scope, state=state, challenge=challenge, nonce=nonce, launch=launch
+            config,
+            ehr,
+            redirect_uri=redirect_uri,
+            scope=scope,
+            state=state,
+            challenge=challenge,
+            nonce=nonce,
+            launch=launch,
         )
 
     # --- the EHR's redirect back ------------------------------------------------------------
@@ -187,7 +214,13 @@ class SmartApp:
         timeout = self.settings.smart_timeout_s
         try:
             token = await exchange_code(
-                self.http, ehr, flow.config, code=code, verifier=flow.verifier, redirect_uri=flow.redirect_uri, timeout_s=timeout
+                self.http,
+                ehr,
+                flow.config,
+                code=code,
+                verifier=flow.verifier,
+                redirect_uri=flow.redirect_uri,
+                timeout_s=timeout,
             )
         except TokenRefused as exc:
             log_event(log, "smart callback refused", reason="token-refused", ehr_error=exc.ehr_error)
@@ -195,7 +228,9 @@ class SmartApp:
         user = None
         if token.id_token is not None:
             try:
-                claims = await verify_id_token(self.http, ehr, flow.config, token.id_token, nonce=flow.nonce, timeout_s=timeout)
+                claims = await verify_id_token(
+                    self.http, ehr, flow.config, token.id_token, nonce=flow.nonce, timeout_s=timeout
+                )
             except Exception:
                 log_event(log, "smart callback refused", reason="bad-id-token")
                 raise
@@ -211,8 +246,13 @@ class SmartApp:
         await self._card_for(ehr, card_uuid, patient)  # before a session exists
         session = Session(ehr.iss, flow.config, token, patient, encounter, card_uuid, user)
         handle = self.sessions.open(session)
-        log_event(log, "smart session opened", ehr_launch=flow.ehr_launch, refresh=token.refresh_token is not None,
-                  id_token=token.id_token is not None)
+        log_event(
+            log,
+            "smart session opened",
+            ehr_launch=flow.ehr_launch,
+            refresh=token.refresh_token is not None,
+            id_token=token.id_token is not None,
+        )
         return handle
 
     async def _card_for(self, ehr: SmartEhr, card_uuid: str, patient: str) -> tuple[CardRecord, CardView]:
@@ -240,13 +280,22 @@ class SmartApp:
             if token.refresh_token is None:
                 raise SessionExpired("the access token expired and the EHR offered no refresh")
             try:
-                renewed = await refresh(self.http, self._ehr(session.iss), session.config, token.refresh_token,
-                                        timeout_s=self.settings.smart_timeout_s)
+                renewed = await refresh(
+                    self.http,
+                    self._ehr(session.iss),
+                    session.config,
+                    token.refresh_token,
+                    timeout_s=self.settings.smart_timeout_s,
+                )
             except TokenRefused as exc:
                 log_event(log, "smart refresh refused", ehr_error=exc.ehr_error)
                 raise SessionExpired("the EHR refused to refresh the access token") from exc
             # a refresh token that is not rotated stays the one to use next time
-            session.token = renewed if renewed.refresh_token else dataclasses.replace(renewed, refresh_token=token.refresh_token)
+            session.token = (
+                renewed
+                if renewed.refresh_token
+                else dataclasses.replace(renewed, refresh_token=token.refresh_token)
+            )
             log_event(log, "smart token refreshed")
         return session
 
@@ -262,14 +311,23 @@ class SmartApp:
             if model is None:
                 return None, "The sepsis model is not loaded."
             try:
-                session.trend = await asyncio.wait_for(
-                    sepsis_trend(
-                        self.fhir, session.iss, session.token.access_token, patient_id=session.patient,
-                        encounter_id=session.encounter, model=model, pseudonymizer=self.pseudonymizer, now=datetime.now(UTC),
-                        profile=self.settings.vendor_profile(session.iss),
-                    ),
-                    timeout=4 * self.settings.smart_timeout_s,
-                ) or "none"
+                session.trend = (
+                    await asyncio.wait_for(
+                        sepsis_trend(
+                            self.fhir,
+                            session.iss,
+                            session.token.access_token,
+                            patient_id=session.patient,
+                            encounter_id=session.encounter,
+                            model=model,
+                            pseudonymizer=self.pseudonymizer,
+                            now=datetime.now(UTC),
+                            profile=self.settings.vendor_profile(session.iss),
+                        ),
+                        timeout=4 * self.settings.smart_timeout_s,
+                    )
+                    or "none"
+                )
             except Exception as exc:  # the page still shows the card; the log says why (type only)
                 log_event(log, "smart trend failed", error=type(exc).__name__)
                 return None, "The trend could not be computed from the EHR's data just now."
@@ -283,22 +341,45 @@ class SmartApp:
         if decision == "agree":
             if not record.suggestion_uuids:
                 raise MissingLaunchContext("agreement needs a suggestion to accept")
-            item: dict[str, Any] = {"outcome": "accepted", "acceptedSuggestions": [{"id": s} for s in record.suggestion_uuids]}
+            item: dict[str, Any] = {
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"id": s} for s in record.suggestion_uuids],
+            }
             said = "agreed (suggestion accepted)"
         else:
-            index = int(decision.removeprefix("override:")) if re.fullmatch(r"override:\d{1,2}", decision) else -1
+            index = (
+                int(decision.removeprefix("override:")) if re.fullmatch(r"override:\d{1,2}", decision) else -1
+            )
             if not 0 <= index < len(service.override_reasons):
                 raise MissingLaunchContext("unknown override reason")
             reason = service.override_reasons[index]
-            item = {"outcome": "overridden", "overrideReason": {"reason": reason.coding(), **({"userComment": comment} if comment else {})}}
+            item = {
+                "outcome": "overridden",
+                "overrideReason": {
+                    "reason": reason.coding(),
+                    **({"userComment": comment} if comment else {}),
+                },
+            }
             said = f"overridden: {reason.display}"
         key = (decision, comment)
         at = session.decisions.setdefault(key, time.time())
         body = FeedbackRequest.model_validate(
-            {"feedback": [{"card": record.card_uuid, "outcomeTimestamp": datetime.fromtimestamp(at, UTC).isoformat(), **item}]}
+            {
+                "feedback": [
+                    {
+                        "card": record.card_uuid,
+                        "outcomeTimestamp": datetime.fromtimestamp(at, UTC).isoformat(),
+                        **item,
+                    }
+                ]
+            }
         )
         result = await record_feedback(
-            service, body, self.store, now=datetime.now(UTC), rules=FeedbackRules.from_settings(self.settings),
+            service,
+            body,
+            self.store,
+            now=datetime.now(UTC),
+            rules=FeedbackRules.from_settings(self.settings),
             pseudonymizer=self.pseudonymizer,
         )
         status = result["results"][0]["status"]

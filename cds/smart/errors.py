@@ -45,7 +45,9 @@ class EhrDiscoveryFailed(SmartError):
     code = "smart-discovery-failed"
     status = 502
     title = "The EHR's SMART configuration could not be read"
-    advice = "Try again in a moment; if it persists, ask IT to check the EHR's .well-known/smart-configuration."
+    advice = (
+        "Try again in a moment; if it persists, ask IT to check the EHR's .well-known/smart-configuration."
+    )
 
 
 class UnknownState(SmartError):
@@ -75,7 +77,9 @@ class EhrRefused(SmartError):
     def __init__(self, message: str, *, ehr_error: str = "unknown") -> None:
         super().__init__(message)
         self.ehr_error = ehr_error
-        self.advice = f"The EHR answered: {ehr_error}. Open the app again from the card; if it persists, ask IT."
+        self.advice = (
+            f"The EHR answered: {ehr_error}. Open the app again from the card; if it persists, ask IT."
+        )
 
 
 class ReplayedCode(SmartError):

@@ -81,7 +81,9 @@ def _variable_label(feature: str, labels: Mapping[str, tuple[str, str]]) -> tupl
     return label.split(":")[0].split(",")[0].strip(), unit
 
 
-def card_view(card_uuid: str, service_id: str, risk: Mapping[str, Any], labels: Mapping[str, tuple[str, str]]) -> CardView:
+def card_view(
+    card_uuid: str, service_id: str, risk: Mapping[str, Any], labels: Mapping[str, tuple[str, str]]
+) -> CardView:
     """`labels`: feature -> (clinical label, unit), from the model's manifest."""
     prediction = risk["prediction"][0]
     method = risk["method"]["coding"][0]
@@ -90,7 +92,9 @@ def card_view(card_uuid: str, service_id: str, risk: Mapping[str, Any], labels: 
         parts = {p["url"]: _value(p) for p in ext.get("extension", ())}
         feature = str(parts["feature"])
         label = labels.get(feature, (feature, ""))[0]
-        grouped.setdefault(feature.split("__", 1)[0], []).append((feature, label, parts.get("value"), float(parts["shap"])))
+        grouped.setdefault(feature.split("__", 1)[0], []).append(
+            (feature, label, parts.get("value"), float(parts["shap"]))
+        )
     drivers = []
     for variable, features in grouped.items():
         label, unit = _variable_label(features[0][0], labels)
@@ -148,7 +152,11 @@ def waterfall_svg(view: CardView) -> bytes:
     import numpy as np
 
     names = [
-        f"{d.label} {_format(d.value, d.unit)}" if d.value is not None else d.label if d.measured else f"{d.label}: not measured"
+        f"{d.label} {_format(d.value, d.unit)}"
+        if d.value is not None
+        else d.label
+        if d.measured
+        else f"{d.label}: not measured"
         for d in view.drivers
     ]
     values = [d.shap for d in view.drivers]
@@ -159,7 +167,9 @@ def waterfall_svg(view: CardView) -> bytes:
         shap = _shap()
         plt = _pyplot()
         explanation = shap.Explanation(
-            values=np.array(values, dtype=float), base_values=view.base_value, feature_names=names,
+            values=np.array(values, dtype=float),
+            base_values=view.base_value,
+            feature_names=names,
         )
         plt.close("all")
         with warnings.catch_warnings():
@@ -173,17 +183,38 @@ def waterfall_svg(view: CardView) -> bytes:
             plt.close(fig)
 
 
-def trend_svg(hours: Sequence[int], probabilities: Sequence[float], threshold: float, *, card_hour: int | None) -> bytes:
+def trend_svg(
+    hours: Sequence[int], probabilities: Sequence[float], threshold: float, *, card_hour: int | None
+) -> bytes:
     """Risk hour by hour over the stay, with the alert threshold drawn (and the card's hour marked)."""
     with _LOCK:
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(7.5, 2.6))
         try:
-            ax.plot(list(hours), [100 * p for p in probabilities], color="#1f4e79", linewidth=1.8, marker="o", markersize=2.5,
-                    label="sepsis risk")
-            ax.axhline(100 * threshold, color="#b00020", linestyle="--", linewidth=1.2, label=f"alert threshold {100 * threshold:.1f} %")
+            ax.plot(
+                list(hours),
+                [100 * p for p in probabilities],
+                color="#1f4e79",
+                linewidth=1.8,
+                marker="o",
+                markersize=2.5,
+                label="sepsis risk",
+            )
+            ax.axhline(
+                100 * threshold,
+                color="#b00020",
+                linestyle="--",
+                linewidth=1.2,
+                label=f"alert threshold {100 * threshold:.1f} %",
+            )
             if card_hour is not None:
-                ax.axvline(card_hour, color="#555555", linestyle=":", linewidth=1.0, label=f"this card (ICU hour {card_hour})")
+                ax.axvline(
+                    card_hour,
+                    color="#555555",
+                    linestyle=":",
+                    linewidth=1.0,
+                    label=f"this card (ICU hour {card_hour})",
+                )
             ax.set_xlabel("ICU hour")
             ax.set_ylabel("risk (%)")
             ax.set_ylim(bottom=0)

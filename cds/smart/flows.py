@@ -62,7 +62,9 @@ class _Bounded:
         self.max_entries = max_entries
 
     def _prune(self, entries: OrderedDict[str, Any], now: float) -> None:
-        while entries and (len(entries) > self.max_entries or now - self._created(next(iter(entries.values()))) > self.ttl_s):
+        while entries and (
+            len(entries) > self.max_entries or now - self._created(next(iter(entries.values()))) > self.ttl_s
+        ):
             entries.popitem(last=False)
 
     @staticmethod

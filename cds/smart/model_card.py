@@ -20,7 +20,10 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def model_card_text(model_dir: Path, name: str, version: str) -> str | None:
-    for path in (model_dir / name / version / "report" / "model_card.md", model_dir / name / version / "model_card.md"):
+    for path in (
+        model_dir / name / version / "report" / "model_card.md",
+        model_dir / name / version / "model_card.md",
+    ):
         if path.is_file():
             return path.read_text()
     return None
@@ -38,17 +41,35 @@ def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
     ]
     data = Path(str(manifest.training_data.get("path", "the training data"))).name
     if test.get("patients"):
-        facts.append(("Validated on", f"{data}: {test['patients']} held-out patients, {test.get('rows', '?')} hourly rows"
-                      if "septic_patients" in test else f"{data}: {test['patients']} held-out patients"))
+        facts.append(
+            (
+                "Validated on",
+                f"{data}: {test['patients']} held-out patients, {test.get('rows', '?')} hourly rows"
+                if "septic_patients" in test
+                else f"{data}: {test['patients']} held-out patients",
+            )
+        )
     patient = report.get("patient_level", {})
     if "sensitivity" in patient:
-        facts.append(("At the threshold (per patient)", f"sensitivity {patient['sensitivity']:.2f}, PPV {patient['ppv']:.2f}"))
+        facts.append(
+            (
+                "At the threshold (per patient)",
+                f"sensitivity {patient['sensitivity']:.2f}, PPV {patient['ppv']:.2f}",
+            )
+        )
     elif "sensitivity" in test:
-        facts.append(("At the threshold", f"sensitivity {test['sensitivity']:.2f}, PPV {test.get('ppv', float('nan')):.2f}"))
+        facts.append(
+            (
+                "At the threshold",
+                f"sensitivity {test['sensitivity']:.2f}, PPV {test.get('ppv', float('nan')):.2f}",
+            )
+        )
     if "auroc" in test:
         facts.append(("AUROC (held-out)", f"{test['auroc']:.3f}"))
     if "alert_burden" in report:
-        facts.append(("Alerts per 100 patient-days", f"{report['alert_burden']['alerts_per_100_patient_days']:.0f}"))
+        facts.append(
+            ("Alerts per 100 patient-days", f"{report['alert_burden']['alerts_per_100_patient_days']:.0f}")
+        )
     text = model_card_text(model_dir, manifest.name, manifest.version) or ""
     sections = _sections(text)
     if "Intended use" in sections:
@@ -56,6 +77,13 @@ def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
     limits = [s.strip() for s in re.split(r"(?<=\.) ", sections.get("Limitations", "")) if s.strip()][:4]
     icu = report.get("subgroups", {}).get("icu_type", {}).get("groups", {})
     if "SICU" in icu and "MICU" in icu:
-        limits.insert(0, f"Lower sensitivity in surgical ICUs: {icu['SICU']['sensitivity']:.2f} against "
-                         f"{icu['MICU']['sensitivity']:.2f} in medical ICUs (hour level).")
-    return {"facts": facts, "limits": limits, "card_url": f"/smart/model-card/{manifest.name}/{manifest.version}"}
+        limits.insert(
+            0,
+            f"Lower sensitivity in surgical ICUs: {icu['SICU']['sensitivity']:.2f} against "
+            f"{icu['MICU']['sensitivity']:.2f} in medical ICUs (hour level).",
+        )
+    return {
+        "facts": facts,
+        "limits": limits,
+        "card_url": f"/smart/model-card/{manifest.name}/{manifest.version}",
+    }

@@ -95,7 +95,9 @@ async def discover(http: httpx.AsyncClient, iss: str, *, timeout_s: float) -> Sm
         issuer=iss.rstrip("/"),
         authorization_endpoint=_url(body.get("authorization_endpoint"), "authorization_endpoint"),
         token_endpoint=_url(body.get("token_endpoint"), "token_endpoint"),
-        jwks_uri=jwks_uri if isinstance(jwks_uri, str) and jwks_uri.startswith(("https://", "http://")) else None,
+        jwks_uri=jwks_uri
+        if isinstance(jwks_uri, str) and jwks_uri.startswith(("https://", "http://"))
+        else None,
         capabilities=frozenset(c for c in body.get("capabilities") or () if isinstance(c, str)),
         scopes_supported=frozenset(s for s in body.get("scopes_supported") or () if isinstance(s, str)),
         fetched=time.time(),
@@ -110,7 +112,12 @@ def scopes_for(config: SmartConfiguration, *, ehr_launch: bool, online_access: b
         listed = " ".join(config.scopes_supported)
         v1_only = ".read" in listed and ".rs" not in listed and ".cruds" not in listed
     suffix = "read" if v1_only else "rs"
-    scopes = ["launch" if ehr_launch else "launch/patient", "openid", "fhirUser", *(f"patient/{r}.{suffix}" for r in _RESOURCES)]
+    scopes = [
+        "launch" if ehr_launch else "launch/patient",
+        "openid",
+        "fhirUser",
+        *(f"patient/{r}.{suffix}" for r in _RESOURCES),
+    ]
     return " ".join([*scopes, "online_access"] if online_access else scopes)
 
 
@@ -121,15 +128,35 @@ def new_pkce() -> tuple[str, str]:
 
 
 def authorization_url(
-    config: SmartConfiguration, ehr: SmartEhr, *, redirect_uri: str, scope: str, state: str, challenge: str,
-    nonce: str, launch: str | None,
+    config: SmartConfiguration,
+    ehr: SmartEhr,
+    *,
+    redirect_uri: str,
+    scope: str,
+    state: str,
+    challenge: str,
+    nonce: str,
+    launch: str | None,
 ) -> str:
-    extra: dict[str, str] = {"aud": ehr.iss, "code_challenge": challenge, "code_challenge_method": "S256", "nonce": nonce}
+    extra: dict[str, str] = {
+        "aud": ehr.iss,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "nonce": nonce,
+    }
     if launch is not None:
         extra["launch"] = launch
-    return str(prepare_grant_uri(
-        config.authorization_endpoint, ehr.client_id, "code", redirect_uri=redirect_uri, scope=scope, state=state, **extra
-    ))
+    return str(
+        prepare_grant_uri(
+            config.authorization_endpoint,
+            ehr.client_id,
+            "code",
+            redirect_uri=redirect_uri,
+            scope=scope,
+            state=state,
+            **extra,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -152,13 +179,21 @@ def _client_auth(ehr: SmartEhr, config: SmartConfiguration, body: str) -> tuple[
         assert ehr.private_key_file is not None
         kind = ECKey if ehr.signing_alg.startswith("ES") else RSAKey
         assertion = private_key_jwt_sign(
-            kind.import_key(ehr.private_key_file.read_bytes()), ehr.client_id, config.token_endpoint, alg=ehr.signing_alg,
-            header={"alg": ehr.signing_alg, "kid": ehr.key_id, "typ": "JWT"}, expires_in=300,
+            kind.import_key(ehr.private_key_file.read_bytes()),
+            ehr.client_id,
+            config.token_endpoint,
+            alg=ehr.signing_alg,
+            header={"alg": ehr.signing_alg, "kid": ehr.key_id, "typ": "JWT"},
+            expires_in=300,
         )
         assertion = assertion.decode() if isinstance(assertion, bytes) else assertion
-        body = add_params_to_qs(body, [
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"), ("client_assertion", assertion),
-        ])
+        body = add_params_to_qs(
+            body,
+            [
+                ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                ("client_assertion", assertion),
+            ],
+        )
     return body, headers
 
 
@@ -167,7 +202,9 @@ async def _token_request(
 ) -> TokenResponse:
     body, headers = _client_auth(ehr, config, body)
     try:
-        response = await http.post(config.token_endpoint, content=body.encode(), headers=headers, timeout=timeout_s)
+        response = await http.post(
+            config.token_endpoint, content=body.encode(), headers=headers, timeout=timeout_s
+        )
     except httpx.HTTPError as exc:
         raise TokenRefused(f"the EHR's token endpoint could not be reached ({type(exc).__name__})") from exc
     if response.status_code != 200:
@@ -177,7 +214,11 @@ async def _token_request(
             error = answer.get("error", "") if isinstance(answer, dict) else ""
         except ValueError:
             pass
-        code = error if isinstance(error, str) and error.replace("_", "").isalnum() and len(error) < 64 else "unknown"
+        code = (
+            error
+            if isinstance(error, str) and error.replace("_", "").isalnum() and len(error) < 64
+            else "unknown"
+        )
         raise TokenRefused(f"the EHR answered HTTP {response.status_code} with error {code}", ehr_error=code)
     try:
         answer = response.json()
@@ -199,17 +240,36 @@ async def _token_request(
 
 
 async def exchange_code(
-    http: httpx.AsyncClient, ehr: SmartEhr, config: SmartConfiguration, *, code: str, verifier: str, redirect_uri: str,
+    http: httpx.AsyncClient,
+    ehr: SmartEhr,
+    config: SmartConfiguration,
+    *,
+    code: str,
+    verifier: str,
+    redirect_uri: str,
     timeout_s: float,
 ) -> TokenResponse:
-    body = prepare_token_request("authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier)
+    body = prepare_token_request(
+        "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier
+    )
     if ehr.client_auth == "none":
-        body = prepare_token_request("authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=verifier, client_id=ehr.client_id)
+        body = prepare_token_request(
+            "authorization_code",
+            code=code,
+            redirect_uri=redirect_uri,
+            code_verifier=verifier,
+            client_id=ehr.client_id,
+        )
     return await _token_request(http, ehr, config, body, timeout_s=timeout_s)
 
 
 async def refresh(
-    http: httpx.AsyncClient, ehr: SmartEhr, config: SmartConfiguration, refresh_token: str, *, timeout_s: float
+    http: httpx.AsyncClient,
+    ehr: SmartEhr,
+    config: SmartConfiguration,
+    refresh_token: str,
+    *,
+    timeout_s: float,
 ) -> TokenResponse:
     extra = {"client_id": ehr.client_id} if ehr.client_auth == "none" else {}
     body = prepare_token_request("refresh_token", refresh_token=refresh_token, **extra)
@@ -217,7 +277,13 @@ async def refresh(
 
 
 async def verify_id_token(
-    http: httpx.AsyncClient, ehr: SmartEhr, config: SmartConfiguration, id_token: str, *, nonce: str, timeout_s: float,
+    http: httpx.AsyncClient,
+    ehr: SmartEhr,
+    config: SmartConfiguration,
+    id_token: str,
+    *,
+    nonce: str,
+    timeout_s: float,
     leeway_s: float = 60.0,
 ) -> dict[str, Any]:
     """The id_token's claims once its signature (the EHR's JWKS), `iss` (= the EHR's `iss`), `aud`
@@ -227,7 +293,9 @@ async def verify_id_token(
         raise BadIdToken("the EHR names no JWKS to check its id_token with")
     try:
         response = await http.get(jwks_url, headers={"Accept": "application/json"}, timeout=timeout_s)
-        keys = KeySet.import_key_set(_json(response, "the EHR's JWKS")) if response.status_code == 200 else None
+        keys = (
+            KeySet.import_key_set(_json(response, "the EHR's JWKS")) if response.status_code == 200 else None
+        )
     except (httpx.HTTPError, EhrDiscoveryFailed, JoseError, ValueError, TypeError) as exc:
         raise BadIdToken(f"the EHR's JWKS could not be read ({type(exc).__name__})") from exc
     if keys is None:
@@ -238,7 +306,9 @@ async def verify_id_token(
         raise BadIdToken(f"the id_token's signature does not verify ({type(exc).__name__})") from exc
     claims = token.claims
     registry = jwt.JWTClaimsRegistry(
-        leeway=int(leeway_s), iss={"essential": True, "value": ehr.iss}, aud={"essential": True, "value": ehr.client_id},
+        leeway=int(leeway_s),
+        iss={"essential": True, "value": ehr.iss},
+        aud={"essential": True, "value": ehr.client_id},
         exp={"essential": True},
     )
     try:

@@ -20,15 +20,45 @@ from .explain import UNIT_WORDS, CardView
 __all__ = ["SVG_CSP", "app_page", "content_security_policy", "error_page", "page_headers"]
 
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"  # an SVG image: no script, its own inline styles
-_BAND_WORDS = {"high": "above the alert threshold", "moderate": "elevated, below the alert threshold", "low": "below the alert threshold"}
+_BAND_WORDS = {
+    "high": "above the alert threshold",
+    "moderate": "elevated, below the alert threshold",
+    "low": "below the alert threshold",
+}
 _LABELS = {
-    "HR": "Heart rate", "O2Sat": "SpO2", "Temp": "Temperature", "SBP": "Systolic BP", "MAP": "Mean arterial pressure",
-    "DBP": "Diastolic BP", "Resp": "Respiratory rate", "EtCO2": "End-tidal CO2", "BaseExcess": "Base excess",
-    "HCO3": "Bicarbonate", "FiO2": "FiO2", "pH": "pH", "PaCO2": "PaCO2", "SaO2": "SaO2", "AST": "AST", "BUN": "BUN",
-    "Alkalinephos": "Alkaline phosphatase", "Calcium": "Calcium", "Chloride": "Chloride", "Creatinine": "Creatinine",
-    "Bilirubin_direct": "Direct bilirubin", "Glucose": "Glucose", "Lactate": "Lactate", "Magnesium": "Magnesium",
-    "Phosphate": "Phosphate", "Potassium": "Potassium", "Bilirubin_total": "Total bilirubin", "TroponinI": "Troponin I",
-    "Hct": "Hematocrit", "Hgb": "Hemoglobin", "PTT": "PTT", "WBC": "White blood cells", "Fibrinogen": "Fibrinogen",
+    "HR": "Heart rate",
+    "O2Sat": "SpO2",
+    "Temp": "Temperature",
+    "SBP": "Systolic BP",
+    "MAP": "Mean arterial pressure",
+    "DBP": "Diastolic BP",
+    "Resp": "Respiratory rate",
+    "EtCO2": "End-tidal CO2",
+    "BaseExcess": "Base excess",
+    "HCO3": "Bicarbonate",
+    "FiO2": "FiO2",
+    "pH": "pH",
+    "PaCO2": "PaCO2",
+    "SaO2": "SaO2",
+    "AST": "AST",
+    "BUN": "BUN",
+    "Alkalinephos": "Alkaline phosphatase",
+    "Calcium": "Calcium",
+    "Chloride": "Chloride",
+    "Creatinine": "Creatinine",
+    "Bilirubin_direct": "Direct bilirubin",
+    "Glucose": "Glucose",
+    "Lactate": "Lactate",
+    "Magnesium": "Magnesium",
+    "Phosphate": "Phosphate",
+    "Potassium": "Potassium",
+    "Bilirubin_total": "Total bilirubin",
+    "TroponinI": "Troponin I",
+    "Hct": "Hematocrit",
+    "Hgb": "Hemoglobin",
+    "PTT": "PTT",
+    "WBC": "White blood cells",
+    "Fibrinogen": "Fibrinogen",
     "Platelets": "Platelets",
 }
 
@@ -42,7 +72,10 @@ def content_security_policy(frame_origins: Iterable[str]) -> str:
 
 
 def page_headers(frame_origins: Iterable[str]) -> dict[str, str]:
-    return {"Content-Security-Policy": content_security_policy(frame_origins), "Referrer-Policy": "no-referrer"}
+    return {
+        "Content-Security-Policy": content_security_policy(frame_origins),
+        "Referrer-Policy": "no-referrer",
+    }
 
 
 def _layout(title: str, body: str) -> str:
@@ -57,9 +90,11 @@ def _layout(title: str, body: str) -> str:
 def error_page(error: SmartError, frame_origins: Iterable[str]) -> Response:
     body = (
         f'<section class="error" role="alert"><h1>{escape(error.title)}</h1>'
-        f"<p>{escape(error.advice)}</p><p class=\"muted\">Reference: {escape(error.code)}</p></section>"
+        f'<p>{escape(error.advice)}</p><p class="muted">Reference: {escape(error.code)}</p></section>'
     )
-    return HTMLResponse(_layout(error.title, body), status_code=error.status, headers=page_headers(frame_origins))
+    return HTMLResponse(
+        _layout(error.title, body), status_code=error.status, headers=page_headers(frame_origins)
+    )
 
 
 def _pct(p: float) -> str:
@@ -76,7 +111,11 @@ def _num(value: float | None, unit: str = "") -> str:
 def _latest(d: Any) -> str:
     if d.value is not None:
         return _num(d.value, d.unit)
-    return "see the exact contributions" if d.measured else "<strong>not measured</strong> (the score uses its absence)"
+    return (
+        "see the exact contributions"
+        if d.measured
+        else "<strong>not measured</strong> (the score uses its absence)"
+    )
 
 
 def _drivers_table(view: CardView, top: int = 8) -> str:
@@ -85,23 +124,26 @@ def _drivers_table(view: CardView, top: int = 8) -> str:
         effect = "raises risk" if d.shap > 0 else "lowers risk"
         arrow = "↑" if d.shap > 0 else "↓"
         rows.append(
-            f"<tr><th scope=\"row\">{escape(d.label)}</th><td>{_latest(d)}</td>"
-            f"<td class=\"num\">{d.shap:+.3f}</td><td>{arrow} {effect}</td></tr>"
+            f'<tr><th scope="row">{escape(d.label)}</th><td>{_latest(d)}</td>'
+            f'<td class="num">{d.shap:+.3f}</td><td>{arrow} {effect}</td></tr>'
         )
     return (
         '<table class="drivers"><caption>Largest drivers, each clinical variable\'s features summed (log-odds)</caption>'
-        "<thead><tr><th scope=\"col\">Variable</th><th scope=\"col\">Latest value</th><th scope=\"col\">Contribution</th>"
-        f"<th scope=\"col\">Effect</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<thead><tr><th scope="col">Variable</th><th scope="col">Latest value</th><th scope="col">Contribution</th>'
+        f'<th scope="col">Effect</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
 
 
 def _exact_table(view: CardView) -> str:
     rows = [
-        f"<tr><td><code>{escape(f)}</code></td><td>{escape(label)}</td><td class=\"num\">{_num(v)}</td><td class=\"num\">{s:+.4f}</td></tr>"
-        for d in view.drivers for f, label, v, s in d.features
+        f'<tr><td><code>{escape(f)}</code></td><td>{escape(label)}</td><td class="num">{_num(v)}</td><td class="num">{s:+.4f}</td></tr>'
+        for d in view.drivers
+        for f, label, v, s in d.features
     ]
     if view.other:
-        rows.append(f"<tr><td colspan=\"3\">Features not stored one by one</td><td class=\"num\">{view.other:+.4f}</td></tr>")
+        rows.append(
+            f'<tr><td colspan="3">Features not stored one by one</td><td class="num">{view.other:+.4f}</td></tr>'
+        )
     return (
         "<details><summary>Exact per-feature SHAP contributions</summary>"
         f"<p>Base value {view.base_value:+.4f} + contributions = model margin {view.margin:+.4f} (log-odds).</p>"
@@ -126,17 +168,24 @@ def _trend_section(handle: str, trend: Any, trend_error: str | None, view: CardV
             measured.append((trend.current_hour - hour, label))
     measured.sort()
     rows = "".join(
-        f"<tr><th scope=\"row\">{escape(label)}</th><td>{'this hour' if ago == 0 else f'{ago} h ago'}</td></tr>" for ago, label in measured
+        f'<tr><th scope="row">{escape(label)}</th><td>{"this hour" if ago == 0 else f"{ago} h ago"}</td></tr>'
+        for ago, label in measured
     )
     return (
         '<section aria-labelledby="trend"><h2 id="trend">Risk over the stay</h2>'
         f'<img class="chart" src="/smart/app/{escape(handle)}/trend.svg" width="720" height="250" '
-        f'alt="Sepsis risk for each of {len(trend.hours)} ICU hours, re-scored from the EHR\'s data; '
+        f"alt=\"Sepsis risk for each of {len(trend.hours)} ICU hours, re-scored from the EHR's data; "
         f'{above} hours at or above the alert threshold of {_pct(trend.threshold)}; latest {_pct(trend.probabilities[-1])}.">'
         f"<p>Re-scored hour by hour from the EHR's current data (ICU hour {trend.current_hour} now). "
         f"{above} of {len(trend.hours)} hours at or above the alert threshold.</p>"
-        '<h3>Last measured</h3><table class="measured"><tbody>' + rows + "</tbody></table>"
-        + (f"<p><strong>Not measured during this stay:</strong> {escape(', '.join(missing))}.</p>" if missing else "")
+        '<h3>Last measured</h3><table class="measured"><tbody>'
+        + rows
+        + "</tbody></table>"
+        + (
+            f"<p><strong>Not measured during this stay:</strong> {escape(', '.join(missing))}.</p>"
+            if missing
+            else ""
+        )
         + "</section>"
     )
 
@@ -146,19 +195,30 @@ def _model_section(model: Mapping[str, Any]) -> str:
     limits = "".join(f"<li>{escape(x)}</li>" for x in model["limits"])
     return (
         '<section aria-labelledby="model"><h2 id="model">About the model</h2>'
-        f"<dl>{items}</dl>" + (f"<h3>Known limits</h3><ul>{limits}</ul>" if limits else "")
+        f"<dl>{items}</dl>"
+        + (f"<h3>Known limits</h3><ul>{limits}</ul>" if limits else "")
         + f'<p><a href="{escape(model["card_url"])}">Full model card</a></p></section>'
     )
 
 
-def _feedback_section(handle: str, reasons: Sequence[Mapping[str, str]], can_agree: bool, recorded: str | None, max_chars: int) -> str:
+def _feedback_section(
+    handle: str, reasons: Sequence[Mapping[str, str]], can_agree: bool, recorded: str | None, max_chars: int
+) -> str:
     options = []
     if can_agree:
-        options.append('<li><label><input type="radio" name="decision" value="agree" required> Agree: accept the card\'s suggestion</label></li>')
+        options.append(
+            '<li><label><input type="radio" name="decision" value="agree" required> Agree: accept the card\'s suggestion</label></li>'
+        )
     for i, r in enumerate(reasons):
-        options.append(f'<li><label><input type="radio" name="decision" value="override:{i}" required> Override: {escape(r["display"])}</label></li>')
+        options.append(
+            f'<li><label><input type="radio" name="decision" value="override:{i}" required> Override: {escape(r["display"])}</label></li>'
+        )
     done = f'<p class="recorded" role="status">Recorded: {escape(recorded)}.</p>' if recorded else ""
-    agree_note = "" if can_agree else '<p class="muted">This card offered no suggestion, so agreement has nothing to accept; overrides are recorded.</p>'
+    agree_note = (
+        ""
+        if can_agree
+        else '<p class="muted">This card offered no suggestion, so agreement has nothing to accept; overrides are recorded.</p>'
+    )
     return (
         f'<section aria-labelledby="feedback"><h2 id="feedback">Your decision</h2>{done}{agree_note}'
         f'<form method="post" action="/smart/app/{escape(handle)}/feedback"><fieldset><legend>Decision on this card</legend>'
@@ -170,14 +230,24 @@ def _feedback_section(handle: str, reasons: Sequence[Mapping[str, str]], can_agr
 
 
 def app_page(
-    *, handle: str, view: CardView, title: str, threshold: float, trend: Any, trend_error: str | None, model: Mapping[str, Any],
-    reasons: Sequence[Mapping[str, str]], can_agree: bool, recorded: str | None, comment_max_chars: int,
+    *,
+    handle: str,
+    view: CardView,
+    title: str,
+    threshold: float,
+    trend: Any,
+    trend_error: str | None,
+    model: Mapping[str, Any],
+    reasons: Sequence[Mapping[str, str]],
+    can_agree: bool,
+    recorded: str | None,
+    comment_max_chars: int,
     frame_origins: Iterable[str],
 ) -> Response:
     band = view.band
     when = f"ICU hour {view.icu_hour}, " if view.icu_hour is not None else ""
     body = (
-        f'<header><h1>{escape(title)}</h1>'
+        f"<header><h1>{escape(title)}</h1>"
         f'<p class="score band-{escape(band)}"><span class="risk">{_pct(view.probability)}</span> '
         f'<span class="band">{escape(band)} risk: {escape(_BAND_WORDS.get(band, band))} ({_pct(threshold)})</span></p>'
         f'<p class="muted">Scored {escape(when)}{escape(view.occurrence[:16].replace("T", " "))} UTC by model {escape(view.model_name)} '

@@ -43,14 +43,18 @@ def _base(request: Request) -> str:
 @router.get("/launch")
 async def launch(request: Request, app: SmartDep) -> Response:
     q = request.query_params
-    url = await app.launch(iss=q.get("iss"), launch=q.get("launch"), card=q.get("card"), request_base=_base(request))
+    url = await app.launch(
+        iss=q.get("iss"), launch=q.get("launch"), card=q.get("card"), request_base=_base(request)
+    )
     return RedirectResponse(url, status_code=302, headers={"Referrer-Policy": "no-referrer"})
 
 
 @router.get("/callback")
 async def callback(request: Request, app: SmartDep) -> Response:
     handle = await app.callback(dict(request.query_params))
-    return RedirectResponse(f"/smart/app/{handle}", status_code=303, headers={"Referrer-Policy": "no-referrer"})
+    return RedirectResponse(
+        f"/smart/app/{handle}", status_code=303, headers={"Referrer-Policy": "no-referrer"}
+    )
 
 
 @router.get("/app/{handle}")
@@ -64,10 +68,18 @@ async def page(handle: str, app: SmartDep) -> Response:
         raise CardNotFound("the card's model is not loaded")
     trend, trend_error = await app.trend(session, view)
     response = app_page(
-        handle=handle, view=view, title=service.title, threshold=model.threshold, trend=trend, trend_error=trend_error,
-        model=model_brief(model, app.settings.model_dir), reasons=[r.coding() for r in service.override_reasons],
-        can_agree=bool(record.suggestion_uuids), recorded=session.recorded,
-        comment_max_chars=app.settings.feedback_comment_max_chars, frame_origins=app.frame_origins(session.iss),
+        handle=handle,
+        view=view,
+        title=service.title,
+        threshold=model.threshold,
+        trend=trend,
+        trend_error=trend_error,
+        model=model_brief(model, app.settings.model_dir),
+        reasons=[r.coding() for r in service.override_reasons],
+        can_agree=bool(record.suggestion_uuids),
+        recorded=session.recorded,
+        comment_max_chars=app.settings.feedback_comment_max_chars,
+        frame_origins=app.frame_origins(session.iss),
     )
     response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - started):.1f}"
     return response
@@ -110,12 +122,16 @@ async def feedback(handle: str, request: Request, app: SmartDep) -> Response:
     comment = (form.get("comment") or [None])[0]
     record, _ = await app.card(session)
     await app.record(session, record, decision, comment)
-    return RedirectResponse(f"/smart/app/{handle}#feedback", status_code=303, headers={"Referrer-Policy": "no-referrer"})
+    return RedirectResponse(
+        f"/smart/app/{handle}#feedback", status_code=303, headers={"Referrer-Policy": "no-referrer"}
+    )
 
 
 @router.get("/static/app.css")
 async def stylesheet() -> Response:
-    return FileResponse(_STATIC / "app.css", media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
+    return FileResponse(
+        _STATIC / "app.css", media_type="text/css", headers={"Cache-Control": "public, max-age=3600"}
+    )
 
 
 @router.get("/model-card/{name}/{version}")

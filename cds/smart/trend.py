@@ -49,8 +49,17 @@ def _resources(value: Any) -> list[dict[str, Any]]:
 
 
 async def sepsis_trend(
-    fhir: FhirClient, base: str, token: str, *, patient_id: str, encounter_id: str | None, model: RiskModel,
-    pseudonymizer: Pseudonymizer, now: datetime, profile: VendorProfile = GENERIC, max_resources: int = 20_000,
+    fhir: FhirClient,
+    base: str,
+    token: str,
+    *,
+    patient_id: str,
+    encounter_id: str | None,
+    model: RiskModel,
+    pseudonymizer: Pseudonymizer,
+    now: datetime,
+    profile: VendorProfile = GENERIC,
+    max_resources: int = 20_000,
 ) -> Trend | None:
     """None when the patient has no ICU stay to trend. FHIR errors propagate (the page says the
     trend is unavailable)."""
@@ -73,19 +82,30 @@ async def sepsis_trend(
     if encounter is None:
         return None
     observations = {
-        r.get("id") or i: r for i, r in enumerate(o for k in ("vitals", "labs") for o in _resources(fetched.get(k)))
+        r.get("id") or i: r
+        for i, r in enumerate(o for k in ("vitals", "labs") for o in _resources(fetched.get(k)))
     }
     patient = fetched.get("patient")
     record = PatientRecord(
-        patient_id=patient_id, patient=patient if isinstance(patient, dict) else None, encounter=encounter,
+        patient_id=patient_id,
+        patient=patient if isinstance(patient, dict) else None,
+        encounter=encounter,
         observations=list(observations.values()),
     )
     return await asyncio.to_thread(_score_stay, record, model, pseudonymizer, now, profile)
 
 
-def _score_stay(record: PatientRecord, model: RiskModel, pseudonymizer: Pseudonymizer, now: datetime, profile: VendorProfile) -> Trend | None:
+def _score_stay(
+    record: PatientRecord,
+    model: RiskModel,
+    pseudonymizer: Pseudonymizer,
+    now: datetime,
+    profile: VendorProfile,
+) -> Trend | None:
     try:
-        stay = to_canonical(record, as_of=now, pseudonymizer=pseudonymizer, profile=profile, max_hours=TRAINED_MAX_ICU_HOURS)
+        stay = to_canonical(
+            record, as_of=now, pseudonymizer=pseudonymizer, profile=profile, max_hours=TRAINED_MAX_ICU_HOURS
+        )
     except CDSError:
         return None
     rows = build_features(stay.table, model.spec)

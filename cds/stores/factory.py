@@ -27,5 +27,7 @@ async def open_store(
     """`spool_path`: where PostgreSQL mode keeps cards answered while the database is unreachable;
     `anchors`: where the audit chain's head is anchored (docs/privacy.md)."""
     if database_url:
-        return await PostgresStore.open(database_url, spool_path=spool_path, timeout_s=timeout_s, anchors=anchors)
+        return await PostgresStore.open(
+            database_url, spool_path=spool_path, timeout_s=timeout_s, anchors=anchors
+        )
     return SQLiteStore(sqlite_path, anchors=anchors)

@@ -43,7 +43,9 @@ class Migration:
 def _chain_sqlite(db: sqlite3.Connection) -> None:
     """Version 3: hash-chain the audit entries written before the chain existed, in seq order."""
     prev = GENESIS
-    for seq, at, kind, details in db.execute("SELECT seq, at, kind, details FROM audit_event ORDER BY seq").fetchall():
+    for seq, at, kind, details in db.execute(
+        "SELECT seq, at, kind, details FROM audit_event ORDER BY seq"
+    ).fetchall():
         digest = entry_hash(prev, at, kind, audit_json(json.loads(details)))  # as verify reads it
         db.execute("UPDATE audit_event SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq))
         prev = digest
@@ -54,7 +56,9 @@ async def _chain_postgres(conn: Any) -> None:
     prev = GENESIS
     for seq, at, kind, details in await cursor.fetchall():
         digest = entry_hash(prev, float(at), kind, audit_json(json.loads(details)))
-        await conn.execute("UPDATE audit_event SET prev_hash = %s, hash = %s WHERE seq = %s", (prev, digest, seq))
+        await conn.execute(
+            "UPDATE audit_event SET prev_hash = %s, hash = %s WHERE seq = %s", (prev, digest, seq)
+        )
         prev = digest
 
 

@@ -234,7 +234,8 @@ class PostgresStore:
             async def insert(conn: Conn) -> tuple[int, str] | None:
                 async with conn.transaction():
                     await conn.execute(
-                        _INSERT_CARD + " ON CONFLICT (card_uuid) DO UPDATE SET service_id = excluded.service_id,"
+                        _INSERT_CARD
+                        + " ON CONFLICT (card_uuid) DO UPDATE SET service_id = excluded.service_id,"
                         " user_pseudonym = excluded.user_pseudonym, resource = excluded.resource,"
                         " created = excluded.created, suggestions = excluded.suggestions,"
                         " identity_hashes = excluded.identity_hashes",
@@ -293,9 +294,13 @@ class PostgresStore:
                             _UPSERT_FEEDBACK, (rec.provenance_id, rec.card_uuid, text, rec.recorded)
                         )
                         row = await cursor.fetchone()
-                        outcome: WriteResult = "unchanged" if row is None else "created" if row[0] else "updated"
+                        outcome: WriteResult = (
+                            "unchanged" if row is None else "created" if row[0] else "updated"
+                        )
                         if outcome != "unchanged" and rec.audit is not None:
-                            head = await self._append(conn, "feedback-recorded", {**rec.audit, "write": outcome})
+                            head = await self._append(
+                                conn, "feedback-recorded", {**rec.audit, "write": outcome}
+                            )
                         results.append(outcome)
             return results, head
 
@@ -387,7 +392,13 @@ class PostgresStore:
         return head[0]
 
     async def _erase(
-        self, where: str, args: Sequence[Any], spool_where: str, spool_args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]
+        self,
+        where: str,
+        args: Sequence[Any],
+        spool_where: str,
+        spool_args: Sequence[Any],
+        kind: str,
+        tombstone: Mapping[str, Any],
     ) -> Erasure:
         """Delete the cards `where` selects (and `spool_where` in this machine's spool) with their
         feedback, and append the tombstone (counts), in one transaction."""
@@ -413,11 +424,23 @@ class PostgresStore:
         marks = ",".join("?" * len(patient_pseudonyms)) or "NULL"
         spool_where = f"json_extract(resource, '$.subject.identifier.value') IN ({marks})"
         return await self._erase(
-            f"{_PATIENT_OF} = ANY(%s)", [list(patient_pseudonyms)], spool_where, list(patient_pseudonyms), "patient-forgotten", tombstone
+            f"{_PATIENT_OF} = ANY(%s)",
+            [list(patient_pseudonyms)],
+            spool_where,
+            list(patient_pseudonyms),
+            "patient-forgotten",
+            tombstone,
         )
 
     async def purge(self, before: float, tombstone: Mapping[str, Any]) -> Erasure:
-        return await self._erase("created < %s", [before], "created < ?", [before], "records-purged", {**tombstone, "before": before})
+        return await self._erase(
+            "created < %s",
+            [before],
+            "created < ?",
+            [before],
+            "records-purged",
+            {**tombstone, "before": before},
+        )
 
     async def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]:
         while True:

@@ -125,7 +125,13 @@ def card_row(record: CardRecord) -> CardRow:
 
 def card_from_row(row: Sequence[Any]) -> CardRecord:
     return CardRecord(
-        row[0], row[1], row[2], json.loads(row[3]), float(row[4]), tuple(json.loads(row[5])), tuple(json.loads(row[6]))
+        row[0],
+        row[1],
+        row[2],
+        json.loads(row[3]),
+        float(row[4]),
+        tuple(json.loads(row[5])),
+        tuple(json.loads(row[6])),
     )
 
 

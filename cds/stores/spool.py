@@ -60,10 +60,13 @@ class CardSpool(SQLiteFile):
 
     async def forget(self, card_filter: str, args: Sequence[object]) -> int:
         """Remove spooled cards `card_filter` (an SQL condition) selects; how many."""
+
         def delete() -> int:
             self._db.execute("PRAGMA secure_delete = ON")
             try:
-                return int(self._db.execute(f"DELETE FROM spooled_card WHERE {card_filter}", list(args)).rowcount)
+                return int(
+                    self._db.execute(f"DELETE FROM spooled_card WHERE {card_filter}", list(args)).rowcount
+                )
             finally:
                 self._db.execute("PRAGMA secure_delete = OFF")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -50,7 +50,9 @@ def cards_by_uuid(db: sqlite3.Connection, table: str, card_uuids: Sequence[str])
     if not card_uuids:
         return {}
     marks = ",".join("?" * len(card_uuids))
-    rows = db.execute(f"SELECT {CARD_COLUMNS} FROM {table} WHERE card_uuid IN ({marks})", list(card_uuids)).fetchall()
+    rows = db.execute(
+        f"SELECT {CARD_COLUMNS} FROM {table} WHERE card_uuid IN ({marks})", list(card_uuids)
+    ).fetchall()
     return {row[0]: card_from_row(row) for row in rows}
 
 
@@ -114,7 +116,9 @@ class SQLiteStore(SQLiteFile):
         """The card and its `card-scored` audit entry, in one transaction."""
 
         def write() -> None:
-            self._db.execute(f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES ({CARD_MARKS})", card_row(record))
+            self._db.execute(
+                f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES ({CARD_MARKS})", card_row(record)
+            )
             if record.audit is not None:
                 self._append_audit("card-scored", record.audit)
 
@@ -200,7 +204,9 @@ class SQLiteStore(SQLiteFile):
                 yield AuditEvent(seq, at, kind, json.loads(details), prev_hash, digest)
             after = rows[-1][0]
 
-    async def _erasing(self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]) -> Erasure:
+    async def _erasing(
+        self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]
+    ) -> Erasure:
         """`_erase` with SQLite's secure delete on, then a checkpoint: the removed rows are
         overwritten in the file, and no copy of them stays in the write-ahead log."""
 
@@ -217,7 +223,9 @@ class SQLiteStore(SQLiteFile):
 
     def _erase(self, where: str, args: Sequence[Any], kind: str, tombstone: Mapping[str, Any]) -> Erasure:
         """Delete the cards `where` selects and their feedback, and append the tombstone (counts)."""
-        uuids = [r[0] for r in self._db.execute(f"SELECT card_uuid FROM card WHERE {where}", list(args)).fetchall()]
+        uuids = [
+            r[0] for r in self._db.execute(f"SELECT card_uuid FROM card WHERE {where}", list(args)).fetchall()
+        ]
         feedback = 0
         for start in range(0, len(uuids), 500):
             chunk = uuids[start : start + 500]

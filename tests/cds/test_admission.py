@@ -110,7 +110,9 @@ def test_a_call_already_in_progress_is_served_before_new_ones() -> None:
     async def scenario() -> None:
         first = asyncio.ensure_future(lane.run(Deadline.after(10), hold.wait, 5))
         await asyncio.sleep(0.05)
-        new = [asyncio.ensure_future(lane.run(Deadline.after(10), order.append, f"new-{i}")) for i in range(3)]
+        new = [
+            asyncio.ensure_future(lane.run(Deadline.after(10), order.append, f"new-{i}")) for i in range(3)
+        ]
         await asyncio.sleep(0.05)
         scoring = asyncio.ensure_future(lane.run(Deadline.after(10), order.append, "in-progress", stage=1))
         await asyncio.sleep(0.05)
@@ -126,8 +128,15 @@ def test_a_call_already_in_progress_is_served_before_new_ones() -> None:
 @pytest.fixture
 def small(tmp_path) -> LoopbackServer:
     settings = Settings(
-        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True,
-        hook_timeout_s=1.5, hook_workers=1, hook_queue=2, hook_queue_wait_s=0.3, max_in_flight_hooks=6, max_in_flight_feedback=1,
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        hook_timeout_s=1.5,
+        hook_workers=1,
+        hook_queue=2,
+        hook_queue_wait_s=0.3,
+        max_in_flight_hooks=6,
+        max_in_flight_feedback=1,
     )
     with serve_cds(settings) as server:
         yield server
@@ -135,7 +144,11 @@ def small(tmp_path) -> LoopbackServer:
 
 def _histogram(metrics: str, service: str = "sepsis-risk") -> dict[str, int]:
     prefix = f'cds_hook_seconds_bucket{{service="{service}",le="'
-    return {line[len(prefix) :].split('"')[0]: int(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix)}
+    return {
+        line[len(prefix) :].split('"')[0]: int(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(prefix)
+    }
 
 
 def test_more_calls_than_capacity_are_all_answered_within_budget(small: LoopbackServer) -> None:
@@ -144,7 +157,9 @@ def test_more_calls_than_capacity_are_all_answered_within_budget(small: Loopback
     done = threading.Event()
 
     def one(_: int) -> tuple[int, bool]:
-        response = httpx.post(f"{small.url}{SEPSIS}", content=body, headers={"content-type": "application/json"}, timeout=10)
+        response = httpx.post(
+            f"{small.url}{SEPSIS}", content=body, headers={"content-type": "application/json"}, timeout=10
+        )
         return response.status_code, bool(response.json()["cards"])
 
     def probe() -> None:
@@ -165,29 +180,48 @@ def test_more_calls_than_capacity_are_all_answered_within_budget(small: Loopback
     metrics = httpx.get(f"{small.url}/metrics").text
     assert 'reason="overloaded"' in metrics
     buckets = _histogram(metrics)
-    assert buckets["2.0"] == buckets["+Inf"] == len(results)  # every answer within the 1.5 s budget (server side)
-    after = httpx.post(f"{small.url}{SEPSIS}", content=body, headers={"content-type": "application/json"}, timeout=10)
+    assert (
+        buckets["2.0"] == buckets["+Inf"] == len(results)
+    )  # every answer within the 1.5 s budget (server side)
+    after = httpx.post(
+        f"{small.url}{SEPSIS}", content=body, headers={"content-type": "application/json"}, timeout=10
+    )
     assert after.status_code == 200 and after.json()["cards"]  # healthy again at once
 
 
 def test_feedback_beyond_capacity_is_503_with_retry_after(small: LoopbackServer) -> None:
-    card = httpx.post(f"{small.url}{SEPSIS}", json=patient_view_request(synthetic_stay(hours=8)), timeout=10).json()["cards"][0]
+    card = httpx.post(
+        f"{small.url}{SEPSIS}", json=patient_view_request(synthetic_stay(hours=8)), timeout=10
+    ).json()["cards"][0]
     host, port = small.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as slow:
         # One feedback call in flight (its body still arriving) fills max_in_flight_feedback=1.
-        slow.sendall(f"POST {SEPSIS}/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{{".encode())
+        slow.sendall(
+            f"POST {SEPSIS}/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{{".encode()
+        )
         time.sleep(0.2)
-        refused = httpx.post(f"{small.url}{SEPSIS}/feedback", json={"feedback": [feedback(card["uuid"])]}, timeout=10)
+        refused = httpx.post(
+            f"{small.url}{SEPSIS}/feedback", json={"feedback": [feedback(card["uuid"])]}, timeout=10
+        )
     assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
     assert refused.json()["resourceType"] == "OperationOutcome"
     time.sleep(0.2)
-    accepted = httpx.post(f"{small.url}{SEPSIS}/feedback", json={"feedback": [feedback(card["uuid"])]}, timeout=10)
+    accepted = httpx.post(
+        f"{small.url}{SEPSIS}/feedback", json={"feedback": [feedback(card["uuid"])]}, timeout=10
+    )
     assert accepted.status_code == 200, accepted.text
 
 
-def test_a_call_whose_caller_left_is_abandoned(tmp_path, ehr: DemoFhirServer, ehr_server: LoopbackServer) -> None:
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True,
-                        hook_timeout_s=5.0, fhir_timeout_s=10)
+def test_a_call_whose_caller_left_is_abandoned(
+    tmp_path, ehr: DemoFhirServer, ehr_server: LoopbackServer
+) -> None:
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        hook_timeout_s=5.0,
+        fhir_timeout_s=10,
+    )
     ehr.delay_s = 8.0  # the EHR hangs: only the caller leaving can end this call early
     stay = synthetic_stay(hours=8)
     ehr.add(stay.all())

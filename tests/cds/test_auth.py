@@ -36,8 +36,15 @@ def tenant_identity(ehr_identity: EhrIdentity) -> EhrIdentity:
 
 @pytest.fixture
 def server(tmp_path: Path, tenant_identity: EhrIdentity) -> Iterator[LoopbackServer]:
-    issuer = TrustedIssuer(iss=tenant_identity.issuer, jwks_url=tenant_identity.jwks_url, jku=(tenant_identity.jwks_url,), tenants=("hospital-a",))
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,), jwks_min_refresh_s=60)
+    issuer = TrustedIssuer(
+        iss=tenant_identity.issuer,
+        jwks_url=tenant_identity.jwks_url,
+        jku=(tenant_identity.jwks_url,),
+        tenants=("hospital-a",),
+    )
+    settings = Settings(
+        var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,), jwks_min_refresh_s=60
+    )
     with serve_cds(settings) as s:
         yield s
 
@@ -87,17 +94,35 @@ def _jku_off_list(ehr: EhrIdentity, aud: str) -> str:
     return attacker.token(aud, header={"jku": "http://127.0.0.1:9/evil/jwks.json"})
 
 
-
 ATTACKS: dict[str, tuple[Callable[[EhrIdentity, str], str | None], str]] = {
     "missing token": (lambda ehr, aud: None, "missing-token"),
     "alg none": (_alg_none, "alg-not-allowed"),
     "HS256 signed with the public key": (_hs256_with_public_key, "alg-not-allowed"),
-    "wrong aud": (lambda ehr, aud: ehr.token("https://cds.example.org/cds-services/sepsis-risk"), "wrong-aud"),
+    "wrong aud": (
+        lambda ehr, aud: ehr.token("https://cds.example.org/cds-services/sepsis-risk"),
+        "wrong-aud",
+    ),
     "aud of another endpoint": (lambda ehr, aud: ehr.token(aud.rsplit("/", 1)[0]), "wrong-aud"),
-    "expired": (lambda ehr, aud: ehr.token(aud, claims={"iat": int(time.time()) - 900, "exp": int(time.time()) - 300}), "expired"),
-    "iat in the future": (lambda ehr, aud: ehr.token(aud, claims={"iat": int(time.time()) + 600, "exp": int(time.time()) + 900}), "iat-in-future"),
-    "nbf in the future": (lambda ehr, aud: ehr.token(aud, claims={"nbf": int(time.time()) + 600}), "not-yet-valid"),
-    "unknown iss": (lambda ehr, aud: ehr.token(aud, claims={"iss": "https://evil.example.org"}), "unknown-iss"),
+    "expired": (
+        lambda ehr, aud: ehr.token(
+            aud, claims={"iat": int(time.time()) - 900, "exp": int(time.time()) - 300}
+        ),
+        "expired",
+    ),
+    "iat in the future": (
+        lambda ehr, aud: ehr.token(
+            aud, claims={"iat": int(time.time()) + 600, "exp": int(time.time()) + 900}
+        ),
+        "iat-in-future",
+    ),
+    "nbf in the future": (
+        lambda ehr, aud: ehr.token(aud, claims={"nbf": int(time.time()) + 600}),
+        "not-yet-valid",
+    ),
+    "unknown iss": (
+        lambda ehr, aud: ehr.token(aud, claims={"iss": "https://evil.example.org"}),
+        "unknown-iss",
+    ),
     "jku off the allow-list": (_jku_off_list, "jku-not-allowed"),
     "unknown kid": (lambda ehr, aud: ehr.token(aud, header={"kid": "not-a-key-of-ours"}), "unknown-kid"),
     "tampered payload": (_tampered, "bad-signature"),
@@ -106,13 +131,18 @@ ATTACKS: dict[str, tuple[Callable[[EhrIdentity, str], str | None], str]] = {
     "no jti": (lambda ehr, aud: ehr.token(aud, claims={"jti": None}), "missing-jti"),
     "no exp": (lambda ehr, aud: ehr.token(aud, claims={"exp": None}), "missing-exp"),
     "typ not JWT": (lambda ehr, aud: ehr.token(aud, header={"typ": "at+jwt"}), "typ-not-jwt"),
-    "a day-long token": (lambda ehr, aud: ehr.token(aud, claims={"exp": int(time.time()) + 86400}), "lifetime-too-long"),
+    "a day-long token": (
+        lambda ehr, aud: ehr.token(aud, claims={"exp": int(time.time()) + 86400}),
+        "lifetime-too-long",
+    ),
     "garbage": (lambda ehr, aud: "not.a.jwt", "malformed-token"),
 }
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
-def test_each_attack_gets_a_bare_401(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, attack: str) -> None:
+def test_each_attack_gets_a_bare_401(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, attack: str
+) -> None:
     make, reason = ATTACKS[attack]
     aud = server.url + SERVICE
     response = post(server, make(tenant_identity, aud), body)
@@ -124,13 +154,17 @@ def test_each_attack_gets_a_bare_401(server: LoopbackServer, tenant_identity: Eh
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
 @pytest.mark.parametrize("epic", [False, True])
-def test_a_valid_token_gets_200(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, alg: str, epic: bool) -> None:
+def test_a_valid_token_gets_200(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, alg: str, epic: bool
+) -> None:
     response = post(server, tenant_identity.token(server.url + SERVICE, alg=alg, epic=epic), body)
     assert response.status_code == 200, response.text
     assert response.json()["cards"]
 
 
-def test_aud_may_be_an_array_and_jku_an_allow_listed_url(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict) -> None:
+def test_aud_may_be_an_array_and_jku_an_allow_listed_url(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict
+) -> None:
     token = tenant_identity.token([server.url + SERVICE, "https://other.example.org"], jku=True)
     assert post(server, token, body).status_code == 200
 
@@ -143,10 +177,17 @@ def test_a_replayed_jti_is_refused(server: LoopbackServer, tenant_identity: EhrI
     assert auth_failures(server) == {"replayed-jti": 1}
 
 
-def test_discovery_and_feedback_need_a_token_too(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict) -> None:
+def test_discovery_and_feedback_need_a_token_too(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict
+) -> None:
     assert httpx.get(f"{server.url}/cds-services").status_code == 401
     discovery_token = tenant_identity.token(f"{server.url}/cds-services")
-    assert httpx.get(f"{server.url}/cds-services", headers={"Authorization": f"Bearer {discovery_token}"}).status_code == 200
+    assert (
+        httpx.get(
+            f"{server.url}/cds-services", headers={"Authorization": f"Bearer {discovery_token}"}
+        ).status_code
+        == 200
+    )
     card = post(server, tenant_identity.token(server.url + SERVICE), body).json()["cards"][0]
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z"}
     feedback_url = f"{server.url}{SERVICE}/feedback"
@@ -160,7 +201,9 @@ def test_discovery_and_feedback_need_a_token_too(server: LoopbackServer, tenant_
     assert httpx.post(f"{server.url}/cds-services/nope", json=body).status_code == 401
 
 
-def test_key_rotation_refetches_the_jwks_once(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict) -> None:
+def test_key_rotation_refetches_the_jwks_once(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict
+) -> None:
     assert post(server, tenant_identity.token(server.url + SERVICE), body).status_code == 200
     fetched = tenant_identity.jwks_requests
     assert fetched == 1
@@ -168,14 +211,23 @@ def test_key_rotation_refetches_the_jwks_once(server: LoopbackServer, tenant_ide
         assert post(server, tenant_identity.token(server.url + SERVICE, alg="RS384"), body).status_code == 200
     assert tenant_identity.jwks_requests == 1
     tenant_identity.rotate()
-    assert post(server, tenant_identity.token(server.url + SERVICE), body).status_code == 200  # unknown kid: refetched
+    assert (
+        post(server, tenant_identity.token(server.url + SERVICE), body).status_code == 200
+    )  # unknown kid: refetched
     assert tenant_identity.jwks_requests == 2
     for _ in range(5):  # forged kids do not make us hammer the EHR (rate limit)
-        assert post(server, tenant_identity.token(server.url + SERVICE, header={"kid": "forged"}), body).status_code == 401
+        assert (
+            post(
+                server, tenant_identity.token(server.url + SERVICE, header={"kid": "forged"}), body
+            ).status_code
+            == 401
+        )
     assert tenant_identity.jwks_requests == 2
 
 
-def test_the_jwks_is_never_fetched_from_a_url_off_the_allow_list(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict) -> None:
+def test_the_jwks_is_never_fetched_from_a_url_off_the_allow_list(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict
+) -> None:
     evil = EhrIdentity(issuer=tenant_identity.issuer, tenant="hospital-a")
     with serve_in_thread(evil.app()) as evil_server:
         evil.jwks_url = f"{evil_server.url}/.well-known/jwks.json"
@@ -191,7 +243,9 @@ def test_a_jku_off_the_list_is_verified_with_the_pinned_keys(
     pinned, that jku is set aside (never fetched) and the token verified with the pinned keys."""
     public = EhrIdentity(issuer=tenant_identity.issuer)  # stands for the sandbox's public JWKS host
     with serve_in_thread(public.app()) as elsewhere:
-        token = tenant_identity.token(server.url + SERVICE, header={"jku": f"{elsewhere.url}/.well-known/jwks.json"})
+        token = tenant_identity.token(
+            server.url + SERVICE, header={"jku": f"{elsewhere.url}/.well-known/jwks.json"}
+        )
         assert post(server, token, body).status_code == 200
         caplog.set_level(logging.WARNING)
         forged = public.token(server.url + SERVICE, header={"jku": f"{elsewhere.url}/.well-known/jwks.json"})
@@ -201,7 +255,9 @@ def test_a_jku_off_the_list_is_verified_with_the_pinned_keys(
     assert refused and refused[-1]["reason"] == "jku-not-allowed" and "pinned" in refused[-1]["why"]
 
 
-def test_without_pinned_keys_a_jku_off_the_list_is_refused(tmp_path: Path, tenant_identity: EhrIdentity, body: dict) -> None:
+def test_without_pinned_keys_a_jku_off_the_list_is_refused(
+    tmp_path: Path, tenant_identity: EhrIdentity, body: dict
+) -> None:
     issuer = TrustedIssuer(iss=tenant_identity.issuer, jku=(tenant_identity.jwks_url,))
     with serve_cds(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,))) as s:
         listed = tenant_identity.token(s.url + SERVICE, jku=True)
@@ -211,11 +267,22 @@ def test_without_pinned_keys_a_jku_off_the_list_is_refused(tmp_path: Path, tenan
         assert auth_failures(s) == {"jku-not-allowed": 1}
 
 
-def test_tokens_never_reach_the_logs(server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, caplog: pytest.LogCaptureFixture) -> None:
+def test_tokens_never_reach_the_logs(
+    server: LoopbackServer, tenant_identity: EhrIdentity, body: dict, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     token = tenant_identity.token(server.url + SERVICE)
-    body = {**body, "fhirServer": "http://127.0.0.1:9", "fhirAuthorization": {
-        "access_token": "secret-fhir-access-token", "token_type": "Bearer", "expires_in": 30, "scope": "patient/*.rs", "subject": "cds"}}
+    body = {
+        **body,
+        "fhirServer": "http://127.0.0.1:9",
+        "fhirAuthorization": {
+            "access_token": "secret-fhir-access-token",
+            "token_type": "Bearer",
+            "expires_in": 30,
+            "scope": "patient/*.rs",
+            "subject": "cds",
+        },
+    }
     post(server, token, body)
     post(server, token, body)  # a replay, logged as a failure
     post(server, token[:-4] + "AAAA", body)
@@ -223,19 +290,27 @@ def test_tokens_never_reach_the_logs(server: LoopbackServer, tenant_identity: Eh
     assert token not in text and token.split(".")[2] not in text and "secret-fhir-access-token" not in text
 
 
-def test_no_trusted_issuer_means_every_call_is_refused(tmp_path: Path, ehr_identity: EhrIdentity, body: dict) -> None:
+def test_no_trusted_issuer_means_every_call_is_refused(
+    tmp_path: Path, ehr_identity: EhrIdentity, body: dict
+) -> None:
     with serve_cds(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32)) as s:
         assert post(s, ehr_identity.token(s.url + SERVICE), body).status_code == 401
         assert httpx.get(f"{s.url}/healthz").status_code == 200  # health and metrics stay open
 
 
-def test_the_demo_switch_is_loud_and_loopback_only(tmp_path: Path, body: dict, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_demo_switch_is_loud_and_loopback_only(
+    tmp_path: Path, body: dict, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(ValidationError):
         Settings(host="0.0.0.0", auth_disabled_for_local_demo=True)
     caplog.set_level(logging.WARNING)
-    with serve_cds(Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_disabled_for_local_demo=True)) as s:
+    with serve_cds(
+        Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_disabled_for_local_demo=True)
+    ) as s:
         assert post(s, None, body).status_code == 200
-    assert any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert any(
+        "AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+    )
 
 
 @pytest.mark.parametrize("algorithms", [("none",), ("HS256",), ("ES384", "HS384"), ()])
@@ -244,18 +319,35 @@ def test_only_asymmetric_algorithms_can_be_configured(algorithms: tuple[str, ...
         Settings(auth_algorithms=algorithms)
 
 
-def test_cors_allows_listed_origins_and_never_star_with_credentials(tmp_path: Path, ehr_identity: EhrIdentity) -> None:
+def test_cors_allows_listed_origins_and_never_star_with_credentials(
+    tmp_path: Path, ehr_identity: EhrIdentity
+) -> None:
     with pytest.raises(ValidationError):
         Settings(cors_origins=("*",), cors_allow_credentials=True)
     issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url)
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="k" * 32, auth_issuers=(issuer,),
-                        cors_origins=("https://ehr.example.org",), cors_allow_credentials=True)
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        pseudonym_key="k" * 32,
+        auth_issuers=(issuer,),
+        cors_origins=("https://ehr.example.org",),
+        cors_allow_credentials=True,
+    )
     with serve_cds(settings) as s:
-        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
-        allowed = httpx.options(f"{s.url}{SERVICE}", headers={"Origin": "https://ehr.example.org", **preflight})
-        refused = httpx.options(f"{s.url}{SERVICE}", headers={"Origin": "https://evil.example.org", **preflight})
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        allowed = httpx.options(
+            f"{s.url}{SERVICE}", headers={"Origin": "https://ehr.example.org", **preflight}
+        )
+        refused = httpx.options(
+            f"{s.url}{SERVICE}", headers={"Origin": "https://evil.example.org", **preflight}
+        )
         token = ehr_identity.token(f"{s.url}/cds-services")
-        get = httpx.get(f"{s.url}/cds-services", headers={"Origin": "https://ehr.example.org", "Authorization": f"Bearer {token}"})
+        get = httpx.get(
+            f"{s.url}/cds-services",
+            headers={"Origin": "https://ehr.example.org", "Authorization": f"Bearer {token}"},
+        )
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://ehr.example.org"
     assert allowed.headers["access-control-allow-credentials"] == "true"

@@ -37,7 +37,11 @@ def test_a_jti_is_accepted_once_per_issuer_until_it_expires(make_replay: Callabl
             key = replay_key("https://ehr.example.org", "jti-1")
             other_issuer = replay_key("https://other.example.org", "jti-1")
             soon = time.time() + 0.3
-            results = [await a.first_use(key, soon), await b.first_use(key, soon), await a.first_use(other_issuer, soon)]
+            results = [
+                await a.first_use(key, soon),
+                await b.first_use(key, soon),
+                await a.first_use(other_issuer, soon),
+            ]
             # Concurrent first uses of a fresh jti: exactly one wins.
             fresh = replay_key("https://ehr.example.org", "jti-2")
             racing = await asyncio.gather(*(s.first_use(fresh, soon) for s in (a, b, a, b)))
@@ -65,7 +69,9 @@ def make_backend(request: pytest.FixtureRequest) -> Callable[[], object]:
     return lambda: RedisJwksBackend(url, prefix=prefix)
 
 
-def test_jwks_is_cached_shared_and_refetched_at_most_once_per_interval(ehr_identity: EhrIdentity, make_backend) -> None:
+def test_jwks_is_cached_shared_and_refetched_at_most_once_per_interval(
+    ehr_identity: EhrIdentity, make_backend
+) -> None:
     url = ehr_identity.jwks_url
     kid = ehr_identity.keys["ES384"].kid
 

@@ -18,8 +18,12 @@ from testkit.helpers import serve_cds
 @pytest.fixture
 def guarded(tmp_path) -> Iterator[LoopbackServer]:
     settings = Settings(
-        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True,
-        header_timeout_s=0.5, keep_alive_s=1, max_connections=4,
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        header_timeout_s=0.5,
+        keep_alive_s=1,
+        max_connections=4,
     )
     with serve_cds(settings) as server:
         yield server
@@ -51,7 +55,11 @@ def _response(sock: socket.socket) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head
@@ -88,7 +96,9 @@ def test_a_kept_alive_connection_is_closed_when_idle_and_served_while_used(guard
         assert _closed_within(conn, 5.0) is not None
 
 
-def test_connections_beyond_the_limit_are_refused_and_the_service_stays_reachable(guarded: LoopbackServer) -> None:
+def test_connections_beyond_the_limit_are_refused_and_the_service_stays_reachable(
+    guarded: LoopbackServer,
+) -> None:
     held = [_connect(guarded) for _ in range(4)]
     try:
         time.sleep(0.1)

@@ -26,35 +26,67 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path, ehr_identit
     return Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", **extra)
 
 
-def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: Settings, tmp_path: Path, ehr_identity: EhrIdentity) -> None:
+def test_feedback_round_trips_to_the_export_across_a_restart(
+    backend_settings: Settings, tmp_path: Path, ehr_identity: EhrIdentity
+) -> None:
     stay = synthetic_stay()
     auth = EhrJwtAuth(ehr_identity, alg="RS384", epic=True)
     with serve_cds(backend_settings) as server:
-        card = httpx.post(f"{server.url}/cds-services/sepsis-risk", json=patient_view_request(stay), timeout=10, auth=auth).json()["cards"][0]
-        item = feedback(card["uuid"], reason=card["overrideReasons"][1], comment="lactate was from a tourniquet draw")
-        first = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
+        card = httpx.post(
+            f"{server.url}/cds-services/sepsis-risk", json=patient_view_request(stay), timeout=10, auth=auth
+        ).json()["cards"][0]
+        item = feedback(
+            card["uuid"], reason=card["overrideReasons"][1], comment="lactate was from a tourniquet draw"
+        )
+        first = httpx.post(
+            f"{server.url}/cds-services/sepsis-risk/feedback",
+            json={"feedback": [item]},
+            timeout=10,
+            auth=auth,
+        )
         assert first.json()["results"][0]["status"] == "created"
 
     with serve_cds(backend_settings) as server:  # a new process would see the same
-        again = httpx.post(f"{server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [item]}, timeout=10, auth=auth)
+        again = httpx.post(
+            f"{server.url}/cds-services/sepsis-risk/feedback",
+            json={"feedback": [item]},
+            timeout=10,
+            auth=auth,
+        )
         assert again.json()["results"][0]["status"] == "unchanged"
 
-    env = {**os.environ, "CDS_VAR_DIR": str(backend_settings.var_dir), "CDS_PSEUDONYM_KEY": "test-key-0123456789abcdef"}
+    env = {
+        **os.environ,
+        "CDS_VAR_DIR": str(backend_settings.var_dir),
+        "CDS_PSEUDONYM_KEY": "test-key-0123456789abcdef",
+    }
     if backend_settings.database_url:
         env["CDS_DATABASE_URL"] = backend_settings.database_url.get_secret_value()
     out = tmp_path / "export"
     done = subprocess.run(
-        [sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)], env=env, check=True, capture_output=True,
-        timeout=120, text=True,
+        [sys.executable, "-m", "cds.cli", "feedback", "export", "--out", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        text=True,
     )
-    assert json.loads(done.stdout) == {"out": str(out), "RiskAssessment": 1, "Provenance": 1, "spooled": 0, "withheld": 0}
+    assert json.loads(done.stdout) == {
+        "out": str(out),
+        "RiskAssessment": 1,
+        "Provenance": 1,
+        "spooled": 0,
+        "withheld": 0,
+    }
     risks = [json.loads(line) for line in (out / "RiskAssessment.ndjson").read_text().splitlines()]
     provenances = [json.loads(line) for line in (out / "Provenance.ndjson").read_text().splitlines()]
     assert [r["id"] for r in risks] == [card["uuid"]]
     assert len(provenances) == 1
     risk = RiskAssessment.model_validate(risks[0])
     prov = Provenance.model_validate(provenances[0])
-    assert float(risk.prediction[0].probabilityDecimal) == pytest.approx(card["extension"]["org.cds-ml.risk"]["probability"])
+    assert float(risk.prediction[0].probabilityDecimal) == pytest.approx(
+        card["extension"]["org.cds-ml.risk"]["probability"]
+    )
     assert prov.target[0].reference == f"RiskAssessment/{card['uuid']}"
     assert prov.activity.coding[0].code == "overridden"
     assert prov.reason[0].coding[0].code == card["overrideReasons"][1]["code"]
@@ -63,7 +95,9 @@ def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: S
     assert "demo-clinician" not in json.dumps(provenances) and stay.patient_id not in json.dumps(risks)
     # The comment's text is not kept by default (CDS_FEEDBACK_COMMENTS=omit), only its presence and length.
     assert "tourniquet" not in json.dumps(provenances)
-    assert [e.valueInteger for e in prov.extension if e.url.endswith("/override-comment-length")] == [len("lactate was from a tourniquet draw")]
+    assert [e.valueInteger for e in prov.extension if e.url.endswith("/override-comment-length")] == [
+        len("lactate was from a tourniquet draw")
+    ]
     shap = [e for e in risk.extension if e.url.endswith("/shap-contribution")]
     card_shap = card["extension"]["org.cds-ml.risk"]["shap"]
     assert len(shap) == min(20, len(card_shap["contributions"]))
@@ -71,4 +105,6 @@ def test_feedback_round_trips_to_the_export_across_a_restart(backend_settings: S
     recorded = sum(float(next(x.valueDecimal for x in e.extension if x.url == "shap")) for e in shap)
     other = sum(float(e.valueDecimal) for e in risk.extension if e.url.endswith("/shap-other"))
     base = float(next(e.valueDecimal for e in risk.extension if e.url.endswith("/shap-base-value")))
-    assert recorded + other + base == pytest.approx(card_shap["baseValue"] + sum(c["shap"] for c in card_shap["contributions"]), abs=1e-4)
+    assert recorded + other + base == pytest.approx(
+        card_shap["baseValue"] + sum(c["shap"] for c in card_shap["contributions"]), abs=1e-4
+    )

@@ -40,8 +40,11 @@ def fhir(body: Any, status: int = 200) -> httpx.Response:
 
 
 def page(ids: list[str], next_url: str | None = None) -> dict[str, Any]:
-    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                              "entry": [{"resource": {"resourceType": "Observation", "id": i}} for i in ids]}
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Observation", "id": i}} for i in ids],
+    }
     if next_url:
         bundle["link"] = [{"relation": "next", "url": next_url}]
     return bundle
@@ -54,8 +57,15 @@ def test_gone_or_missing_is_no_resource_and_an_empty_search(status: int) -> None
     assert run(c.search(BASE, SEARCH, "t", FetchBudget(10))).resources == []
 
 
-@pytest.mark.parametrize(("status", "words"), [(401, "refused access (401)"), (403, "refused access (403)"),
-                                               (500, "answered 500"), (302, "redirects are not followed")])
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (401, "refused access (401)"),
+        (403, "refused access (403)"),
+        (500, "answered 500"),
+        (302, "redirects are not followed"),
+    ],
+)
 def test_refusals_errors_and_redirects_are_server_errors(status: int, words: str) -> None:
     c = client(lambda r: httpx.Response(status, headers={"location": "https://elsewhere.example.org/"}))
     with pytest.raises(FHIRServerError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -63,12 +73,16 @@ def test_refusals_errors_and_redirects_are_server_errors(status: int, words: str
 
 
 def test_a_200_operation_outcome_is_not_data() -> None:
-    c = client(lambda r: fhir({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}))
+    c = client(
+        lambda r: fhir(
+            {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing"}]}
+        )
+    )
     with pytest.raises(FHIRServerError, match="OperationOutcome"):
         run(c.read(BASE, READ, "t", FetchBudget(10)))
 
 
-@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"", b"{\"resourceType\": ", b"[1, 2]"])
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b"", b'{"resourceType": ', b"[1, 2]"])
 def test_a_body_that_is_not_a_fhir_resource_is_a_server_error(body: bytes) -> None:
     c = client(lambda r: raw(200, body))
     with pytest.raises(FHIRServerError):
@@ -80,7 +94,11 @@ def test_the_token_and_accept_headers_are_sent_and_gzip_is_read() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return raw(200, gzip.compress(json.dumps({"resourceType": "Patient", "id": "p1"}).encode()), **{"content-encoding": "gzip"})
+        return raw(
+            200,
+            gzip.compress(json.dumps({"resourceType": "Patient", "id": "p1"}).encode()),
+            **{"content-encoding": "gzip"},
+        )
 
     assert run(client(handler).read(BASE, READ, "secret-token", FetchBudget(10)))["id"] == "p1"
     assert seen[0].headers["authorization"] == "Bearer secret-token"
@@ -92,15 +110,25 @@ def test_pages_are_followed_under_the_base_and_limited() -> None:
         n = int(request.url.params.get("page", "1"))
         return fhir(page([f"o{n}"], f"{BASE}/Observation?page={n + 1}" if n < 3 else None))
 
-    assert [o["id"] for o in run(client(handler).search(BASE, SEARCH, None, FetchBudget(10))).resources] == ["o1", "o2", "o3"]
+    assert [o["id"] for o in run(client(handler).search(BASE, SEARCH, None, FetchBudget(10))).resources] == [
+        "o1",
+        "o2",
+        "o3",
+    ]
     with pytest.raises(FHIRServerError, match="more than 2 pages"):
         run(client(handler, max_pages=2).search(BASE, SEARCH, None, FetchBudget(10)))
     with pytest.raises(FHIRServerError, match="more resources than this service reads"):
         run(client(handler).search(BASE, SEARCH, None, FetchBudget(2)))
 
 
-@pytest.mark.parametrize("next_url", ["https://evil.example.org/fhir/Observation?page=2", f"{BASE}/../admin/Observation",
-                                      f"{BASE}/Observation?page=1"])
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "https://evil.example.org/fhir/Observation?page=2",
+        f"{BASE}/../admin/Observation",
+        f"{BASE}/Observation?page=1",
+    ],
+)
 def test_a_next_link_outside_the_base_or_back_to_itself_is_not_followed(next_url: str) -> None:
     first = f"{BASE}/Observation?page=1"
 

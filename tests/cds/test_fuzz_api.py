@@ -30,13 +30,20 @@ def identity() -> Iterator[EhrIdentity]:
 def api(tmp_path_factory: pytest.TempPathFactory, identity: EhrIdentity) -> Iterator[LoopbackServer]:
     issuer = TrustedIssuer(iss=identity.issuer, jwks_url=identity.jwks_url)
     var = tmp_path_factory.mktemp("fuzz") / "var"
-    with serve_cds(Settings(var_dir=var, pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,))) as server:
+    with serve_cds(
+        Settings(var_dir=var, pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,))
+    ) as server:
         yield server
 
 
 @pytest.mark.parametrize(("path", "method", "service", "mode"), CASES, ids=lambda v: getattr(v, "value", v))
 def test_no_request_gets_a_server_error(
-    api: LoopbackServer, identity: EhrIdentity, path: str, method: str, service: str | None, mode: GenerationMode
+    api: LoopbackServer,
+    identity: EhrIdentity,
+    path: str,
+    method: str,
+    service: str | None,
+    mode: GenerationMode,
 ) -> None:
     result = fuzz_operation(api.url, identity, path, method, service, mode, examples=EXAMPLES)
     assert result.server_errors == []
@@ -47,7 +54,9 @@ def test_no_request_gets_a_server_error(
         # Random service ids: unknown (404), or an `aud` that cannot match a path the client encodes.
         assert statuses <= {401, 404}, result.statuses
     else:
-        assert 401 not in statuses, result.statuses  # every call carried a valid token: fuzzing reached the handlers
+        assert 401 not in statuses, (
+            result.statuses
+        )  # every call carried a valid token: fuzzing reached the handlers
 
 
 def test_the_fuzzed_server_is_still_healthy(api: LoopbackServer) -> None:

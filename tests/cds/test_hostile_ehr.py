@@ -57,7 +57,14 @@ class HostileEhr:
         if mode == "gzip-bomb":
             return Response(self.bomb, media_type=FHIR_JSON, headers={"content-encoding": "gzip"})
         if mode == "huge-page":
-            entry = {"resource": {"resourceType": "Observation", "id": "o", "status": "final", "note": [{"text": "x" * 1000}]}}
+            entry = {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o",
+                    "status": "final",
+                    "note": [{"text": "x" * 1000}],
+                }
+            }
             page = json.dumps(searchset([entry["resource"]] * 40_000)).encode()  # ~44 MB
             return Response(page, media_type=FHIR_JSON)
         if mode == "endless-stream":
@@ -65,7 +72,9 @@ class HostileEhr:
             async def forever() -> AsyncIterator[bytes]:
                 yield b'{"resourceType": "Bundle", "type": "searchset", "entry": ['
                 while True:
-                    yield b'{"resource": {"resourceType": "Observation", "id": "o", "status": "final"}},' * 1000
+                    yield (
+                        b'{"resource": {"resourceType": "Observation", "id": "o", "status": "final"}},' * 1000
+                    )
                     await asyncio.sleep(0)
 
             return StreamingResponse(forever(), media_type=FHIR_JSON)
@@ -88,14 +97,21 @@ class HostileEhr:
         if mode == "deep":
             return Response(b"[" * 50_000 + b"]" * 50_000, media_type=FHIR_JSON)
         if mode == "deflate-corrupt":
-            return Response(b"\x1f\x8b\x08\x00garbage", media_type=FHIR_JSON, headers={"content-encoding": "gzip"})
+            return Response(
+                b"\x1f\x8b\x08\x00garbage", media_type=FHIR_JSON, headers={"content-encoding": "gzip"}
+            )
         raise AssertionError(mode)
 
 
 @pytest.fixture
 def cds(tmp_path) -> Iterator[LoopbackServer]:
-    settings = Settings(var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True,
-                        hook_timeout_s=2.0, fhir_max_response_bytes=8 * 2**20)
+    settings = Settings(
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        hook_timeout_s=2.0,
+        fhir_max_response_bytes=8 * 2**20,
+    )
     with serve_cds(settings) as server:
         yield server
 
@@ -118,12 +134,16 @@ def _peak_rss_mb() -> float:
         ("deflate-corrupt", 412),
     ],
 )
-def test_a_hostile_ehr_is_answered_within_budget_with_bounded_memory(cds: LoopbackServer, mode: str, status: int) -> None:
+def test_a_hostile_ehr_is_answered_within_budget_with_bounded_memory(
+    cds: LoopbackServer, mode: str, status: int
+) -> None:
     ehr = HostileEhr(mode)
     stay = synthetic_stay(hours=8)
     before = _peak_rss_mb()
     with serve_in_thread(ehr.app()) as server:
-        body = patient_view_request(stay, prefetch=["patient", "encounters", "consent"], fhir_server=server.url, access_token="t")
+        body = patient_view_request(
+            stay, prefetch=["patient", "encounters", "consent"], fhir_server=server.url, access_token="t"
+        )
         started = time.monotonic()
         response = httpx.post(f"{cds.url}{SEPSIS}", json=body, timeout=30)
         elapsed = time.monotonic() - started
@@ -134,9 +154,14 @@ def test_a_hostile_ehr_is_answered_within_budget_with_bounded_memory(cds: Loopba
     else:
         assert response.json()["resourceType"] == "OperationOutcome"
     assert _peak_rss_mb() - before < 400  # the 1 GB bomb, the 44 MB page: never held whole
-    assert all(path.startswith("/Observation") or path.startswith("/Patient") or path.startswith("/Encounter") for path in ehr.requests)
+    assert all(
+        path.startswith("/Observation") or path.startswith("/Patient") or path.startswith("/Encounter")
+        for path in ehr.requests
+    )
     if mode == "loop":
-        assert len(ehr.requests) <= 2 * 2  # each of the two category searches: its page and the repeat it refused
+        assert (
+            len(ehr.requests) <= 2 * 2
+        )  # each of the two category searches: its page and the repeat it refused
 
 
 def test_gzip_from_the_ehr_is_read_when_it_fits(cds: LoopbackServer, ehr) -> None:
@@ -147,17 +172,31 @@ def test_gzip_from_the_ehr_is_read_when_it_fits(cds: LoopbackServer, ehr) -> Non
         async def answer(self, request: Request) -> Response:
             self.requests.append(request.url.path)
             category = request.query_params.get("category")
-            found = stay.vitals() if category == "vital-signs" else stay.labs() if category == "laboratory" else []
-            return Response(gzip.compress(json.dumps(searchset(found)).encode()), media_type=FHIR_JSON, headers={"content-encoding": "gzip"})
+            found = (
+                stay.vitals()
+                if category == "vital-signs"
+                else stay.labs()
+                if category == "laboratory"
+                else []
+            )
+            return Response(
+                gzip.compress(json.dumps(searchset(found)).encode()),
+                media_type=FHIR_JSON,
+                headers={"content-encoding": "gzip"},
+            )
 
     ehr_server = GzipEhr("gzip")
     with serve_in_thread(ehr_server.app()) as server:
         fetched = httpx.post(
             f"{cds.url}{SEPSIS}",
-            json=patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=server.url, access_token="t"),
+            json=patient_view_request(
+                stay, prefetch=["patient", "encounters"], fhir_server=server.url, access_token="t"
+            ),
             timeout=10,
         )
     prefetched = httpx.post(f"{cds.url}{SEPSIS}", json=patient_view_request(stay), timeout=10)
     assert fetched.status_code == 200 and prefetched.status_code == 200
     [a], [b] = fetched.json()["cards"], prefetched.json()["cards"]
-    assert a["extension"]["org.cds-ml.risk"]["probability"] == b["extension"]["org.cds-ml.risk"]["probability"]
+    assert (
+        a["extension"]["org.cds-ml.risk"]["probability"] == b["extension"]["org.cds-ml.risk"]["probability"]
+    )

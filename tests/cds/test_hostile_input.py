@@ -34,8 +34,13 @@ SEPSIS = "/cds-services/sepsis-risk"
 @pytest.fixture
 def limited(tmp_path) -> Iterator[tuple[LoopbackServer, Settings]]:
     settings = Settings(
-        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True,
-        max_hook_bytes=200_000, max_feedback_bytes=4_000, max_json_depth=20, max_resources=300,
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        max_hook_bytes=200_000,
+        max_feedback_bytes=4_000,
+        max_json_depth=20,
+        max_resources=300,
     )
     with serve_cds(settings) as server:
         yield server, settings
@@ -43,7 +48,9 @@ def limited(tmp_path) -> Iterator[tuple[LoopbackServer, Settings]]:
 
 def _requests(service_id: str, fhir_server: str, token: str) -> dict:
     if service_id == "sepsis-risk":
-        return patient_view_request(synthetic_stay(hours=8), prefetch=False, fhir_server=fhir_server, access_token=token)
+        return patient_view_request(
+            synthetic_stay(hours=8), prefetch=False, fhir_server=fhir_server, access_token=token
+        )
     stay = discharge_to_fhir(row(), discharged_at=datetime.now(UTC))
     return discharge_hook_request(stay, prefetch=False, fhir_server=fhir_server, access_token=token)
 
@@ -59,29 +66,43 @@ CONTEXT_CASES = [
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopbackServer, DemoFhirServer, LoopbackServer, dict]]:
+def shared(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LoopbackServer, DemoFhirServer, LoopbackServer, dict]]:
     """One CDS server and one EHR for the whole injection matrix, and a request body per service."""
-    settings = Settings(var_dir=tmp_path_factory.mktemp("inject") / "var", pseudonym_key="test-key-0123456789abcdef",
-                        auth_disabled_for_local_demo=True)
+    settings = Settings(
+        var_dir=tmp_path_factory.mktemp("inject") / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+    )
     ehr = DemoFhirServer(token="ehr-access-token")
     with serve_cds(settings) as cds, serve_in_thread(ehr.app()) as ehr_server:
-        bodies = {service_id: _requests(service_id, ehr_server.url, ehr.token or "") for service_id in SERVICES}
+        bodies = {
+            service_id: _requests(service_id, ehr_server.url, ehr.token or "") for service_id in SERVICES
+        }
         yield cds, ehr, ehr_server, bodies
 
 
 @pytest.mark.parametrize(("service_id", "token", "value"), CONTEXT_CASES, ids=repr)
-def test_every_context_id_of_every_service_is_checked_before_any_request(shared, service_id: str, token: str, value: object) -> None:
+def test_every_context_id_of_every_service_is_checked_before_any_request(
+    shared, service_id: str, token: str, value: object
+) -> None:
     cds_server, ehr, _, bodies = shared
     ehr.seen.clear()
     body = copy.deepcopy(bodies[service_id])
-    body["context"][token] = f"Practitioner/{value}" if token == "userId" and isinstance(value, str) else value
+    body["context"][token] = (
+        f"Practitioner/{value}" if token == "userId" and isinstance(value, str) else value
+    )
     response = httpx.post(f"{cds_server.url}/cds-services/{service_id}", json=body, timeout=10)
     if value == "":
         assert response.status_code in (200, 400)  # no encounterId: the service decides; nothing injected
         return
     assert response.status_code == 400, response.text
     outcome = response.json()
-    assert outcome["resourceType"] == "OperationOutcome" and f"context.{token}" in outcome["issue"][0]["diagnostics"]
+    assert (
+        outcome["resourceType"] == "OperationOutcome"
+        and f"context.{token}" in outcome["issue"][0]["diagnostics"]
+    )
     if isinstance(value, str) and len(value) > 2:
         assert value not in response.text
     assert ehr.seen == []
@@ -89,15 +110,27 @@ def test_every_context_id_of_every_service_is_checked_before_any_request(shared,
 
 @pytest.mark.parametrize(
     ("location", "fetched"),
-    [("Location/icu-7", True), ("Location/../../admin", False), ("Location/a?x=1", False), ("Location/.", False)],
+    [
+        ("Location/icu-7", True),
+        ("Location/../../admin", False),
+        ("Location/a?x=1", False),
+        ("Location/.", False),
+    ],
 )
 def test_reference_ids_from_the_ehr_are_fetched_only_when_they_are_fhir_ids(
     cds_server: LoopbackServer, ehr: DemoFhirServer, ehr_server: LoopbackServer, location: str, fetched: bool
 ) -> None:
     stay = synthetic_stay(hours=8)
-    stay.encounter["location"] = [{"location": {"reference": location}, "period": {"start": stay.encounter["period"]["start"]}}]
+    stay.encounter["location"] = [
+        {"location": {"reference": location}, "period": {"start": stay.encounter["period"]["start"]}}
+    ]
     ehr.add(stay.all())
-    body = patient_view_request(stay, prefetch=["patient", "encounters", "vitals", "labs", "consent"], fhir_server=ehr_server.url, access_token=ehr.token)
+    body = patient_view_request(
+        stay,
+        prefetch=["patient", "encounters", "vitals", "labs", "consent"],
+        fhir_server=ehr_server.url,
+        access_token=ehr.token,
+    )
     response = httpx.post(f"{cds_server.url}{SEPSIS}", json=body, timeout=10)
     assert response.status_code == 200, response.text
     assert [s.path for s in ehr.seen] == (["/Location/icu-7"] if fetched else [])
@@ -121,24 +154,35 @@ def test_bodies_over_the_size_limit_are_413_before_they_are_read(limited) -> Non
         assert response.json()["issue"][0]["code"] == "too-costly"
 
 
-@pytest.mark.parametrize("depth", [64, 100_000])  # the default limit is 64 levels, the body object one of them
+@pytest.mark.parametrize(
+    "depth", [64, 100_000]
+)  # the default limit is 64 levels, the body object one of them
 def test_json_nested_deeper_than_the_limit_is_413(cds_server: LoopbackServer, depth: int) -> None:
     body = b'{"hook": "patient-view", "context": ' + b"[" * depth + b"]" * depth + b"}"
-    response = httpx.post(f"{cds_server.url}{SEPSIS}", content=body, headers={"content-type": "application/json"}, timeout=10)
+    response = httpx.post(
+        f"{cds_server.url}{SEPSIS}", content=body, headers={"content-type": "application/json"}, timeout=10
+    )
     assert response.status_code == 413 and "nested deeper than 64" in response.text
     shallow = b'{"hook": "patient-view", "context": ' + b"[" * 62 + b"]" * 62 + b"}"
-    response = httpx.post(f"{cds_server.url}{SEPSIS}", content=shallow, headers={"content-type": "application/json"}, timeout=10)
+    response = httpx.post(
+        f"{cds_server.url}{SEPSIS}", content=shallow, headers={"content-type": "application/json"}, timeout=10
+    )
     assert response.status_code == 400  # within the limit: parsed, then refused for what it says
 
 
 def test_a_prefetch_with_more_resources_than_the_limit_is_413(limited) -> None:
     server, settings = limited
     body = patient_view_request(synthetic_stay(hours=8))
-    small = [{"resource": {"resourceType": "Observation", "id": f"o{i}", "status": "final"}} for i in range(settings.max_resources)]
+    small = [
+        {"resource": {"resourceType": "Observation", "id": f"o{i}", "status": "final"}}
+        for i in range(settings.max_resources)
+    ]
     body["prefetch"]["vitals"]["entry"] = small
     payload = json.dumps(body, separators=(",", ":")).encode()
     assert len(payload) < settings.max_hook_bytes
-    response = httpx.post(f"{server.url}{SEPSIS}", content=payload, headers={"content-type": "application/json"}, timeout=10)
+    response = httpx.post(
+        f"{server.url}{SEPSIS}", content=payload, headers={"content-type": "application/json"}, timeout=10
+    )
     assert response.status_code == 413 and "more than 300 resources" in response.text
 
 
@@ -151,7 +195,9 @@ def test_numbers_json_cannot_carry_as_a_double_are_400(cds_server: LoopbackServe
     body = json.dumps(patient_view_request(synthetic_stay(hours=8))).encode()
     hostile = body.replace(b'"value": 95', b'"value": ' + number, 1)
     assert hostile != body
-    response = httpx.post(f"{cds_server.url}{SEPSIS}", content=hostile, headers={"content-type": "application/json"}, timeout=10)
+    response = httpx.post(
+        f"{cds_server.url}{SEPSIS}", content=hostile, headers={"content-type": "application/json"}, timeout=10
+    )
     assert response.status_code == 400 and response.json()["resourceType"] == "OperationOutcome"
 
 
@@ -173,8 +219,10 @@ def test_only_plain_json_media_types_are_accepted(cds_server: LoopbackServer, he
         response = httpx.post(f"{cds_server.url}{path}", content=body, headers=headers, timeout=10)
         assert response.status_code == 415, response.text
     fhir_json = httpx.post(
-        f"{cds_server.url}{SEPSIS}", content=json.dumps(patient_view_request(synthetic_stay(hours=8))),
-        headers={"content-type": "application/fhir+json; charset=utf-8"}, timeout=10,
+        f"{cds_server.url}{SEPSIS}",
+        content=json.dumps(patient_view_request(synthetic_stay(hours=8))),
+        headers={"content-type": "application/fhir+json; charset=utf-8"},
+        timeout=10,
     )
     assert fhir_json.status_code == 200
 
@@ -197,10 +245,17 @@ def test_every_answer_is_no_store_nosniff_and_carries_no_server_banner(cds_serve
     assert answers[4].json()["resourceType"] == "OperationOutcome"
 
 
-def test_api_docs_are_off_by_default_and_never_load_a_cdn_script(cds_server: LoopbackServer, tmp_path) -> None:
+def test_api_docs_are_off_by_default_and_never_load_a_cdn_script(
+    cds_server: LoopbackServer, tmp_path
+) -> None:
     for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
         assert httpx.get(f"{cds_server.url}{path}", timeout=10).status_code == 404
-    settings = Settings(var_dir=tmp_path / "v2", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True, api_docs=True)
+    settings = Settings(
+        var_dir=tmp_path / "v2",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        api_docs=True,
+    )
     with serve_cds(settings) as server:
         schema = httpx.get(f"{server.url}/openapi.json", timeout=10)
         assert httpx.get(f"{server.url}/docs", timeout=10).status_code == 404
@@ -220,7 +275,9 @@ def test_an_unexpected_error_is_a_500_operation_outcome_and_a_traceback_without_
 
     monkeypatch.setitem(SERVICES, "sepsis-risk", replace(SERVICES["sepsis-risk"], score=explode))
     caplog.set_level(logging.INFO)
-    response = httpx.post(f"{cds_server.url}{SEPSIS}", json=patient_view_request(synthetic_stay(hours=8)), timeout=10)
+    response = httpx.post(
+        f"{cds_server.url}{SEPSIS}", json=patient_view_request(synthetic_stay(hours=8)), timeout=10
+    )
     assert response.status_code == 500
     assert response.json()["resourceType"] == "OperationOutcome" and "canary" not in response.text
     errors = [r for r in caplog.records if r.getMessage() == "unhandled error"]
@@ -231,11 +288,15 @@ def test_an_unexpected_error_is_a_500_operation_outcome_and_a_traceback_without_
     assert "canary" not in logged
 
 
-def test_a_request_line_of_garbage_gets_a_400_and_no_traceback(cds_server: LoopbackServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_request_line_of_garbage_gets_a_400_and_no_traceback(
+    cds_server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     host, port = cds_server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")  # a TLS hello on plain http
+        sock.sendall(
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"
+        )  # a TLS hello on plain http
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 400")
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

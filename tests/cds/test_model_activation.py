@@ -35,7 +35,10 @@ def registry(tmp_path: Path) -> Path:
 
 def cds(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cds.cli", *args], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "cds.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **env},
     )
 
@@ -60,7 +63,10 @@ def test_activation_is_stored_audited_and_served_at_the_next_start(registry: Pat
     assert (registry / "sepsis" / "ACTIVE").read_text().strip() == "2"  # the file is not the truth any more
 
     settings = Settings(
-        _env_file=None, model_dir=registry, var_dir=var, pseudonym_key="k-0123456789abcdef",
+        _env_file=None,
+        model_dir=registry,
+        var_dir=var,
+        pseudonym_key="k-0123456789abcdef",
         auth_disabled_for_local_demo=True,
     )
     with serve_in_thread(create_app(settings)) as server:

@@ -111,7 +111,9 @@ def test_hooks_answer_through_an_outage_and_the_spool_drains_after_it(
     entries = asyncio.run(_audit(database, tmp_path))
     assert verify_chain(entries).ok
     scored = [e.details["card"] for e in entries if e.kind == "card-scored"]
-    assert sorted(scored) == sorted(uuids)  # each exactly once (a frozen server may commit a late insert itself)
+    assert sorted(scored) == sorted(
+        uuids
+    )  # each exactly once (a frozen server may commit a late insert itself)
     assert any(e.details.get("spooled") for e in entries)
 
 

@@ -36,7 +36,15 @@ def test_discovery_lists_both_hooks(client: httpx.Client) -> None:
     services = client.get("/cds-services").json()["services"]
     entries = [s for s in services if s["id"] == "readmission-risk"]
     assert {e["hook"] for e in entries} == {"encounter-discharge", "patient-view"}
-    assert {"patient", "encounter", "encounters", "conditions", "medications", "labs", "procedures"} <= entries[0]["prefetch"].keys()
+    assert {
+        "patient",
+        "encounter",
+        "encounters",
+        "conditions",
+        "medications",
+        "labs",
+        "procedures",
+    } <= entries[0]["prefetch"].keys()
     assert any(s["id"] == "sepsis-risk" for s in services)  # both models are served
     assert no_empty_values(services) == []
 
@@ -60,9 +68,23 @@ def test_discharge_card_explains_and_suggests_follow_up(client: httpx.Client) ->
 
 
 def test_a_low_risk_discharge_gets_no_suggestion(client: httpx.Client) -> None:
-    s = stay(age="[30-40)", number_inpatient=0, number_emergency=0, number_outpatient=0, discharge_disposition_id=1,
-             diag_1="V57", diag_2="401", diag_3=None, admission_type_id=3, admission_source_id=1, time_in_hospital=1,
-             A1Cresult="Norm", max_glu_serum="None", insulin="No", **{"glyburide-metformin": "No"})
+    s = stay(
+        age="[30-40)",
+        number_inpatient=0,
+        number_emergency=0,
+        number_outpatient=0,
+        discharge_disposition_id=1,
+        diag_1="V57",
+        diag_2="401",
+        diag_3=None,
+        admission_type_id=3,
+        admission_source_id=1,
+        time_in_hospital=1,
+        A1Cresult="Norm",
+        max_glu_serum="None",
+        insulin="No",
+        **{"glyburide-metformin": "No"},
+    )
     card = card_of(client.post(URL, json=discharge_hook_request(s)))
     high = card_of(client.post(URL, json=discharge_hook_request(stay())))
     p_low = card["extension"]["org.cds-ml.risk"]["probability"]
@@ -78,9 +100,19 @@ def test_fetched_from_fhir_equals_prefetched(client: httpx.Client, ehr: DemoFhir
     assert ehr.seen == []
     body = discharge_hook_request(s, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
     fetched = card_of(client.post(URL, json=body))
-    assert fetched["extension"]["org.cds-ml.risk"]["probability"] == prefetched["extension"]["org.cds-ml.risk"]["probability"]
+    assert (
+        fetched["extension"]["org.cds-ml.risk"]["probability"]
+        == prefetched["extension"]["org.cds-ml.risk"]["probability"]
+    )
     paths = {x.path for x in ehr.seen}
-    assert {f"/Patient/{s.patient_id}", f"/Encounter/{s.encounter_id}", "/Condition", "/MedicationRequest", "/Observation", "/Procedure"} <= paths
+    assert {
+        f"/Patient/{s.patient_id}",
+        f"/Encounter/{s.encounter_id}",
+        "/Condition",
+        "/MedicationRequest",
+        "/Observation",
+        "/Procedure",
+    } <= paths
     assert any("_offset" in x.query for x in ehr.seen)  # labs needed more than one page
     assert all(x.authorized for x in ehr.seen)
 
@@ -88,7 +120,10 @@ def test_fetched_from_fhir_equals_prefetched(client: httpx.Client, ehr: DemoFhir
 def test_patient_view_needs_an_inpatient_encounter(client: httpx.Client) -> None:
     s = stay()
     with_encounter = discharge_hook_request(s, hook="patient-view")
-    assert card_of(client.post(URL, json=with_encounter))["extension"]["org.cds-ml.risk"]["model"] == "readmission"
+    assert (
+        card_of(client.post(URL, json=with_encounter))["extension"]["org.cds-ml.risk"]["model"]
+        == "readmission"
+    )
     without = discharge_hook_request(s, hook="patient-view")
     del without["context"]["encounterId"]
     response = client.post(URL, json=without)

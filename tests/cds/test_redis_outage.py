@@ -35,12 +35,29 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip() == b"PONG":
+            if (
+                subprocess.run(
+                    ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
+                ).stdout.strip()
+                == b"PONG"
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("private redis-server did not start")
@@ -79,11 +96,18 @@ def _degraded(client: httpx.Client) -> dict[str, int]:
     return out
 
 
-def test_hooks_and_feedback_ride_out_a_redis_outage(tmp_path: Path, ehr_identity: EhrIdentity, private_redis: PrivateRedis) -> None:
+def test_hooks_and_feedback_ride_out_a_redis_outage(
+    tmp_path: Path, ehr_identity: EhrIdentity, private_redis: PrivateRedis
+) -> None:
     issuer = TrustedIssuer(iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url)
     settings = Settings(
-        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,),
-        redis_url=private_redis.url, redis_prefix="outage-test:", redis_timeout_s=0.2, degraded_retry_s=0.3,
+        var_dir=tmp_path / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_issuers=(issuer,),
+        redis_url=private_redis.url,
+        redis_prefix="outage-test:",
+        redis_timeout_s=0.2,
+        degraded_retry_s=0.3,
     )
     body = patient_view_request(synthetic_stay(hours=8))
     with serve_cds(settings) as server, httpx.Client(base_url=server.url, timeout=10) as client:

@@ -71,16 +71,50 @@ def test_hook_call_answers_with_an_explained_card(client: httpx.Client) -> None:
         (lambda b: {k: v for k, v in b.items() if k != "hookInstance"}, 400),
         (lambda b: {**b, "hook": "order-sign"}, 400),
         (lambda b: {**b, "prefetch": {**b["prefetch"], "patient": "<html>502 Bad Gateway</html>"}}, 412),
-        (lambda b: {**b, "prefetch": {**b["prefetch"], "vitals": {"resourceType": "Bundle", "entry": [{"resource": {"no": "type"}}]}}}, 422),
-        (lambda b: {**b, "prefetch": {**b["prefetch"], "patient": {**b["prefetch"]["patient"], "birthDate": "yesterday"}}}, 422),
-        (lambda b: {**b, "fhirAuthorization": {"access_token": "x", "token_type": "Bearer", "expires_in": 1, "scope": "s", "subject": "c"}}, 400),
+        (
+            lambda b: {
+                **b,
+                "prefetch": {
+                    **b["prefetch"],
+                    "vitals": {"resourceType": "Bundle", "entry": [{"resource": {"no": "type"}}]},
+                },
+            },
+            422,
+        ),
+        (
+            lambda b: {
+                **b,
+                "prefetch": {
+                    **b["prefetch"],
+                    "patient": {**b["prefetch"]["patient"], "birthDate": "yesterday"},
+                },
+            },
+            422,
+        ),
+        (
+            lambda b: {
+                **b,
+                "fhirAuthorization": {
+                    "access_token": "x",
+                    "token_type": "Bearer",
+                    "expires_in": 1,
+                    "scope": "s",
+                    "subject": "c",
+                },
+            },
+            400,
+        ),
         (lambda b: [b], 400),
     ],
 )
-def test_bad_input_gets_a_clear_4xx_and_stores_nothing(client: httpx.Client, settings, mutate, status: int) -> None:
+def test_bad_input_gets_a_clear_4xx_and_stores_nothing(
+    client: httpx.Client, settings, mutate, status: int
+) -> None:
     body = mutate(patient_view_request(synthetic_stay()))
     if isinstance(body, str):
-        response = client.post("/cds-services/sepsis-risk", content=body, headers={"content-type": "application/json"})
+        response = client.post(
+            "/cds-services/sepsis-risk", content=body, headers={"content-type": "application/json"}
+        )
     else:
         response = call(client, body)
     assert response.status_code == status, response.text
@@ -113,9 +147,19 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
     assert [r["status"] for r in again.json()["results"]] == ["unchanged", "unchanged"]
     accepted = [card["suggestions"][0]["uuid"]]
     later = feedback(card["uuid"], "accepted", when="2026-11-20T11:00:00Z", accepted=accepted)
-    assert client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [later]}).json()["results"][0]["status"] == "updated"
+    assert (
+        client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [later]}).json()["results"][0][
+            "status"
+        ]
+        == "updated"
+    )
     earlier = feedback(card["uuid"], "accepted", when="2026-11-20T09:00:00Z", accepted=accepted)
-    assert client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [earlier]}).json()["results"][0]["status"] == "unchanged"
+    assert (
+        client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [earlier]}).json()["results"][0][
+            "status"
+        ]
+        == "unchanged"
+    )
 
 
 @pytest.mark.parametrize(
@@ -124,20 +168,44 @@ def test_feedback_is_recorded_once_and_later_decisions_win(client: httpx.Client)
         {"card": "unknown-card", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "accepted", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
-        {"card": "CARD", "outcome": "accepted", "acceptedSuggestions": [], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
-        {"card": "CARD", "outcome": "overridden", "acceptedSuggestions": [{"id": "x"}], "outcomeTimestamp": "2026-11-20T10:00:00Z"},
+        {
+            "card": "CARD",
+            "outcome": "accepted",
+            "acceptedSuggestions": [],
+            "outcomeTimestamp": "2026-11-20T10:00:00Z",
+        },
+        {
+            "card": "CARD",
+            "outcome": "overridden",
+            "acceptedSuggestions": [{"id": "x"}],
+            "outcomeTimestamp": "2026-11-20T10:00:00Z",
+        },
         "not an object",
         {"card": "CARD", "outcome": "maybe", "outcomeTimestamp": "2026-11-20T10:00:00Z"},
         {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00"},
         {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "9999-12-31T23:59:59Z"},
-        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"userComment": "x" * 2001}},
-        {"card": "CARD", "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", "overrideReason": {"reason": {"system": "x"}}},
+        {
+            "card": "CARD",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-11-20T10:00:00Z",
+            "overrideReason": {"userComment": "x" * 2001},
+        },
+        {
+            "card": "CARD",
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-11-20T10:00:00Z",
+            "overrideReason": {"reason": {"system": "x"}},
+        },
     ],
 )
 def test_a_bad_feedback_item_refuses_the_whole_batch(client: httpx.Client, settings, bad_item: dict) -> None:
     card = call(client, patient_view_request(synthetic_stay())).json()["cards"][0]
     good = feedback(card["uuid"], comment="ok")
-    bad = {k: (card["uuid"] if v == "CARD" else v) for k, v in bad_item.items()} if isinstance(bad_item, dict) else bad_item
+    bad = (
+        {k: (card["uuid"] if v == "CARD" else v) for k, v in bad_item.items()}
+        if isinstance(bad_item, dict)
+        else bad_item
+    )
     response = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [good, bad]})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["issue"][0]["diagnostics"]
@@ -147,11 +215,23 @@ def test_a_bad_feedback_item_refuses_the_whole_batch(client: httpx.Client, setti
 @pytest.mark.parametrize(
     ("odd", "flag"),
     [
-        ({"overrideReason": {"reason": {"system": "urn:site:reasons", "code": "made-up", "display": "Made up"}}}, "reason-not-offered"),
-        ({"outcome": "accepted", "acceptedSuggestions": [{"id": "not-on-the-card"}]}, "suggestion-not-offered"),
+        (
+            {
+                "overrideReason": {
+                    "reason": {"system": "urn:site:reasons", "code": "made-up", "display": "Made up"}
+                }
+            },
+            "reason-not-offered",
+        ),
+        (
+            {"outcome": "accepted", "acceptedSuggestions": [{"id": "not-on-the-card"}]},
+            "suggestion-not-offered",
+        ),
     ],
 )
-def test_odd_feedback_is_recorded_as_given_and_flagged(client: httpx.Client, settings, odd: dict, flag: str) -> None:
+def test_odd_feedback_is_recorded_as_given_and_flagged(
+    client: httpx.Client, settings, odd: dict, flag: str
+) -> None:
     card = call(client, patient_view_request(synthetic_stay())).json()["cards"][0]
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-20T10:00:00Z", **odd}
     response = client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [item]})
@@ -162,7 +242,10 @@ def test_odd_feedback_is_recorded_as_given_and_flagged(client: httpx.Client, set
 
     [(text,)] = sqlite3.connect(settings.sqlite_path).execute("SELECT resource FROM feedback").fetchall()
     provenance = json.loads(text)
-    assert {"url": "http://cds-ml.org/fhir/StructureDefinition/feedback-flag", "valueCode": flag} in provenance["extension"]
+    assert {
+        "url": "http://cds-ml.org/fhir/StructureDefinition/feedback-flag",
+        "valueCode": flag,
+    } in provenance["extension"]
     if "overrideReason" in odd:
         assert provenance["reason"][0]["coding"][0]["code"] == "made-up"  # kept as the clinician gave it
     metrics = client.get("/metrics").text
@@ -205,7 +288,9 @@ def _outcome_count(client: httpx.Client) -> int:
     return 0
 
 
-def test_the_hook_log_says_why_a_stay_is_not_scored(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_hook_log_says_why_a_stay_is_not_scored(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     """A Cerner outpatient visit without a period: no card, and the log line names the stay reason
     (and local codes overruled by LOINC, when there are any)."""
     import logging
@@ -215,13 +300,25 @@ def test_the_hook_log_says_why_a_stay_is_not_scored(client: httpx.Client, caplog
     fixture = oracle_health_outpatient()
     resources = [e["resource"] for e in fixture.bundle()["entry"]]
     patient = next(r for r in resources if r["resourceType"] == "Patient")
-    searchset = lambda kind: {"resourceType": "Bundle", "type": "searchset",  # noqa: E731
-                              "entry": [{"resource": r} for r in resources if r["resourceType"] == kind]}
+
+    def searchset(kind: str) -> dict[str, object]:
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in resources if r["resourceType"] == kind],
+        }
+
     body = {
-        "hook": "patient-view", "hookInstance": str(uuid.uuid4()),
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
         "context": {"userId": "Practitioner/u1", "patientId": patient["id"]},
-        "prefetch": {"patient": patient, "encounters": searchset("Encounter"), "vitals": searchset("Observation"),
-                     "labs": searchset("Nothing"), "consent": None},
+        "prefetch": {
+            "patient": patient,
+            "encounters": searchset("Encounter"),
+            "vitals": searchset("Observation"),
+            "labs": searchset("Nothing"),
+            "consent": None,
+        },
     }
     caplog.set_level(logging.INFO, logger="cds.hook")
     response = call(client, body)

@@ -44,11 +44,16 @@ def test_the_spec_examples_pass_our_models() -> None:
         lambda c: c["cards"][0].update(indicator="urgent"),
         lambda c: c["cards"][0].update(detail=None),
         lambda c: c["cards"][0].update(links=[]),
-        lambda c: c["cards"][0].update(suggestions=[{"label": "Do it", "uuid": "s1"}]),  # no selectionBehavior
+        lambda c: c["cards"][0].update(
+            suggestions=[{"label": "Do it", "uuid": "s1"}]
+        ),  # no selectionBehavior
         lambda c: c["cards"][0]["links"][0].update(appContext="x"),  # appContext on an absolute link
         lambda c: c["cards"][1]["overrideReasons"][0].pop("display"),
         lambda c: c["cards"][0].pop("source"),
-        lambda c: c["cards"][0].update(suggestions=[{"label": "x", "actions": [{"type": "create", "description": "d"}]}], selectionBehavior="any"),
+        lambda c: c["cards"][0].update(
+            suggestions=[{"label": "x", "actions": [{"type": "create", "description": "d"}]}],
+            selectionBehavior="any",
+        ),
     ],
 )
 def test_our_card_model_refuses_what_the_spec_forbids(broken) -> None:
@@ -61,7 +66,13 @@ def test_our_card_model_refuses_what_the_spec_forbids(broken) -> None:
 def test_our_discovery_is_conformant(ehr_client: httpx.Client) -> None:
     services = DiscoveryResponse.model_validate(ehr_client.get("/cds-services").json()).services
     sepsis = next(s for s in services if s.id == "sepsis-risk")
-    assert sepsis.hook == "patient-view" and sepsis.title and sepsis.description and sepsis.prefetch and sepsis.usageRequirements
+    assert (
+        sepsis.hook == "patient-view"
+        and sepsis.title
+        and sepsis.description
+        and sepsis.prefetch
+        and sepsis.usageRequirements
+    )
 
 
 def test_our_cards_are_conformant(ehr_client: httpx.Client, secure_server) -> None:
@@ -88,7 +99,9 @@ def test_our_cards_are_conformant(ehr_client: httpx.Client, secure_server) -> No
 def test_no_advice_is_an_empty_card_list(ehr_client: httpx.Client) -> None:
     stay = synthetic_stay()
     stay.encounter["status"] = "finished"
-    response = ehr_client.post("/cds-services/sepsis-risk", json=patient_view_request(stay, with_encounter_id=False))
+    response = ehr_client.post(
+        "/cds-services/sepsis-risk", json=patient_view_request(stay, with_encounter_id=False)
+    )
     assert response.json() == {"cards": []}
     CardsResponse.model_validate(response.json())
 
@@ -96,8 +109,19 @@ def test_no_advice_is_an_empty_card_list(ehr_client: httpx.Client) -> None:
 def test_low_risk_cards_offer_no_orders() -> None:
     from hooks import sepsis_card
 
-    common = dict(card_uuid=str(uuid.uuid4()), probability=0.01, threshold=0.05, icu_hour=3, model_label="m", model_version="1",
-                  drivers=[], all_contributions=[], base_value=-3.0, patient_id="p1", encounter_id="e1")
+    common = dict(
+        card_uuid=str(uuid.uuid4()),
+        probability=0.01,
+        threshold=0.05,
+        icu_hour=3,
+        model_label="m",
+        model_version="1",
+        drivers=[],
+        all_contributions=[],
+        base_value=-3.0,
+        patient_id="p1",
+        encounter_id="e1",
+    )
     low = sepsis_card(band="low", **common)
     high = sepsis_card(band="high", **common)
     assert "suggestions" not in low and "selectionBehavior" not in low
@@ -108,14 +132,25 @@ def test_low_risk_cards_offer_no_orders() -> None:
 
 
 def test_feedback_batches_for_several_cards_are_all_or_nothing(ehr_client: httpx.Client) -> None:
-    cards = [ehr_client.post("/cds-services/sepsis-risk", json=patient_view_request(synthetic_stay(patient=p))).json()["cards"][0]
-             for p in (1, 2)]
+    cards = [
+        ehr_client.post(
+            "/cds-services/sepsis-risk", json=patient_view_request(synthetic_stay(patient=p))
+        ).json()["cards"][0]
+        for p in (1, 2)
+    ]
     accepted = feedback(cards[0]["uuid"], "accepted", accepted=[cards[0]["suggestions"][0]["uuid"]])
     overridden = feedback(cards[1]["uuid"], reason=cards[1]["overrideReasons"][2])
     spec_unknown = example("feedback_overridden")["feedback"][0]  # a card we never issued
-    refused = ehr_client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [accepted, overridden, spec_unknown]})
+    refused = ehr_client.post(
+        "/cds-services/sepsis-risk/feedback", json={"feedback": [accepted, overridden, spec_unknown]}
+    )
     assert refused.status_code == 404 and "nothing was recorded" in refused.json()["issue"][0]["diagnostics"]
     done = ehr_client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [accepted, overridden]})
-    assert [r["status"] for r in done.json()["results"]] == ["created", "created"]  # the refused batch left nothing
-    again = ehr_client.post("/cds-services/sepsis-risk/feedback", json={"feedback": [overridden, accepted, accepted]})
+    assert [r["status"] for r in done.json()["results"]] == [
+        "created",
+        "created",
+    ]  # the refused batch left nothing
+    again = ehr_client.post(
+        "/cds-services/sepsis-risk/feedback", json={"feedback": [overridden, accepted, accepted]}
+    )
     assert [r["status"] for r in again.json()["results"]] == ["unchanged"] * 3

@@ -23,7 +23,9 @@ from testkit.helpers import synthetic_stay
 from testkit.vendor_payloads import all_fixtures
 
 
-def _run(profile: VendorProfile, body: dict, tmp_path: Path, *, outcome: bool = False, now: datetime | None = None) -> Any:
+def _run(
+    profile: VendorProfile, body: dict, tmp_path: Path, *, outcome: bool = False, now: datetime | None = None
+) -> Any:
     models = load_models(Settings(_env_file=None))
 
     async def go() -> Any:
@@ -45,7 +47,9 @@ def _run(profile: VendorProfile, body: dict, tmp_path: Path, *, outcome: bool = 
 
 
 def _categories(ehr: DemoFhirServer) -> set[str]:
-    return {q.split("category=")[1].split("&")[0] for s in ehr.seen if s.path == "/Observation" for q in [s.query]}
+    return {
+        q.split("category=")[1].split("&")[0] for s in ehr.seen if s.path == "/Observation" for q in [s.query]
+    }
 
 
 def test_fallback_fetches_the_profiles_categories(tmp_path: Path) -> None:
@@ -54,14 +58,20 @@ def test_fallback_fetches_the_profiles_categories(tmp_path: Path) -> None:
     ehr.add(stay.all())
     exam = copy.deepcopy(stay.vitals()[0])  # the same kind of measurement, filed by this EHR under "exam"
     exam["id"] = "filed-under-exam"
-    exam["category"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}]}]
+    exam["category"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}]}
+    ]
     ehr.add([exam])
     with serve_in_thread(ehr.app()) as server:
-        body = patient_view_request(stay, prefetch=["patient", "encounters"], fhir_server=server.url, access_token="t")
+        body = patient_view_request(
+            stay, prefetch=["patient", "encounters"], fhir_server=server.url, access_token="t"
+        )
         generic = _run(GENERIC, body, tmp_path)
         assert _categories(ehr) == {"vital-signs", "laboratory"}
         ehr.seen.clear()
-        wider = _run(replace(GENERIC, observation_categories=("vital-signs", "laboratory", "exam")), body, tmp_path)
+        wider = _run(
+            replace(GENERIC, observation_categories=("vital-signs", "laboratory", "exam")), body, tmp_path
+        )
         assert _categories(ehr) == {"vital-signs", "laboratory", "exam"}
         assert wider["observations"] == generic["observations"] + 1
         ehr.seen.clear()
@@ -75,7 +85,9 @@ def test_prefetched_categories_are_not_fetched_again(tmp_path: Path) -> None:
     ehr = DemoFhirServer(token="t", page_size=500)
     ehr.add(stay.all())
     with serve_in_thread(ehr.app()) as server:
-        body = patient_view_request(stay, prefetch=["patient", "encounters", "vitals"], fhir_server=server.url, access_token="t")
+        body = patient_view_request(
+            stay, prefetch=["patient", "encounters", "vitals"], fhir_server=server.url, access_token="t"
+        )
         _run(replace(GENERIC, observation_categories=("vital-signs", "laboratory", "exam")), body, tmp_path)
     assert _categories(ehr) == {"laboratory", "exam"}
 
@@ -91,14 +103,28 @@ def test_vendor_stays_over_the_fhir_fallback(tmp_path: Path) -> None:
         encounter = next(r for r in resources if r["resourceType"] == "Encounter")
         with serve_in_thread(ehr.app()) as server:
             body = {
-                "hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": server.url,
-                "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
-                                      "scope": "patient/*.rs", "subject": "cds"},
-                "context": {"userId": "Practitioner/p1", "patientId": encounter["subject"]["reference"].split("/")[1]},
+                "hook": "patient-view",
+                "hookInstance": str(uuid.uuid4()),
+                "fhirServer": server.url,
+                "fhirAuthorization": {
+                    "access_token": "t",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "patient/*.rs",
+                    "subject": "cds",
+                },
+                "context": {
+                    "userId": "Practitioner/p1",
+                    "patientId": encounter["subject"]["reference"].split("/")[1],
+                },
             }
             answer = _run(PROFILES[fixture.profile], body, tmp_path, outcome=True, now=fixture.now)
         if fixture.hook == "scored":
-            assert answer.reason == "card" and len(answer.body["cards"]) == 1, (fixture.name, answer.reason, answer.details)
+            assert answer.reason == "card" and len(answer.body["cards"]) == 1, (
+                fixture.name,
+                answer.reason,
+                answer.details,
+            )
         else:
             reason, _, stay = fixture.hook.partition(":")
             assert (answer.reason, answer.body) == (reason, {"cards": []}), fixture.name

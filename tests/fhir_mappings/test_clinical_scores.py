@@ -16,7 +16,9 @@ def a(*values: float) -> np.ndarray:
 def test_qsofa_and_sirs() -> None:
     np.testing.assert_array_equal(qsofa(a(22, 21, nan), a(100, 101, 90)), [2, 0, 1])
     # temp, HR, RR/PaCO2, WBC: febrile tachycardic, hypocapnic leukopenic, all normal, nothing measured.
-    got = sirs(a(38.5, 37, 37, nan), a(95, 80, 80, nan), a(18, 18, 18, nan), a(nan, 30, 40, nan), a(10, 3.5, 8, nan))
+    got = sirs(
+        a(38.5, 37, 37, nan), a(95, 80, 80, nan), a(18, 18, 18, nan), a(nan, 30, 40, nan), a(10, 3.5, 8, nan)
+    )
     np.testing.assert_array_equal(got, [2, 2, 0, 0])
 
 

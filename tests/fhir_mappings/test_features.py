@@ -18,14 +18,18 @@ from fhir_mappings import (
 SPEC = sepsis_feature_spec()
 
 
-def table(patient: str, hr: list[float], lactate: list[float] | None = None, start: int = 1) -> CanonicalTable:
+def table(
+    patient: str, hr: list[float], lactate: list[float] | None = None, start: int = 1
+) -> CanonicalTable:
     n = len(hr)
     values = np.full((n, len(CANONICAL_COLUMNS)), np.nan)
     values[:, CANONICAL_COLUMNS.index("HR")] = hr
     if lactate is not None:
         values[:, CANONICAL_COLUMNS.index("Lactate")] = lactate
     values[:, CANONICAL_COLUMNS.index("Age")] = 60
-    return CanonicalTable(np.full(n, patient, dtype=object), np.arange(start, start + n, dtype=np.int32), values)
+    return CanonicalTable(
+        np.full(n, patient, dtype=object), np.arange(start, start + n, dtype=np.int32), values
+    )
 
 
 def col(x: np.ndarray, name: str) -> np.ndarray:
@@ -46,7 +50,9 @@ def test_hand_computed_values() -> None:
     assert col(x, "HR__mean_6h")[5] == pytest.approx(280 / 3, rel=1e-6)
     assert col(x, "HR__min_6h")[5] == 80 and col(x, "HR__max_6h")[5] == 110
     # Ending at row 7 the window is rows 2..7: 90 (t=-5), 110 (t=-2): slope 20/3 per hour.
-    extra = hourly_spec("t", (Feature("s", "slope", "HR", 6), Feature("c", "count", "HR", 6), Feature("sd", "std", "HR", 6)))
+    extra = hourly_spec(
+        "t", (Feature("s", "slope", "HR", 6), Feature("c", "count", "HR", 6), Feature("sd", "std", "HR", 6))
+    )
     y = build_features(t, extra)
     assert y[7, 0] == pytest.approx(20 / 3, rel=1e-6)
     assert np.isnan(y[0, 0])  # one point has no slope
@@ -60,7 +66,9 @@ def test_hand_computed_values() -> None:
     assert "ICULOS" not in SPEC.names and "HospAdmTime" not in SPEC.names  # the served model has no clock
     # 24 h window at row 7 covers rows 0..7: 80, 90, 110.
     assert col(x, "HR__max_24h")[7] == 110 and col(x, "HR__count_24h")[7] == 3
-    assert col(x, "HR__slope_24h")[7] == pytest.approx(np.polyfit([-7, -5, -2], [80, 90, 110], 1)[0], rel=1e-5)
+    assert col(x, "HR__slope_24h")[7] == pytest.approx(
+        np.polyfit([-7, -5, -2], [80, 90, 110], 1)[0], rel=1e-5
+    )
     # Scores read the latest values carried forward: HR 110 > 90 is one SIRS criterion.
     np.testing.assert_array_equal(col(x, "sirs__last"), [0, 0, 0, 0, 0, 1, 1, 1])
     assert col(x, "sirs__max_24h")[7] == 1 and col(x, "sirs__min_24h")[7] == 0
@@ -80,7 +88,9 @@ def test_patients_do_not_leak_into_each_other_and_batch_equals_single() -> None:
     a = table("a", [100, 101, nan, 103], lactate=[1, nan, nan, 2])
     b = table("b", [nan, nan, 60, nan, 62], lactate=[nan, 5, nan, nan, nan])
     both = CanonicalTable(
-        np.concatenate([a.patient, b.patient]), np.concatenate([a.iculos, b.iculos]), np.vstack([a.values, b.values])
+        np.concatenate([a.patient, b.patient]),
+        np.concatenate([a.iculos, b.iculos]),
+        np.vstack([a.values, b.values]),
     )
     xb = build_features(both, SPEC)
     np.testing.assert_array_equal(xb[:4], build_features(a, SPEC))
@@ -104,8 +114,14 @@ def test_spec_hash_changes_with_the_features() -> None:
 
 def test_tabular_fills_gaps_and_normalises_like_the_fhir_path() -> None:
     frame = pd.DataFrame(
-        {"patient": [1, 1, 1, 2], "ICULOS": [2, 3, 6, 1], "HR": [80, 81, 85, 70], "Age": [70.9, 70.9, 70.9, 95.2],
-         "HospAdmTime": [-10.004, -10.004, -10.004, 0.0], "SepsisLabel": [0, 0, 1, 0]}
+        {
+            "patient": [1, 1, 1, 2],
+            "ICULOS": [2, 3, 6, 1],
+            "HR": [80, 81, 85, 70],
+            "Age": [70.9, 70.9, 70.9, 95.2],
+            "HospAdmTime": [-10.004, -10.004, -10.004, 0.0],
+            "SepsisLabel": [0, 0, 1, 0],
+        }
     )
     tab = physionet_to_table(frame)
     assert list(tab.table.iculos) == [2, 3, 4, 5, 6, 1]

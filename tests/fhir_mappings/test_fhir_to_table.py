@@ -23,12 +23,30 @@ PSEUDO = Pseudonymizer(b"k" * 32)
 ICU_START = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
-def obs(code: str, value: float, at: datetime, unit: str, *, status: str = "final", oid: str | None = None, **extra: object) -> dict:
+def obs(
+    code: str,
+    value: float,
+    at: datetime,
+    unit: str,
+    *,
+    status: str = "final",
+    oid: str | None = None,
+    **extra: object,
+) -> dict:
     return {
         "resourceType": "Observation",
         "id": oid or f"o-{code}-{at.timestamp()}-{value}",
         "status": status,
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": "Patient/p1"},
         "effectiveDateTime": at.isoformat(),
@@ -45,7 +63,13 @@ def encounter(**extra: object) -> dict:
         "class": {"code": "IMP"},
         "period": {"start": (ICU_START - timedelta(hours=5)).isoformat()},
         "location": [
-            {"location": {"display": "Ward 4"}, "period": {"start": (ICU_START - timedelta(hours=5)).isoformat(), "end": ICU_START.isoformat()}},
+            {
+                "location": {"display": "Ward 4"},
+                "period": {
+                    "start": (ICU_START - timedelta(hours=5)).isoformat(),
+                    "end": ICU_START.isoformat(),
+                },
+            },
             {"location": {"display": "MICU bed 3"}, "period": {"start": ICU_START.isoformat()}},
         ],
         **extra,
@@ -54,7 +78,9 @@ def encounter(**extra: object) -> dict:
 
 def test_datetimes_with_offsets_are_normalised_to_utc() -> None:
     assert parse_datetime("2026-03-01T10:30:00+02:00", "t") == datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
-    assert parse_datetime("2026-03-01T08:30:00.250Z", "t") == datetime(2026, 3, 1, 8, 30, 0, 250000, tzinfo=UTC)
+    assert parse_datetime("2026-03-01T08:30:00.250Z", "t") == datetime(
+        2026, 3, 1, 8, 30, 0, 250000, tzinfo=UTC
+    )
     assert parse_datetime("2026-03", "t") == datetime(2026, 3, 1, tzinfo=UTC)
     with pytest.raises(InvalidResourceError):
         parse_datetime("2026-03-01T08:30:00", "t")  # a time needs a zone
@@ -81,14 +107,27 @@ def test_icu_clock_falls_back_to_the_encounter_start() -> None:
 
 
 def test_icu_location_recognised_by_location_type_code() -> None:
-    enc = encounter(location=[{"location": {"reference": "Location/x"}, "period": {"start": ICU_START.isoformat()}}])
-    loc = {"resourceType": "Location", "id": "x", "name": "Surgical ICU", "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "ICU"}]}]}
+    enc = encounter(
+        location=[{"location": {"reference": "Location/x"}, "period": {"start": ICU_START.isoformat()}}]
+    )
+    loc = {
+        "resourceType": "Location",
+        "id": "x",
+        "name": "Surgical ICU",
+        "type": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "ICU"}]}
+        ],
+    }
     clock = icu_clock(enc, {"x": loc}, ICU_START + timedelta(hours=1), GENERIC)
     assert clock.from_location and clock.unit == "surgical"
 
 
 def test_words_match_whole_words_only() -> None:
-    enc = encounter(location=[{"location": {"display": "Articular surgery ward"}, "period": {"start": ICU_START.isoformat()}}])
+    enc = encounter(
+        location=[
+            {"location": {"display": "Articular surgery ward"}, "period": {"start": ICU_START.isoformat()}}
+        ]
+    )
     clock = icu_clock(enc, {}, ICU_START, GENERIC)
     assert not clock.from_location
 
@@ -97,8 +136,14 @@ def test_blood_pressure_panel_gives_sbp_and_dbp() -> None:
     panel = obs("85354-9", 0, ICU_START, "mm[Hg]")
     del panel["valueQuantity"]
     panel["component"] = [
-        {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": 120, "unit": "mmHg"}},
-        {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": 70, "unit": "mm[Hg]"}},
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            "valueQuantity": {"value": 120, "unit": "mmHg"},
+        },
+        {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+            "valueQuantity": {"value": 70, "unit": "mm[Hg]"},
+        },
     ]
     report = MappingReport()
     got = {m.variable: m.value for m in measurements_from_observation(panel, GENERIC, report)}
@@ -138,7 +183,10 @@ def test_canonical_table_places_values_in_icu_hours() -> None:
         obs("8310-5", 100.4, ICU_START + timedelta(hours=2, minutes=5), "[degF]"),
         obs("8867-4", 200, ICU_START + timedelta(hours=5), "/min"),  # after now
         obs("8867-4", 70, ICU_START - timedelta(days=30), "/min"),  # an earlier stay
-        {**obs("8867-4", 60, ICU_START + timedelta(hours=1), "/min"), "subject": {"reference": "Patient/other"}},
+        {
+            **obs("8867-4", 60, ICU_START + timedelta(hours=1), "/min"),
+            "subject": {"reference": "Patient/other"},
+        },
     ]
     record = PatientRecord(
         patient_id="p1",
@@ -174,5 +222,7 @@ def test_age_is_capped_at_90_and_pseudonyms_are_keyed() -> None:
     assert age_in_years(date(2000, 6, 2), date(2026, 6, 1)) == 25
     other = Pseudonymizer(b"z" * 32)
     assert PSEUDO.pseudonym("Patient", "1") != other.pseudonym("Patient", "1")
-    assert PSEUDO.pseudonym("Patient", "1", source="https://a") != PSEUDO.pseudonym("Patient", "1", source="https://b")
+    assert PSEUDO.pseudonym("Patient", "1", source="https://a") != PSEUDO.pseudonym(
+        "Patient", "1", source="https://b"
+    )
     assert "k" * 32 not in repr(PSEUDO)

@@ -37,8 +37,16 @@ KEY = Pseudonymizer(b"readmission-test-key")
 
 
 def to_table(res, now=NOW):
-    record = DischargeRecord(res.patient_id, res.patient, res.encounter, [res.encounter, *res.history], res.conditions,
-                             res.observations, res.medication_requests, res.procedures)
+    record = DischargeRecord(
+        res.patient_id,
+        res.patient,
+        res.encounter,
+        [res.encounter, *res.history],
+        res.conditions,
+        res.observations,
+        res.medication_requests,
+        res.procedures,
+    )
     return discharge_to_table(record, as_of=now, pseudonymizer=KEY).table
 
 
@@ -93,9 +101,19 @@ def test_fhir_coded_otherwise_maps_the_same() -> None:
     res.conditions[1]["code"] = {"coding": [{"system": ICD10, "code": "E11.22"}]}
     a1c = next(o for o in res.observations if o["id"].endswith("-a1c"))
     a1c["code"]["coding"][0]["code"] = "4549-2"
-    a1c["valueQuantity"] = {"value": 75, "unit": "mmol/mol", "system": "http://unitsofmeasure.org", "code": "mmol/mol"}  # 9.0 %
+    a1c["valueQuantity"] = {
+        "value": 75,
+        "unit": "mmol/mol",
+        "system": "http://unitsofmeasure.org",
+        "code": "mmol/mol",
+    }  # 9.0 %
     glucose = next(o for o in res.observations if o["id"].endswith("-glucose"))
-    glucose["valueQuantity"] = {"value": 12.0, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}  # 216 mg/dL
+    glucose["valueQuantity"] = {
+        "value": 12.0,
+        "unit": "mmol/L",
+        "system": "http://unitsofmeasure.org",
+        "code": "mmol/L",
+    }  # 216 mg/dL
     old = dict(res.history[0], id="old-visit", period={"start": (NOW - timedelta(days=500)).isoformat()})
     res.history.append(old)
     table = to_table(res)
@@ -105,7 +123,13 @@ def test_fhir_coded_otherwise_maps_the_same() -> None:
 
 
 def test_missing_items_stay_missing() -> None:
-    r = row(A1Cresult="None", max_glu_serum="None", gender="Unknown/Invalid", diag_2=None, discharge_disposition_id=25)
+    r = row(
+        A1Cresult="None",
+        max_glu_serum="None",
+        gender="Unknown/Invalid",
+        diag_2=None,
+        discharge_disposition_id=25,
+    )
     table = to_table(discharge_to_fhir(r, discharged_at=NOW))
     np.testing.assert_array_equal(table.values, diabetes130_to_table(pd.DataFrame([r])).values)
     for name in ("a1c", "glucose", "sex", "dx2", "discharge"):

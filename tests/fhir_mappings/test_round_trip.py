@@ -31,11 +31,17 @@ PSEUDO = Pseudonymizer(b"round-trip-key-0123456789")
 ICU_START = datetime(2026, 2, 3, 4, 0, tzinfo=UTC)
 
 
-def _round_trip(rows: pd.DataFrame, seed: int, digits: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def _round_trip(
+    rows: pd.DataFrame, seed: int, digits: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
     stay = stay_to_fhir(rows, icu_start=ICU_START, shapes=seed, significant_digits=digits)
     last = int(rows["ICULOS"].max())
-    record = PatientRecord(stay.patient_id, stay.patient, stay.encounter, stay.observations, {stay.location["id"]: stay.location})
-    mapped = to_canonical(record, as_of=ICU_START + timedelta(hours=last - 1, minutes=45), pseudonymizer=PSEUDO)
+    record = PatientRecord(
+        stay.patient_id, stay.patient, stay.encounter, stay.observations, {stay.location["id"]: stay.location}
+    )
+    mapped = to_canonical(
+        record, as_of=ICU_START + timedelta(hours=last - 1, minutes=45), pseudonymizer=PSEUDO
+    )
     expected = physionet_to_table(rows).table
     assert mapped.current_hour == last
     got = mapped.table.values[expected.iculos - 1]
@@ -51,7 +57,9 @@ def test_table_to_fhir_to_table_is_the_identity(set_a: pd.DataFrame) -> None:
     compared = skipped = 0
     for pid, rows in frame.groupby("patient", sort=True):
         got, expected, report = _round_trip(rows.reset_index(drop=True), seed=int(pid))
-        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=f"patient {pid}")
+        np.testing.assert_allclose(
+            got, expected, rtol=1e-9, atol=1e-9, equal_nan=True, err_msg=f"patient {pid}"
+        )
         assert not report["unit_errors"] and not report["unmapped_codes"], (pid, report)
         compared += 1
         skipped += sum(report["skipped"].values())
@@ -74,10 +82,21 @@ def test_round_trip_with_lab_rounding_stays_within_the_last_printed_digit(set_a:
         got, expected, report = _round_trip(rows.reset_index(drop=True), seed=int(pid), digits=4)
         assert not report["unit_errors"] and not report["unmapped_codes"], (pid, report)
         others = [i for i in range(len(CLINICAL_VARIABLES)) if i != temp]
-        np.testing.assert_allclose(got[:, others], expected[:, others], rtol=5e-4, atol=0, equal_nan=True, err_msg=f"patient {pid}")
-        np.testing.assert_allclose(got[:, temp], expected[:, temp], rtol=0, atol=0.05 + 1e-9, equal_nan=True, err_msg=f"patient {pid}")
+        np.testing.assert_allclose(
+            got[:, others], expected[:, others], rtol=5e-4, atol=0, equal_nan=True, err_msg=f"patient {pid}"
+        )
+        np.testing.assert_allclose(
+            got[:, temp],
+            expected[:, temp],
+            rtol=0,
+            atol=0.05 + 1e-9,
+            equal_nan=True,
+            err_msg=f"patient {pid}",
+        )
         both = ~np.isnan(expected[:, : len(CLINICAL_VARIABLES)])
-        rounded += int((got[:, : len(CLINICAL_VARIABLES)][both] != expected[:, : len(CLINICAL_VARIABLES)][both]).sum())
+        rounded += int(
+            (got[:, : len(CLINICAL_VARIABLES)][both] != expected[:, : len(CLINICAL_VARIABLES)][both]).sum()
+        )
     assert rounded > 0  # rounding really happened, and stayed within the stated tolerance
 
 
@@ -92,4 +111,6 @@ def test_varied_shapes_are_valid_fhir_and_really_vary(set_a: pd.DataFrame) -> No
     statuses = {o["status"] for o in observations}
     assert "final" in statuses and statuses - {"final", "amended", "corrected"}
     units = {(o.get("valueQuantity") or {}).get("unit") for o in observations}
-    assert len(units) > len({o.get("valueQuantity", {}).get("code") for o in stay_to_fhir(rows, icu_start=ICU_START).observations})
+    assert len(units) > len(
+        {o.get("valueQuantity", {}).get("code") for o in stay_to_fhir(rows, icu_start=ICU_START).observations}
+    )

@@ -45,13 +45,22 @@ def test_every_synthea_bundle_maps_and_every_unmapped_code_has_a_reason() -> Non
     # Counted independently of the mapping: Observation entries, IMP encounters, BP panels.
     resources = [e["resource"] for p in files for e in json.loads(p.read_text())["entry"]]
     observations = [r for r in resources if r["resourceType"] == "Observation"]
-    assert stays == sum(
-        any(r["resourceType"] == "Encounter" and r.get("class", {}).get("code") == "IMP" for r in (e["resource"] for e in json.loads(p.read_text())["entry"]))
-        for p in files
-    ) == 4
+    assert (
+        stays
+        == sum(
+            any(
+                r["resourceType"] == "Encounter" and r.get("class", {}).get("code") == "IMP"
+                for r in (e["resource"] for e in json.loads(p.read_text())["entry"])
+            )
+            for p in files
+        )
+        == 4
+    )
     assert total.observations == len(observations) == 4466
     mapped_obs = total.observations - sum(unmapped.values())
-    panels = sum(1 for o in observations if any(c.get("code") in ("85354-9", "55284-4") for c in o["code"]["coding"]))
+    panels = sum(
+        1 for o in observations if any(c.get("code") in ("85354-9", "55284-4") for c in o["code"]["coding"])
+    )
     assert mapped_obs == 1266 and total.measurements == mapped_obs + panels  # a BP panel gives SBP and DBP
 
 
@@ -102,15 +111,22 @@ def test_local_codes_count_only_in_their_vendor_profile() -> None:
     ],
 )
 def test_times_from_period_issued_and_offsets(extra: dict, expected: datetime) -> None:
-    o = _obs({"system": "http://loinc.org", "code": "2160-0"}, valueQuantity={"value": 88.4, "unit": "umol/L"}, **extra)
+    o = _obs(
+        {"system": "http://loinc.org", "code": "2160-0"},
+        valueQuantity={"value": 88.4, "unit": "umol/L"},
+        **extra,
+    )
     (m,) = measurements_from_observation(o, GENERIC, MappingReport())
     assert m.time == expected and m.value == pytest.approx(1.0, rel=1e-3)
 
 
 def test_comparators_free_text_units_and_preliminary() -> None:
     report = MappingReport()
-    lt = _obs({"system": "http://loinc.org", "code": "10839-9"}, effectiveDateTime="2026-03-01T08:00:00Z",
-              valueQuantity={"value": 0.01, "comparator": "<", "unit": "ng/mL"})
+    lt = _obs(
+        {"system": "http://loinc.org", "code": "10839-9"},
+        effectiveDateTime="2026-03-01T08:00:00Z",
+        valueQuantity={"value": 0.01, "comparator": "<", "unit": "ng/mL"},
+    )
     assert measurements_from_observation(lt, GENERIC, report) == []
     bad_unit = {**lt, "valueQuantity": {"value": 3, "unit": "John Smith MRN 12345"}}
     assert measurements_from_observation(bad_unit, GENERIC, report) == []
@@ -126,7 +142,12 @@ def test_pulse_ox_component_fio2_and_lab_sao2() -> None:
         {"system": "http://loinc.org", "code": "59408-5"},
         effectiveDateTime="2026-03-01T08:00:00Z",
         valueQuantity={"value": 93, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
-        component=[{"code": {"coding": [{"system": "http://loinc.org", "code": "3150-0"}]}, "valueQuantity": {"value": 40, "unit": "%"}}],
+        component=[
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "3150-0"}]},
+                "valueQuantity": {"value": 40, "unit": "%"},
+            }
+        ],
     )
     got = {m.variable: m.value for m in measurements_from_observation(pulse_ox, GENERIC, MappingReport())}
     assert got == {"O2Sat": 93.0, "FiO2": pytest.approx(0.4)}
@@ -136,15 +157,30 @@ def test_pulse_ox_component_fio2_and_lab_sao2() -> None:
 def test_cds_map_prints_the_table_and_unmapped_codes(tmp_path) -> None:
     folder = need(DATA_DIR / "synthea", "Synthea bundles")
     bundle = next(
-        b for b in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
-        if any(e["resource"].get("class", {}).get("code") == "IMP" for e in b["entry"] if e["resource"]["resourceType"] == "Encounter")
+        b
+        for b in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+        if any(
+            e["resource"].get("class", {}).get("code") == "IMP"
+            for e in b["entry"]
+            if e["resource"]["resourceType"] == "Encounter"
+        )
     )
-    bundle["entry"].append({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "informational"}]}})
+    bundle["entry"].append(
+        {
+            "resource": {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "warning", "code": "informational"}],
+            }
+        }
+    )
     path = tmp_path / "bundle.json"
     path.write_text(json.dumps(bundle))
     done = subprocess.run(
         [sys.executable, "-m", "cds.cli", "map", "--bundle", str(path)],
-        capture_output=True, text=True, timeout=120, env={"CDS_VAR_DIR": str(tmp_path / "var"), "CDS_PSEUDONYM_KEY": "k" * 32, "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"CDS_VAR_DIR": str(tmp_path / "var"), "CDS_PSEUDONYM_KEY": "k" * 32, "PATH": ""},
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout

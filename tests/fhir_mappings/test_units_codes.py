@@ -33,7 +33,10 @@ def test_converts_to_the_canonical_unit(var: str, value: float, unit: str | None
     assert UNITS.to_canonical(var, value, unit) == pytest.approx(expected, rel=2e-3)
 
 
-@pytest.mark.parametrize(("var", "unit"), [("Calcium", "U/L"), ("Glucose", "g"), ("HR", None), ("Temp", "mmHg"), ("Creatinine", "%")])
+@pytest.mark.parametrize(
+    ("var", "unit"),
+    [("Calcium", "U/L"), ("Glucose", "g"), ("HR", None), ("Temp", "mmHg"), ("Creatinine", "%")],
+)
 def test_refuses_units_it_cannot_convert(var: str, unit: str | None) -> None:
     with pytest.raises(UnitError):
         UNITS.to_canonical(var, 1.0, unit)

@@ -61,20 +61,26 @@ def test_cerner_systolic_with_its_event_code_first_is_sbp_not_hr() -> None:
     for profile in (PROFILES["oracle-health"], GENERIC):
         report = MappingReport()
         (m,) = measurements_from_observation(obs, profile, report)
-        assert (m.variable, m.value) == ("SBP", 128.0) and not report.unit_errors and not report.code_conflicts
+        assert (
+            (m.variable, m.value) == ("SBP", 128.0) and not report.unit_errors and not report.code_conflicts
+        )
 
 
 def test_the_standard_code_wins_and_the_disagreement_is_counted() -> None:
     """A site table that still says 703501 is HR: LOINC 8480-6 beside it decides, and the
     disagreement is counted; alone (no LOINC), the local row is the fallback."""
-    wrong = CodeRow("HR", "https://fhir.cerner.com/*/codeSet/72", "703501", None, 1, "wrong row", standard=False)
+    wrong = CodeRow(
+        "HR", "https://fhir.cerner.com/*/codeSet/72", "703501", None, 1, "wrong row", standard=False
+    )
     base = PROFILES["generic"]
     site = type(base)(name="site", codes=base.codes.extended([wrong]), units=base.units)
     obs = oracle_health_icu().cases[0].resource
     report = MappingReport()
     (m,) = measurements_from_observation(obs, site, report)
     assert (m.variable, m.value) == ("SBP", 128.0)
-    assert report.code_conflicts == {"https://fhir.cerner.com/*/codeSet/72|703501=HR vs http://loinc.org|8480-6=SBP": 1}
+    assert report.code_conflicts == {
+        "https://fhir.cerner.com/*/codeSet/72|703501=HR vs http://loinc.org|8480-6=SBP": 1
+    }
     alone = {**obs, "code": {"coding": [obs["code"]["coding"][0]]}}
     report = MappingReport()
     assert measurements_from_observation(alone, site, report) == []
@@ -97,12 +103,26 @@ def test_each_local_code_row_alone(row: dict[str, str]) -> None:
     profile; an unverified row is never applied. Each row names where it comes from."""
     assert row["source"].strip(), row
     assert row["status"] in ("verified", "site-confirmed", "unverified")
-    system = row["system"].replace("*", "3f1c9a7e-5b2d-4e8f-9a61-0c2b7d4e8f15" if "cerner" in row["system"] else "812")
-    unit = {"SBP": "mm[Hg]", "DBP": "mm[Hg]", "MAP": "mm[Hg]", "HR": "/min", "Resp": "/min", "O2Sat": "%",
-            "Temp": "Cel", "FiO2": "1", "Potassium": "mmol/L"}[row["variable"]]
+    system = row["system"].replace(
+        "*", "3f1c9a7e-5b2d-4e8f-9a61-0c2b7d4e8f15" if "cerner" in row["system"] else "812"
+    )
+    unit = {
+        "SBP": "mm[Hg]",
+        "DBP": "mm[Hg]",
+        "MAP": "mm[Hg]",
+        "HR": "/min",
+        "Resp": "/min",
+        "O2Sat": "%",
+        "Temp": "Cel",
+        "FiO2": "1",
+        "Potassium": "mmol/L",
+    }[row["variable"]]
     value = {"FiO2": 0.3, "Temp": 37.1, "Potassium": 4.2}.get(row["variable"], 90.0)
     obs = {
-        "resourceType": "Observation", "id": "x", "status": "final", "effectiveDateTime": "2026-03-01T08:00:00Z",
+        "resourceType": "Observation",
+        "id": "x",
+        "status": "final",
+        "effectiveDateTime": "2026-03-01T08:00:00Z",
         "code": {"coding": [{"system": system, "code": row["code"]}]},
         "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": unit},
     }
@@ -120,8 +140,13 @@ CLASS_ROWS = _table("encounter_classes.csv")
 @pytest.mark.parametrize("row", CLASS_ROWS, ids=lambda r: f"{r['profile']}:{r['code']}:{r['display']}")
 def test_each_encounter_class_row(row: dict[str, str]) -> None:
     profiles = list(PROFILES) if row["profile"] == "*" else [row["profile"]]
-    coding = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode" if row["system"] == "*" else row["system"],
-              "code": "site-code-77" if row["code"] == "*" else row["code"], "display": row["display"]}
+    coding = {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+        if row["system"] == "*"
+        else row["system"],
+        "code": "site-code-77" if row["code"] == "*" else row["code"],
+        "display": row["display"],
+    }
     assert row["source"].strip()
     for name in profiles:
         kind = encounter_classes(name).kind(coding)
@@ -144,14 +169,21 @@ def test_planned_cancelled_and_outpatient_encounters_are_never_the_stay() -> Non
     cancelled = [{**encounters[0], "status": "cancelled"}, encounters[2]]
     assert select_encounter(cancelled, None, profile=epic, in_progress=False) is None  # the HOV is outpatient
     only = FIXTURES["epic-preadmission-only"]
-    assert select_encounter([r for r in only.others if r["resourceType"] == "Encounter"], None, profile=epic) is None
+    assert (
+        select_encounter([r for r in only.others if r["resourceType"] == "Encounter"], None, profile=epic)
+        is None
+    )
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_map_bundle_on_each_vendor_fixture(name: str) -> None:
     fixture = FIXTURES[name]
-    mapped = map_bundle(fixture.bundle(), pseudonymizer=PSEUDO, profile=PROFILES[fixture.profile],
-                        max_icu_hours=TRAINED_MAX_ICU_HOURS)
+    mapped = map_bundle(
+        fixture.bundle(),
+        pseudonymizer=PSEUDO,
+        profile=PROFILES[fixture.profile],
+        max_icu_hours=TRAINED_MAX_ICU_HOURS,
+    )
     assert mapped.validation == [], mapped.validation
     assert mapped.patient_from == fixture.patient_from
     if fixture.stay.startswith("table:"):
@@ -176,7 +208,9 @@ def test_a_bundle_naming_no_patient_is_never_pseudonymised() -> None:
     assert mapped.patient_from == "none" and mapped.stay is not None and mapped.stay.pseudonym is None
     assert set(mapped.stay.table.patient) == {"<no-patient-id>"}
     # Two such bundles never share a pseudonym: there is none (formerly both were "unknown"'s).
-    assert mapped.report.measurements == sum(len(c.expected) for c in fixture.cases) + 1  # + the stranger's HR
+    assert (
+        mapped.report.measurements == sum(len(c.expected) for c in fixture.cases) + 1
+    )  # + the stranger's HR
 
 
 def _model() -> RiskModel:
@@ -196,11 +230,18 @@ def test_the_sepsis_hook_on_each_vendor_fixture(name: str) -> None:
         "vitals": [r for r in resources_ if r["resourceType"] == "Observation"],
         "locations": [r for r in resources_ if r["resourceType"] == "Location"],
     }
-    result = SEPSIS.score(ScoringInput(
-        context={"patientId": subject.split("/")[1], "userId": "Practitioner/p1"},
-        fetched=fetched, model=_model(), now=fixture.now, pseudonymizer=PSEUDO, card_uuid=str(uuid.uuid4()),
-        source="https://ehr.example.org/fhir", profile=PROFILES[fixture.profile],
-    ))
+    result = SEPSIS.score(
+        ScoringInput(
+            context={"patientId": subject.split("/")[1], "userId": "Practitioner/p1"},
+            fetched=fetched,
+            model=_model(),
+            now=fixture.now,
+            pseudonymizer=PSEUDO,
+            card_uuid=str(uuid.uuid4()),
+            source="https://ehr.example.org/fhir",
+            profile=PROFILES[fixture.profile],
+        )
+    )
     if fixture.hook == "scored":
         assert isinstance(result, ScoredCard), result
     elif fixture.hook == "not-applicable":
@@ -212,8 +253,14 @@ def test_the_sepsis_hook_on_each_vendor_fixture(name: str) -> None:
 
 def test_value_strings() -> None:
     def read(text: str, loinc: str) -> tuple[list[tuple[str, float]], dict]:
-        obs = {"resourceType": "Observation", "id": "s", "status": "final", "effectiveDateTime": "2026-03-01T08:00:00Z",
-               "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]}, "valueString": text}
+        obs = {
+            "resourceType": "Observation",
+            "id": "s",
+            "status": "final",
+            "effectiveDateTime": "2026-03-01T08:00:00Z",
+            "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+            "valueString": text,
+        }
         report = MappingReport()
         got = measurements_from_observation(obs, GENERIC, report)
         return [(m.variable, round(m.value, 6)) for m in got], report.as_dict()
@@ -229,13 +276,22 @@ def test_value_strings() -> None:
 
 def _cds_map(path: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"CDS_VAR_DIR": str(tmp_path / "var"), "CDS_PSEUDONYM_KEY": "k" * 32, "PATH": ""}
-    return subprocess.run([sys.executable, "-m", "cds.cli", "map", "--bundle", str(path), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "cds.cli", "map", "--bundle", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_cds_map_never_prints_a_traceback(tmp_path: Path) -> None:
     for name, profile, words in (
-        ("oracle-health-outpatient", "oracle-health", "no canonical table: Encounter.period: has neither an ICU location"),
+        (
+            "oracle-health-outpatient",
+            "oracle-health",
+            "no canonical table: Encounter.period: has neither an ICU location",
+        ),
         ("epic-preadmission-only", "epic", "no canonical table: no hospital stay among 2 Encounter(s)"),
         ("meditech-long-stay", "meditech", f"beyond the {TRAINED_MAX_ICU_HOURS} hours allowed"),
     ):
@@ -246,10 +302,24 @@ def test_cds_map_never_prints_a_traceback(tmp_path: Path) -> None:
         assert words in done.stdout and "unmapped codes:" in done.stdout and "Observations:" in done.stdout
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "obs.json").write_text(json.dumps({"resourceType": "Observation", "status": "final"}))
-    (tmp_path / "two.json").write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "a"}}, {"resource": {"resourceType": "Patient", "id": "b"}}]}))
-    for bad, words in (("bad.json", "is not JSON"), ("obs.json", "error: "), ("two.json", "holds 2 patients"),
-                       ("missing.json", "cannot read")):
+    (tmp_path / "two.json").write_text(
+        json.dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [
+                    {"resource": {"resourceType": "Patient", "id": "a"}},
+                    {"resource": {"resourceType": "Patient", "id": "b"}},
+                ],
+            }
+        )
+    )
+    for bad, words in (
+        ("bad.json", "is not JSON"),
+        ("obs.json", "error: "),
+        ("two.json", "holds 2 patients"),
+        ("missing.json", "cannot read"),
+    ):
         done = _cds_map(tmp_path / bad, tmp_path)
         assert done.returncode == 2 and "Traceback" not in done.stderr and words in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
@@ -280,8 +350,20 @@ def test_each_reviewed_loinc_code_maps_as_the_review_says(row: dict[str, str]) -
         var = variable(expected)
         unit, value = var.unit, ((var.low or 0.0) + (var.high or 2.0)) / 2
     obs = {
-        "resourceType": "Observation", "id": "r", "status": "final", "effectiveDateTime": "2026-03-01T08:00:00Z",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": row["category"]}]}],
+        "resourceType": "Observation",
+        "id": "r",
+        "status": "final",
+        "effectiveDateTime": "2026-03-01T08:00:00Z",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": row["category"],
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": "http://loinc.org", "code": row["code"]}]},
         "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": unit},
     }

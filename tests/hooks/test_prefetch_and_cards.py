@@ -42,21 +42,44 @@ def test_render_context_and_user_tokens() -> None:
     )
     assert render_template("Observation?performer={{userPatientId}}", ctx) is None
     assert render_template("Encounter/{{context.missing}}", ctx) is None
-    assert template_tokens("A/{{context.a}}?b={{ userPractitionerId }}") == ["context.a", "userPractitionerId"]
+    assert template_tokens("A/{{context.a}}?b={{ userPractitionerId }}") == [
+        "context.a",
+        "userPractitionerId",
+    ]
 
 
 # Ids an attacker (or a broken EHR) puts in the hook context: none may reach a URL.
 INJECTION_IDS = [
-    "../../admin", "..", ".", "p1?_id=x&", "p1&_id=x", "a\r\nX-Injected: 1", "a\nb", "a b", "a/b", "a#b", "%2e%2e",
-    "a%2Fb", "é", "x" * 65, "", "p1;drop", "p1\x00", "\u202eabc",
+    "../../admin",
+    "..",
+    ".",
+    "p1?_id=x&",
+    "p1&_id=x",
+    "a\r\nX-Injected: 1",
+    "a\nb",
+    "a b",
+    "a/b",
+    "a#b",
+    "%2e%2e",
+    "a%2Fb",
+    "é",
+    "x" * 65,
+    "",
+    "p1;drop",
+    "p1\x00",
+    "\u202eabc",
 ]
 
 
 @pytest.mark.parametrize("value", INJECTION_IDS)
-@pytest.mark.parametrize("template", ["Patient/{{context.patientId}}", "Observation?patient={{context.patientId}}&category=x"])
+@pytest.mark.parametrize(
+    "template", ["Patient/{{context.patientId}}", "Observation?patient={{context.patientId}}&category=x"]
+)
 def test_hostile_context_ids_never_render(template: str, value: str) -> None:
     if value == "":
-        assert render_template(template, {"patientId": value}) is None  # no value: skipped, like a missing one
+        assert (
+            render_template(template, {"patientId": value}) is None
+        )  # no value: skipped, like a missing one
         return
     with pytest.raises(InvalidIdError) as raised:
         render_template(template, {"patientId": value})
@@ -77,10 +100,18 @@ def test_check_context_ids_refuses_every_hostile_id(value: object) -> None:
 
 
 def test_fhir_query_encodes_values_and_refuses_bad_parts() -> None:
-    query = FhirQuery.search("Observation", [("patient", "p1"), ("code", "http://loinc.org|8480-6,8462-4"), ("x", "a&b=c d")])
-    assert query.relative_url() == "Observation?patient=p1&code=http://loinc.org|8480-6,8462-4&x=a%26b%3Dc%20d"
-    for bad in (lambda: FhirQuery.read("Patient", ".."), lambda: FhirQuery.read("patient", "1"), lambda: FhirQuery.read("Patient/x", "1"),
-                lambda: FhirQuery.search("Observation", [("a&b", "1")])):
+    query = FhirQuery.search(
+        "Observation", [("patient", "p1"), ("code", "http://loinc.org|8480-6,8462-4"), ("x", "a&b=c d")]
+    )
+    assert (
+        query.relative_url() == "Observation?patient=p1&code=http://loinc.org|8480-6,8462-4&x=a%26b%3Dc%20d"
+    )
+    for bad in (
+        lambda: FhirQuery.read("Patient", ".."),
+        lambda: FhirQuery.read("patient", "1"),
+        lambda: FhirQuery.read("Patient/x", "1"),
+        lambda: FhirQuery.search("Observation", [("a&b", "1")]),
+    ):
         with pytest.raises(InvalidIdError):
             bad()
 
@@ -99,26 +130,49 @@ def test_value_formatting_in_clinical_words() -> None:
     assert format_value("Lactate__last", None, "mmol/L") == "not measured"
     assert format_value("Gender", 1.0, "1") == "male"
     assert format_value("Age", 67, "a") == "67 years"
-    assert format_percent(0.0004) == "<0.1%" and format_percent(0.0734) == "7.3%" and format_percent(0.42) == "42%"
+    assert (
+        format_percent(0.0004) == "<0.1%"
+        and format_percent(0.0734) == "7.3%"
+        and format_percent(0.42) == "42%"
+    )
 
 
 def test_sepsis_card_shape() -> None:
-    drivers = [D("Lactate__last", "Lactate", "mmol/L", 4.2, 0.8), D("SBP__min_6h", "Systolic blood pressure, lowest over 6 h", "mm[Hg]", 84, 0.3), D("Age", "Age", "a", 54, -0.2)]
+    drivers = [
+        D("Lactate__last", "Lactate", "mmol/L", 4.2, 0.8),
+        D("SBP__min_6h", "Systolic blood pressure, lowest over 6 h", "mm[Hg]", 84, 0.3),
+        D("Age", "Age", "a", 54, -0.2),
+    ]
     card = sepsis_card(
-        card_uuid="u-1", probability=0.071, band="high", threshold=0.03, icu_hour=12, model_label="Sepsis risk (XGBoost)",
-        model_version="3", drivers=drivers, all_contributions=[*drivers, D("HR__last", "Heart rate", "/min", None, 0.0)], base_value=-3.2,
+        card_uuid="u-1",
+        probability=0.071,
+        band="high",
+        threshold=0.03,
+        icu_hour=12,
+        model_label="Sepsis risk (XGBoost)",
+        model_version="3",
+        drivers=drivers,
+        all_contributions=[*drivers, D("HR__last", "Heart rate", "/min", None, 0.0)],
+        base_value=-3.2,
     )
     assert card["indicator"] == "critical" and card["summary"].startswith("Sepsis risk 7.1%")
     assert "↑ **Lactate**: 4.2 mmol/L (raises risk)" in card["detail"]
     assert "↓ **Age**: 54 years (lowers risk)" in card["detail"]
     assert card["source"]["label"] == "Sepsis risk (XGBoost) v3"
     contributions = card["extension"]["org.cds-ml.risk"]["shap"]["contributions"]
-    assert [c["feature"] for c in contributions] == ["Lactate__last", "SBP__min_6h", "Age"]  # zero contributions left out
+    assert [c["feature"] for c in contributions] == [
+        "Lactate__last",
+        "SBP__min_6h",
+        "Age",
+    ]  # zero contributions left out
     assert len(card["overrideReasons"]) == len(SEPSIS.override_reasons)
 
 
 def test_strip_empty_removes_nulls_and_empties_but_keeps_zero() -> None:
-    assert strip_empty({"a": None, "b": "", "c": [], "d": {}, "e": 0, "f": [{"g": None}], "h": False}) == {"e": 0, "h": False}
+    assert strip_empty({"a": None, "b": "", "c": [], "d": {}, "e": 0, "f": [{"g": None}], "h": False}) == {
+        "e": 0,
+        "h": False,
+    }
 
 
 def test_summary_longer_than_140_is_refused() -> None:
@@ -126,6 +180,15 @@ def test_summary_longer_than_140_is_refused() -> None:
 
     with pytest.raises(ValueError):
         build_risk_card(
-            card_uuid="u", service=SEPSIS, band="low", probability=0.1, threshold=0.2, model_label="m", model_version="1",
-            text=RiskCardText("x" * 140, "h", "f"), drivers=[], all_contributions=[], base_value=0.0,
+            card_uuid="u",
+            service=SEPSIS,
+            band="low",
+            probability=0.1,
+            threshold=0.2,
+            model_label="m",
+            model_version="1",
+            text=RiskCardText("x" * 140, "h", "f"),
+            drivers=[],
+            all_contributions=[],
+            base_value=0.0,
         )

@@ -24,7 +24,9 @@ from models.report import (
 )
 
 
-def simulated(n: int = 20000, seed: int = 0, *, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def simulated(
+    n: int = 20000, seed: int = 0, *, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Outcomes drawn from true probabilities; predictions distorted by a temperature."""
     rng = np.random.default_rng(seed)
     z = rng.normal(-2.5, 1.2, n)
@@ -59,7 +61,11 @@ def test_operating_point_and_grouped_bootstrap() -> None:
     y = np.array([1, 1, 0, 0, 0, 1, 0, 0])
     p = np.array([0.9, 0.4, 0.8, 0.1, 0.2, 0.7, 0.3, 0.05])
     op = operating_point(y, p, 0.5)
-    assert (op.sensitivity, op.specificity, op.ppv) == (pytest.approx(2 / 3), pytest.approx(0.8), pytest.approx(2 / 3))
+    assert (op.sensitivity, op.specificity, op.ppv) == (
+        pytest.approx(2 / 3),
+        pytest.approx(0.8),
+        pytest.approx(2 / 3),
+    )
     y, pred, _ = simulated(4000)
     groups = np.repeat(np.arange(400), 10)
     interval = bootstrap_by_group(lambda rows: auroc(y[rows], pred[rows]), groups, replicates=100)
@@ -71,7 +77,9 @@ def test_subgroup_gap() -> None:
     y, pred, _ = simulated(6000)
     rng = np.random.default_rng(3)
     noisy = np.where(np.arange(6000) < 3000, pred, rng.random(6000))  # second half: no signal
-    table = subgroup_table(y, noisy, {"half": {"first": np.arange(6000) < 3000, "second": np.arange(6000) >= 3000}}, 0.2)
+    table = subgroup_table(
+        y, noisy, {"half": {"first": np.arange(6000) < 3000, "second": np.arange(6000) >= 3000}}, 0.2
+    )
     half = table["half"]
     assert half["groups"]["second"]["auroc"] == pytest.approx(0.5, abs=0.06)
     assert half["largest_auroc_gap"] > 0.2
@@ -83,9 +91,13 @@ def test_report_files(tmp_path: Path) -> None:
         plot_roc(tmp_path / "roc.png", {"model": (y, pred)}, "ROC"),
         plot_pr(tmp_path / "pr.png", {"model": (y, pred)}, "PR"),
         plot_calibration(tmp_path / "cal.png", y, pred, "Calibration"),
-        plot_threshold_curve(tmp_path / "u.png", [0.01, 0.1, 0.5], [0.1, 0.3, 0.2], "U", "utility", marker=0.1),
+        plot_threshold_curve(
+            tmp_path / "u.png", [0.01, 0.1, 0.5], [0.1, 0.3, 0.2], "U", "utility", marker=0.1
+        ),
     ]
     for f in files:
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    card = write_model_card(tmp_path / "card.md", "Card", [("Metrics", markdown_table(["a", "b"], [[1, None]]))])
+    card = write_model_card(
+        tmp_path / "card.md", "Card", [("Metrics", markdown_table(["a", "b"], [[1, None]]))]
+    )
     assert card.read_text().startswith("# Card") and "| 1 |  |" in card.read_text()

@@ -25,7 +25,9 @@ def test_unknown_model_and_options_it_does_not_take_are_errors(tmp_path) -> None
     with pytest.raises(ModelError, match="unknown model"):
         model_task("sepsis2")
     with pytest.raises(ModelError, match="sepsis only"):
-        model_task("readmission").train(tmp_path / "x.csv", ModelRegistry(tmp_path), TrainOptions(patients=10))
+        model_task("readmission").train(
+            tmp_path / "x.csv", ModelRegistry(tmp_path), TrainOptions(patients=10)
+        )
 
 
 @pytest.mark.data

@@ -68,11 +68,19 @@ def test_documented_examples() -> None:
     labels = np.array([0, 0, 0, 0, 1, 1])
     table = utility_table(labels, np.zeros(6))
     assert table.total(np.array([0, 0, 1, 1, 1, 1])) == pytest.approx(3.388888888888889)
-    assert challenge_auc(labels, np.array([0.3, 0.4, 0.6, 0.7, 0.8, 0.8])) == (pytest.approx(1.0), pytest.approx(1.0))
-    assert accuracy_f_measure(labels, np.array([0, 0, 1, 1, 1, 1])) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert challenge_auc(labels, np.array([0.3, 0.4, 0.6, 0.7, 0.8, 0.8])) == (
+        pytest.approx(1.0),
+        pytest.approx(1.0),
+    )
+    assert accuracy_f_measure(labels, np.array([0, 0, 1, 1, 1, 1])) == (
+        pytest.approx(2 / 3),
+        pytest.approx(2 / 3),
+    )
 
 
-def random_cohort(rng: np.random.Generator, n_patients: int) -> tuple[list[tuple[list[int], list[int]]], np.ndarray]:
+def random_cohort(
+    rng: np.random.Generator, n_patients: int
+) -> tuple[list[tuple[list[int], list[int]]], np.ndarray]:
     patients = []
     for _ in range(n_patients):
         n = int(rng.integers(8, 60))

@@ -19,13 +19,15 @@ from tests.readmission_rows import row
 
 
 def test_cohort_keeps_first_encounters_and_drops_death_and_hospice() -> None:
-    frame = pd.DataFrame([
-        row(encounter_id=5, patient_nbr=1, readmitted="<30"),
-        row(encounter_id=3, patient_nbr=1, readmitted="NO"),  # earlier: this one is kept
-        row(encounter_id=7, patient_nbr=2, discharge_disposition_id=11),  # expired
-        row(encounter_id=8, patient_nbr=3, discharge_disposition_id=13),  # hospice
-        row(encounter_id=9, patient_nbr=4),
-    ])
+    frame = pd.DataFrame(
+        [
+            row(encounter_id=5, patient_nbr=1, readmitted="<30"),
+            row(encounter_id=3, patient_nbr=1, readmitted="NO"),  # earlier: this one is kept
+            row(encounter_id=7, patient_nbr=2, discharge_disposition_id=11),  # expired
+            row(encounter_id=8, patient_nbr=3, discharge_disposition_id=13),  # hospice
+            row(encounter_id=9, patient_nbr=4),
+        ]
+    )
     cohort = readmission_cohort(frame)
     assert cohort["encounter_id"].tolist() == [3, 9]
 
@@ -39,8 +41,21 @@ def test_cli_evaluates_any_file_in_the_layout(tmp_path: Path) -> None:
     out = tmp_path / "held_back.csv.gz"
     subset.to_csv(out, index=False)  # '?' written back as empty: both read as missing
     done = subprocess.run(
-        [sys.executable, "-m", "cds.cli", "evaluate", "readmission", "--data", str(out), "--report", str(tmp_path / "report")],
-        capture_output=True, text=True, timeout=300, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "cds.cli",
+            "evaluate",
+            "readmission",
+            "--data",
+            str(out),
+            "--report",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
     )
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)
@@ -49,7 +64,10 @@ def test_cli_evaluates_any_file_in_the_layout(tmp_path: Path) -> None:
     expected = evaluate_readmission(model, load_readmission_data(out, spec))
     assert metrics == expected
     assert metrics["encounters"] == len(readmission_cohort(subset))
-    assert 0.5 < metrics["auroc"]["estimate"] < 0.9 and metrics["auroc"]["ci95_low"] < metrics["auroc"]["estimate"] < metrics["auroc"]["ci95_high"]
+    assert (
+        0.5 < metrics["auroc"]["estimate"] < 0.9
+        and metrics["auroc"]["ci95_low"] < metrics["auroc"]["estimate"] < metrics["auroc"]["ci95_high"]
+    )
     assert metrics["lace_baseline"]["auroc"]["estimate"] < metrics["auroc"]["estimate"]
     assert {"brier", "ece", "intercept", "slope"} <= metrics["calibration"].keys()
     assert set(metrics["subgroups"]) == {"race", "sex", "age_band"}

@@ -34,11 +34,23 @@ def small_model(spec: FeatureSpec, seed: int = 0) -> tuple[bytes, np.ndarray]:
 
 def manifest_for(spec: FeatureSpec, raw: bytes, version: str, **extra: object) -> ModelManifest:
     return ModelManifest(
-        name="sepsis", version=version, title="t", outcome="o",
+        name="sepsis",
+        version=version,
+        title="t",
+        outcome="o",
         features=[FeatureEntry(name=f.name, label=f.label, unit=f.unit) for f in spec.features],
-        feature_spec_hash=spec.spec_hash, feature_code_version="1", model_sha256=hashlib.sha256(raw).hexdigest(),
-        training_data={}, params={}, num_boost_round=20, threshold=0.3, risk_bands={"low": 0.0, "moderate": 0.15, "high": 0.3},
-        xgboost_version=xgb.__version__, device="cpu", seed=0, **extra,
+        feature_spec_hash=spec.spec_hash,
+        feature_code_version="1",
+        model_sha256=hashlib.sha256(raw).hexdigest(),
+        training_data={},
+        params={},
+        num_boost_round=20,
+        threshold=0.3,
+        risk_bands={"low": 0.0, "moderate": 0.15, "high": 0.3},
+        xgboost_version=xgb.__version__,
+        device="cpu",
+        seed=0,
+        **extra,
     )
 
 
@@ -53,7 +65,9 @@ def test_register_load_and_score(tmp_path: Path) -> None:
     explanation = model.explain(x[7])
     # TreeSHAP: contributions plus the base value equal the raw margin.
     assert explanation.margin == pytest.approx(float(model.margin(x[7:8])[0]), abs=1e-4)
-    assert sum(c.shap for c in explanation.contributions) + explanation.base_value == pytest.approx(explanation.margin, abs=1e-4)
+    assert sum(c.shap for c in explanation.contributions) + explanation.base_value == pytest.approx(
+        explanation.margin, abs=1e-4
+    )
     top = explanation.top(3)
     assert len(top) == 3 and abs(top[0].shap) >= abs(top[1].shap) >= abs(top[2].shap)
     assert model.band(0.05) == "low" and model.band(0.2) == "moderate" and model.band(0.9) == "high"

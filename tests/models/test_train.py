@@ -12,7 +12,9 @@ from models import ModelRegistry, RiskModel, evaluate_sepsis, load_sepsis_data, 
 pytestmark = pytest.mark.data
 
 
-def test_training_is_reproducible_and_registers_a_full_manifest(set_a_path: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_training_is_reproducible_and_registers_a_full_manifest(
+    set_a_path: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     manifests = []
     for name in ("a", "b"):
         registry = ModelRegistry(tmp_path / name)
@@ -23,7 +25,10 @@ def test_training_is_reproducible_and_registers_a_full_manifest(set_a_path: Path
     assert first.version == "1" and first.xgboost_version and first.device in ("cpu", "cuda")
     # The fingerprint is the file's own sha256, and the same file the committed models were trained on.
     assert first.training_data["sha256"] == hashlib.sha256(set_a_path.read_bytes()).hexdigest()
-    assert first.training_data["sha256"] == ModelRegistry().load("sepsis", sepsis_feature_spec()).manifest.training_data["sha256"]
+    assert (
+        first.training_data["sha256"]
+        == ModelRegistry().load("sepsis", sepsis_feature_spec()).manifest.training_data["sha256"]
+    )
     assert first.feature_spec_hash == sepsis_feature_spec().spec_hash
     assert [f.name for f in first.features] == list(sepsis_feature_spec().names)
     assert all(f.unit for f in first.features if f.name.endswith("__last"))

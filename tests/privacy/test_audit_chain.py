@@ -69,7 +69,13 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
 
 def _card(uuid: str) -> CardRecord:
     ra = {"resourceType": "RiskAssessment", "id": uuid, "status": "final"}
-    audit = {"service": "sepsis-risk", "card": uuid, "probability": 0.42, "band": "moderate", "model_version": "2"}
+    audit = {
+        "service": "sepsis-risk",
+        "card": uuid,
+        "probability": 0.42,
+        "band": "moderate",
+        "model_version": "2",
+    }
     return CardRecord(uuid, "sepsis-risk", "pr-abc", ra, 1.0, (), (), audit)
 
 
@@ -77,7 +83,14 @@ def _feedback(uuid: str) -> FeedbackRecord:
     from datetime import UTC, datetime
 
     when = datetime(2026, 11, 20, 10, tzinfo=UTC)
-    prov = build_provenance(card_uuid=uuid, outcome="accepted", outcome_timestamp=when, practitioner_pseudonym="pr-abc", override_reason=None, user_comment=None)
+    prov = build_provenance(
+        card_uuid=uuid,
+        outcome="accepted",
+        outcome_timestamp=when,
+        practitioner_pseudonym="pr-abc",
+        override_reason=None,
+        user_comment=None,
+    )
     return FeedbackRecord(uuid, prov, when.timestamp(), {"card": uuid, "outcome": "accepted", "reason": None})
 
 
@@ -120,8 +133,14 @@ def _swap(a: int, b: int) -> list[str]:
     cols = ("at", "kind", "details", "prev_hash", "hash")
     return [
         f"CREATE TEMP TABLE keep AS SELECT * FROM audit_event WHERE seq IN ({a}, {b})",
-        *[f"UPDATE audit_event SET {c} = (SELECT k.{c} FROM keep k WHERE k.seq = {b}) WHERE seq = {a}" for c in cols],
-        *[f"UPDATE audit_event SET {c} = (SELECT k.{c} FROM keep k WHERE k.seq = {a}) WHERE seq = {b}" for c in cols],
+        *[
+            f"UPDATE audit_event SET {c} = (SELECT k.{c} FROM keep k WHERE k.seq = {b}) WHERE seq = {a}"
+            for c in cols
+        ],
+        *[
+            f"UPDATE audit_event SET {c} = (SELECT k.{c} FROM keep k WHERE k.seq = {a}) WHERE seq = {b}"
+            for c in cols
+        ],
     ]
 
 
@@ -131,12 +150,22 @@ def test_an_untouched_chain_verifies_and_is_anchored(db: Db) -> None:
     assert report["ok"] and report["entries"] == 9
     assert report["kinds"] == {"card-scored": 4, "feedback-recorded": 4, "model-activated": 1}
     anchors = read_anchors(db.anchors)
-    assert len(anchors) >= 3 and anchors[-1].seq == report["head"]["seq"] and anchors[-1].hash == report["head"]["hash"]
+    assert (
+        len(anchors) >= 3
+        and anchors[-1].seq == report["head"]["seq"]
+        and anchors[-1].hash == report["head"]["hash"]
+    )
 
 
 @pytest.mark.parametrize(
     ("case", "problem", "at"),
-    [("edited", "edited", 3), ("deleted", "deleted", 4), ("reordered", "reordered", 3), ("truncated", "truncated", 9), ("rewritten", "edited", 6)],
+    [
+        ("edited", "edited", 3),
+        ("deleted", "deleted", 4),
+        ("reordered", "reordered", 3),
+        ("truncated", "truncated", 9),
+        ("rewritten", "edited", 6),
+    ],
 )
 def test_verify_catches_each_tampering(db: Db, case: str, problem: str, at: int) -> None:
     asyncio.run(_fill(db))
@@ -158,7 +187,9 @@ def test_verify_catches_each_tampering(db: Db, case: str, problem: str, at: int)
     report = _verify(db)
     assert not report["ok"]
     assert report["problem"] == problem, report
-    expected = {"edited": s[3], "deleted": s[4], "reordered": s[3], "truncated": s[9], "rewritten": None}[case]
+    expected = {"edited": s[3], "deleted": s[4], "reordered": s[3], "truncated": s[9], "rewritten": None}[
+        case
+    ]
     if expected is not None:
         assert report["seq"] == expected, report
     else:
@@ -179,7 +210,9 @@ async def _rewrite_from(db: Db, first: int) -> None:
             continue
         text = audit_json(details).replace("'", "''")
         digest = entry_hash(prev or "0" * 64, e.at, e.kind, audit_json(details))
-        statements.append(f"UPDATE audit_event SET details = '{text}', prev_hash = '{prev}', hash = '{digest}' WHERE seq = {e.seq}")
+        statements.append(
+            f"UPDATE audit_event SET details = '{text}', prev_hash = '{prev}', hash = '{digest}' WHERE seq = {e.seq}"
+        )
         prev = digest
     db.tamper(statements)
 
@@ -191,12 +224,24 @@ def test_cds_audit_verify_and_export_on_the_real_file(tmp_path: Path) -> None:
     d = Db("sqlite", lambda log=None: _opened(store_path, log), lambda s: None, anchors)
     asyncio.run(_fill(d))
     env = {**os.environ, "CDS_VAR_DIR": str(var), "CDS_PSEUDONYM_KEY": "test-key-0123456789abcdef"}
-    ok = subprocess.run([sys.executable, "-m", "cds.cli", "audit", "verify"], env=env, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["ok"] is True
 
     out = tmp_path / "AuditEvent.ndjson"
-    done = subprocess.run([sys.executable, "-m", "cds.cli", "audit", "export", "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "audit", "export", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(events) == 9
@@ -208,9 +253,19 @@ def test_cds_audit_verify_and_export_on_the_real_file(tmp_path: Path) -> None:
     with sqlite3.connect(store_path) as conn:
         conn.execute("DROP TRIGGER audit_event_no_delete")
         conn.execute("DELETE FROM audit_event WHERE seq = 2")
-    broken = subprocess.run([sys.executable, "-m", "cds.cli", "audit", "verify"], env=env, capture_output=True, text=True, timeout=120)
+    broken = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert broken.returncode == 1
-    assert json.loads(broken.stdout) | {"detail": ""} == json.loads(broken.stdout) | {"problem": "deleted", "seq": 3, "detail": ""}
+    assert json.loads(broken.stdout) | {"detail": ""} == json.loads(broken.stdout) | {
+        "problem": "deleted",
+        "seq": 3,
+        "detail": "",
+    }
 
 
 async def _opened(path: Path, log: AnchorLog | None) -> RecordStore:
@@ -221,7 +276,11 @@ def _writer(kind: str, target: str, n: int) -> None:
     """One worker process: n cards, each with its audit entry."""
 
     async def run() -> None:
-        store: RecordStore = SQLiteStore(target) if kind == "sqlite" else await PostgresStore.open(target, spool_path=Path(os.environ["SPOOL"]))
+        store: RecordStore = (
+            SQLiteStore(target)
+            if kind == "sqlite"
+            else await PostgresStore.open(target, spool_path=Path(os.environ["SPOOL"]))
+        )
         for _ in range(n):
             await store.put_card(_card(new_id()))
         await store.close()
@@ -248,7 +307,11 @@ def test_two_processes_writing_at_once_keep_one_chain(
         assert w.exitcode == 0
 
     async def entries() -> list[Any]:
-        store: RecordStore = SQLiteStore(target) if kind == "sqlite" else await PostgresStore.open(target, spool_path=tmp_path / "spool2.sqlite3")
+        store: RecordStore = (
+            SQLiteStore(target)
+            if kind == "sqlite"
+            else await PostgresStore.open(target, spool_path=tmp_path / "spool2.sqlite3")
+        )
         try:
             return [e async for e in store.iter_audit()]
         finally:
@@ -267,7 +330,10 @@ def test_a_version_2_store_is_chained_when_upgraded(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     migrate_sqlite(conn, SQLITE_MIGRATIONS[:2])
     for i in range(3):
-        conn.execute("INSERT INTO audit_event (at, kind, details) VALUES (?, 'model-activated', ?)", (1.7e9 + i, json.dumps({"n": i})))
+        conn.execute(
+            "INSERT INTO audit_event (at, kind, details) VALUES (?, 'model-activated', ?)",
+            (1.7e9 + i, json.dumps({"n": i})),
+        )
     conn.close()
 
     async def run() -> list[Any]:
@@ -286,7 +352,12 @@ def test_a_version_2_store_is_chained_when_upgraded(tmp_path: Path) -> None:
 
 
 def _patient_card(uuid: str, patient: str, created: float) -> CardRecord:
-    ra = {"resourceType": "RiskAssessment", "id": uuid, "status": "final", "subject": {"identifier": {"value": patient}}}
+    ra = {
+        "resourceType": "RiskAssessment",
+        "id": uuid,
+        "status": "final",
+        "subject": {"identifier": {"value": patient}},
+    }
     return CardRecord(uuid, "sepsis-risk", "pr-abc", ra, created, (), (), {"card": uuid})
 
 
@@ -294,7 +365,9 @@ def test_forget_and_purge_in_both_stores_leave_a_verifying_chain(db: Db) -> None
     async def run() -> tuple[Any, Any, list[str], list[Any]]:
         store = await db.open()
         uuids = [new_id() for _ in range(4)]
-        for uuid, patient, created in zip(uuids, ["pa-gone", "pa-gone", "pa-stays", "pa-old"], [5e9, 5e9, 5e9, 1.0], strict=True):
+        for uuid, patient, created in zip(
+            uuids, ["pa-gone", "pa-gone", "pa-stays", "pa-old"], [5e9, 5e9, 5e9, 1.0], strict=True
+        ):
             await store.put_card(_patient_card(uuid, patient, created))
             await store.put_feedback([_feedback(uuid)])
         forgotten = await store.forget(["pa-gone", "pa-unknown"], {"request": "r-1"})
@@ -309,4 +382,7 @@ def test_forget_and_purge_in_both_stores_leave_a_verifying_chain(db: Db) -> None
     assert len(left) == 1
     assert verify_chain(entries).ok
     tombstones = [e.details for e in entries if e.kind in ("patient-forgotten", "records-purged")]
-    assert tombstones == [{"request": "r-1", "cards": 2, "feedback": 2}, {"retention_days": 30, "before": 2.0, "cards": 1, "feedback": 1}]
+    assert tombstones == [
+        {"request": "r-1", "cards": 2, "feedback": 2},
+        {"retention_days": 30, "before": 2.0, "cards": 1, "feedback": 1},
+    ]

@@ -29,7 +29,9 @@ ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 SEPSIS = "/cds-services/sepsis-risk"
 
 
-def consent(patient_id: str, purpose: str | None, *, cid: str = "optout-1", scope: str = "patient-privacy") -> dict[str, Any]:
+def consent(
+    patient_id: str, purpose: str | None, *, cid: str = "optout-1", scope: str = "patient-privacy"
+) -> dict[str, Any]:
     """An active opt-out, valid FHIR R4: deny, for `purpose` (None: for every purpose)."""
     provision: dict[str, Any] = {"type": "deny"}
     if purpose:
@@ -38,11 +40,15 @@ def consent(patient_id: str, purpose: str | None, *, cid: str = "optout-1", scop
         "resourceType": "Consent",
         "id": cid,
         "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": scope}]},
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": scope}]
+        },
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": f"Patient/{patient_id}"},
         "dateTime": "2026-01-05T09:00:00Z",
-        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]},
+        "policyRule": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTOUT"}]
+        },
         "provision": provision,
     }
     Consent.model_validate(resource)
@@ -58,7 +64,13 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def _cli(settings: Settings, *args: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "cds.cli", *args], env=_env(settings), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", *args],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -69,11 +81,15 @@ def _cards_stored(settings: Settings) -> int:
 
 
 def _hook_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [getattr(r, "event", {}).get("reason") for r in caplog.records if r.getMessage() == "hook answered"]
+    return [
+        getattr(r, "event", {}).get("reason") for r in caplog.records if r.getMessage() == "hook answered"
+    ]
 
 
 @pytest.mark.parametrize("info_card", [False, True])
-def test_decision_support_refused_in_the_ehr_means_no_score(tmp_path: Path, caplog: pytest.LogCaptureFixture, info_card: bool) -> None:
+def test_decision_support_refused_in_the_ehr_means_no_score(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, info_card: bool
+) -> None:
     settings = _settings(tmp_path, consent_refused_card=info_card)
     stay = synthetic_stay(hours=12)
     ehr = DemoFhirServer(token="ehr-token")
@@ -95,11 +111,21 @@ def test_decision_support_refused_in_the_ehr_means_no_score(tmp_path: Path, capl
         assert [c["summary"] for c in again] == [c["summary"] for c in cards]
         # Another patient, no Consent: scored.
         other = synthetic_stay(hours=12, patient=99)
-        assert httpx.post(f"{cds.url}{SEPSIS}", json=patient_view_request(other), timeout=10).json()["cards"][0]["extension"]
+        assert httpx.post(f"{cds.url}{SEPSIS}", json=patient_view_request(other), timeout=10).json()["cards"][
+            0
+        ]["extension"]
     consent_reads = [s for s in ehr.seen if s.path == "/Consent"]
-    assert len(consent_reads) == 1 and f"patient={stay.patient_id}" in consent_reads[0].query and consent_reads[0].authorized
+    assert (
+        len(consent_reads) == 1
+        and f"patient={stay.patient_id}" in consent_reads[0].query
+        and consent_reads[0].authorized
+    )
     assert _hook_reasons(caplog) == ["consent-refused", "consent-refused", "card"]
-    refused = [r for r in caplog.records if r.getMessage().startswith("no score: the patient declined decision support")]
+    refused = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("no score: the patient declined decision support")
+    ]
     assert len(refused) == 2
     assert _cards_stored(settings) == 1  # only the other patient's
 
@@ -108,15 +134,26 @@ def test_training_use_refused_keeps_the_record_out_of_exports(tmp_path: Path) ->
     settings = _settings(tmp_path)
     refused, other = synthetic_stay(hours=12, patient=1), synthetic_stay(hours=12, patient=2)
     with serve_cds(settings) as cds, httpx.Client(base_url=cds.url, timeout=10) as client:
-        card = client.post(SEPSIS, json=patient_view_request(refused, consents=[consent(refused.patient_id, "HRESCH")])).json()["cards"][0]
+        card = client.post(
+            SEPSIS, json=patient_view_request(refused, consents=[consent(refused.patient_id, "HRESCH")])
+        ).json()["cards"][0]
         kept = client.post(SEPSIS, json=patient_view_request(other)).json()["cards"][0]
         assert card["extension"]["org.cds-ml.risk"]["probability"] > 0  # decision support goes on
         for c in (card, kept):
             item = feedback(c["uuid"], "overridden", reason=c["overrideReasons"][0])
-            assert client.post(f"{SEPSIS}/feedback", json={"feedback": [item]}).json()["results"][0]["status"] == "created"
+            assert (
+                client.post(f"{SEPSIS}/feedback", json={"feedback": [item]}).json()["results"][0]["status"]
+                == "created"
+            )
     out = tmp_path / "export"
     counts = _cli(settings, "feedback", "export", "--out", str(out))
-    assert counts | {"out": ""} == {"out": "", "RiskAssessment": 1, "Provenance": 1, "spooled": 0, "withheld": 2}
+    assert counts | {"out": ""} == {
+        "out": "",
+        "RiskAssessment": 1,
+        "Provenance": 1,
+        "spooled": 0,
+        "withheld": 2,
+    }
     exported = (out / "RiskAssessment.ndjson").read_text() + (out / "Provenance.ndjson").read_text()
     assert kept["uuid"] in exported and card["uuid"] not in exported
     with sqlite3.connect(settings.sqlite_path) as db:  # kept for the clinical record, labelled
@@ -131,9 +168,18 @@ def test_forget_removes_every_record_of_the_patient_and_the_chain_still_verifies
     gone, stays = synthetic_stay(hours=12, patient=31), synthetic_stay(hours=12, patient=32)
     ehr = DemoFhirServer(token="ehr-token")
     ehr.add(gone.all())
-    with serve_cds(settings) as cds, serve_in_thread(ehr.app()) as ehr_server, httpx.Client(base_url=cds.url, timeout=10) as client:
-        fetched = patient_view_request(gone, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token)
-        cards = [client.post(SEPSIS, json=body).json()["cards"][0] for body in (fetched, patient_view_request(gone), patient_view_request(stays))]
+    with (
+        serve_cds(settings) as cds,
+        serve_in_thread(ehr.app()) as ehr_server,
+        httpx.Client(base_url=cds.url, timeout=10) as client,
+    ):
+        fetched = patient_view_request(
+            gone, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token
+        )
+        cards = [
+            client.post(SEPSIS, json=body).json()["cards"][0]
+            for body in (fetched, patient_view_request(gone), patient_view_request(stays))
+        ]
         for c in cards:
             item = feedback(c["uuid"], "overridden", reason=c["overrideReasons"][0])
             assert client.post(f"{SEPSIS}/feedback", json={"feedback": [item]}).status_code == 200
@@ -167,12 +213,23 @@ def test_purge_applies_the_retention_period(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     with serve_cds(settings) as cds, httpx.Client(base_url=cds.url, timeout=10) as client:
         card = client.post(SEPSIS, json=patient_view_request(synthetic_stay(hours=12))).json()["cards"][0]
-        client.post(f"{SEPSIS}/feedback", json={"feedback": [feedback(card["uuid"], "overridden", reason=card["overrideReasons"][0])]})
+        client.post(
+            f"{SEPSIS}/feedback",
+            json={"feedback": [feedback(card["uuid"], "overridden", reason=card["overrideReasons"][0])]},
+        )
     assert _cli(settings, "purge", "--older-than-days", "30")["cards"] == 0  # younger than the period: kept
-    done = subprocess.run([sys.executable, "-m", "cds.cli", "purge"], env=_env(settings), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "purge"],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "CDS_RETENTION_DAYS" in done.stderr
     env_days = _env(settings) | {"CDS_RETENTION_DAYS": "0.000001"}  # ~0.1 s
-    done = subprocess.run([sys.executable, "-m", "cds.cli", "purge"], env=env_days, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "purge"], env=env_days, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["cards"] == 1 and json.loads(done.stdout)["feedback"] == 1
     assert _cards_stored(settings) == 0
@@ -187,11 +244,19 @@ class _NoConsentSearch(DemoFhirServer):
         if request.path_params["rtype"] == "Consent":
             from starlette.responses import JSONResponse
 
-            return JSONResponse({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]}, status_code=400)
+            return JSONResponse(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "not-supported"}],
+                },
+                status_code=400,
+            )
         return await super()._search(request)
 
 
-def test_an_ehr_without_consent_search_is_scored_and_says_so_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_ehr_without_consent_search_is_scored_and_says_so_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = _settings(tmp_path)
     stay = synthetic_stay(hours=12)
     ehr = _NoConsentSearch(token="ehr-token")

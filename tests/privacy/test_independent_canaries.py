@@ -42,42 +42,98 @@ PRACT = "CNRY-Dr-991"
 TOKEN = "CNRYACCESSTOKEN-7c1e0f9a2b"
 BAD_IDS = ["CNRY Pätiënt 42", "CNRY-Ωmega-7", "CNRY/../Pt-8"]  # not FHIR ids: refused, never echoed
 CANARIES = [
-    PID, ENC, LOC, PRACT, "CNRY-Obs-", TOKEN, "CNRY-HOOKINSTANCE", *BAD_IDS, "Pätiënt", "Ωmega",
-    "Zephyrine", "Oglethorpe", "MRN-CNRY-604413", "987-65-4329", "013-4477", "zo.cnry@example.net", "Quillfeather",
-    "Brindlemoor", "1948-02-29", "CNRYNARRATIVE", "CNRYOBSNOTE", "CNRYECHO",
+    PID,
+    ENC,
+    LOC,
+    PRACT,
+    "CNRY-Obs-",
+    TOKEN,
+    "CNRY-HOOKINSTANCE",
+    *BAD_IDS,
+    "Pätiënt",
+    "Ωmega",
+    "Zephyrine",
+    "Oglethorpe",
+    "MRN-CNRY-604413",
+    "987-65-4329",
+    "013-4477",
+    "zo.cnry@example.net",
+    "Quillfeather",
+    "Brindlemoor",
+    "1948-02-29",
+    "CNRYNARRATIVE",
+    "CNRYOBSNOTE",
+    "CNRYECHO",
 ]
 # A word of the comment that identifies nobody: kept only when a site opts in to scrubbed comments.
 COMMENT_WORD = "CNRYCOMMENT"
 LOINC = "http://loinc.org"
-VITALS = {"8867-4": ("/min", 104.0), "9279-1": ("/min", 26.0), "59408-5": ("%", 93.0), "8310-5": ("Cel", 38.6), "8480-6": ("mm[Hg]", 96.0), "8478-0": ("mm[Hg]", 64.0)}
+VITALS = {
+    "8867-4": ("/min", 104.0),
+    "9279-1": ("/min", 26.0),
+    "59408-5": ("%", 93.0),
+    "8310-5": ("Cel", 38.6),
+    "8480-6": ("mm[Hg]", 96.0),
+    "8478-0": ("mm[Hg]", 64.0),
+}
 LABS = {"2524-7": ("mmol/L", 3.4), "6690-2": ("10*3/uL", 15.1), "2160-0": ("mg/dL", 1.9)}
 
 
 def _category(code: str) -> list[dict[str, Any]]:
-    return [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": code}]}]
+    return [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": code}]}
+    ]
 
 
 def _resources(now: datetime) -> dict[str, Any]:
     """The office's own encoding of one ICU stay (validated with fhir.resources R4B)."""
     start = now - timedelta(hours=10)
-    narrative = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zephyrine Oglethorpe-Vance CNRYNARRATIVE</div>'}
+    narrative = {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml">Zephyrine Oglethorpe-Vance CNRYNARRATIVE</div>',
+    }
     patient = {
-        "resourceType": "Patient", "id": PID, "text": narrative, "gender": "female", "birthDate": "1948-02-29",
-        "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-CNRY-604413"}, {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "987-65-4329"}],
+        "resourceType": "Patient",
+        "id": PID,
+        "text": narrative,
+        "gender": "female",
+        "birthDate": "1948-02-29",
+        "identifier": [
+            {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-CNRY-604413"},
+            {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "987-65-4329"},
+        ],
         "name": [{"family": "Oglethorpe-Vance", "given": ["Zephyrine"]}],
-        "telecom": [{"system": "phone", "value": "+1 (555) 013-4477"}, {"system": "email", "value": "zo.cnry@example.net"}],
+        "telecom": [
+            {"system": "phone", "value": "+1 (555) 013-4477"},
+            {"system": "email", "value": "zo.cnry@example.net"},
+        ],
         "address": [{"line": ["7 Quillfeather Lane"], "city": "Brindlemoor", "postalCode": "CN-90210"}],
     }
     encounter = {
-        "resourceType": "Encounter", "id": ENC, "status": "in-progress", "text": narrative,
+        "resourceType": "Encounter",
+        "id": ENC,
+        "status": "in-progress",
+        "text": narrative,
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
         "identifier": [{"value": "MRN-CNRY-604413"}],
         "subject": {"reference": f"Patient/{PID}", "display": "Zephyrine Oglethorpe-Vance"},
         "period": {"start": (start - timedelta(hours=6)).isoformat()},
-        "location": [{"location": {"reference": f"Location/{LOC}"}, "status": "active", "period": {"start": start.isoformat()}}],
+        "location": [
+            {
+                "location": {"reference": f"Location/{LOC}"},
+                "status": "active",
+                "period": {"start": start.isoformat()},
+            }
+        ],
     }
-    location = {"resourceType": "Location", "id": LOC, "name": "ICU bed of Zephyrine Oglethorpe-Vance",
-                "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "ICU"}]}]}
+    location = {
+        "resourceType": "Location",
+        "id": LOC,
+        "name": "ICU bed of Zephyrine Oglethorpe-Vance",
+        "type": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "ICU"}]}
+        ],
+    }
     vitals, labs = [], []
     for hour in range(1, 11):
         when = (start + timedelta(hours=hour, minutes=3)).isoformat()
@@ -85,15 +141,26 @@ def _resources(now: datetime) -> dict[str, Any]:
             if category == "laboratory" and hour % 4:
                 continue
             for code, (unit, value) in table.items():
-                out.append({
-                    "resourceType": "Observation", "id": f"CNRY-Obs-{code}-{hour}", "status": "final", "category": _category(category),
-                    "code": {"coding": [{"system": LOINC, "code": code}]},
-                    "subject": {"reference": f"Patient/{PID}", "display": "Zephyrine Oglethorpe-Vance"},
-                    "encounter": {"reference": f"Encounter/{ENC}"}, "effectiveDateTime": when,
-                    "valueQuantity": {"value": value + hour / 10, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
-                    "performer": [{"reference": f"Practitioner/{PRACT}", "display": "Dr Oglethorpe"}],
-                    "note": [{"text": "CNRYOBSNOTE phoned +1 (555) 013-4477"}],
-                })
+                out.append(
+                    {
+                        "resourceType": "Observation",
+                        "id": f"CNRY-Obs-{code}-{hour}",
+                        "status": "final",
+                        "category": _category(category),
+                        "code": {"coding": [{"system": LOINC, "code": code}]},
+                        "subject": {"reference": f"Patient/{PID}", "display": "Zephyrine Oglethorpe-Vance"},
+                        "encounter": {"reference": f"Encounter/{ENC}"},
+                        "effectiveDateTime": when,
+                        "valueQuantity": {
+                            "value": value + hour / 10,
+                            "unit": unit,
+                            "system": "http://unitsofmeasure.org",
+                            "code": unit,
+                        },
+                        "performer": [{"reference": f"Practitioner/{PRACT}", "display": "Dr Oglethorpe"}],
+                        "note": [{"text": "CNRYOBSNOTE phoned +1 (555) 013-4477"}],
+                    }
+                )
     Patient.model_validate(patient)
     Encounter.model_validate(encounter)
     for o in vitals + labs:
@@ -102,17 +169,32 @@ def _resources(now: datetime) -> dict[str, Any]:
 
 
 def _bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(resources), "entry": [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate(resources)],
+    }
     Bundle.model_validate(bundle)
     return bundle
 
 
-def _hook(fhir_server: str, *, prefetch: dict[str, Any] | None, token: str = TOKEN, patient: str = PID) -> dict[str, Any]:
+def _hook(
+    fhir_server: str, *, prefetch: dict[str, Any] | None, token: str = TOKEN, patient: str = PID
+) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "hook": "patient-view", "hookInstance": "CNRY-HOOKINSTANCE",
+        "hook": "patient-view",
+        "hookInstance": "CNRY-HOOKINSTANCE",
         "context": {"userId": f"Practitioner/{PRACT}", "patientId": patient, "encounterId": ENC},
         "fhirServer": fhir_server,
-        "fhirAuthorization": {"access_token": token, "token_type": "Bearer", "expires_in": 300, "scope": "patient/*.rs", "subject": "cds", "patient": patient},
+        "fhirAuthorization": {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.rs",
+            "subject": "cds",
+            "patient": patient,
+        },
     }
     if prefetch is not None:
         body["prefetch"] = prefetch
@@ -124,7 +206,13 @@ def _echoing_ehr() -> Starlette:
 
     async def fail(request: Request) -> JSONResponse:
         text = f"CNRYECHO no record for {request.url.path}?{request.url.query} Zephyrine Oglethorpe-Vance"
-        return JSONResponse({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing", "diagnostics": text}]}, status_code=500)
+        return JSONResponse(
+            {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+            },
+            status_code=500,
+        )
 
     return Starlette(routes=[Route("/{path:path}", fail)])
 
@@ -141,12 +229,16 @@ class _Recording(EhrJwtAuth):
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "cds.cli", *args], env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", *args], env=env, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("backend", "comments"), [("sqlite", "omit"), ("sqlite", "scrubbed"), ("postgres", "omit")])
+@pytest.mark.parametrize(
+    ("backend", "comments"), [("sqlite", "omit"), ("sqlite", "scrubbed"), ("postgres", "omit")]
+)
 def test_no_canary_leaves_the_server(
     backend: str, comments: str, request: pytest.FixtureRequest, tmp_path: Path, ehr_identity: EhrIdentity
 ) -> None:
@@ -159,16 +251,28 @@ def test_no_canary_leaves_the_server(
     port = free_port()
     answers: list[str] = []
     with serve_in_thread(ehr.app()) as ehr_server, serve_in_thread(_echoing_ehr()) as bad_ehr:
-        issuer = {"iss": ehr_identity.issuer, "jwks_url": ehr_identity.jwks_url, "fhir_servers": [ehr_server.url, bad_ehr.url]}
+        issuer = {
+            "iss": ehr_identity.issuer,
+            "jwks_url": ehr_identity.jwks_url,
+            "fhir_servers": [ehr_server.url, bad_ehr.url],
+        }
         env = {
-            **os.environ, "CDS_VAR_DIR": str(var), "CDS_PORT": str(port), "CDS_PSEUDONYM_KEY": KEY, "CDS_LOG_LEVEL": "DEBUG",
-            "CDS_AUTH_ISSUERS": json.dumps([issuer]), "CDS_FEEDBACK_COMMENTS": comments, "CDS_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            **os.environ,
+            "CDS_VAR_DIR": str(var),
+            "CDS_PORT": str(port),
+            "CDS_PSEUDONYM_KEY": KEY,
+            "CDS_LOG_LEVEL": "DEBUG",
+            "CDS_AUTH_ISSUERS": json.dumps([issuer]),
+            "CDS_FEEDBACK_COMMENTS": comments,
+            "CDS_PUBLIC_URL": f"http://127.0.0.1:{port}",
         }
         if database_url:
             env["CDS_DATABASE_URL"] = database_url
         log_path = tmp_path / "server.log"
         with open(log_path, "wb") as log:
-            server = subprocess.Popen([sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            server = subprocess.Popen(
+                [sys.executable, "-m", "cds.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         auth = _Recording(ehr_identity)
         try:
             url = f"http://127.0.0.1:{port}"
@@ -180,31 +284,73 @@ def test_no_canary_leaves_the_server(
                     answers.append(response.text)
                     return response
 
-                prefetch = {"patient": stay["patient"], "encounters": _bundle([stay["encounter"]]), "vitals": _bundle(stay["vitals"]),
-                            "labs": _bundle(stay["labs"]), "consent": _bundle([])}
+                prefetch = {
+                    "patient": stay["patient"],
+                    "encounters": _bundle([stay["encounter"]]),
+                    "vitals": _bundle(stay["vitals"]),
+                    "labs": _bundle(stay["labs"]),
+                    "consent": _bundle([]),
+                }
                 prefetched = post("/cds-services/sepsis-risk", json=_hook(ehr_server.url, prefetch=prefetch))
                 fetched = post("/cds-services/sepsis-risk", json=_hook(ehr_server.url, prefetch=None))
                 assert prefetched.status_code == fetched.status_code == 200, (prefetched.text, fetched.text)
                 cards = [prefetched.json()["cards"][0], fetched.json()["cards"][0]]
-                assert any(s.path == "/Observation" for s in ehr.seen) and any(s.path == f"/Location/{LOC}" for s in ehr.seen)
-                comment = ("CNRYCOMMENT spoke with Mrs Oglethorpe-Vance and Zephyrine, MRN-CNRY-604413, born 1948-02-29, "
-                           f"call +1 (555) 013-4477 or zo.cnry@example.net; {PID} seen by {PRACT}; lactate repeat pending")
-                items = [{"card": c["uuid"], "outcome": "overridden", "outcomeTimestamp": now.isoformat(),
-                          "overrideReason": {"reason": c["overrideReasons"][0], "userComment": comment}} for c in cards]
+                assert any(s.path == "/Observation" for s in ehr.seen) and any(
+                    s.path == f"/Location/{LOC}" for s in ehr.seen
+                )
+                comment = (
+                    "CNRYCOMMENT spoke with Mrs Oglethorpe-Vance and Zephyrine, MRN-CNRY-604413, born 1948-02-29, "
+                    f"call +1 (555) 013-4477 or zo.cnry@example.net; {PID} seen by {PRACT}; lactate repeat pending"
+                )
+                items = [
+                    {
+                        "card": c["uuid"],
+                        "outcome": "overridden",
+                        "outcomeTimestamp": now.isoformat(),
+                        "overrideReason": {"reason": c["overrideReasons"][0], "userComment": comment},
+                    }
+                    for c in cards
+                ]
                 assert post("/cds-services/sepsis-risk/feedback", json={"feedback": items}).status_code == 200
 
                 # Error paths.
                 for bad in BAD_IDS:
-                    assert post("/cds-services/sepsis-risk", json=_hook(ehr_server.url, prefetch=None, patient=bad)).status_code == 400
-                assert post("/cds-services/sepsis-risk", json=_hook(ehr_server.url, prefetch=None, token=TOKEN + "-wrong")).status_code == 412
-                assert post("/cds-services/sepsis-risk", json=_hook(bad_ehr.url, prefetch=None)).status_code == 412
+                    assert (
+                        post(
+                            "/cds-services/sepsis-risk",
+                            json=_hook(ehr_server.url, prefetch=None, patient=bad),
+                        ).status_code
+                        == 400
+                    )
+                assert (
+                    post(
+                        "/cds-services/sepsis-risk",
+                        json=_hook(ehr_server.url, prefetch=None, token=TOKEN + "-wrong"),
+                    ).status_code
+                    == 412
+                )
+                assert (
+                    post("/cds-services/sepsis-risk", json=_hook(bad_ehr.url, prefetch=None)).status_code
+                    == 412
+                )
                 unknown = [{**items[0], "card": "CNRY-Pt.7731-x-card"}]
-                assert post("/cds-services/sepsis-risk/feedback", json={"feedback": unknown}).status_code == 404
+                assert (
+                    post("/cds-services/sepsis-risk/feedback", json={"feedback": unknown}).status_code == 404
+                )
                 huge = [{**items[0], "overrideReason": {"userComment": comment * 40}}]
                 assert post("/cds-services/sepsis-risk/feedback", json={"feedback": huge}).status_code == 400
                 broken = json.dumps(_hook(ehr_server.url, prefetch=None))[:-7]
-                assert post("/cds-services/sepsis-risk", content=broken, headers={"content-type": "application/json"}).status_code == 400
-                anonymous = httpx.post(f"{url}/cds-services/sepsis-risk", json=_hook(ehr_server.url, prefetch=None), timeout=20)
+                assert (
+                    post(
+                        "/cds-services/sepsis-risk",
+                        content=broken,
+                        headers={"content-type": "application/json"},
+                    ).status_code
+                    == 400
+                )
+                anonymous = httpx.post(
+                    f"{url}/cds-services/sepsis-risk", json=_hook(ehr_server.url, prefetch=None), timeout=20
+                )
                 answers.append(anonymous.text)
                 assert anonymous.status_code == 401
                 metrics = client.get("/metrics").text
@@ -234,19 +380,39 @@ def test_no_canary_leaves_the_server(
                     del action["resource"]["subject"], action["resource"]["encounter"]
         shown.append(json.dumps(body, ensure_ascii=False))
 
-    places: dict[str, str] = {"answers": "\n".join(shown), "metrics": metrics, "server log": log_path.read_text(encoding="utf-8", errors="replace"), "cli output": cli_out}
+    places: dict[str, str] = {
+        "answers": "\n".join(shown),
+        "metrics": metrics,
+        "server log": log_path.read_text(encoding="utf-8", errors="replace"),
+        "cli output": cli_out,
+    }
     if database_url:
         from tests.test_deid_canaries import _postgres_dump
 
         places["postgres (every row of every table)"] = _postgres_dump(database_url)
-    files = sorted(p for p in var.rglob("*") if p.is_file()) + sorted(p for p in exports.rglob("*") if p.is_file())
-    assert {"cds.sqlite3", "audit-anchors.jsonl", "RiskAssessment.ndjson", "Provenance.ndjson", "AuditEvent.ndjson"} <= {p.name for p in files}  # (PostgreSQL mode: the SQLite file holds the replay window)
+    files = sorted(p for p in var.rglob("*") if p.is_file()) + sorted(
+        p for p in exports.rglob("*") if p.is_file()
+    )
+    assert {
+        "cds.sqlite3",
+        "audit-anchors.jsonl",
+        "RiskAssessment.ndjson",
+        "Provenance.ndjson",
+        "AuditEvent.ndjson",
+    } <= {p.name for p in files}  # (PostgreSQL mode: the SQLite file holds the replay window)
     for path in files:
         raw = path.read_bytes()
-        places[str(path.relative_to(tmp_path))] = raw.decode("utf-8", errors="replace") + raw.decode("latin-1")
+        places[str(path.relative_to(tmp_path))] = raw.decode("utf-8", errors="replace") + raw.decode(
+            "latin-1"
+        )
     canaries = CANARIES if comments == "scrubbed" else [*CANARIES, COMMENT_WORD]
-    leaks = {where: [c for c in canaries if c in text or c.casefold() in text.casefold()] for where, text in places.items()}
-    leaks |= {f"{where} (JWT)": ["jwt"] for where, text in places.items() if any(j in text for j in auth.jwts)}
+    leaks = {
+        where: [c for c in canaries if c in text or c.casefold() in text.casefold()]
+        for where, text in places.items()
+    }
+    leaks |= {
+        f"{where} (JWT)": ["jwt"] for where, text in places.items() if any(j in text for j in auth.jwts)
+    }
     assert not any(leaks.values()), {k: v for k, v in leaks.items() if v}
     assert len(auth.jwts) >= 10 and KEY not in places["server log"]
 
@@ -255,11 +421,23 @@ def test_no_canary_leaves_the_server(
     assert all(c["uuid"] in stored for c in cards)
     provenances = [json.loads(line) for line in (exports / "Provenance.ndjson").read_text().splitlines()]
     assert len(provenances) == 2
-    lengths = [e["valueInteger"] for p in provenances for e in p["extension"] if e["url"].endswith("override-comment-length")]
+    lengths = [
+        e["valueInteger"]
+        for p in provenances
+        for e in p["extension"]
+        if e["url"].endswith("override-comment-length")
+    ]
     assert lengths == [len(comment)] * 2
-    texts = [e["valueString"] for p in provenances for e in p["extension"] if e["url"].endswith("/override-comment")]
+    texts = [
+        e["valueString"]
+        for p in provenances
+        for e in p["extension"]
+        if e["url"].endswith("/override-comment")
+    ]
     if comments == "omit":
         assert texts == []
     else:
-        assert len(texts) == 2 and all("lactate repeat pending" in t and "spoke with" in t and COMMENT_WORD in t for t in texts), texts
+        assert len(texts) == 2 and all(
+            "lactate repeat pending" in t and "spoke with" in t and COMMENT_WORD in t for t in texts
+        ), texts
     print(f"canaries: {len(canaries)}; places searched: {len(places)}: {sorted(places)}")

@@ -40,7 +40,10 @@ def captured() -> Iterator[io.StringIO]:
 def test_httpx_request_lines_never_reach_the_log(captured: io.StringIO) -> None:
     ehr = DemoFhirServer(token=TOKEN)
     with serve_in_thread(ehr.app()) as server:
-        httpx.get(f"{server.url}/Observation?patient={PID}&category=vital-signs", headers={"Authorization": f"Bearer {TOKEN}"})
+        httpx.get(
+            f"{server.url}/Observation?patient={PID}&category=vital-signs",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         logging.getLogger("httpx").setLevel(logging.INFO)  # a site that turns it back on
         try:
             httpx.get(f"{server.url}/Patient/{PID}", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -54,10 +57,19 @@ def test_httpx_request_lines_never_reach_the_log(captured: io.StringIO) -> None:
 
 def test_access_log_warnings_and_exceptions_are_scrubbed(captured: io.StringIO) -> None:
     access = logging.getLogger("uvicorn.access")
-    access.setLevel(logging.INFO)  # a site that turns uvicorn's access log on (uvicorn stops its propagation when off)
+    access.setLevel(
+        logging.INFO
+    )  # a site that turns uvicorn's access log on (uvicorn stops its propagation when off)
     access.propagate = True
     try:
-        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", f"/cds-services?patient={PID}&access_token={TOKEN}", "1.1", 200)
+        access.info(
+            '%s - "%s %s HTTP/%s" %d',
+            "127.0.0.1:5",
+            "GET",
+            f"/cds-services?patient={PID}&access_token={TOKEN}",
+            "1.1",
+            200,
+        )
     finally:
         access.setLevel(logging.WARNING)
     with warnings.catch_warnings():
@@ -66,7 +78,9 @@ def test_access_log_warnings_and_exceptions_are_scrubbed(captured: io.StringIO) 
     try:
         raise ValueError(f"bad token {JWT} for {PID}")
     except ValueError:
-        logging.getLogger("some.library").exception("failed for Patient/%s with Authorization: Bearer %s", PID, TOKEN)
+        logging.getLogger("some.library").exception(
+            "failed for Patient/%s with Authorization: Bearer %s", PID, TOKEN
+        )
     text = captured.getvalue()
     assert "UserWarning" in text and "ValueError" in text and "/cds-services?<query>" in text
     for canary in (PID, TOKEN, JWT):
@@ -76,7 +90,11 @@ def test_access_log_warnings_and_exceptions_are_scrubbed(captured: io.StringIO) 
 @pytest.mark.parametrize(
     ("message", "kept", "gone"),
     [
-        ("GET https://ehr.example.org/fhir/Observation?patient=p1&x=2 200", "https://ehr.example.org/<path>", "patient=p1"),
+        (
+            "GET https://ehr.example.org/fhir/Observation?patient=p1&x=2 200",
+            "https://ehr.example.org/<path>",
+            "patient=p1",
+        ),
         ("read Encounter/enc-77.a done", "Encounter/<id>", "enc-77.a"),
         ("header authorization=Bearer abcdefgh12345678", "authorization=<redacted>", "abcdefgh12345678"),
         ("the access token was refused", "the access token was refused", "<redacted>"),

@@ -42,7 +42,9 @@ def fhir_ehr(stay: StayResources) -> Iterator[tuple[DemoFhirServer, LoopbackServ
 
 
 @pytest.fixture(scope="module")
-def launcher(fhir_ehr: tuple[DemoFhirServer, LoopbackServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+def launcher(
+    fhir_ehr: tuple[DemoFhirServer, LoopbackServer], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Launcher]:
     if problem := missing():
         unavailable(problem)
     running = start_launcher(fhir_ehr[1].url, tmp_path_factory.mktemp("launcher") / "launcher.log")
@@ -98,8 +100,14 @@ def asymmetric(key: ClientKey) -> dict[str, str]:
 
 
 def smart_settings(
-    tmp: Path, launcher: Launcher, stay: StayResources, key: ClientKey, stranger_jwks: str, *,
-    frame_origins: tuple[str, ...] = (FRAME_ORIGIN,), **overrides: object,
+    tmp: Path,
+    launcher: Launcher,
+    stay: StayResources,
+    key: ClientKey,
+    stranger_jwks: str,
+    *,
+    frame_origins: tuple[str, ...] = (FRAME_ORIGIN,),
+    **overrides: object,
 ) -> Settings:
     def standalone(**options: str) -> str:
         return launcher.standalone_iss(standalone_code(stay, **options))
@@ -107,20 +115,55 @@ def smart_settings(
     ehrs = (
         SmartEhr(iss=launcher.iss, client_id=CLIENT_ID, frame_origins=frame_origins),
         SmartEhr(iss=standalone(), client_id=CLIENT_ID, card_sources=(launcher.iss,)),
-        SmartEhr(iss=standalone(**SYMMETRIC), client_id=CLIENT_ID, client_auth="client_secret_basic", client_secret=SECRET,
-                 card_sources=(launcher.iss,)),
-        SmartEhr(iss=standalone(**WRONG_SECRET), client_id=CLIENT_ID, client_auth="client_secret_basic", client_secret=SECRET,
-                 card_sources=(launcher.iss,)),
-        SmartEhr(iss=standalone(**asymmetric(key)), client_id=CLIENT_ID, client_auth="private_key_jwt", private_key_file=key.pem,
-                 key_id=key.kid, signing_alg="RS384", card_sources=(launcher.iss,)),
-        SmartEhr(iss=standalone(**asymmetric(key), client_id="unregistered-key"), client_id="unregistered-key",
-                 client_auth="private_key_jwt", private_key_file=key.stranger_pem, key_id=key.kid, card_sources=(launcher.iss,)),
-        SmartEhr(iss=standalone(**REFRESHING), client_id="refreshing", online_access=True, card_sources=(launcher.iss,)),
-        SmartEhr(iss=launcher.standalone_iss(standalone_code(stay, client_id="pinned-keys")), client_id="pinned-keys",
-                 jwks_url=stranger_jwks, card_sources=(launcher.iss,)),
+        SmartEhr(
+            iss=standalone(**SYMMETRIC),
+            client_id=CLIENT_ID,
+            client_auth="client_secret_basic",
+            client_secret=SECRET,
+            card_sources=(launcher.iss,),
+        ),
+        SmartEhr(
+            iss=standalone(**WRONG_SECRET),
+            client_id=CLIENT_ID,
+            client_auth="client_secret_basic",
+            client_secret=SECRET,
+            card_sources=(launcher.iss,),
+        ),
+        SmartEhr(
+            iss=standalone(**asymmetric(key)),
+            client_id=CLIENT_ID,
+            client_auth="private_key_jwt",
+            private_key_file=key.pem,
+            key_id=key.kid,
+            signing_alg="RS384",
+            card_sources=(launcher.iss,),
+        ),
+        SmartEhr(
+            iss=standalone(**asymmetric(key), client_id="unregistered-key"),
+            client_id="unregistered-key",
+            client_auth="private_key_jwt",
+            private_key_file=key.stranger_pem,
+            key_id=key.kid,
+            card_sources=(launcher.iss,),
+        ),
+        SmartEhr(
+            iss=standalone(**REFRESHING),
+            client_id="refreshing",
+            online_access=True,
+            card_sources=(launcher.iss,),
+        ),
+        SmartEhr(
+            iss=launcher.standalone_iss(standalone_code(stay, client_id="pinned-keys")),
+            client_id="pinned-keys",
+            jwks_url=stranger_jwks,
+            card_sources=(launcher.iss,),
+        ),
     )
     return Settings(
-        var_dir=tmp / "var", pseudonym_key="test-key-0123456789abcdef", auth_disabled_for_local_demo=True, smart_ehrs=ehrs,
+        var_dir=tmp / "var",
+        pseudonym_key="test-key-0123456789abcdef",
+        auth_disabled_for_local_demo=True,
+        smart_ehrs=ehrs,
         **overrides,  # type: ignore[arg-type]
     )
 
@@ -145,7 +188,11 @@ def issue_card(server: LoopbackServer, stay: StayResources, fhir_server: str) ->
 
 @pytest.fixture(scope="module")
 def running(
-    tmp_path_factory: pytest.TempPathFactory, launcher: Launcher, stay: StayResources, client_key: ClientKey, stranger_jwks: str
+    tmp_path_factory: pytest.TempPathFactory,
+    launcher: Launcher,
+    stay: StayResources,
+    client_key: ClientKey,
+    stranger_jwks: str,
 ) -> Iterator[Running]:
     settings = smart_settings(tmp_path_factory.mktemp("smart"), launcher, stay, client_key, stranger_jwks)
     with serve_cds(settings) as server:

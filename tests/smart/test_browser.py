@@ -49,7 +49,13 @@ def driver() -> Iterator[object]:
         unavailable("chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800", "--disable-gpu"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,800",
+        "--disable-gpu",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(options=options, service=Service(executable_path=str(DRIVER)))
     browser.set_page_load_timeout(60)
@@ -84,11 +90,17 @@ def ehr_host() -> Iterator[tuple[LoopbackServer, int]]:
 
 @pytest.fixture(scope="module")
 def running_framed(
-    tmp_path_factory: pytest.TempPathFactory, launcher: Launcher, stay: StayResources, client_key: ClientKey, stranger_jwks: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    launcher: Launcher,
+    stay: StayResources,
+    client_key: ClientKey,
+    stranger_jwks: str,
     ehr_host: tuple[LoopbackServer, int],
 ) -> Iterator[Running]:
     origin = f"http://localhost:{ehr_host[1]}"
-    settings = smart_settings(tmp_path_factory.mktemp("smart"), launcher, stay, client_key, stranger_jwks, frame_origins=(origin,))
+    settings = smart_settings(
+        tmp_path_factory.mktemp("smart"), launcher, stay, client_key, stranger_jwks, frame_origins=(origin,)
+    )
     with serve_cds(settings) as server:
         card = issue_card(server, stay, launcher.iss)
         link = next(link for link in card["links"] if link["type"] == "smart")
@@ -103,7 +115,9 @@ def wait_for(driver: object, css: str, timeout_s: float = 30.0) -> object:
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
+    return WebDriverWait(driver, timeout_s).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
 
 
 def images_loaded(driver: object) -> list[tuple[str, int]]:
@@ -122,7 +136,9 @@ def check_page_and_send_feedback(driver: object, running: Running, screenshot: P
     assert f"{100 * risk['probability']:.1f} %" in text and f"{risk['band']} risk" in text
     assert "What drives this score" in text and "Risk over the stay" in text and "About the model" in text
     deadline = time.monotonic() + 20
-    while (loaded := dict(images_loaded(driver))) and not all(loaded.values()) and time.monotonic() < deadline:
+    while (
+        (loaded := dict(images_loaded(driver))) and not all(loaded.values()) and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     assert loaded.get("waterfall.svg", 0) > 0 and loaded.get("trend.svg", 0) > 0, loaded
     driver.save_screenshot(str(screenshot))  # type: ignore[attr-defined]
@@ -141,7 +157,11 @@ def check_page_and_send_feedback(driver: object, running: Running, screenshot: P
     status = wait_for(driver, ".recorded")
     assert "Recorded: overridden" in status.text  # type: ignore[attr-defined]
     driver.save_screenshot(str(screenshot.with_name(screenshot.stem + "-recorded.png")))  # type: ignore[attr-defined]
-    found = [p for p in provenances(running) if p["target"][0]["reference"] == f"RiskAssessment/{running.card['uuid']}"]
+    found = [
+        p
+        for p in provenances(running)
+        if p["target"][0]["reference"] == f"RiskAssessment/{running.card['uuid']}"
+    ]
     assert found and found[0]["reason"][0]["coding"][0]["code"] == "recipient-disagrees-evidence"
 
 
@@ -164,10 +184,16 @@ def test_a_clinician_launches_the_app_from_a_card(
 
 
 def test_the_app_works_inside_an_ehr_iframe_from_another_origin(
-    driver: object, running_framed: Running, ehr_host: tuple[LoopbackServer, int], screenshots: Path, stay: StayResources,
+    driver: object,
+    running_framed: Running,
+    ehr_host: tuple[LoopbackServer, int],
+    screenshots: Path,
+    stay: StayResources,
     launcher: Launcher,
 ) -> None:
-    card = issue_card(running_framed.server, stay, launcher.iss)  # a card of its own: its Provenance is this test's
+    card = issue_card(
+        running_framed.server, stay, launcher.iss
+    )  # a card of its own: its Provenance is this test's
     state = ehr_host[0].server.config.app.state
     state.launch_url = state.launch_url.replace(running_framed.card["uuid"], card["uuid"])
     running_framed = Running(running_framed.server, running_framed.settings, card)

@@ -33,8 +33,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, f
     started = time.monotonic()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "scripts/demo.py", "--port", str(cds_port), "--ehr-port", str(ehr_port), "--var-dir", str(tmp / "var")],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "scripts/demo.py",
+                "--port",
+                str(cds_port),
+                "--ehr-port",
+                str(ehr_port),
+                "--var-dir",
+                str(tmp / "var"),
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 120

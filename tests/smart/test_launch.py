@@ -34,7 +34,9 @@ pytestmark = pytest.mark.slow
 def ehr_launch_url(running: Running, launcher: Launcher, stay: StayResources, **options: str) -> str:
     """What the CDS Hooks sandbox opens for a card's SMART link: `<link url>&launch=..&iss=..`."""
     link = next(link for link in running.card["links"] if link["type"] == "smart")
-    code = launch_code(patient=stay.patient_id, provider="dr-1", encounter=str(stay.encounter["id"]), **options)
+    code = launch_code(
+        patient=stay.patient_id, provider="dr-1", encounter=str(stay.encounter["id"]), **options
+    )
     return f"{link['url']}&launch={code}&iss={launcher.iss}"
 
 
@@ -42,7 +44,11 @@ def server_log(caplog: pytest.LogCaptureFixture) -> str:
     """Every log line but the test browser's own request lines (httpx, httpcore) and uvicorn's
     access log, which `cds serve` turns off (access_log=False) and pytest's capture turns back on."""
     skipped = ("httpx", "httpcore", "uvicorn.access")
-    return "\n".join(f"{r.getMessage()} {getattr(r, 'event', '')}" for r in caplog.records if not r.name.startswith(skipped))
+    return "\n".join(
+        f"{r.getMessage()} {getattr(r, 'event', '')}"
+        for r in caplog.records
+        if not r.name.startswith(skipped)
+    )
 
 
 def provenances(running: Running) -> list[dict]:
@@ -66,7 +72,10 @@ def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
         assert str(authorize.request.url).startswith(f"{launcher.url}/v/r4/auth/authorize")
         asked = query(str(authorize.request.url))
         assert asked["code_challenge_method"] == "S256" and len(asked["code_challenge"]) == 43
-        assert asked["scope"] == "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/Encounter.rs"
+        assert (
+            asked["scope"]
+            == "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/Encounter.rs"
+        )
         assert asked["aud"] == launcher.iss
         page = walk.last
         assert page.status_code == 200, page.text
@@ -77,7 +86,11 @@ def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
         assert f"{risk['band']} risk" in html
         assert "waterfall.svg" in html and "trend.svg" in html and "Full model card" in html
         csp = page.headers["content-security-policy"]
-        assert "script-src" not in csp and "default-src 'none'" in csp and f"frame-ancestors 'self' {FRAME_ORIGIN}" in csp
+        assert (
+            "script-src" not in csp
+            and "default-src 'none'" in csp
+            and f"frame-ancestors 'self' {FRAME_ORIGIN}" in csp
+        )
         assert page.headers["referrer-policy"] == "no-referrer" and "set-cookie" not in page.headers
         for picture in ("waterfall.svg", "trend.svg"):
             svg = browser.get(f"{page.url}/{picture}")
@@ -85,13 +98,21 @@ def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
             assert svg.text.lstrip().startswith("<?xml") and "<svg" in svg.text
         assert "alert threshold" in browser.get(f"{page.url}/trend.svg").text
 
-        sent = browser.post(f"{page.url}/feedback", data={"decision": "override:1", "comment": "picture fits pneumonia"})
+        sent = browser.post(
+            f"{page.url}/feedback", data={"decision": "override:1", "comment": "picture fits pneumonia"}
+        )
         assert sent.status_code == 303
-        again = browser.post(f"{page.url}/feedback", data={"decision": "override:1", "comment": "picture fits pneumonia"})
+        again = browser.post(
+            f"{page.url}/feedback", data={"decision": "override:1", "comment": "picture fits pneumonia"}
+        )
         assert again.status_code == 303
         confirmed = browser.get(str(page.url))
         assert "Recorded: overridden: Disagree: clinical picture does not fit" in confirmed.text
-    found = [p for p in provenances(running) if p["target"][0]["reference"] == f"RiskAssessment/{running.card['uuid']}"]
+    found = [
+        p
+        for p in provenances(running)
+        if p["target"][0]["reference"] == f"RiskAssessment/{running.card['uuid']}"
+    ]
     assert len(found) == 1  # one Provenance per card, as CDS Hooks feedback makes
     assert found[0]["activity"]["coding"][0]["code"] == "overridden"
     assert found[0]["reason"][0]["coding"][0]["code"] == "recipient-disagrees-evidence"
@@ -111,7 +132,12 @@ def card_launch(running: Running, iss: str, card: str | None = None) -> str:
     ids=["public", "confidential-secret", "confidential-private-key-jwt"],
 )
 def test_standalone_launch_with_each_client_type(
-    running: Running, launcher: Launcher, stay: StayResources, client_key: ClientKey, options: object, method: str
+    running: Running,
+    launcher: Launcher,
+    stay: StayResources,
+    client_key: ClientKey,
+    options: object,
+    method: str,
 ) -> None:
     chosen = asymmetric(client_key) if options == "asymmetric" else options
     iss = launcher.standalone_iss(standalone_code(stay, **chosen))  # type: ignore[arg-type]
@@ -124,11 +150,19 @@ def test_standalone_launch_with_each_client_type(
         assert f"{100 * running.card['extension']['org.cds-ml.risk']['probability']:.1f} %" in walk.last.text
 
 
-def test_a_wrong_client_secret_is_the_ehrs_refusal_shown_plainly(running: Running, launcher: Launcher, stay: StayResources) -> None:
+def test_a_wrong_client_secret_is_the_ehrs_refusal_shown_plainly(
+    running: Running, launcher: Launcher, stay: StayResources
+) -> None:
     before = len(running.smart.sessions)
     with httpx.Client(timeout=30) as browser:
-        page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay, **WRONG_SECRET)))).last
-    assert page.status_code == 502 and "refused to issue an access token" in page.text and "invalid_client" in page.text
+        page = follow(
+            browser, card_launch(running, launcher.standalone_iss(standalone_code(stay, **WRONG_SECRET)))
+        ).last
+    assert (
+        page.status_code == 502
+        and "refused to issue an access token" in page.text
+        and "invalid_client" in page.text
+    )
     assert len(running.smart.sessions) == before
 
 
@@ -136,10 +170,16 @@ def test_a_client_assertion_signed_with_an_unregistered_key_is_refused(
     running: Running, launcher: Launcher, stay: StayResources, client_key: ClientKey
 ) -> None:
     before = len(running.smart.sessions)
-    iss = launcher.standalone_iss(standalone_code(stay, **asymmetric(client_key), client_id="unregistered-key"))
+    iss = launcher.standalone_iss(
+        standalone_code(stay, **asymmetric(client_key), client_id="unregistered-key")
+    )
     with httpx.Client(timeout=30) as browser:
         page = follow(browser, card_launch(running, iss)).last
-    assert page.status_code == 502 and "refused to issue an access token" in page.text and "invalid_client" in page.text
+    assert (
+        page.status_code == 502
+        and "refused to issue an access token" in page.text
+        and "invalid_client" in page.text
+    )
     assert len(running.smart.sessions) == before
 
 
@@ -147,7 +187,9 @@ def test_an_expired_access_token_is_refreshed_when_the_ehr_offered_a_refresh_tok
     running: Running, launcher: Launcher, stay: StayResources
 ) -> None:
     with httpx.Client(timeout=30) as browser:
-        walk = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay, **REFRESHING))))
+        walk = follow(
+            browser, card_launch(running, launcher.standalone_iss(standalone_code(stay, **REFRESHING)))
+        )
         assert query(str(walk.hops[1].request.url))["scope"].endswith(" online_access")
         page = walk.last
         assert page.status_code == 200, page.text
@@ -161,7 +203,9 @@ def test_an_expired_access_token_is_refreshed_when_the_ehr_offered_a_refresh_tok
     assert session.token.access_token != first and session.token.expires_at > time.time()  # type: ignore[operator]
 
 
-def test_without_a_refresh_token_an_expired_session_ends_plainly(running: Running, launcher: Launcher, stay: StayResources) -> None:
+def test_without_a_refresh_token_an_expired_session_ends_plainly(
+    running: Running, launcher: Launcher, stay: StayResources
+) -> None:
     """We ask for no refresh token unless configured (minimal scopes): then an expired access token
     ends the session with a clear page."""
     with httpx.Client(timeout=30) as browser:
@@ -174,17 +218,34 @@ def test_without_a_refresh_token_an_expired_session_ends_plainly(running: Runnin
     assert ended.status_code == 401 and "This app session has ended" in ended.text
 
 
-def test_app_feedback_is_the_same_provenance_as_cds_hooks_feedback(running: Running, launcher: Launcher, stay: StayResources) -> None:
+def test_app_feedback_is_the_same_provenance_as_cds_hooks_feedback(
+    running: Running, launcher: Launcher, stay: StayResources
+) -> None:
     card = issue_card(running.server, stay, launcher.iss)
     with httpx.Client(timeout=30) as browser:
-        page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)), card["uuid"])).last
+        page = follow(
+            browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)), card["uuid"])
+        ).last
         assert page.status_code == 200
         assert browser.post(f"{page.url}/feedback", data={"decision": "override:0"}).status_code == 303
-        assert browser.post(f"{page.url}/feedback", data={"decision": "override:0"}).status_code == 303  # a double submit
+        assert (
+            browser.post(f"{page.url}/feedback", data={"decision": "override:0"}).status_code == 303
+        )  # a double submit
     reason = card["overrideReasons"][0]
-    older = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z", "overrideReason": {"reason": reason}}
-    answer = httpx.post(f"{running.server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [older]}, timeout=10)
-    assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "unchanged"  # an older decision: same record
-    mine = [p for p in provenances(running) if p["target"][0]["reference"] == f"RiskAssessment/{card['uuid']}"]
+    older = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-01-01T00:00:00Z",
+        "overrideReason": {"reason": reason},
+    }
+    answer = httpx.post(
+        f"{running.server.url}/cds-services/sepsis-risk/feedback", json={"feedback": [older]}, timeout=10
+    )
+    assert (
+        answer.status_code == 200 and answer.json()["results"][0]["status"] == "unchanged"
+    )  # an older decision: same record
+    mine = [
+        p for p in provenances(running) if p["target"][0]["reference"] == f"RiskAssessment/{card['uuid']}"
+    ]
     assert [p["id"] for p in mine] == [provenance_id(card["uuid"])]
     assert mine[0]["reason"][0]["coding"][0] == reason

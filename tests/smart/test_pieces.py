@@ -34,9 +34,17 @@ ISS = "https://ehr.example.org/fhir"
 
 def test_the_card_comes_from_app_context_then_fhir_context_then_our_parameter() -> None:
     hint = "11111111-2222-4333-8444-555555555555"
-    assert card_from_context({"appContext": json.dumps({"cardUuid": CARD, "serviceId": "sepsis-risk"})}, hint) == CARD
+    assert (
+        card_from_context({"appContext": json.dumps({"cardUuid": CARD, "serviceId": "sepsis-risk"})}, hint)
+        == CARD
+    )
     assert card_from_context({"appContext": {"cardUuid": CARD.upper()}}, hint) == CARD
-    assert card_from_context({"fhirContext": [{"reference": "Encounter/e1"}, {"reference": f"RiskAssessment/{CARD}"}]}, hint) == CARD
+    assert (
+        card_from_context(
+            {"fhirContext": [{"reference": "Encounter/e1"}, {"reference": f"RiskAssessment/{CARD}"}]}, hint
+        )
+        == CARD
+    )
     assert card_from_context({"fhirContext": [{"type": "RiskAssessment", "id": CARD}]}, None) == CARD
     assert card_from_context({"appContext": "not json, not a uuid"}, hint) == hint
     assert card_from_context({}, "../../etc/passwd") is None
@@ -50,14 +58,18 @@ def test_fhir_user_may_be_absolute_or_relative() -> None:
 
 
 def config(capabilities: tuple[str, ...] = (), scopes: tuple[str, ...] = ()) -> SmartConfiguration:
-    return SmartConfiguration(ISS, f"{ISS}/authorize", f"{ISS}/token", None, frozenset(capabilities), frozenset(scopes), time.time())
+    return SmartConfiguration(
+        ISS, f"{ISS}/authorize", f"{ISS}/token", None, frozenset(capabilities), frozenset(scopes), time.time()
+    )
 
 
 def test_minimal_scopes_in_v2_form_unless_the_ehr_offers_only_v1() -> None:
     v2 = "launch openid fhirUser patient/Patient.rs patient/Observation.rs patient/Encounter.rs"
     assert scopes_for(config(("permission-v1", "permission-v2")), ehr_launch=True) == v2
     assert scopes_for(config(("permission-v1",)), ehr_launch=True) == v2.replace(".rs", ".read")
-    assert scopes_for(config(scopes=("patient/*.read", "launch")), ehr_launch=False).startswith("launch/patient openid")
+    assert scopes_for(config(scopes=("patient/*.read", "launch")), ehr_launch=False).startswith(
+        "launch/patient openid"
+    )
     assert scopes_for(config(scopes=("patient/*.read",)), ehr_launch=False).endswith("patient/Encounter.read")
     assert scopes_for(config(), ehr_launch=True) == v2
     assert scopes_for(config(), ehr_launch=True, online_access=True) == v2 + " online_access"
@@ -73,7 +85,15 @@ def ehr_key() -> Iterator[tuple[RSAKey, str]]:
 
 def id_token(key: RSAKey, **claims: object) -> str:
     now = int(time.time())
-    body = {"iss": ISS, "aud": "app", "exp": now + 300, "iat": now, "nonce": "n-1", "fhirUser": "Practitioner/dr-1", **claims}
+    body = {
+        "iss": ISS,
+        "aud": "app",
+        "exp": now + 300,
+        "iat": now,
+        "nonce": "n-1",
+        "fhirUser": "Practitioner/dr-1",
+        **claims,
+    }
     return jwt.encode({"alg": "RS256", "kid": "ehr-1"}, {k: v for k, v in body.items() if v is not None}, key)
 
 
@@ -130,7 +150,9 @@ def test_smart_ehr_settings_are_validated_at_start(tmp_path, monkeypatch: pytest
     monkeypatch.setenv("CDS_SMART_EHRS", raw)
     settings = Settings(var_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     assert settings.smart_ehr(ISS) is not None and settings.smart_ehr("https://other.example/fhir") is None
-    assert "hunter2" not in repr(SmartEhr(iss=ISS, client_id="a", client_auth="client_secret_basic", client_secret="hunter2"))
+    assert "hunter2" not in repr(
+        SmartEhr(iss=ISS, client_id="a", client_auth="client_secret_basic", client_secret="hunter2")
+    )
 
 
 def test_a_launch_state_is_single_use_and_expires() -> None:
@@ -153,28 +175,52 @@ def test_frame_ancestors_name_only_the_configured_ehr_origins() -> None:
 
 def risk_assessment() -> dict:
     ext = "http://cds-ml.org/fhir/StructureDefinition"
-    parts = [("Lactate__last", 0.8, 3.1), ("Lactate__delta_prev", 0.1, 0.4), ("HR__last", 0.3, 118.0), ("WBC__hours_since", -0.2, 20.0)]
+    parts = [
+        ("Lactate__last", 0.8, 3.1),
+        ("Lactate__delta_prev", 0.1, 0.4),
+        ("HR__last", 0.3, 118.0),
+        ("WBC__hours_since", -0.2, 20.0),
+    ]
     return {
-        "resourceType": "RiskAssessment", "id": CARD, "status": "final", "occurrenceDateTime": "2026-11-30T10:00:00+00:00",
+        "resourceType": "RiskAssessment",
+        "id": CARD,
+        "status": "final",
+        "occurrenceDateTime": "2026-11-30T10:00:00+00:00",
         "subject": {"identifier": {"system": "x", "value": "pa-1"}},
         "method": {"coding": [{"system": "m", "code": "sepsis", "version": "2"}]},
         "prediction": [{"probabilityDecimal": 0.071, "qualitativeRisk": {"coding": [{"code": "high"}]}}],
         "extension": [
             {"url": f"{ext}/shap-base-value", "valueDecimal": -3.9},
             {"url": f"{ext}/icu-hour", "valueInteger": 30},
-            *({"url": f"{ext}/shap-contribution", "extension": [
-                {"url": "feature", "valueString": f}, {"url": "shap", "valueDecimal": s}, {"url": "value", "valueDecimal": v}]}
-              for f, s, v in parts),
+            *(
+                {
+                    "url": f"{ext}/shap-contribution",
+                    "extension": [
+                        {"url": "feature", "valueString": f},
+                        {"url": "shap", "valueDecimal": s},
+                        {"url": "value", "valueDecimal": v},
+                    ],
+                }
+                for f, s, v in parts
+            ),
             {"url": f"{ext}/shap-other", "valueDecimal": 0.05},
         ],
     }
 
 
 def test_contributions_are_grouped_by_clinical_variable_and_still_add_up() -> None:
-    labels = {"Lactate__last": ("Lactate", "mmol/L"), "HR__last": ("Heart rate", "/min"), "WBC__hours_since": ("WBC: hours since measured", "h")}
+    labels = {
+        "Lactate__last": ("Lactate", "mmol/L"),
+        "HR__last": ("Heart rate", "/min"),
+        "WBC__hours_since": ("WBC: hours since measured", "h"),
+    }
     view = card_view(CARD, "sepsis-risk", risk_assessment(), labels)
     assert [d.label for d in view.drivers] == ["Lactate", "Heart rate", "WBC"]
-    assert view.drivers[0].shap == pytest.approx(0.9) and view.drivers[0].value == 3.1 and view.drivers[0].unit == "mmol/L"
+    assert (
+        view.drivers[0].shap == pytest.approx(0.9)
+        and view.drivers[0].value == 3.1
+        and view.drivers[0].unit == "mmol/L"
+    )
     assert view.margin == pytest.approx(-3.9 + 0.8 + 0.1 + 0.3 - 0.2 + 0.05)
     svg = waterfall_svg(view).decode()
     assert svg.lstrip().startswith("<?xml") and "Lactate" in svg and "Heart rate" in svg

@@ -55,7 +55,11 @@ def page(response: httpx.Response, status: int, title: str) -> str:
 
 def test_an_unknown_iss_is_refused_before_anything_is_fetched(running: Running, untouched: list[str]) -> None:
     flows = len(running.smart.flows)
-    response = httpx.get(f"{running.server.url}/smart/launch", params={"iss": "http://127.0.0.1:9/fhir", "launch": "x"}, timeout=10)
+    response = httpx.get(
+        f"{running.server.url}/smart/launch",
+        params={"iss": "http://127.0.0.1:9/fhir", "launch": "x"},
+        timeout=10,
+    )
     page(response, 403, "This EHR is not trusted by the app")
     assert len(running.smart.flows) == flows
     untouched.append("127.0.0.1:9/fhir/.well-known")
@@ -67,7 +71,9 @@ def test_a_tampered_state_is_refused_and_spends_nothing(
     with httpx.Client(timeout=30) as browser:
         callback = to_callback(browser, running, ehr_launch(running, launcher, stay))
         state = query(callback)["state"]
-        tampered = callback.replace(f"state={state}", f"state={state[:-2]}{'AA' if state[-2:] != 'AA' else 'BB'}")
+        tampered = callback.replace(
+            f"state={state}", f"state={state[:-2]}{'AA' if state[-2:] != 'AA' else 'BB'}"
+        )
         pending = len(running.smart.flows)
         page(browser.get(tampered), 400, "This sign-in answer does not belong to a launch of this app")
         assert len(running.smart.flows) == pending  # the forgery does not spend the genuine launch
@@ -115,7 +121,10 @@ def test_an_ehr_error_is_shown_and_spends_the_launch(
         callback = to_callback(browser, running, ehr_launch(running, launcher, stay))
         state = query(callback)["state"]
         base = callback.split("?")[0]
-        denied = browser.get(base, params={"state": state, "error": "access_denied", "error_description": "<b>user said no</b>"})
+        denied = browser.get(
+            base,
+            params={"state": state, "error": "access_denied", "error_description": "<b>user said no</b>"},
+        )
         text = page(denied, 400, "The EHR did not authorize the app")
         assert "access_denied" in text and "<b>" not in text
         page(browser.get(callback), 400, "This sign-in answer was already used")
@@ -138,7 +147,11 @@ def test_a_card_about_another_patient_is_refused(
 ) -> None:
     other = issue_card(running.server, synthetic_stay(hours=20, patient=777001), launcher.iss)
     with httpx.Client(timeout=30) as browser:
-        callback = to_callback(browser, running, card_launch(running, launcher.standalone_iss(standalone_code(stay)), other["uuid"]))
+        callback = to_callback(
+            browser,
+            running,
+            card_launch(running, launcher.standalone_iss(standalone_code(stay)), other["uuid"]),
+        )
         page(follow(browser, callback).last, 403, "This card is about another patient")
     untouched += [query(callback)["code"]]
 
@@ -149,7 +162,11 @@ def test_an_unknown_session_handle_is_a_clear_page(running: Running) -> None:
 
 
 def test_an_expired_launch_is_refused(
-    tmp_path: Path, launcher: Launcher, stay: StayResources, client_key: ClientKey, stranger_jwks: str,
+    tmp_path: Path,
+    launcher: Launcher,
+    stay: StayResources,
+    client_key: ClientKey,
+    stranger_jwks: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
