@@ -101,7 +101,8 @@ def main() -> None:
                     }
                 )
                 print(
-                    f"{method:4} {path:40} {service or 'random':18} {mode.value:8} {dict(sorted(result.statuses.items()))}",
+                    f"{method:4} {path:40} {service or 'random':18} {mode.value:8} "
+                    f"{dict(sorted(result.statuses.items()))}",
                     flush=True,
                 )
     summary = {

@@ -26,7 +26,8 @@ cycled; a synthetic stay when set A is absent.
 Prints a table per rate, a summary table and one JSON object (last, on stdout). Loopback only;
 stops by itself (at most duration + 90 s per rate); kills its servers on exit or Ctrl-C. Usage:
     .venv/bin/python -m benchmarks.load_hook --capacity --rates 20,50,200 --duration 60
-    .venv/bin/python -m benchmarks.load_hook --rates 5,40 --duration 10 --workers 2 --env CDS_HOOK_TIMEOUT_S=1.5
+    .venv/bin/python -m benchmarks.load_hook --rates 5,40 --duration 10 --workers 2 \
+        --env CDS_HOOK_TIMEOUT_S=1.5
 """
 
 from __future__ import annotations

@@ -51,12 +51,14 @@ def main() -> None:
             args.write.mkdir(parents=True, exist_ok=True)
             (args.write / f"{fixture.name}.json").write_text(json.dumps(fixture.bundle(), indent=1))
     print(
-        "| vendor | values read right | impossible values refused | wrong | LOINC over local code | stays as expected |"
+        "| vendor | values read right | impossible values refused | wrong | LOINC over local code | stays "
+        "as expected |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for vendor, t in totals.items():
         print(
-            f"| {vendor} | {t['values right']}/{t['values']} | {t['refusals right']}/{t['refusals']} | {t['wrong']} | "
+            f"| {vendor} | {t['values right']}/{t['values']} | {t['refusals right']}/{t['refusals']} | "
+            f"{t['wrong']} | "
             f"{t['code conflicts']} | {t['stays right']}/{t['stays']} |"
         )
     print()

@@ -101,7 +101,8 @@ class Lane:
         return sum(self._waiting.values())
 
     def expected_wait(self, stage: int = 0) -> float:
-        """Seconds a caller at `stage` can expect to wait: the steps queued at its stage or later, and those running."""
+        """Seconds a caller at `stage` can expect to wait: the steps queued at its stage or later, and
+        those running."""
         busy = self.concurrency - self._free
         ahead = sum(n for s, n in self._waiting.items() if s >= stage)
         return (ahead + busy) * self.step_s / self.concurrency

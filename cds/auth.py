@@ -181,7 +181,8 @@ class CallerVerifier:
             if jku_set_aside:
                 raise AuthFailure(
                     "jku-not-allowed",
-                    "the token's jku is not allow-listed, and its kid is not among the keys of the pinned jwks_url; "
+                    "the token's jku is not allow-listed, and its kid is not among the keys of the pinned "
+                    "jwks_url; "
                     "add the jku to this issuer's allow-list if the EHR really signs with those keys",
                 )
             raise AuthFailure("unknown-kid", "no key with this kid at the issuer's JWKS")

@@ -1,5 +1,6 @@
-"""The `cds` command: serve, train, score, evaluate, map, feedback export, models activate, audit verify/export,
-forget, purge. Model-specific work is looked up in `models.MODELS`; nothing here branches on a model's name."""
+"""The `cds` command: serve, train, score, evaluate, map, feedback export, models activate, audit
+verify/export, forget, purge. Model-specific work is looked up in `models.MODELS`; nothing here
+branches on a model's name."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def serve(
     workers: Annotated[
         int,
         typer.Option(
-            help="uvicorn worker processes (share records through CDS_DATABASE_URL, caches through CDS_REDIS_URL)"
+            help="uvicorn worker processes "
+            "(share records through CDS_DATABASE_URL, caches through CDS_REDIS_URL)"
         ),
     ] = 1,
 ) -> None:
@@ -156,7 +158,8 @@ def train(
 
 @app.command()
 def score(model: ModelName, data: DataOption = None, version: VersionOption = None) -> None:
-    """Print one JSON line per row: {patient, hour, probability} (sepsis), {patient, encounter, probability} (readmission)."""
+    """Print one JSON line per row: {patient, hour, probability} (sepsis), {patient, encounter,
+    probability} (readmission)."""
     from models import model_task
 
     lines = model_task(model.value).score_lines(_load_model(model, version), _data_path(model, data))
@@ -177,7 +180,8 @@ def evaluate(
     replicates: Annotated[
         int | None,
         typer.Option(
-            help="bootstrap replicates (by patient) for the 95 % intervals (default: sepsis 200, readmission 500)"
+            help="bootstrap replicates (by patient) for the 95 % intervals "
+            "(default: sepsis 200, readmission 500)"
         ),
     ] = None,
 ) -> None:
@@ -447,17 +451,20 @@ def _print_bundle_mapping(mapped: BundleMapping, profile: str) -> None:
 
     report = mapped.report
     typer.echo(
-        f"profile: {profile}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome entries skipped: {mapped.outcomes}"
+        f"profile: {profile}; resources: {json.dumps(mapped.resources, sort_keys=True)}; OperationOutcome "
+        f"entries skipped: {mapped.outcomes}"
     )
     typer.echo(f"patient id from: {mapped.patient_from}")
     typer.echo(f"validation issues: {len(mapped.validation)}")
     for issue in mapped.validation[:20]:
         typer.echo(f"  {issue}")
     typer.echo(
-        f"Observations: {report.observations}; measurements: {report.measurements}; per variable: {json.dumps(dict(sorted(report.mapped.items())))}"
+        f"Observations: {report.observations}; measurements: {report.measurements}; per variable: "
+        f"{json.dumps(dict(sorted(report.mapped.items())))}"
     )
     typer.echo(
-        f"skipped: {json.dumps(dict(sorted(report.skipped.items())))}; unit errors: {json.dumps(dict(sorted(report.unit_errors.items())))}"
+        f"skipped: {json.dumps(dict(sorted(report.skipped.items())))}; unit errors: "
+        f"{json.dumps(dict(sorted(report.unit_errors.items())))}"
     )
     if report.implausible:
         typer.echo(f"implausible values: {json.dumps(dict(sorted(report.implausible.items())))}")

@@ -69,12 +69,14 @@ def _check(request: FeedbackRequest, now: datetime, rules: FeedbackRules) -> Non
     for i, item in enumerate(request.feedback):
         if item.outcomeTimestamp > latest:
             raise BadRequest(
-                f"feedback[{i}].outcomeTimestamp is in the future (beyond {rules.max_future_s:.0f} s of clock skew); nothing was recorded"
+                f"feedback[{i}].outcomeTimestamp is in the future (beyond {rules.max_future_s:.0f} s of "
+                "clock skew); nothing was recorded"
             )
         comment = item.overrideReason.userComment if item.overrideReason else None
         if comment is not None and len(comment) > rules.comment_max_chars:
             raise BadRequest(
-                f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} characters; nothing was recorded"
+                f"feedback[{i}].overrideReason.userComment is longer than {rules.comment_max_chars} "
+                "characters; nothing was recorded"
             )
 
 

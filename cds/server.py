@@ -109,7 +109,8 @@ def raise_open_file_limit(settings: Settings) -> None:
         target = soft
     if target < needed:
         log.warning(
-            "open-file limit %d is below CDS_MAX_CONNECTIONS + 256 (%d): lower CDS_MAX_CONNECTIONS or raise the limit",
+            "open-file limit %d is below CDS_MAX_CONNECTIONS + 256 (%d): lower CDS_MAX_CONNECTIONS or raise "
+            "the limit",
             target,
             needed,
         )

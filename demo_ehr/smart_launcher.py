@@ -29,7 +29,10 @@ _CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
 def launcher_missing(directory: Path = DEFAULT_LAUNCHER_DIR) -> str | None:
     """Why the launcher cannot run here, or None."""
     if not (directory / "dist" / "server.js").is_file():
-        return f"SMART reference launcher not found at {directory} (put ../shared/tools/smart-launcher beside the repository)"
+        return (
+            f"SMART reference launcher not found at {directory} "
+            "(put ../shared/tools/smart-launcher beside the repository)"
+        )
     if shutil.which("node") is None:
         return "node (Node.js 18+) is not on PATH: the SMART reference launcher needs it"
     return None

@@ -25,11 +25,14 @@ from .physionet_fhir import StayResources
 __all__ = ["DemoPatient", "demo_ehr_web", "markdown_html"]
 
 _STYLE = (
-    "body{font:16px/1.45 system-ui,sans-serif;margin:0;color:#1a1a1a}header{background:#203a5c;color:#fff;padding:10px 18px}"
-    "main{max-width:1000px;margin:0 auto;padding:12px 18px}a{color:#1f4e79}.card{border:1px solid #ccc;border-left:6px solid #888;"
-    "padding:8px 14px;margin:12px 0;border-radius:4px}.card.warning{border-left-color:#c77700}.card.critical{border-left-color:#b00020}"
+    "body{font:16px/1.45 system-ui,sans-serif;margin:0;color:#1a1a1a}"
+    "header{background:#203a5c;color:#fff;padding:10px 18px}"
+    "main{max-width:1000px;margin:0 auto;padding:12px 18px}a{color:#1f4e79}"
+    ".card{border:1px solid #ccc;border-left:6px solid #888;padding:8px 14px;margin:12px 0;border-radius:4px}"
+    ".card.warning{border-left-color:#c77700}.card.critical{border-left-color:#b00020}"
     ".card.info{border-left-color:#1f4e79}.indicator{font-size:.8rem;text-transform:uppercase;font-weight:700}"
-    ".smart{display:inline-block;background:#1f4e79;color:#fff;padding:6px 12px;border-radius:4px;text-decoration:none}"
+    ".smart{display:inline-block;background:#1f4e79;color:#fff;padding:6px 12px;border-radius:4px;"
+    "text-decoration:none}"
     "li{margin:2px 0}.muted{color:#5a5a5a;font-size:.9rem}"
 )
 
@@ -65,14 +68,17 @@ def markdown_html(text: str) -> str:
 
 def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>'
-        f"<body><header><strong>Demo EHR</strong> · a stand-in for an EHR calling the CDS service</header><main>{body}</main></body></html>"
+        '<!doctype html><html lang="en"><head><meta '
+        f'charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>'
+        "<body><header><strong>Demo EHR</strong> · a stand-in for an EHR calling the CDS "
+        f"service</header><main>{body}</main></body></html>"
     )
 
 
 def _card_html(card: dict[str, Any], launch: Callable[[str], str | None]) -> str:
     parts = [
-        f'<section class="card {html.escape(card.get("indicator", "info"))}"><div class="indicator">{html.escape(card.get("indicator", ""))}</div>',
+        f'<section class="card {html.escape(card.get("indicator", "info"))}"><div '
+        f'class="indicator">{html.escape(card.get("indicator", ""))}</div>',
         f"<h3>{html.escape(card['summary'])}</h3>",
         markdown_html(card.get("detail", "")),
         f'<p class="muted">Source: {html.escape(card.get("source", {}).get("label", ""))}</p>',
@@ -99,7 +105,8 @@ def _card_html(card: dict[str, Any], launch: Callable[[str], str | None]) -> str
             )
         else:
             parts.append(
-                f'<p><a class="smart" id="smart-link" href="{html.escape(target)}">{html.escape(link["label"])}</a></p>'
+                '<p><a class="smart" id="smart-link" '
+                f'href="{html.escape(target)}">{html.escape(link["label"])}</a></p>'
             )
     return "".join(parts) + "</section>"
 
@@ -121,7 +128,8 @@ def demo_ehr_web(
         )
         return _page(
             "Demo EHR",
-            f"<h1>ICU patients</h1><p>Open a chart: the EHR calls the CDS service (patient-view).</p><ul>{rows}</ul>",
+            "<h1>ICU patients</h1><p>Open a chart: the EHR calls the CDS service "
+            f"(patient-view).</p><ul>{rows}</ul>",
         )
 
     async def chart(request: Request) -> HTMLResponse:

@@ -2,7 +2,8 @@
 cross-validation on train+validation patients; the test split is not touched here. The results
 table is in docs/readmission-model.md.
 
-    .venv/bin/python experiments/readmission_experiments.py [name ...]   (~6 min, CDS_DATA_DIR or ../shared/data)
+    .venv/bin/python experiments/readmission_experiments.py [name ...]
+    (~6 min, CDS_DATA_DIR or ../shared/data)
 
 Writes one JSON line per experiment to stdout. XGBoost runs with nthread=1.
 """

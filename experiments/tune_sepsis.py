@@ -2,7 +2,8 @@
 patients (the held-out test patients are never touched). Prints one JSON line per setting and
 the best; the winner is then fixed by hand in models/sepsis.py (SEPSIS_PARAMS, SEPSIS_ROUNDS).
 
-    .venv/bin/python experiments/tune_sepsis.py [--folds 3] [--patients 8000] [--depths 4 5 7] [--pos-weights 1 4]
+    .venv/bin/python experiments/tune_sepsis.py [--folds 3] [--patients 8000] [--depths 4 5 7]
+        [--pos-weights 1 4]
         [--rounds 150 250 400] [--colsample 0.5] [--min-child-weight 20]
 """
 

@@ -203,7 +203,8 @@ def map_bundle(
         mapping.stay_reason = "no-stay"
         mapping.stay_problem = (
             f"no hospital stay among {len(encounters)} Encounter(s) (classes: {dict(sorted(kinds.items()))}; "
-            "planned, cancelled and entered-in-error ones and recognised non-inpatient classes are never a stay)"
+            "planned, cancelled and entered-in-error ones and recognised non-inpatient classes are never a "
+            "stay)"
             if encounters
             else "no Encounter in the bundle"
         )

@@ -95,9 +95,10 @@ def to_canonical(
     clock = icu_clock(encounter, record.locations, as_of, profile)
     hours = clock.hour_of(as_of)
     if hours > min(max_hours, MAX_ICU_HOURS):
+        source = "the ICU location" if clock.from_location else "the encounter start: no ICU location"
         raise StayError(
-            f"puts the ICU start {hours} hours back, beyond the {min(max_hours, MAX_ICU_HOURS)} hours allowed "
-            f"(ICU clock from {'the ICU location' if clock.from_location else 'the encounter start: no ICU location'})",
+            f"puts the ICU start {hours} hours back, beyond the {min(max_hours, MAX_ICU_HOURS)} hours "
+            f"allowed (ICU clock from {source})",
             reason="icu-clock-too-long",
         )
 

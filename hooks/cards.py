@@ -86,7 +86,8 @@ def format_value(feature: str, value: float | None, unit: str) -> str:
 def driver_line(driver: Driver) -> str:
     arrow = "↑" if driver.shap > 0 else "↓"
     effect = "raises" if driver.shap > 0 else "lowers"
-    return f"- {arrow} **{driver.label}**: {format_value(driver.feature, driver.value, driver.unit)} ({effect} risk)"
+    value = format_value(driver.feature, driver.value, driver.unit)
+    return f"- {arrow} **{driver.label}**: {value} ({effect} risk)"
 
 
 def strip_empty(value: Any) -> Any:

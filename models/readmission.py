@@ -236,22 +236,25 @@ def model_card_sections(report: dict[str, Any], note: str = "") -> list[tuple[st
     audit = (
         "AUROC is above 0.70: audit for leakage before use (see docs/readmission-model.md)."
         if auroc_est > 0.70
-        else "AUROC is at or below 0.70, in the published range for this dataset; no sign of leakage from the score itself. "
-        "Leakage controls: one encounter per patient (the first), split by patient, features known at discharge only, "
-        "no `readmitted`-derived field and no later encounter of the same patient."
+        else "AUROC is at or below 0.70, in the published range for this dataset; "
+        "no sign of leakage from the score itself. "
+        "Leakage controls: one encounter per patient (the first), split by patient, features known at "
+        "discharge only, no `readmitted`-derived field and no later encounter of the same patient."
     )
     gap = report.get("largest_subgroup_auroc_gap")
     return [
         (
             "Intended use",
-            "Estimates, at hospital discharge, the probability that an adult with diabetes is readmitted within 30 days, "
+            "Estimates, at hospital discharge, the probability that an adult with diabetes is readmitted "
+            "within 30 days, "
             "to prompt follow-up within 7 days. A decision aid, not a decision.",
         ),
         (
             "Data",
-            f"{report['encounters']} discharges of {report['patients']} patients, {report['readmitted_30d']} readmitted within 30 days "
-            f"(prevalence {report['prevalence']:.3f}). Cohort: first encounter per patient, discharges to death or hospice excluded. "
-            + note,
+            f"{report['encounters']} discharges of {report['patients']} patients, {report['readmitted_30d']} "
+            "readmitted within 30 days "
+            f"(prevalence {report['prevalence']:.3f}). Cohort: first encounter per patient, discharges to "
+            "death or hospice excluded. " + note,
         ),
         (
             "Discrimination",
@@ -263,7 +266,8 @@ def model_card_sections(report: dict[str, Any], note: str = "") -> list[tuple[st
                     ["AUROC gain over baseline", _fmt(lace["auroc_gain"]), ""],
                 ],
             )
-            + f"\n\nIntervals: 95 % percentile bootstrap over patients ({report['auroc']['replicates']} replicates). Baseline: {lace['definition']}.",
+            + "\n\nIntervals: 95 % percentile bootstrap over patients "
+            + f"({report['auroc']['replicates']} replicates). Baseline: {lace['definition']}.",
         ),
         (
             "Calibration",
@@ -280,7 +284,8 @@ def model_card_sections(report: dict[str, Any], note: str = "") -> list[tuple[st
                 sub_rows,
             )
             + (
-                f"\n\nLargest AUROC gap: {gap['gap']:.3f} ({gap['grouping']}); AUROC is shown only for groups with at least 10 readmissions."
+                f"\n\nLargest AUROC gap: {gap['gap']:.3f} ({gap['grouping']}); AUROC is shown only for "
+                "groups with at least 10 readmissions."
                 if gap
                 else ""
             ),

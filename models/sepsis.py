@@ -270,7 +270,8 @@ def train_sepsis(
         data_label=str(data_path),
         rows=int(len(data.label)),
         patients=int(len(np.unique(data.patient))),
-        split=f"patients {1 - TEST_FRACTION:.0%} development / {TEST_FRACTION:.0%} held-out test, seed {seed}; "
+        split=f"patients {1 - TEST_FRACTION:.0%} development / {TEST_FRACTION:.0%} held-out test, "
+        f"seed {seed}; "
         f"{folds}-fold patient-grouped CV on development for calibration and threshold",
         params=trained.params,
         num_boost_round=trained.num_boost_round,
@@ -281,7 +282,8 @@ def train_sepsis(
             "test": {**test_metrics, "calibration": cal},
             "out_of_fold": {"auroc": round(oof_auroc, 4), "utility_at_threshold": round(oof_utility, 4)},
             "train_seconds": round(train_seconds, 1),
-            "tuning": "experiments/tune_sepsis.py (patient-grouped CV on set A); parameters fixed in models/sepsis.py",
+            "tuning": "experiments/tune_sepsis.py (patient-grouped CV on set A); parameters fixed in "
+            "models/sepsis.py",
             "excluded_features": "ICULOS and HospAdmTime (ICU clock); EtCO2 (never recorded in set A)",
         },
         device=trained.device,

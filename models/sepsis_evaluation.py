@@ -302,13 +302,17 @@ def write_sepsis_report(
     sections = [
         (
             "Intended use",
-            "Decision support for adult ICU patients: an hourly probability that Sepsis-3 onset is within the "
-            "next 6 hours (or ongoing), shown to clinicians in a CDS Hooks card with its drivers. It prompts a bedside "
-            "review; it does not diagnose sepsis and must not delay or replace clinical judgement, cultures or antibiotics.",
+            "Decision support for adult ICU patients: an hourly probability that Sepsis-3 onset is within "
+            "the "
+            "next 6 hours (or ongoing), shown to clinicians in a CDS Hooks card with its drivers. It "
+            "prompts a bedside "
+            "review; it does not diagnose sepsis and must not delay or replace clinical judgement, cultures "
+            "or antibiotics.",
         ),
         (
             "Data",
-            f"Evaluated on {data_label}: {m['rows']} hourly rows, {pl['patients']} patients, {pl['septic_patients']} septic. "
+            f"Evaluated on {data_label}: {m['rows']} hourly rows, {pl['patients']} patients, "
+            f"{pl['septic_patients']} septic. "
             "Every hour is scored from data up to that hour only.",
         ),
         ("Metrics (95 % intervals by patient bootstrap)", markdown_table(["metric", "value"], rows)),
@@ -344,15 +348,19 @@ def write_sepsis_report(
         (
             "Limitations",
             "Trained on one hospital system (PhysioNet 2019 set A). Labels are the challenge's Sepsis-3 "
-            "approximation. The bedside scores are partial (no GCS/AVPU, vasopressors, urine output). The utility rewards "
-            "alarms that the ICU clock alone can produce; this model does not read ICULOS or HospAdmTime. EtCO2 is ignored "
+            "approximation. The bedside scores are partial (no GCS/AVPU, vasopressors, urine output). The "
+            "utility rewards "
+            "alarms that the ICU clock alone can produce; this model does not read ICULOS or HospAdmTime. "
+            "EtCO2 is ignored "
             "(never recorded in set A).",
         ),
         (
             "What would make it unsafe",
             "Use outside adult ICUs; a site whose lab-ordering habits differ (the model reads how "
-            "recently and how often labs were measured); a change in units or codes the mapping does not know; prevalence "
-            "far from set A's without re-checking the threshold and calibration; treating a low score as ruling sepsis out; "
+            "recently and how often labs were measured); a change in units or codes the mapping does not "
+            "know; prevalence "
+            "far from set A's without re-checking the threshold and calibration; treating a low score as "
+            "ruling sepsis out; "
             "alert fatigue if the threshold is lowered without re-measuring alerts per 100 patient-days.",
         ),
     ]

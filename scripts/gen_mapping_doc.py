@@ -78,17 +78,17 @@ skipped; a `valueString` (MEDITECH sends results so: "45.0 %", "15.0 gm/L", "4.0
 number and an optional unit, the rest counted as `string-not-a-number` (the text is never echoed,
 its unit only when the unit tables know it); a value without a unit takes the unit its code fixes
 (`implied_unit` in observation_codes.csv: heart and respiratory rate in /min, potassium, chloride,
-bicarbonate, lactate and base excess in mmol/L), else it is a unit error; the time is effectiveDateTime/Instant, else effectivePeriod.end (else .start), else
-`issued`, with any zone offset normalised to UTC. A value outside its variable's plausibility
-range (below) is dropped and counted (`implausible`). References are read however they are
-written: relative (`Location/abc`), absolute (`https://ehr/fhir/Location/abc`), versioned
-(`Location/abc/_history/3`) or contained (`#icu`, e.g. an Encounter's ICU Location or diagnosis
-Condition, a MedicationRequest's Medication); an Observation, Condition, MedicationRequest,
-Procedure or Encounter whose subject names someone else is skipped and counted. US Core pulse
-oximetry (59408-5 + 2708-6) is `O2Sat`; 2708-6 alone is `O2Sat` in a vital-signs Observation and
-arterial `SaO2` in a laboratory one; blood pressure comes as a 85354-9 (or 55284-4) panel with
-8480-6/8462-4 components or as separate Observations; FiO2 may come as a component (3150-0) of a
-pulse-oximetry Observation.
+bicarbonate, lactate and base excess in mmol/L), else it is a unit error; the time is
+effectiveDateTime/Instant, else effectivePeriod.end (else .start), else `issued`, with any zone
+offset normalised to UTC. A value outside its variable's plausibility range (below) is dropped and
+counted (`implausible`). References are read however they are written: relative (`Location/abc`),
+absolute (`https://ehr/fhir/Location/abc`), versioned (`Location/abc/_history/3`) or contained
+(`#icu`, e.g. an Encounter's ICU Location or diagnosis Condition, a MedicationRequest's Medication);
+an Observation, Condition, MedicationRequest, Procedure or Encounter whose subject names someone
+else is skipped and counted. US Core pulse oximetry (59408-5 + 2708-6) is `O2Sat`; 2708-6 alone is
+`O2Sat` in a vital-signs Observation and arterial `SaO2` in a laboratory one; blood pressure comes
+as a 85354-9 (or 55284-4) panel with 8480-6/8462-4 components or as separate Observations; FiO2 may
+come as a component (3150-0) of a pulse-oximetry Observation.
 
 **The stay.** The hook's stay is the Encounter named by `encounterId`, else the latest in-progress
 encounter whose class the profile recognises as inpatient, else (a fallback) one whose class no row
@@ -340,7 +340,8 @@ def _codes_section() -> list[str]:
     for name, profile in PROFILES.items():
         for row in profile.codes.local_rows:
             lines.append(
-                f"| {name} | {row.variable} | `{row.system}` | {row.code} | {row.display} | {row.status} | {row.source} |"
+                f"| {name} | {row.variable} | `{row.system}` | {row.code} | {row.display} | {row.status} | "
+                f"{row.source} |"
             )
     lines += [
         "",
@@ -354,7 +355,8 @@ def _codes_section() -> list[str]:
     ]
     for r in _csv("encounter_classes.csv"):
         lines.append(
-            f"| {r['profile']} | `{r['system']}` | {r['code']} | {r['display']} | {r['kind']} | {r['status']} | {r['source']} |"
+            f"| {r['profile']} | `{r['system']}` | {r['code']} | {r['display']} | {r['kind']} | "
+            f"{r['status']} | {r['source']} |"
         )
     lines += [
         "",
@@ -397,8 +399,10 @@ def _vendor_fixture_section() -> list[str]:
         "## Vendor payloads (hand-written fixtures)",
         "",
         "testkit/vendor_payloads.py writes payloads in each vendor's shape (Cerner event codes first "
-        "with LOINC after, tenants in the system URL, `DegC`; Epic flowsheet rows beside LOINC, Epic class codes, "
-        "a planned Preadmission; MEDITECH valueString results and bundles without a Patient), each value with "
+        "with LOINC after, tenants in the system URL, `DegC`; Epic flowsheet rows beside LOINC, Epic class "
+        "codes, "
+        "a planned Preadmission; MEDITECH valueString results and bundles without a Patient), each value "
+        "with "
         "the variable and value a reader expects. `benchmarks/vendor_figures.py` prints:",
         "",
         *done.stdout.strip().splitlines(),
@@ -425,7 +429,8 @@ def _synthea_section() -> list[str]:
         f"{total.observations} Observations; {mapped} mapped, giving {total.measurements} values "
         f"(blood-pressure panels give two); {sum(unmapped.values())} left unmapped; "
         f"unit errors {sum(total.unit_errors.values())}; implausible {sum(total.implausible.values())}; "
-        f"skipped {sum(total.skipped.values())}. Stays: {stays['table']} bundles have an inpatient stay and give a "
+        f"skipped {sum(total.skipped.values())}. Stays: {stays['table']} bundles have an inpatient stay and "
+        "give a "
         f"table; {stays['no-stay']} hold only ambulatory, emergency or wellness encounters (`no-stay`). "
         "Tested by tests/fhir_mappings/test_synthea_and_profiles.py.",
         "",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 DRUGS = (
-    "metformin repaglinide nateglinide chlorpropamide glimepiride acetohexamide glipizide glyburide tolbutamide "
-    "pioglitazone rosiglitazone acarbose miglitol troglitazone tolazamide examide citoglipton insulin glyburide-metformin "
+    "metformin repaglinide nateglinide chlorpropamide glimepiride acetohexamide glipizide glyburide "
+    "tolbutamide "
+    "pioglitazone rosiglitazone acarbose miglitol troglitazone tolazamide examide citoglipton insulin "
+    "glyburide-metformin "
     "glipizide-metformin glimepiride-pioglitazone metformin-rosiglitazone metformin-pioglitazone"
 ).split()
 

@@ -170,8 +170,9 @@ def test_no_canary_identifier_leaves_the_service(
         root.removeHandler(handler)
         root.setLevel(old_level)
 
-    # The only identifiers a card may carry are the EHR's own patient and encounter references, inside the draft orders
-    # it proposes back to that EHR (ServiceRequest.subject is required); nowhere else, and never stored.
+    # The only identifiers a card may carry are the EHR's own patient and encounter references,
+    # inside the draft orders it proposes back to that EHR (ServiceRequest.subject is required);
+    # nowhere else, and never stored.
     outside_orders = json.loads(response.text)
     for suggestion in outside_orders["cards"][0].get("suggestions", []):
         for action in suggestion["actions"]:

@@ -59,7 +59,10 @@ def test_the_cli_starts_without_the_app_and_settings_defaults_match_the_models()
     import subprocess
     import sys
 
-    probe = "import sys, cds.cli; print(sorted(m for m in ('xgboost', 'models', 'fastapi', 'cds.app') if m in sys.modules))"
+    probe = (
+        "import sys, cds.cli; "
+        "print(sorted(m for m in ('xgboost', 'models', 'fastapi', 'cds.app') if m in sys.modules))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )

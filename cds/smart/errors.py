@@ -38,7 +38,10 @@ class UnknownIssuer(SmartError):
     code = "smart-unknown-iss"
     status = 403
     title = "This EHR is not trusted by the app"
-    advice = "The launch named an EHR that is not configured (CDS_SMART_EHRS). Ask IT to register it; nothing was sent to it."
+    advice = (
+        "The launch named an EHR that is not configured (CDS_SMART_EHRS). "
+        "Ask IT to register it; nothing was sent to it."
+    )
 
 
 class EhrDiscoveryFailed(SmartError):

@@ -128,26 +128,32 @@ def _drivers_table(view: CardView, top: int = 8) -> str:
             f'<td class="num">{d.shap:+.3f}</td><td>{arrow} {effect}</td></tr>'
         )
     return (
-        '<table class="drivers"><caption>Largest drivers, each clinical variable\'s features summed (log-odds)</caption>'
-        '<thead><tr><th scope="col">Variable</th><th scope="col">Latest value</th><th scope="col">Contribution</th>'
+        '<table class="drivers"><caption>Largest drivers, each clinical variable\'s features summed '
+        "(log-odds)</caption>"
+        '<thead><tr><th scope="col">Variable</th><th scope="col">Latest value</th><th '
+        'scope="col">Contribution</th>'
         f'<th scope="col">Effect</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
 
 
 def _exact_table(view: CardView) -> str:
     rows = [
-        f'<tr><td><code>{escape(f)}</code></td><td>{escape(label)}</td><td class="num">{_num(v)}</td><td class="num">{s:+.4f}</td></tr>'
+        f'<tr><td><code>{escape(f)}</code></td><td>{escape(label)}</td><td class="num">{_num(v)}</td><td '
+        f'class="num">{s:+.4f}</td></tr>'
         for d in view.drivers
         for f, label, v, s in d.features
     ]
     if view.other:
         rows.append(
-            f'<tr><td colspan="3">Features not stored one by one</td><td class="num">{view.other:+.4f}</td></tr>'
+            '<tr><td colspan="3">Features not stored one by one</td><td '
+            f'class="num">{view.other:+.4f}</td></tr>'
         )
     return (
         "<details><summary>Exact per-feature SHAP contributions</summary>"
-        f"<p>Base value {view.base_value:+.4f} + contributions = model margin {view.margin:+.4f} (log-odds).</p>"
-        '<table class="exact"><thead><tr><th scope="col">Feature</th><th scope="col">Meaning</th><th scope="col">Value</th>'
+        f"<p>Base value {view.base_value:+.4f} + contributions = model margin {view.margin:+.4f} "
+        "(log-odds).</p>"
+        '<table class="exact"><thead><tr><th scope="col">Feature</th><th scope="col">Meaning</th><th '
+        'scope="col">Value</th>'
         f'<th scope="col">SHAP</th></tr></thead><tbody>{"".join(rows)}</tbody></table></details>'
     )
 
@@ -156,7 +162,10 @@ def _trend_section(handle: str, trend: Any, trend_error: str | None, view: CardV
     if trend is None:
         once = "This model scores once, at discharge: there is no hourly trend."
         why = trend_error or (once if view.service_id != "sepsis-risk" else "No ICU stay to trend.")
-        return f'<section aria-labelledby="trend"><h2 id="trend">Risk over the stay</h2><p class="muted">{escape(why)}</p></section>'
+        return (
+            '<section aria-labelledby="trend"><h2 id="trend">Risk over the stay</h2>'
+            f'<p class="muted">{escape(why)}</p></section>'
+        )
     above = sum(p >= trend.threshold for p in trend.probabilities)
     measured = []
     missing = []
@@ -175,7 +184,8 @@ def _trend_section(handle: str, trend: Any, trend_error: str | None, view: CardV
         '<section aria-labelledby="trend"><h2 id="trend">Risk over the stay</h2>'
         f'<img class="chart" src="/smart/app/{escape(handle)}/trend.svg" width="720" height="250" '
         f"alt=\"Sepsis risk for each of {len(trend.hours)} ICU hours, re-scored from the EHR's data; "
-        f'{above} hours at or above the alert threshold of {_pct(trend.threshold)}; latest {_pct(trend.probabilities[-1])}.">'
+        f"{above} hours at or above the alert threshold of {_pct(trend.threshold)}; latest "
+        f'{_pct(trend.probabilities[-1])}.">'
         f"<p>Re-scored hour by hour from the EHR's current data (ICU hour {trend.current_hour} now). "
         f"{above} of {len(trend.hours)} hours at or above the alert threshold.</p>"
         '<h3>Last measured</h3><table class="measured"><tbody>'
@@ -207,21 +217,25 @@ def _feedback_section(
     options = []
     if can_agree:
         options.append(
-            '<li><label><input type="radio" name="decision" value="agree" required> Agree: accept the card\'s suggestion</label></li>'
+            '<li><label><input type="radio" name="decision" value="agree" required> Agree: accept the '
+            "card's suggestion</label></li>"
         )
     for i, r in enumerate(reasons):
         options.append(
-            f'<li><label><input type="radio" name="decision" value="override:{i}" required> Override: {escape(r["display"])}</label></li>'
+            f'<li><label><input type="radio" name="decision" value="override:{i}" required> Override: '
+            f"{escape(r['display'])}</label></li>"
         )
     done = f'<p class="recorded" role="status">Recorded: {escape(recorded)}.</p>' if recorded else ""
     agree_note = (
         ""
         if can_agree
-        else '<p class="muted">This card offered no suggestion, so agreement has nothing to accept; overrides are recorded.</p>'
+        else '<p class="muted">This card offered no suggestion, so agreement has nothing to accept; '
+        "overrides are recorded.</p>"
     )
     return (
         f'<section aria-labelledby="feedback"><h2 id="feedback">Your decision</h2>{done}{agree_note}'
-        f'<form method="post" action="/smart/app/{escape(handle)}/feedback"><fieldset><legend>Decision on this card</legend>'
+        f'<form method="post" action="/smart/app/{escape(handle)}/feedback"><fieldset><legend>Decision on '
+        "this card</legend>"
         f'<ul class="choices">{"".join(options)}</ul></fieldset>'
         f'<label for="comment">Comment (optional, no patient identifiers)</label>'
         f'<textarea id="comment" name="comment" rows="2" maxlength="{max_chars}"></textarea>'
@@ -249,14 +263,18 @@ def app_page(
     body = (
         f"<header><h1>{escape(title)}</h1>"
         f'<p class="score band-{escape(band)}"><span class="risk">{_pct(view.probability)}</span> '
-        f'<span class="band">{escape(band)} risk: {escape(_BAND_WORDS.get(band, band))} ({_pct(threshold)})</span></p>'
-        f'<p class="muted">Scored {escape(when)}{escape(view.occurrence[:16].replace("T", " "))} UTC by model {escape(view.model_name)} '
+        f'<span class="band">{escape(band)} risk: {escape(_BAND_WORDS.get(band, band))} '
+        f"({_pct(threshold)})</span></p>"
+        f'<p class="muted">Scored {escape(when)}{escape(view.occurrence[:16].replace("T", " "))} UTC by '
+        f"model {escape(view.model_name)} "
         f"v{escape(view.model_version)}.</p></header>"
         '<section aria-labelledby="why"><h2 id="why">What drives this score</h2>'
         f'<img class="chart" src="/smart/app/{escape(handle)}/waterfall.svg" width="720" height="480" '
-        f'alt="SHAP waterfall from the average patient (log-odds {view.base_value:+.2f}) to this patient ({view.margin:+.2f}); '
+        f'alt="SHAP waterfall from the average patient (log-odds {view.base_value:+.2f}) to this patient '
+        f"({view.margin:+.2f}); "
         f'the drivers are listed in the table below.">'
-        '<p class="muted">Log-odds of the outcome: E[f(X)] is the model\'s average patient, f(x) this patient; red bars raise '
+        '<p class="muted">Log-odds of the outcome: E[f(X)] is the model\'s average patient, f(x) this '
+        "patient; red bars raise "
         "the risk, blue bars lower it.</p>"
         f"{_drivers_table(view)}{_exact_table(view)}</section>"
         f"{_trend_section(handle, trend, trend_error, view)}{_model_section(model)}"

@@ -375,7 +375,8 @@ class PostgresStore:
         at, text = time.time(), audit_json(details)
         digest = entry_hash(prev, at, kind, text)
         cursor = await conn.execute(
-            "INSERT INTO audit_event (at, kind, details, prev_hash, hash) VALUES (%s, %s, %s, %s, %s) RETURNING seq",
+            "INSERT INTO audit_event (at, kind, details, prev_hash, hash) VALUES (%s, %s, %s, %s, %s) "
+            "RETURNING seq",
             (at, kind, text, prev, digest),
         )
         row = await cursor.fetchone()

@@ -41,7 +41,8 @@ class CardSpool(SQLiteFile):
         audit = json.dumps(dict(record.audit)) if record.audit is not None else None
         await self._run(
             lambda: self._db.execute(
-                f"INSERT OR REPLACE INTO spooled_card ({CARD_COLUMNS}, audit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO spooled_card ({CARD_COLUMNS}, audit) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "?)",
                 (*card_row(record), audit),
             )
         )

@@ -191,7 +191,8 @@ class SQLiteStore(SQLiteFile):
 
     def _audit_page(self, after: int) -> list[Any]:
         return self._db.execute(
-            "SELECT seq, at, kind, details, prev_hash, hash FROM audit_event WHERE seq > ? ORDER BY seq LIMIT 500",
+            "SELECT seq, at, kind, details, prev_hash, hash FROM audit_event WHERE seq > ? ORDER BY seq "
+            "LIMIT 500",
             (after,),
         ).fetchall()
 

@@ -197,7 +197,8 @@ def test_feedback_beyond_capacity_is_503_with_retry_after(small: LoopbackServer)
     with socket.create_connection((host, int(port)), timeout=5) as slow:
         # One feedback call in flight (its body still arriving) fills max_in_flight_feedback=1.
         slow.sendall(
-            f"POST {SEPSIS}/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{{".encode()
+            f"POST {SEPSIS}/feedback HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{"
         )
         time.sleep(0.2)
         refused = httpx.post(

@@ -211,7 +211,8 @@ async def _rewrite_from(db: Db, first: int) -> None:
         text = audit_json(details).replace("'", "''")
         digest = entry_hash(prev or "0" * 64, e.at, e.kind, audit_json(details))
         statements.append(
-            f"UPDATE audit_event SET details = '{text}', prev_hash = '{prev}', hash = '{digest}' WHERE seq = {e.seq}"
+            f"UPDATE audit_event SET details = '{text}', prev_hash = '{prev}', hash = '{digest}' WHERE seq = "
+            f"{e.seq}"
         )
         prev = digest
     db.tamper(statements)

@@ -299,8 +299,10 @@ def test_no_canary_leaves_the_server(
                     s.path == f"/Location/{LOC}" for s in ehr.seen
                 )
                 comment = (
-                    "CNRYCOMMENT spoke with Mrs Oglethorpe-Vance and Zephyrine, MRN-CNRY-604413, born 1948-02-29, "
-                    f"call +1 (555) 013-4477 or zo.cnry@example.net; {PID} seen by {PRACT}; lactate repeat pending"
+                    "CNRYCOMMENT spoke with Mrs Oglethorpe-Vance and Zephyrine, MRN-CNRY-604413, born "
+                    "1948-02-29, "
+                    f"call +1 (555) 013-4477 or zo.cnry@example.net; {PID} seen by {PRACT}; lactate repeat "
+                    "pending"
                 )
                 items = [
                     {
@@ -416,7 +418,8 @@ def test_no_canary_leaves_the_server(
     assert not any(leaks.values()), {k: v for k, v in leaks.items() if v}
     assert len(auth.jwts) >= 10 and KEY not in places["server log"]
 
-    # It was all there to leak: the cards, the feedback, the comment's length (and in scrubbed mode its clinical words).
+    # It was all there to leak: the cards, the feedback, the comment's length (and in scrubbed mode
+    # its clinical words).
     stored = places.get("postgres (every row of every table)") or places["var/cds.sqlite3"]
     assert all(c["uuid"] in stored for c in cards)
     provenances = [json.loads(line) for line in (exports / "Provenance.ndjson").read_text().splitlines()]

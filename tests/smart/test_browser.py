@@ -70,11 +70,15 @@ def ehr_page(request: Request) -> HTMLResponse:
     card = request.app.state.card
     url = escape(request.app.state.launch_url)
     body = (
-        f'<h1>Demo EHR</h1><article id="card"><h2>{escape(card["summary"])}</h2><p>{escape(card["indicator"])}</p>'
+        "<h1>Demo EHR</h1><article "
+        f'id="card"><h2>{escape(card["summary"])}</h2><p>{escape(card["indicator"])}</p>'
         f'<a id="smart-link" href="{url}">{escape(card["links"][0]["label"])}</a></article>'
     )
     if request.query_params.get("frame"):
-        body = f'<h1>Demo EHR</h1><iframe id="app" src="{url}" width="800" height="760" title="explanation app"></iframe>'
+        body = (
+            f'<h1>Demo EHR</h1><iframe id="app" src="{url}" width="800" height="760" '
+            'title="explanation app"></iframe>'
+        )
     return HTMLResponse(f"<!doctype html><html><body>{body}</body></html>")
 
 
@@ -122,7 +126,8 @@ def wait_for(driver: object, css: str, timeout_s: float = 30.0) -> object:
 
 def images_loaded(driver: object) -> list[tuple[str, int]]:
     return driver.execute_script(  # type: ignore[attr-defined,no-any-return]
-        "return Array.from(document.images).map(i => [i.getAttribute('src').split('/').pop(), i.naturalWidth])"
+        "return Array.from(document.images).map(i => [i.getAttribute('src').split('/').pop(), "
+        "i.naturalWidth])"
     )
 
 
