@@ -14,6 +14,11 @@ contained (`#id`: an Encounter.diagnosis Condition, a MedicationRequest's Medica
 Medication `_include`d with the requests is read too. Resources of another subject, with a
 void or unreadable status or an unreadable time are skipped and counted (`skipped`), as are
 HbA1c/glucose values out of their plausibility range (`implausible`).
+
+The EHR's vendor profile applies here as in the sepsis mapping: its encounter classes count the
+year's visits when the visit table does not know a class (Epic's own patient classes), and its
+observation code table (vendor and site-local codes) names glucose results that no standard
+discharge-lab code names.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .discharge_table import (
 )
 from .errors import MappingError
 from .observations import observation_time
+from .profiles import GENERIC, VendorProfile
 from .resources import (
     categories,
     codings,
@@ -179,12 +185,28 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _lab_band(obs: Mapping[str, Any]) -> tuple[str, float] | str | None:
+_LOCAL_GLUCOSE = _LabCode("glucose", "mg/dL")
+
+
+def _lab_code(obs: Mapping[str, Any], profile: VendorProfile) -> _LabCode | None:
+    """Which discharge lab an Observation is: the standard discharge-lab table first (HbA1c
+    before glucose when a resource carries both, as the earlier code sets did), else glucose when
+    the profile's code table (vendor or site-local codes) says so."""
+    pairs = tuple(codings(obs.get("code")))
+    found = [_LAB_CODES[c] for c in pairs if c in _LAB_CODES]
+    if found:
+        return next((r for r in found if r.kind == "a1c"), found[0])
+    match = profile.codes.match(pairs, categories(obs))
+    if match.variable == "Glucose":
+        implied = match.row.implied_unit if match.row is not None else None
+        return _LabCode("glucose", implied) if implied else _LOCAL_GLUCOSE
+    return None
+
+
+def _lab_band(obs: Mapping[str, Any], profile: VendorProfile = GENERIC) -> tuple[str, float] | str | None:
     """("a1c" | "glucose", band) for an HbA1c or glucose result; "<kind>:implausible" for one out
     of range; None for any other Observation."""
-    found = [_LAB_CODES[c] for c in codings(obs.get("code")) if c in _LAB_CODES]
-    # HbA1c before glucose when a resource carries both (as the earlier code sets did).
-    lab = next((r for r in found if r.kind == "a1c"), None) or (found[0] if found else None)
+    lab = _lab_code(obs, profile)
     q = obs.get("valueQuantity")
     value = _number(q.get("value")) if isinstance(q, Mapping) else None
     if lab is None or value is None or not isinstance(q, Mapping):
@@ -321,7 +343,12 @@ def _usable(
 
 
 def discharge_to_table(
-    record: DischargeRecord, *, as_of: datetime, pseudonymizer: Pseudonymizer, source: str = ""
+    record: DischargeRecord,
+    *,
+    as_of: datetime,
+    pseudonymizer: Pseudonymizer,
+    source: str = "",
+    profile: VendorProfile = GENERIC,
 ) -> MappedDischarge:
     encounter = ensure_resource(record.encounter, "Encounter", "Encounter")
     encounter_id = str(encounter.get("id") or "")
@@ -366,7 +393,9 @@ def discharge_to_table(
         if other_start is None or not (start - _YEAR <= other_start < start):
             continue
         cls = other.get("class")
-        kind = default_encounter_codes().value("visit", codings({"coding": [cls]}))
+        kind = default_encounter_codes().value("visit", codings({"coding": [cls]})) or profile.classes.kind(
+            cls
+        )
         if kind in VISIT_KINDS:
             visits[kind] += 1
     values[col["n_outpatient"]] = float(visits["outpatient"])
@@ -388,7 +417,7 @@ def discharge_to_table(
             if when is None or not (start <= when <= end):
                 continue
         labs += 1
-        band = _lab_band(obs)
+        band = _lab_band(obs, profile)
         if isinstance(band, str):
             implausible[band.split(":")[0]] += 1
         elif band is not None:

@@ -150,7 +150,9 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
         procedures=_resources(fetched.get("procedures"), "Procedure"),
         medications=_resources(fetched.get("medications"), "Medication"),  # `_include`d with the requests
     )
-    mapped = discharge_to_table(record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source)
+    mapped = discharge_to_table(
+        record, as_of=inp.now, pseudonymizer=inp.pseudonymizer, source=inp.source, profile=inp.profile
+    )
     log: dict[str, Any] = {**mapped.counts, "skipped": mapped.skipped, "implausible": mapped.implausible}
 
     def card(score: Score) -> dict[str, Any]:

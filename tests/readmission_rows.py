@@ -6,10 +6,9 @@ from typing import Any
 
 DRUGS = (
     "metformin repaglinide nateglinide chlorpropamide glimepiride acetohexamide glipizide glyburide "
-    "tolbutamide "
-    "pioglitazone rosiglitazone acarbose miglitol troglitazone tolazamide examide citoglipton insulin "
-    "glyburide-metformin "
-    "glipizide-metformin glimepiride-pioglitazone metformin-rosiglitazone metformin-pioglitazone"
+    "tolbutamide pioglitazone rosiglitazone acarbose miglitol troglitazone tolazamide examide "
+    "citoglipton insulin glyburide-metformin glipizide-metformin glimepiride-pioglitazone "
+    "metformin-rosiglitazone metformin-pioglitazone"
 ).split()
 
 

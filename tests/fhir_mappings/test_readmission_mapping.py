@@ -146,3 +146,59 @@ def test_features_from_rows_equal_features_from_fhir_for_many_rows() -> None:
     for i, r in enumerate(cohort.to_dict("records")):
         from_fhir = build_readmission_features(to_table(discharge_to_fhir(r, discharged_at=NOW)), spec)
         np.testing.assert_array_equal(from_fhir[0], from_rows[i], err_msg=f"row {i}")
+
+
+def test_the_vendor_profile_applies_to_the_discharge_mapping() -> None:
+    """Epic's own patient classes count as visits and a site-local glucose code is read as glucose
+    under the profiles that know them, and not under the generic one."""
+    import dataclasses
+
+    from fhir_mappings import EPIC, GENERIC, CodeRow
+
+    res = discharge_to_fhir(
+        row(number_outpatient=0, number_emergency=0, number_inpatient=0), discharged_at=NOW
+    )
+    epic_class = {
+        "system": "urn:oid:1.2.840.114350.1.72.1.7.7.10.696784.13260",
+        "code": "4",
+        "display": "HOV",
+    }
+    visit = dict(res.encounter, id="epic-hov", period={"start": (NOW - timedelta(days=40)).isoformat()})
+    visit["class"] = epic_class
+    res.history[:] = [visit]
+    glucose = next(o for o in res.observations if o["id"].endswith("-glucose"))
+    glucose["code"] = {"coding": [{"system": "http://site.example/CodeSystem/lab", "code": "GLU-S"}]}
+    glucose["valueQuantity"] = {"value": 250, "unit": "mg/dL"}  # band 1 (200-300)
+    site = dataclasses.replace(
+        EPIC,
+        codes=EPIC.codes.extended(
+            [
+                CodeRow(
+                    variable="Glucose",
+                    system="http://site.example/CodeSystem/lab",
+                    code="GLU-S",
+                    category=None,
+                    priority=1,
+                    display="serum glucose (site code)",
+                    standard=False,
+                )
+            ]
+        ),
+    )
+    record = DischargeRecord(
+        res.patient_id,
+        res.patient,
+        res.encounter,
+        [res.encounter, *res.history],
+        res.conditions,
+        res.observations,
+        res.medication_requests,
+        res.procedures,
+    )
+    generic = discharge_to_table(record, as_of=NOW, pseudonymizer=KEY, profile=GENERIC).table
+    local = discharge_to_table(record, as_of=NOW, pseudonymizer=KEY, profile=site).table
+    assert value(generic, "n_outpatient") == 0 and math.isnan(value(generic, "glucose"))
+    assert value(local, "n_outpatient") == 1 and value(local, "glucose") == 1
+    # Everything else reads the same under either profile.
+    others = [i for i, c in enumerate(DISCHARGE_COLUMNS) if c not in {"n_outpatient", "glucose"}]
+    np.testing.assert_array_equal(generic.values[:, others], local.values[:, others])
