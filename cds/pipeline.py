@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -69,7 +68,7 @@ from .errors import (
 )
 from .fhir_client import FetchBudget, FhirClient
 from .privacy import NO_REUSE
-from .schemas import HookRequest
+from .schemas import HookRequest, canonical_uuid
 from .stores import CardRecord, RecordStore
 
 __all__ = ["HookDeps", "HookOutcome", "answer_hook", "check_request", "count_resources", "run_hook"]
@@ -111,7 +110,6 @@ class HookOutcome:
 
 
 NO_GUIDANCE: dict[str, Any] = {"cards": []}
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def count_resources(prefetch: Mapping[str, Any] | None) -> int:
@@ -236,7 +234,7 @@ async def answer_hook(
         outcome = await run_hook(
             service, request, deps, deadline=deadline, launch_url=launch_url, issuer=issuer
         )
-        if _UUID.fullmatch(request.hookInstance):  # for the log; anything else the EHR sent is not echoed
+        if canonical_uuid(request.hookInstance):  # for the log; anything else the EHR sent is not echoed
             outcome.details["hookInstance"] = request.hookInstance
         return outcome
     except Overloaded:

@@ -4,6 +4,7 @@ every response to the spec (required fields, allowed values, no null or empty va
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,7 +27,16 @@ __all__ = [
     "Source",
     "Suggestion",
     "assert_no_empty",
+    "canonical_uuid",
 ]
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def canonical_uuid(value: Any) -> str | None:
+    """A hookInstance or card uuid in lower case, or None for anything else (which is then never
+    echoed into a log or a page)."""
+    return value.lower() if isinstance(value, str) and _UUID.fullmatch(value) else None
 
 
 class FhirAuthorization(BaseModel):

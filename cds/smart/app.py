@@ -29,7 +29,7 @@ from models import RiskModel
 from ..feedback import FeedbackRules, record_feedback
 from ..fhir_client import FhirClient
 from ..logs import log_event
-from ..schemas import FeedbackRequest
+from ..schemas import FeedbackRequest, canonical_uuid
 from ..settings import Settings, SmartEhr
 from ..stores import CardRecord, RecordStore
 from .errors import (
@@ -63,12 +63,7 @@ __all__ = ["SmartApp"]
 
 log = logging.getLogger("cds.smart")
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DISCOVERY_TTL_S = 300.0
-
-
-def _uuid(value: Any) -> str | None:
-    return value.lower() if isinstance(value, str) and _UUID.fullmatch(value) else None
 
 
 def card_from_context(context: dict[str, Any], hint: str | None) -> str | None:
@@ -80,8 +75,8 @@ def card_from_context(context: dict[str, Any], hint: str | None) -> str | None:
         try:
             app_context = json.loads(app_context)
         except ValueError:
-            app_context = _uuid(app_context)
-    if isinstance(app_context, dict) and (found := _uuid(app_context.get("cardUuid"))):
+            app_context = canonical_uuid(app_context)
+    if isinstance(app_context, dict) and (found := canonical_uuid(app_context.get("cardUuid"))):
         return found
     if isinstance(app_context, str):
         return app_context
@@ -91,12 +86,12 @@ def card_from_context(context: dict[str, Any], hint: str | None) -> str | None:
             if (
                 isinstance(ref, str)
                 and ref.startswith("RiskAssessment/")
-                and (found := _uuid(ref.split("/", 1)[1]))
+                and (found := canonical_uuid(ref.split("/", 1)[1]))
             ):
                 return found
-            if item.get("type") == "RiskAssessment" and (found := _uuid(item.get("id"))):
+            if item.get("type") == "RiskAssessment" and (found := canonical_uuid(item.get("id"))):
                 return found
-    return _uuid(hint)
+    return canonical_uuid(hint)
 
 
 def relative_user(fhir_user: Any, iss: str) -> str | None:
@@ -174,7 +169,7 @@ class SmartApp:
             nonce,
             redirect_uri,
             ehr_launch=launch is not None,
-            card_hint=_uuid(card),
+            card_hint=canonical_uuid(card),
         )
         state = self.flows.start(flow)
         scope = scopes_for(config, ehr_launch=launch is not None, online_access=ehr.online_access)
