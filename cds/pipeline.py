@@ -161,7 +161,13 @@ async def _gather(
     fetched, counts = plan.fetched, plan.counts
     await _fetch(plan.needs, plan.partial, fetched, request, deps, counts, budget)
     await _fetch(
-        followup_needs(service, request.context, fetched), {}, fetched, request, deps, counts, budget
+        followup_needs(service, request.context, fetched, profile=profile),
+        {},
+        fetched,
+        request,
+        deps,
+        counts,
+        budget,
     )
     return fetched, counts
 

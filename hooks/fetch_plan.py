@@ -22,7 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_mappings import FhirQuery, SearchPage, VendorProfile, observation_queries, read_search_page
+from fhir_mappings import (
+    GENERIC,
+    FhirQuery,
+    SearchPage,
+    VendorProfile,
+    observation_queries,
+    read_search_page,
+)
 
 from .consent import CONSENT_KEY
 from .prefetch import render_template
@@ -123,8 +130,15 @@ def plan_fetch(
     return plan
 
 
-def followup_needs(service: Service, context: Mapping[str, Any], fetched: Mapping[str, Any]) -> list[Need]:
-    """The second round: reads the first round's resources reveal (none for most services)."""
+def followup_needs(
+    service: Service,
+    context: Mapping[str, Any],
+    fetched: Mapping[str, Any],
+    *,
+    profile: VendorProfile = GENERIC,
+) -> list[Need]:
+    """The second round: reads the first round's resources reveal (none for most services), with
+    the stay chosen as the scoring will choose it (the vendor profile's encounter classes)."""
     if service.followups is None:
         return []
-    return [Need(key, query) for key, query in service.followups(context, fetched).items()]
+    return [Need(key, query) for key, query in service.followups(context, fetched, profile).items()]

@@ -19,6 +19,7 @@ from fhir_mappings import (
     FhirQuery,
     PatientRecord,
     StayError,
+    VendorProfile,
     is_fhir_id,
     reference_id,
     select_encounter,
@@ -68,13 +69,13 @@ def _resources(value: Any) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else [value]
 
 
-def _followups(context: Mapping[str, Any], fetched: Fetched) -> dict[str, FhirQuery]:
+def _followups(context: Mapping[str, Any], fetched: Fetched, profile: VendorProfile) -> dict[str, FhirQuery]:
     """Reads that only the first round reveals: the named encounter, its ICU Locations. Location
     ids come from the EHR's data: one that is not a FHIR id is not fetched."""
     wanted: dict[str, FhirQuery] = {}
     encounters = _resources(fetched.get("encounters"))
     encounter_id = context.get("encounterId")
-    encounter = select_encounter(encounters, encounter_id)
+    encounter = select_encounter(encounters, encounter_id, profile=profile)
     if encounter is None and is_fhir_id(encounter_id):
         wanted["encounter"] = FhirQuery.read("Encounter", encounter_id)
     if encounter is not None:

@@ -165,7 +165,7 @@ class Service:
     usage_requirements: str | None = None
     required_context: tuple[str, ...] = ("userId", "patientId")
     # Second-round reads needed once the first round is in (e.g. Location of an ICU bed).
-    followups: Callable[[Mapping[str, Any], Fetched], dict[str, FhirQuery]] | None = None
+    followups: Callable[[Mapping[str, Any], Fetched, VendorProfile], dict[str, FhirQuery]] | None = None
     # Prefetch keys that are Observation searches by category (key -> category). When the EHR did
     # not prefetch them, the fallback asks for the categories the EHR's vendor profile names.
     observation_keys: Mapping[str, str] = field(default_factory=dict)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fhir_mappings import GENERIC, InvalidIdError, MappingError
+from fhir_mappings import EPIC, GENERIC, InvalidIdError, MappingError
 from hooks import READMISSION, SEPSIS, followup_needs, plan_fetch
 
 CONTEXT = {"userId": "Practitioner/u1", "patientId": "p1", "encounterId": "e1"}
@@ -158,3 +158,25 @@ def test_follow_ups_read_the_icu_location_the_first_round_revealed() -> None:
     assert [(n.key, str(n.query)) for n in needs] == [("location:icu-7", "Location/icu-7")]
     known = {"encounters": [encounter], "locations": [{"resourceType": "Location", "id": "icu-7"}]}
     assert followup_needs(SEPSIS, CONTEXT, known) == [] and followup_needs(READMISSION, CONTEXT, known) == []
+
+
+def test_follow_ups_choose_the_stay_with_the_vendor_profile() -> None:
+    """Without an encounterId the stay is chosen as the scoring chooses it: an Epic outpatient
+    class is no stay under the Epic profile (nothing to follow up), only an unrecognised class
+    (a fallback stay) under the generic one."""
+    clinic = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "in-progress",
+        "subject": {"reference": "Patient/p1"},
+        "class": {
+            "system": "urn:oid:1.2.840.114350.1.72.1.7.7.10.696784.13260",
+            "code": "4",
+            "display": "HOV",
+        },
+        "location": [{"location": {"reference": "Location/clinic-2"}}],
+    }
+    context = {"userId": "Practitioner/u1", "patientId": "p1"}
+    fetched = {"encounters": [clinic]}
+    assert [n.key for n in followup_needs(SEPSIS, context, fetched, profile=GENERIC)] == ["location:clinic-2"]
+    assert followup_needs(SEPSIS, context, fetched, profile=EPIC) == []

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from demo_ehr import discharge_hook_request, discharge_to_fhir, patient_view_request, searchset
 from fhir_mappings import CDSError, FhirQuery, Pseudonymizer, read_search_page
-from hooks import READMISSION, SEPSIS, NoCard, ScoredCard, ScoringInput, Service
+from hooks import READMISSION, SEPSIS, NoCard, ScoredCard, ScoringInput, Service, followup_needs
 from models import ModelRegistry, RiskModel, model_task
 from testkit.helpers import synthetic_stay
 from tests.readmission_rows import row
@@ -254,9 +254,8 @@ def _fetched(service: Service, prefetch: dict[str, Any]) -> dict[str, Any]:
 
 def _answer(service: Service, body: dict[str, Any], now: datetime) -> ScoredCard | NoCard | None:
     fetched = _fetched(service, body["prefetch"])
-    if service.followups is not None:  # the second-round reads: only validated FHIR queries
-        for query in service.followups(body["context"], fetched).values():
-            assert isinstance(query, FhirQuery) and query.relative_url().count("/") <= 1
+    for need in followup_needs(service, body["context"], fetched):  # second-round reads: validated queries
+        assert isinstance(need.query, FhirQuery) and need.query.relative_url().count("/") <= 1
     inp = ScoringInput(
         context=body["context"],
         fetched=fetched,
