@@ -114,7 +114,10 @@ def sofa_partial(
 
 
 def shock_index(hr: np.ndarray, sbp: np.ndarray) -> np.ndarray:
+    """HR / SBP; missing below 1 mmHg, where the ratio means nothing and a plausible-looking
+    5e-324 would give 1e308, beyond what a float32 feature can hold (set A's lowest SBP is 22)."""
+    sbp = np.asarray(sbp, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        out = np.asarray(hr, dtype=np.float64) / sbp
+        out = np.asarray(hr, dtype=np.float64) / np.where(sbp >= 1.0, sbp, np.nan)
     out[~np.isfinite(out)] = np.nan
     return out

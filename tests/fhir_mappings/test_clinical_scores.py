@@ -39,3 +39,11 @@ def test_mews_and_sofa_and_shock_index() -> None:
     assert sofa_partial(a(90), a(2.0), a(3.5), a(65), a(94), a(0.5))[0] == 11
     assert sofa_partial(a(nan), a(nan), a(nan), a(nan), a(nan), a(nan))[0] == 0
     np.testing.assert_array_equal(shock_index(a(120, 80, 80), a(100, 0, nan)), [1.2, nan, nan])
+
+
+def test_a_vanishing_blood_pressure_gives_no_shock_index_rather_than_an_overflow() -> None:
+    """5e-324 mmHg passes the SBP range [0, 400] but HR / SBP would be ~1e308, which overflows the
+    float32 feature matrix (found by the hostile-prefetch property test)."""
+    with np.errstate(all="raise"):
+        got = shock_index(np.array([100.0, 100.0, 100.0]), np.array([5e-324, 0.5, 1.0]))
+    np.testing.assert_array_equal(got, [np.nan, np.nan, 100.0])
