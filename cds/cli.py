@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from models import RiskModel
 
     from .stores import RecordStore
+    from .sweep import SweepOutcome
 
 app = typer.Typer(
     help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.",
@@ -192,6 +193,45 @@ def evaluate(
             model_task(model.value).evaluate(_load_model(model, version), _data_path(model, data), options)
         )
     )
+
+
+class SweepModel(StrEnum):
+    sepsis = "sepsis"
+
+
+@app.command()
+def sweep(
+    model: SweepModel,
+    write: Annotated[
+        bool, typer.Option(help="record a RiskAssessment per patient and the report (--no-write: print only)")
+    ] = True,
+    limit: Annotated[int, typer.Option(help="rows of the printed report")] = 20,
+) -> None:
+    """Score every current inpatient of the EHR in CDS_SWEEP_EHR (SMART Backend Services; Bulk Data
+    $export, else paged searches) on the device CDS_DEVICE picks; record one RiskAssessment per
+    patient, write the unit report (ranked, top drivers, change since the last sweep) to
+    <var>/sweeps/ and print it (pseudonyms only), then one JSON summary line."""
+    from .errors import CDSError
+    from .sweep import format_report, run_sweep
+
+    settings = _settings()
+    if settings.sweep_ehr is None:
+        typer.echo(
+            "error: set CDS_SWEEP_EHR (the EHR to sweep, as JSON; see cds.settings.SweepEhr)", err=True
+        )
+        raise typer.Exit(2)
+
+    async def run() -> SweepOutcome:
+        async with _store(settings) as store:
+            return await run_sweep(settings, store, write=write)
+
+    try:
+        outcome = asyncio.run(run())
+    except CDSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(outcome, limit=limit))
+    typer.echo(json.dumps(outcome.summary()))
 
 
 @feedback_app.command("export")
