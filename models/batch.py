@@ -10,6 +10,7 @@ gives the contributions; `RiskModel.predict` and `explain` do the same for one r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import xgboost as xgb
@@ -22,7 +23,7 @@ __all__ = ["BATCH_ROWS", "concat_tables", "last_rows", "predict_rows", "shap_row
 
 # Feature rows per XGBoost call; stays per feature-building chunk (all their hours are built).
 BATCH_ROWS = 65_536
-_CHUNK_STAYS = 1_024
+_CHUNK_STAYS = 64  # measured: 64 stays of 48 h build faster than 16, 128 or 1,024
 
 
 def concat_tables(tables: Sequence[CanonicalTable]) -> CanonicalTable:
@@ -35,16 +36,26 @@ def concat_tables(tables: Sequence[CanonicalTable]) -> CanonicalTable:
 
 
 def last_rows(
-    tables: Sequence[CanonicalTable], spec: FeatureSpec, *, chunk: int = _CHUNK_STAYS
+    tables: Sequence[CanonicalTable], spec: FeatureSpec, *, chunk: int = _CHUNK_STAYS, workers: int = 1
 ) -> np.ndarray:
     """(stays x features) float32: each stay's features at its last hour, in input order. Built in
-    chunks of stays, keeping only the last rows, so memory grows with stays, not with their hours."""
+    chunks of stays (small enough to stay in cache), keeping only the last rows, so memory grows
+    with stays, not with their hours; `workers` threads build chunks side by side (NumPy releases
+    the GIL; chunks never share a row, so the result is the same bits)."""
     out = np.empty((len(tables), len(spec)), dtype=np.float32)
-    for a in range(0, len(tables), chunk):
+
+    def build(a: int) -> None:
         part = tables[a : a + chunk]
         features = build_features(concat_tables(part), spec)
-        ends = np.cumsum([len(t) for t in part]) - 1
-        out[a : a + len(part)] = features[ends]
+        out[a : a + len(part)] = features[np.cumsum([len(t) for t in part]) - 1]
+
+    starts = range(0, len(tables), chunk)
+    if workers <= 1 or len(tables) <= chunk:
+        for a in starts:
+            build(a)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(build, starts))
     return out
 
 
