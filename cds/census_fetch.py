@@ -36,11 +36,72 @@ from .errors import FHIRServerError, FHIRUnavailable
 from .fhir_client import same_base
 from .settings import SweepEhr
 
-__all__ = ["CensusFetch", "PoliteClient", "fetch_census", "retry_after_s"]
+__all__ = [
+    "CensusFetch",
+    "CensusQuery",
+    "PoliteClient",
+    "fetch_census",
+    "readmission_query",
+    "retry_after_s",
+    "sepsis_query",
+]
 
 _NOT_OFFERED = frozenset({400, 403, 404, 405, 501})
 _RETRIED = frozenset({429, 503})
-_EXPORT_TYPES = ("Patient", "Encounter", "Observation", "Consent", "Location")
+
+
+@dataclass(frozen=True)
+class CensusQuery:
+    """What one model's sweep reads: the export's `_type` and `_typeFilter`s, and for the search
+    fallback the searches per patient of the census (in-progress Encounters), as (type, params)."""
+
+    types: tuple[str, ...]
+    type_filters: tuple[str, ...]
+    per_patient: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    locations: bool = False  # also read the Locations the census Encounters name without a display
+
+
+def sepsis_query(since: datetime) -> CensusQuery:
+    """A `sepsis-risk` prefetch for everyone: in-progress Encounters, vital signs and labs since
+    `since`, active Consents (and ICU Locations)."""
+    return CensusQuery(
+        types=("Patient", "Encounter", "Observation", "Consent", "Location"),
+        type_filters=(
+            "Encounter?status=in-progress",
+            f"Observation?category=vital-signs%2Claboratory&date=ge{_instant(since)}",
+            "Consent?status=active",
+        ),
+        per_patient=(
+            ("Observation", (("category", "vital-signs,laboratory"), ("date", f"ge{_instant(since)}"))),
+            ("Consent", (("status", "active"),)),
+        ),
+        locations=True,
+    )
+
+
+def readmission_query() -> CensusQuery:
+    """A `readmission-risk` prefetch for everyone in hospital: every Encounter (the earlier stays
+    count), Conditions, MedicationRequests, labs, Procedures, active Consents."""
+    return CensusQuery(
+        types=(
+            "Patient",
+            "Encounter",
+            "Condition",
+            "MedicationRequest",
+            "Observation",
+            "Procedure",
+            "Consent",
+        ),
+        type_filters=("Observation?category=laboratory", "Consent?status=active"),
+        per_patient=(
+            ("Encounter", ()),
+            ("Condition", ()),
+            ("MedicationRequest", ()),
+            ("Observation", (("category", "laboratory"),)),
+            ("Procedure", ()),
+            ("Consent", (("status", "active"),)),
+        ),
+    )
 
 
 def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
@@ -139,18 +200,13 @@ def _instant(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _bulk(client: PoliteClient, ehr: SweepEhr, since: datetime) -> CensusFetch | None:
+async def _bulk(client: PoliteClient, ehr: SweepEhr, query: CensusQuery) -> CensusFetch | None:
     """The census by `$export`, or None when the EHR does not offer it."""
     base = ehr.fhir_base
     path = f"Group/{ehr.group_id}/$export" if ehr.group_id else "$export"
     if ehr.group_id and not is_fhir_id(ehr.group_id):
         raise FHIRServerError("group_id is not a FHIR id")
-    params = [
-        ("_type", ",".join(_EXPORT_TYPES)),
-        ("_typeFilter", "Encounter?status=in-progress"),
-        ("_typeFilter", f"Observation?category=vital-signs%2Claboratory&date=ge{_instant(since)}"),
-        ("_typeFilter", "Consent?status=active"),
-    ]
+    params = [("_type", ",".join(query.types)), *(("_typeFilter", f) for f in query.type_filters)]
     url = str(httpx.URL(f"{base}/{path}", params=params))
     kickoff = await client.request(
         "GET", url, headers={"Accept": "application/fhir+json", "Prefer": "respond-async"}
@@ -224,7 +280,16 @@ async def _search_all(client: PoliteClient, url: str, max_pages: int = 10_000) -
     return found
 
 
-async def _search(client: PoliteClient, ehr: SweepEhr, since: datetime) -> CensusFetch:
+def _fhir_id(ref: Any, kind: str) -> str | None:
+    found = reference_id(ref, kind)
+    return found if found is not None and is_fhir_id(found) else None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+async def _search(client: PoliteClient, ehr: SweepEhr, query: CensusQuery) -> CensusFetch:
     """The census by paged searches: in-progress Encounters, then each patient's data."""
     base, count = ehr.fhir_base, str(ehr.page_size)
 
@@ -232,38 +297,28 @@ async def _search(client: PoliteClient, ehr: SweepEhr, since: datetime) -> Censu
         return str(httpx.URL(f"{base}/{rtype}", params=params))
 
     encounters = await _search_all(client, url("Encounter", [("status", "in-progress"), ("_count", count)]))
-    patients = sorted(
-        {pid for e in encounters if is_fhir_id(pid := reference_id(e.get("subject"), "Patient"))}
-    )
+    patients = sorted({pid for e in encounters if (pid := _fhir_id(e.get("subject"), "Patient"))})
     locations = sorted(
         {
             lid
             for e in encounters
-            for entry in (e.get("location") if isinstance(e.get("location"), list) else [])
-            if isinstance(entry, dict)
+            for entry in _list(e.get("location"))
+            if query.locations
+            and isinstance(entry, dict)
             and not (entry.get("location") or {}).get("display")
-            and is_fhir_id(lid := reference_id(entry.get("location"), "Location"))
+            and (lid := _fhir_id(entry.get("location"), "Location"))
         }
     )
 
     async def one(pid: str) -> list[dict[str, Any]]:
-        patient, observations, consents = await asyncio.gather(
+        patient, *found = await asyncio.gather(
             client.get_json(f"{base}/Patient/{pid}"),
-            _search_all(
-                client,
-                url(
-                    "Observation",
-                    [
-                        ("patient", pid),
-                        ("category", "vital-signs,laboratory"),
-                        ("date", f"ge{_instant(since)}"),
-                        ("_count", count),
-                    ],
-                ),
+            *(
+                _search_all(client, url(rtype, [("patient", pid), *params, ("_count", count)]))
+                for rtype, params in query.per_patient
             ),
-            _search_all(client, url("Consent", [("patient", pid), ("status", "active")])),
         )
-        return ([patient] if isinstance(patient, dict) else []) + observations + consents
+        return ([patient] if isinstance(patient, dict) else []) + [r for part in found for r in part]
 
     async def location(lid: str) -> list[dict[str, Any]]:
         found = await client.get_json(f"{base}/Location/{lid}")
@@ -274,14 +329,20 @@ async def _search(client: PoliteClient, ehr: SweepEhr, since: datetime) -> Censu
 
 
 async def fetch_census(
-    http: httpx.AsyncClient, ehr: SweepEhr, *, now: datetime, tokens: BackendTokenSource | None = None
+    http: httpx.AsyncClient,
+    ehr: SweepEhr,
+    *,
+    now: datetime,
+    query: CensusQuery | None = None,
+    tokens: BackendTokenSource | None = None,
 ) -> CensusFetch:
-    """Every resource the sweep needs, by Bulk Data when offered (and `bulk` allows), else searches."""
+    """Every resource the sweep needs (default: sepsis's, since `lookback_hours` before `now`), by
+    Bulk Data when offered (and `bulk` allows), else by paged searches."""
     started = time.monotonic()
     client = PoliteClient(http, ehr, tokens or BackendTokenSource(http, ehr))
-    since = now - timedelta(hours=ehr.lookback_hours)
-    fetched = await _bulk(client, ehr, since) if ehr.bulk == "auto" else None
+    wanted = query or sepsis_query(now - timedelta(hours=ehr.lookback_hours))
+    fetched = await _bulk(client, ehr, wanted) if ehr.bulk == "auto" else None
     if fetched is None:
-        fetched = await _search(client, ehr, since)
+        fetched = await _search(client, ehr, wanted)
     fetched.seconds = time.monotonic() - started
     return fetched

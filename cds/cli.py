@@ -197,6 +197,7 @@ def evaluate(
 
 class SweepModel(StrEnum):
     sepsis = "sepsis"
+    readmission = "readmission"
 
 
 @app.command()
@@ -207,10 +208,11 @@ def sweep(
     ] = True,
     limit: Annotated[int, typer.Option(help="rows of the printed report")] = 20,
 ) -> None:
-    """Score every current inpatient of the EHR in CDS_SWEEP_EHR (SMART Backend Services; Bulk Data
-    $export, else paged searches) on the device CDS_DEVICE picks; record one RiskAssessment per
-    patient, write the unit report (ranked, top drivers, change since the last sweep) to
-    <var>/sweeps/ and print it (pseudonyms only), then one JSON summary line."""
+    """sepsis: score every current inpatient of the EHR in CDS_SWEEP_EHR (SMART Backend Services;
+    Bulk Data $export, else paged searches) on the device CDS_DEVICE picks; readmission: today's
+    expected discharges. Record one RiskAssessment per patient, write the report (ranked by unit,
+    top drivers, change since the last sweep) to <var>/sweeps/ and print it (pseudonyms only),
+    then one JSON summary line."""
     from .errors import CDSError
     from .sweep import format_report, run_sweep
 
@@ -223,7 +225,7 @@ def sweep(
 
     async def run() -> SweepOutcome:
         async with _store(settings) as store:
-            return await run_sweep(settings, store, write=write)
+            return await run_sweep(settings, store, model_name=model.value, write=write)
 
     try:
         outcome = asyncio.run(run())

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from fhir_mappings import (
     StayError,
     VendorProfile,
     build_risk_assessment,
+    parse_datetime,
     reference_id,
     select_encounter,
     to_canonical,
@@ -37,16 +38,19 @@ from fhir_mappings.writeback import CANONICAL
 from models import TRAINED_MAX_ICU_HOURS, Contribution, RiskModel, model_task
 
 from .consent import ConsentDecision, consent_decision
+from .readmission import READMISSION
 from .sepsis import NOT_APPLICABLE_REASON, SEPSIS
-from .service import feature_hash
+from .service import NoCard, ScoredCard, ScoringInput, feature_hash
 
 __all__ = [
     "CensusPatient",
+    "ReadmissionRow",
     "SWEEP_TAG",
     "SweepRow",
     "SweepStay",
     "census_patients",
     "parse_ndjson",
+    "readmission_rows",
     "sepsis_stays",
     "sweep_risk_assessment",
     "sweep_rows",
@@ -87,6 +91,10 @@ class CensusPatient:
     encounters: list[dict[str, Any]] = field(default_factory=list)
     observations: dict[Any, dict[str, Any]] = field(default_factory=dict)
     consents: list[dict[str, Any]] = field(default_factory=list)
+    other: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # Condition, Procedure, ...
+
+
+_OTHER = ("Condition", "MedicationRequest", "Procedure")
 
 
 def census_patients(resources: Iterable[Any]) -> tuple[list[CensusPatient], dict[str, dict[str, Any]]]:
@@ -124,6 +132,9 @@ def census_patients(resources: Iterable[Any]) -> tuple[list[CensusPatient], dict
                 p.consents.append(r)
         elif kind == "Location" and isinstance(r.get("id"), str):
             locations[r["id"]] = r
+        elif kind in _OTHER:
+            if (p := of(reference_id(r.get("subject"), "Patient"))) is not None:
+                p.other.setdefault(str(kind), []).append(r)
     return [p for p in by_id.values() if p.encounters], locations
 
 
@@ -314,3 +325,92 @@ def unit_report(
             }
         )
     return out
+
+
+# --- readmission: today's expected discharges, one hook call's scoring each -------------------
+
+
+@dataclass(frozen=True)
+class ReadmissionRow:
+    pseudonym: str
+    probability: float
+    band: str
+    risk_assessment: dict[str, Any]  # as the hook records it (tagged `census-sweep`)
+    features_sha256: str | None
+    consent: ConsentDecision
+    drivers: tuple[tuple[str, float], ...]  # (feature, SHAP), largest first, as recorded
+
+
+def _expected_end(encounter: Mapping[str, Any]) -> datetime | None:
+    period = encounter.get("period")
+    end = period.get("end") if isinstance(period, Mapping) else None
+    try:
+        return parse_datetime(end, "Encounter.period.end") if end else None
+    except MappingError:
+        return None
+
+
+def readmission_rows(
+    patients: Sequence[CensusPatient],
+    *,
+    model: RiskModel,
+    now: datetime,
+    pseudonymizer: Pseudonymizer,
+    source: str,
+    profile: VendorProfile,
+) -> tuple[list[ReadmissionRow], Counter[str]]:
+    """Patients whose in-progress inpatient stay is expected to end today (its `period.end`, the
+    planned discharge, falls on `now`'s UTC date), each scored by `readmission-risk`'s own
+    `score` on what its prefetch would hold: few patients a day, so one at a time."""
+    rows: list[ReadmissionRow] = []
+    skipped: Counter[str] = Counter()
+    today = now.astimezone(UTC).date()
+    for p in patients:
+        encounter = select_encounter(p.encounters, None, p.patient_id, profile=profile)
+        end = _expected_end(encounter) if encounter is not None else None
+        if encounter is None or end is None or end.astimezone(UTC).date() != today:
+            skipped["not-discharged-today"] += 1
+            continue
+        consent = consent_decision(p.consents, p.patient_id, now)
+        if not consent.decision_support:
+            skipped[CONSENT_REFUSED] += 1
+            continue
+        fetched: dict[str, Any] = {
+            "patient": p.patient,
+            "encounter": encounter,
+            "encounters": list(p.encounters),
+            "conditions": p.other.get("Condition", []),
+            "medications": p.other.get("MedicationRequest", []),
+            "labs": list(p.observations.values()),
+            "procedures": p.other.get("Procedure", []),
+            "consent": list(p.consents),
+        }
+        context = {"patientId": p.patient_id, "encounterId": encounter.get("id")}
+        scored = READMISSION.score(
+            ScoringInput(context, fetched, model, now, pseudonymizer, str(uuid.uuid4()), source, profile)
+        )
+        if not isinstance(scored, ScoredCard):
+            skipped[scored.reason if isinstance(scored, NoCard) else NOT_APPLICABLE_REASON] += 1
+            continue
+        risk = {**scored.risk_assessment, "meta": {"tag": [dict(SWEEP_TAG)]}}
+        drivers = tuple(
+            (str(part["valueString"]), float(shap["valueDecimal"]))
+            for e in risk.get("extension", ())
+            if str(e.get("url", "")).endswith("/shap-contribution")
+            for part in e["extension"]
+            if part["url"] == "feature"
+            for shap in e["extension"]
+            if shap["url"] == "shap"
+        )
+        rows.append(
+            ReadmissionRow(
+                str(risk["subject"]["identifier"]["value"]),
+                scored.probability,
+                scored.band,
+                risk,
+                scored.features_sha256,
+                consent,
+                drivers[:3],
+            )
+        )
+    return rows, skipped
