@@ -10,7 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,12 +22,22 @@ from cds.keys import pseudonym_key
 from cds.settings import Settings, SweepEhr
 from cds.stores import SQLiteStore
 from cds.sweep import run_sweep
-from demo_ehr import DemoFhirServer, LoopbackServer, StayResources, patient_view_request, serve_in_thread
+from demo_ehr import (
+    DemoFhirServer,
+    DischargeResources,
+    LoopbackServer,
+    StayResources,
+    discharge_hook_request,
+    discharge_to_fhir,
+    patient_view_request,
+    serve_in_thread,
+)
 from fhir_mappings import Pseudonymizer
-from hooks import SEPSIS, ScoredCard, ScoringInput
+from hooks import READMISSION, SEPSIS, ScoredCard, ScoringInput
 from models import ModelRegistry, RiskModel, model_task, serving_device
 from testkit.helpers import synthetic_stay
 from tests.conftest import unavailable
+from tests.readmission_rows import row as discharge_row
 from tests.smart.launcher import Launcher, launch_code, missing, start_launcher
 
 CLIENT_ID = "cds-sweep"
@@ -55,6 +65,16 @@ class Census:
     scored: list[StayResources]  # the hook would give each a card
     refused: StayResources  # a Consent refuses decision support
     discharged: StayResources  # its encounter is finished: not in the census
+    leaving_today: list[DischargeResources]  # in hospital, expected to be discharged today
+    leaving_tomorrow: DischargeResources
+
+
+def _expected_discharge(n: int, when: datetime, **changes: object) -> DischargeResources:
+    stay = discharge_to_fhir(
+        discharge_row(encounter_id=910000 + n, patient_nbr=710000 + n, **changes), discharged_at=when
+    )
+    stay.encounter["status"] = "in-progress"  # period.end: the planned discharge
+    return stay
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +83,23 @@ def census() -> Census:
     refused = synthetic_stay(hours=20, patient=5100)
     discharged = synthetic_stay(hours=25, patient=5200)
     discharged.encounter["status"] = "finished"
-    return Census(scored, refused, discharged)
+    today = [
+        _expected_discharge(1, NOW),
+        _expected_discharge(2, NOW, age="[40-50)", number_inpatient=0, number_emergency=0),
+    ]
+    return Census(scored, refused, discharged, today, _expected_discharge(3, NOW + timedelta(days=1)))
 
 
 @pytest.fixture(scope="module")
 def ehr(census: Census) -> Iterator[tuple[DemoFhirServer, LoopbackServer]]:
     server = DemoFhirServer(page_size=40, export_retry_after=1)
-    for stay in [*census.scored, census.refused, census.discharged]:
+    for stay in [
+        *census.scored,
+        census.refused,
+        census.discharged,
+        *census.leaving_today,
+        census.leaving_tomorrow,
+    ]:
         server.add(stay.all())
     server.add([_refusing_consent(census.refused.patient_id)])
     with serve_in_thread(server.app()) as running:
@@ -148,7 +178,14 @@ async def _sweep(settings: Settings, **options: object):
 
 
 def _identifiers(census: Census) -> list[str]:
-    return [s.patient_id for s in [*census.scored, census.refused, census.discharged]]
+    stays = [
+        *census.scored,
+        census.refused,
+        census.discharged,
+        *census.leaving_today,
+        census.leaving_tomorrow,
+    ]
+    return [s.patient_id for s in stays]
 
 
 def test_sweep_by_bulk_export_through_the_launcher(
@@ -315,3 +352,53 @@ def test_batch_scores_equal_the_hooks_single_patient_scores(
             names[j]: round(float(row.shap[j]), 6) for j in range(len(names)) if names[j] in hook_shap
         }
         assert len(hook_shap) > 0
+
+
+@pytest.mark.parametrize("bulk", ["auto", "never"])
+def test_readmission_sweep_scores_todays_expected_discharges_as_the_hook_does(
+    tmp_path: Path,
+    census: Census,
+    backend_base: str,
+    keys: Keys,
+    ehr: tuple[DemoFhirServer, LoopbackServer],
+    bulk: str,
+) -> None:
+    settings = sweep_settings(tmp_path, backend_base, keys.jwks_file, group_id="inpatients", bulk=bulk)
+    outcome, stored, _ = asyncio.run(_sweep(settings, model_name="readmission"))
+    assert outcome.fetch is not None
+    assert outcome.fetch.method == ("bulk-export" if bulk == "auto" else "search")
+    assert len(outcome.rows) == 2 and outcome.written == 2
+    assert outcome.skipped["not-discharged-today"] >= 1  # tomorrow's, and the ICU stays without an end
+    text = outcome.report_path.read_text() + json.dumps(stored) if outcome.report_path else ""
+    for identifier in _identifiers(census):
+        assert identifier not in text
+    assert [r["probability"] for r in outcome.report] == sorted(
+        (r["probability"] for r in outcome.report), reverse=True
+    )
+
+    spec = model_task("readmission").feature_spec()
+    model = RiskModel(
+        ModelRegistry(settings.model_dir).load("readmission", spec), spec, device=serving_device(), nthread=1
+    )
+    by_pseudonym = {r.pseudonym: r for r in outcome.rows}
+    for stay in census.leaving_today:
+        request = discharge_hook_request(stay)
+        fetched = {
+            k: v if k in ("patient", "encounter") else [e["resource"] for e in v.get("entry", [])]
+            for k, v in request["prefetch"].items()
+        }
+        scored = READMISSION.score(
+            ScoringInput(
+                context=request["context"],
+                fetched=fetched,
+                model=model,
+                now=NOW,
+                pseudonymizer=Pseudonymizer(pseudonym_key(settings)),
+                card_uuid=str(uuid.uuid4()),
+                source=backend_base,
+            )
+        )
+        assert isinstance(scored, ScoredCard)
+        found = by_pseudonym[scored.risk_assessment["subject"]["identifier"]["value"]]
+        assert found.probability == scored.probability
+        assert found.features_sha256 == scored.features_sha256
