@@ -402,3 +402,36 @@ def test_readmission_sweep_scores_todays_expected_discharges_as_the_hook_does(
         found = by_pseudonym[scored.risk_assessment["subject"]["identifier"]["value"]]
         assert found.probability == scored.probability
         assert found.features_sha256 == scored.features_sha256
+
+
+def test_the_cds_sweep_command_prints_the_ranked_report_and_a_summary(
+    tmp_path: Path,
+    census: Census,
+    backend_base: str,
+    keys: Keys,
+    ehr: tuple[DemoFhirServer, LoopbackServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cds.cli import app
+    from cds.settings import get_settings
+
+    ehr_json = {"fhir_base": backend_base, "client_id": CLIENT_ID, "private_key_file": str(keys.jwks_file)}
+    monkeypatch.setenv("CDS_SWEEP_EHR", json.dumps({**ehr_json, "key_id": KID}))
+    monkeypatch.setenv("CDS_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CDS_PSEUDONYM_KEY", "sweep-test-key-0123456789")
+    monkeypatch.setenv("CDS_DEVICE", "cpu")
+    get_settings.cache_clear()
+    try:
+        done = CliRunner().invoke(app, ["sweep", "sepsis", "--limit", "3"])
+    finally:
+        get_settings.cache_clear()
+    assert done.exit_code == 0, done.output
+    lines = done.output.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["scored"] == len(census.scored) and summary["read_by"] == "bulk-export"
+    assert summary["written"] == len(census.scored) and summary["device"] == "cpu"
+    assert lines[0].startswith("unit") and len(lines) == 1 + 3 + 1  # header, 3 rows, summary
+    for identifier in _identifiers(census):
+        assert identifier not in done.output
