@@ -207,6 +207,9 @@ def sweep(
         bool, typer.Option(help="record a RiskAssessment per patient and the report (--no-write: print only)")
     ] = True,
     limit: Annotated[int, typer.Option(help="rows of the printed report")] = 20,
+    jwks: Annotated[
+        bool, typer.Option("--jwks", help="print the public JWKS to register with the EHR, and stop")
+    ] = False,
 ) -> None:
     """sepsis: score every current inpatient of the EHR in CDS_SWEEP_EHR (SMART Backend Services;
     Bulk Data $export, else paged searches) on the device CDS_DEVICE picks; readmission: today's
@@ -222,6 +225,13 @@ def sweep(
             "error: set CDS_SWEEP_EHR (the EHR to sweep, as JSON; see cds.settings.SweepEhr)", err=True
         )
         raise typer.Exit(2)
+    if jwks:
+        from .backend_services import load_signing_key, public_jwks
+
+        ehr = settings.sweep_ehr
+        key = load_signing_key(ehr.private_key_file, ehr.key_id, ehr.signing_alg)
+        typer.echo(json.dumps(public_jwks(key, ehr.key_id, ehr.signing_alg)))
+        return
 
     async def run() -> SweepOutcome:
         async with _store(settings) as store:

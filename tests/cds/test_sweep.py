@@ -425,8 +425,16 @@ def test_the_cds_sweep_command_prints_the_ranked_report_and_a_summary(
     get_settings.cache_clear()
     try:
         done = CliRunner().invoke(app, ["sweep", "sepsis", "--limit", "3"])
+        printed = CliRunner().invoke(app, ["sweep", "sepsis", "--jwks"])
     finally:
         get_settings.cache_clear()
+    # What we would register with the EHR: the public half of the key that signed, nothing private.
+    published = json.loads(printed.output)["keys"][0]
+    registered = json.loads(keys.public_jwks)["keys"][0]
+    assert {k: published[k] for k in ("kty", "n", "e", "kid")} == {
+        k: registered[k] for k in ("kty", "n", "e", "kid")
+    }
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(published)
     assert done.exit_code == 0, done.output
     lines = done.output.strip().splitlines()
     summary = json.loads(lines[-1])
