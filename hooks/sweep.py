@@ -6,6 +6,9 @@ A patient is scored when the hook would give a card: an in-progress inpatient En
 by `select_encounter`, `to_canonical` with the trained ICU-clock bound, the service's minimum data,
 and no Consent refusing decision support; every other patient is counted under the hook's reason.
 Identities stop here as in the hook: rows carry keyed pseudonyms, never EHR ids.
+
+Readmission (`readmission_rows`): today's expected discharges, each scored by `readmission-risk`'s
+own `score` on what its prefetch would hold (a few patients a day: no batch path needed).
 """
 
 from __future__ import annotations
