@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from models import RiskModel
 
     from .stores import RecordStore
+    from .sweep import SweepOutcome
 
 app = typer.Typer(
     help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.",
@@ -196,6 +197,57 @@ def evaluate(
             model_task(model.value).evaluate(_load_model(model, version), _data_path(model, data), options)
         )
     )
+
+
+class SweepModel(StrEnum):
+    sepsis = "sepsis"
+    readmission = "readmission"
+
+
+@app.command()
+def sweep(
+    model: SweepModel,
+    write: Annotated[
+        bool, typer.Option(help="record a RiskAssessment per patient and the report (--no-write: print only)")
+    ] = True,
+    limit: Annotated[int, typer.Option(help="rows of the printed report")] = 20,
+    jwks: Annotated[
+        bool, typer.Option("--jwks", help="print the public JWKS to register with the EHR, and stop")
+    ] = False,
+) -> None:
+    """sepsis: score every current inpatient of the EHR in CDS_SWEEP_EHR (SMART Backend Services;
+    Bulk Data $export, else paged searches) on the device CDS_DEVICE picks; readmission: today's
+    expected discharges. Record one RiskAssessment per patient, write the report (ranked by unit,
+    top drivers, change since the last sweep) to <var>/sweeps/ and print it (pseudonyms only),
+    then one JSON summary line."""
+    from .errors import CDSError
+    from .sweep import format_report, run_sweep
+
+    settings = _settings()
+    if settings.sweep_ehr is None:
+        typer.echo(
+            "error: set CDS_SWEEP_EHR (the EHR to sweep, as JSON; see cds.settings.SweepEhr)", err=True
+        )
+        raise typer.Exit(2)
+    if jwks:
+        from .backend_services import load_signing_key, public_jwks
+
+        ehr = settings.sweep_ehr
+        key = load_signing_key(ehr.private_key_file, ehr.key_id, ehr.signing_alg)
+        typer.echo(json.dumps(public_jwks(key, ehr.key_id, ehr.signing_alg)))
+        return
+
+    async def run() -> SweepOutcome:
+        async with _store(settings) as store:
+            return await run_sweep(settings, store, model_name=model.value, write=write)
+
+    try:
+        outcome = asyncio.run(run())
+    except CDSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(outcome, limit=limit))
+    typer.echo(json.dumps(outcome.summary()))
 
 
 @feedback_app.command("export")

@@ -40,7 +40,7 @@ def _profile_names() -> frozenset[str]:
     return frozenset(PROFILES)
 
 
-__all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "SmartEhr", "TrustedIssuer", "get_settings"]
+__all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "SmartEhr", "SweepEhr", "TrustedIssuer", "get_settings"]
 
 log = logging.getLogger("cds.settings")
 
@@ -138,6 +138,53 @@ class SmartEhr(BaseModel):
         if self.signing_alg not in ALLOWED_JWT_ALGORITHMS:
             raise ValueError(f"SMART EHR {self.iss!r}: signing_alg must be an asymmetric JWS algorithm")
         return self
+
+
+class SweepEhr(BaseModel):
+    """The EHR the census sweep (`cds sweep`) reads, as a SMART Backend Services client:
+    `client_credentials` with a `private_key_jwt` assertion signed by `private_key_file` (a PEM
+    key, or a JWK / JWKS in JSON holding the private key; `key_id`: its `kid` in the JWKS the EHR
+    registered). `group_id`: the Group of current inpatients for `Group/<id>/$export` (none: a
+    system-level `$export`); `bulk`: `auto` tries Bulk Data and falls back to paged searches when
+    the EHR does not offer it, `never` always searches. `lookback_hours`: the Observations read
+    per patient. `pseudonym_source`: the FHIR base the hook calls name as `fhirServer` when it
+    differs from `fhir_base` (pseudonyms are scoped by it, so sweep and cards agree)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fhir_base: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    private_key_file: Path
+    key_id: str = Field(min_length=1)
+    signing_alg: str = "RS384"
+    token_endpoint: str | None = None  # default: from {fhir_base}/.well-known/smart-configuration
+    scope: str = (
+        "system/Patient.rs system/Encounter.rs system/Observation.rs system/Consent.rs system/Location.rs"
+    )
+    group_id: str | None = None
+    bulk: Literal["auto", "never"] = "auto"
+    lookback_hours: int = Field(default=72, ge=1, le=24 * 366)
+    concurrency: int = Field(default=4, ge=1, le=64)  # requests in flight to the EHR
+    max_retries: int = Field(default=5, ge=0, le=20)  # per request, on 429/503 and transport failures
+    max_retry_after_s: float = 60.0  # a longer Retry-After is capped to this
+    export_timeout_s: float = 900.0  # kick-off to manifest, at most
+    timeout_s: float = 30.0  # per request
+    page_size: int = Field(default=500, ge=1)
+    pseudonym_source: str | None = None
+
+    @field_validator("fhir_base", "token_endpoint", "pseudonym_source")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("sweep EHR URLs must be absolute")
+        return value.rstrip("/") if value else value
+
+    @field_validator("signing_alg")
+    @classmethod
+    def _asymmetric(cls, value: str) -> str:
+        if value not in ALLOWED_JWT_ALGORITHMS:
+            raise ValueError("signing_alg must be an asymmetric JWS algorithm")
+        return value
 
 
 class Settings(BaseSettings):
@@ -262,6 +309,8 @@ class Settings(BaseSettings):
     smart_flow_ttl_s: float = 600.0  # from launch to the EHR's redirect back
     smart_session_ttl_s: float = 3600.0  # an app session (its handle), refreshed tokens included
     smart_timeout_s: float = 5.0  # per request to the EHR's authorization and FHIR servers
+    # --- the census sweep (`cds sweep`, cds/sweep.py): JSON SweepEhr ---------------------------
+    sweep_ehr: SweepEhr | None = None
 
     def smart_ehr(self, iss: str) -> SmartEhr | None:
         return next((e for e in self.smart_ehrs if e.iss == iss.rstrip("/")), None)

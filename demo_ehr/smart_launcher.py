@@ -22,8 +22,14 @@ DEFAULT_LAUNCHER_DIR = Path(
         Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "smart-launcher",
     )
 ).resolve()
-_LAUNCH_TYPES = ["provider-ehr", "patient-portal", "provider-standalone", "patient-standalone"]
-_CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
+_LAUNCH_TYPES = [
+    "provider-ehr",
+    "patient-portal",
+    "provider-standalone",
+    "patient-standalone",
+    "backend-service",
+]
+_CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric", "backend-service"]
 
 
 def launcher_missing(directory: Path = DEFAULT_LAUNCHER_DIR) -> str | None:
@@ -52,7 +58,10 @@ def launch_code(
     pkce: str = "always",
 ) -> str:
     """The launcher's launch options (its src/isomorphic/codec.ts): a base64url JSON array. Login
-    and approval screens are skipped (one patient, one provider given), PKCE is `always`."""
+    and approval screens are skipped (one patient, one provider given), PKCE is `always`. For SMART
+    Backend Services: `launch_type` and `client_type` "backend-service", with `client_id` (the
+    assertion's `sub`) and `jwks` (the client's public keys); its token endpoint is then
+    `/v/r4/sim/<code>/auth/token`."""
     options = [
         _LAUNCH_TYPES.index(launch_type),
         patient,

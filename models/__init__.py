@@ -6,6 +6,7 @@ Imports `fhir_mappings` (the feature code shared with serving); nothing here doe
 from __future__ import annotations
 
 from .baselines import BASELINES, Baseline, baseline_scores
+from .batch import BATCH_ROWS, concat_tables, last_rows, predict_rows, shap_rows
 from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
@@ -60,6 +61,7 @@ from .train import TrainedBooster, default_params, patient_split, train_booster
 
 __all__ = [
     "BASELINES",
+    "BATCH_ROWS",
     "Baseline",
     "CV_FOLDS",
     "Calibration",
@@ -98,6 +100,7 @@ __all__ = [
     "best_threshold",
     "challenge_auc",
     "choose_device",
+    "concat_tables",
     "data_fingerprint",
     "default_params",
     "default_readmission_path",
@@ -107,6 +110,7 @@ __all__ = [
     "evaluate_sepsis",
     "grouped_folds",
     "lace_score",
+    "last_rows",
     "load_readmission_data",
     "load_sepsis_data",
     "model_task",
@@ -114,6 +118,7 @@ __all__ = [
     "out_of_fold",
     "patient_operating_point",
     "patient_split",
+    "predict_rows",
     "read_diabetes130",
     "read_physionet",
     "readmission_params",
@@ -124,6 +129,7 @@ __all__ = [
     "sepsis_metrics",
     "sepsis_subgroups",
     "serving_device",
+    "shap_rows",
     "train_booster",
     "train_readmission",
     "train_sepsis",

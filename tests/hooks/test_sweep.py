@@ -1,0 +1,92 @@
+"""The sweep's pure part: NDJSON parsing, grouping the census by patient, and batch features,
+scores and SHAP that give each patient the bits one hook call gives it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fhir_mappings import CANONICAL_COLUMNS, CanonicalTable, MappingError, build_features
+from hooks.consent import ConsentDecision
+from hooks.sweep import SweepStay, census_patients, parse_ndjson, sweep_rows
+from models import ModelRegistry, RiskModel, last_rows, model_task, predict_rows, shap_rows
+
+
+@pytest.fixture(scope="module")
+def model() -> RiskModel:
+    spec = model_task("sepsis").feature_spec()
+    return RiskModel(ModelRegistry().load("sepsis", spec), spec, nthread=1)
+
+
+def random_stays(n: int, seed: int = 7) -> list[CanonicalTable]:
+    """Stays of 1 to 90 hours with sparse, plausible-ish values (labs rarer than vitals)."""
+    rng = np.random.default_rng(seed)
+    tables = []
+    for i in range(n):
+        hours = int(rng.integers(1, 91))
+        values = rng.normal(80.0, 20.0, size=(hours, len(CANONICAL_COLUMNS)))
+        density = np.where(np.arange(len(CANONICAL_COLUMNS)) < 8, 0.7, 0.08)
+        values[rng.random(values.shape) > density] = np.nan
+        for name, value in (("Age", 60.0 + i % 30), ("Gender", float(i % 2)), ("Unit1", 1.0), ("Unit2", 0.0)):
+            values[:, CanonicalTable.column_index(name)] = value
+        tables.append(
+            CanonicalTable(
+                np.full(hours, f"p{i}", dtype=object), np.arange(1, hours + 1, dtype=np.int32), values
+            )
+        )
+    return tables
+
+
+def test_batch_features_scores_and_shap_equal_one_patient_at_a_time(model: RiskModel) -> None:
+    tables = random_stays(150)
+    batch = last_rows(tables, model.spec, chunk=16)
+    assert np.array_equal(batch, last_rows(tables, model.spec, chunk=64, workers=2), equal_nan=True)
+    probabilities = predict_rows(model, batch)
+    contributions = shap_rows(model, batch)
+    for i, table in enumerate(tables):
+        row = build_features(table, model.spec)[-1:]  # the hook's serving row
+        assert np.array_equal(batch[i], row[0], equal_nan=True)
+        assert probabilities[i] == float(model.predict(row)[0])
+        explained = model.explain(row[0])
+        assert contributions[i, -1] == np.float32(explained.base_value)
+        assert [float(x) for x in contributions[i, :-1]] == [c.shap for c in explained.contributions]
+
+
+def test_sweep_rows_rank_drivers_by_size_and_band_like_the_model(model: RiskModel) -> None:
+    tables = random_stays(40, seed=11)
+    stays = [SweepStay(str(t.patient[0]), t, len(t), "medical", ConsentDecision()) for t in tables]
+    features = last_rows(tables, model.spec)
+    contributions = shap_rows(model, features)
+    rows = sweep_rows(model, stays, features, predict_rows(model, features), contributions, drivers=4)
+    for row, contrib in zip(rows, contributions, strict=True):
+        expected = sorted(range(len(model.spec)), key=lambda j: (-abs(contrib[j]), j))[:4]
+        assert [abs(contrib[j]) for j in row.drivers] == [abs(contrib[j]) for j in expected]
+        assert row.band == model.band(row.probability)
+
+
+def test_parse_ndjson_reads_resources_and_names_bad_lines_by_number_only() -> None:
+    text = '{"resourceType":"Patient","id":"a"}\n\n{"resourceType":"Observation","id":"o"}\n'
+    assert [r["id"] for r in parse_ndjson(text.encode())] == ["a", "o"]
+    with pytest.raises(MappingError, match="line 2 is not JSON") as caught:
+        parse_ndjson('{"resourceType":"Patient","id":"a"}\n{"name": "Jane Secret"\n')
+    assert "Jane" not in str(caught.value)
+    with pytest.raises(MappingError, match="line 1 is not a FHIR resource"):
+        parse_ndjson('["not", "a", "resource"]\n')
+
+
+def test_census_patients_groups_by_subject_and_keeps_one_observation_per_id() -> None:
+    obs = {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/a"}}
+    resources = [
+        {"resourceType": "Patient", "id": "a"},
+        {"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/a"}},
+        obs,
+        dict(obs),  # the same Observation twice (e.g. from two files)
+        {"resourceType": "Observation", "subject": {"reference": "Patient/a"}},  # no id: kept apart
+        {"resourceType": "Patient", "id": "b"},  # no Encounter: not in the census
+        {"resourceType": "Consent", "id": "c", "patient": {"reference": "Patient/a"}},
+        {"resourceType": "Location", "id": "icu"},
+    ]
+    patients, locations = census_patients(resources)
+    assert [p.patient_id for p in patients] == ["a"]
+    assert len(patients[0].observations) == 2 and len(patients[0].consents) == 1
+    assert list(locations) == ["icu"]
