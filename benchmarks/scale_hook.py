@@ -10,7 +10,8 @@ calls answered with a card within the budget, or the generator falling behind. T
 is the last rate that passed. Loopback only; every run is bounded (load_hook's hard cap) and the
 ladder ends by itself. Redis keys go under a prefix of their own (`bench-scale-<random>:`).
 Usage:
-    .venv/bin/python -m benchmarks.scale_hook [--workers 1,2] [--rates 20,40,60,80,100,120,160] [--duration 20]
+    .venv/bin/python -m benchmarks.scale_hook [--workers 1,2] [--rates 20,40,60,80,100,120,160]
+        [--duration 20] [--json-out FILE]
 """
 
 from __future__ import annotations
