@@ -159,6 +159,7 @@ class SQLiteStore(SQLiteFile):
         done.add_done_callback(_retrieve)  # read even when its caller has given up (no stray warning)
         self._cards.append((record, done))
         if self._committer is None or self._committer.done():
+            self._room = None  # nobody waits for room while no commit runs; a new one is of this loop
             self._committer = loop.create_task(self._commit_cards())
         await asyncio.shield(done)  # a caller that gives up does not withdraw its card
 
