@@ -49,6 +49,9 @@ class RiskModel:
         params: dict[str, object] = {"device": device}
         if nthread:
             params["nthread"] = nthread
+        # The explanation's DMatrix gets the same thread count: built with every core's OpenMP
+        # threads, one row's TreeSHAP took ~16 ms instead of ~0.7 ms on a busy 2-core machine.
+        self._nthread = nthread or -1
         self.booster.set_param(params)
         cal = self.manifest.calibration
         self._cal = (
@@ -56,7 +59,7 @@ class RiskModel:
             if cal.method != "none"
             else None
         )
-        self._labels = {f.name: (f.label, f.unit) for f in spec.features}
+        self._names = tuple((f.name, f.label, f.unit) for f in spec.features)
 
     @property
     def name(self) -> str:
@@ -98,16 +101,13 @@ class RiskModel:
     def explain(self, row: np.ndarray) -> Explanation:
         """TreeSHAP for one feature row (shape (n_features,) or (1, n_features))."""
         x = np.asarray(row, dtype=np.float32).reshape(1, -1)
-        contribs = self.booster.predict(xgb.DMatrix(x, missing=np.nan), pred_contribs=True)[0]
-        values = x[0]
+        dmatrix = xgb.DMatrix(x, missing=np.nan, nthread=self._nthread)
+        contribs = self.booster.predict(dmatrix, pred_contribs=True)[0]
+        shap = contribs.tolist()  # Python floats at once: ~250 numpy scalar reads cost ~1 ms
         out = tuple(
             Contribution(
-                feature=name,
-                label=self._labels[name][0],
-                unit=self._labels[name][1],
-                value=None if np.isnan(values[j]) else float(values[j]),
-                shap=float(contribs[j]),
+                feature=name, label=label, unit=unit, value=None if value != value else value, shap=shap[j]
             )
-            for j, name in enumerate(self.spec.names)
+            for j, ((name, label, unit), value) in enumerate(zip(self._names, x[0].tolist(), strict=True))
         )
-        return Explanation(base_value=float(contribs[-1]), margin=float(contribs.sum()), contributions=out)
+        return Explanation(base_value=shap[-1], margin=float(contribs.sum()), contributions=out)

@@ -381,8 +381,8 @@ def _evaluate_sepsis(model: RiskModel, path: Path, options: EvaluateOptions) -> 
 
 
 def _serving_row(table: Any, spec: FeatureSpec) -> np.ndarray:
-    """The hour being scored: the last row of the stay's features (the batch path, bit-for-bit)."""
-    return build_features(table, spec)[-1:]
+    """The hour being scored: the stay's last row, computed alone (bit for bit the batch path's)."""
+    return build_features(table, spec, rows=[len(table) - 1] if len(table) else [])
 
 
 SEPSIS_TASK = RiskTask(

@@ -1,6 +1,8 @@
 """The routes' dependencies: the server's state, its settings, the service a path names, the
 verified caller and when the call arrived. Routes declare what they need (`Annotated[..., Depends]`);
-nothing reads `request.app.state` but `app_state`."""
+nothing reads `request.app.state` but `app_state`. Every dependency is `async def`: FastAPI runs a
+plain `def` dependency in its thread pool, a thread hop per dependency per call (a few hundred
+microseconds each on a busy 2-core machine) for work that never blocks."""
 
 from __future__ import annotations
 
@@ -18,22 +20,22 @@ from ..state import AppState
 ARRIVAL = "cds.arrival"  # scope key: when the call reached us (time.monotonic), set by the middleware
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
     state: AppState = request.app.state.cds
     return state
 
 
-def app_settings(state: Annotated[AppState, Depends(app_state)]) -> Settings:
+async def app_settings(state: Annotated[AppState, Depends(app_state)]) -> Settings:
     return state.settings
 
 
-def arrival(request: Request) -> float:
+async def arrival(request: Request) -> float:
     """When the call arrived: its budget counts from here, body reading included."""
     stamped = request.scope.get(ARRIVAL)
     return float(stamped) if stamped is not None else time.monotonic()
 
 
-def service_or_404(service_id: str) -> Service:
+async def service_or_404(service_id: str) -> Service:
     service = SERVICES.get(service_id)
     if service is None:
         raise ServiceNotFound(f"no CDS service with id {service_id!r}")

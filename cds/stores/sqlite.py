@@ -3,16 +3,24 @@
 Durable for acknowledged writes: WAL with `synchronous=FULL` syncs the log at every commit, so a
 card or feedback the server has answered for survives kill -9 and power loss (NORMAL would only
 survive the former). Calls run in a thread so the event loop never waits on the disk.
+
+Cards are group-committed: the cards of hook calls that arrive while a commit is under way wait
+in a bounded queue and go in the next transaction together (one sync for all of them, at most
+`CARD_BATCH` each); `put_card` returns only once its card's transaction has committed, so an
+answered card is as durable as before. A full queue holds new callers back (each caller's own
+deadline bounds the wait) instead of growing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +49,8 @@ __all__ = ["SQLiteStore", "connect_durable"]
 T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 5.0
+CARD_BATCH = 64  # cards per group commit
+CARD_QUEUE = 256  # cards waiting for a commit; beyond it put_card waits for room
 CARD_MARKS = ", ".join("?" * len(CARD_COLUMNS.split(",")))
 PATIENT_OF = "json_extract(resource, '$.subject.identifier.value')"
 
@@ -54,6 +64,11 @@ def cards_by_uuid(db: sqlite3.Connection, table: str, card_uuids: Sequence[str])
         f"SELECT {CARD_COLUMNS} FROM {table} WHERE card_uuid IN ({marks})", list(card_uuids)
     ).fetchall()
     return {row[0]: card_from_row(row) for row in rows}
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def connect_durable(path: Path) -> sqlite3.Connection:
@@ -106,23 +121,76 @@ class SQLiteStore(SQLiteFile):
         super().__init__(path)
         self.anchors = anchors or AnchorLog(None)
         self._pending_anchor: tuple[int, str] | None = None  # the head the open transaction appended
+        # Group commit of cards: (record, future) waiting, the task committing them, its loop.
+        self._cards: list[tuple[CardRecord, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None
         try:
             self.schema_version = migrate_sqlite(self._db)
         except BaseException:
             self._db.close()
             raise
 
+    def _write_card(self, record: CardRecord) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES ({CARD_MARKS})", card_row(record)
+        )
+        if record.audit is not None:
+            self._append_audit("card-scored", record.audit)
+
+    def _write_cards(self, records: Sequence[CardRecord]) -> None:
+        for record in records:
+            self._write_card(record)
+
     async def put_card(self, record: CardRecord) -> None:
-        """The card and its `card-scored` audit entry, in one transaction."""
+        """The card and its `card-scored` audit entry, committed (with the cards of concurrent
+        calls, in one transaction) when this returns; StoreError when its transaction failed."""
+        loop = asyncio.get_running_loop()
+        committer = self._committer
+        if committer is not None and not committer.done() and committer.get_loop() is not loop:
+            await self._run(self._transaction, partial(self._write_cards, [record]))  # another loop's batch
+            return
+        while len(self._cards) >= CARD_QUEUE:  # back-pressure: wait for the committer to take some
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+        done: asyncio.Future[None] = loop.create_future()
+        done.add_done_callback(_retrieve)  # read even when its caller has given up (no stray warning)
+        self._cards.append((record, done))
+        if self._committer is None or self._committer.done():
+            self._room = None  # nobody waits for room while no commit runs; a new one is of this loop
+            self._committer = loop.create_task(self._commit_cards())
+        await asyncio.shield(done)  # a caller that gives up does not withdraw its card
 
-        def write() -> None:
-            self._db.execute(
-                f"INSERT OR REPLACE INTO card ({CARD_COLUMNS}) VALUES ({CARD_MARKS})", card_row(record)
-            )
-            if record.audit is not None:
-                self._append_audit("card-scored", record.audit)
-
-        await self._run(self._transaction, write)
+    async def _commit_cards(self) -> None:
+        """Commit what is queued, batch after batch, until the queue is empty."""
+        while self._cards:
+            batch, self._cards = self._cards[:CARD_BATCH], self._cards[CARD_BATCH:]
+            if self._room is not None:
+                self._room.set()
+            records = [record for record, _ in batch]
+            try:
+                await self._run(self._transaction, partial(self._write_cards, records))
+            except asyncio.CancelledError:  # shut down mid-commit: nobody is told their card is in
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(StoreError("record store closed before the card was committed"))
+                raise
+            except Exception:  # noqa: BLE001 - one card's failure must not fail the others
+                for record, done in batch:
+                    try:
+                        await self._run(self._transaction, partial(self._write_cards, [record]))
+                    except Exception as exc:  # noqa: BLE001 - that caller's own answer
+                        if not done.done():
+                            done.set_exception(exc)
+                    else:
+                        if not done.done():
+                            done.set_result(None)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def get_cards(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
         return await self._run(lambda: cards_by_uuid(self._db, "card", card_uuids))
@@ -277,5 +345,10 @@ class SQLiteStore(SQLiteFile):
         return StoreHealth("sqlite")
 
     async def close(self) -> None:
+        committer = self._committer
+        if committer is not None and not committer.done():
+            with contextlib.suppress(Exception):
+                if committer.get_loop() is asyncio.get_running_loop():
+                    await committer  # the cards already queued are committed before the file closes
         self.anchors.write()
         await super().close()

@@ -142,3 +142,41 @@ def test_feature_families_separate_clock_and_measurement_habits() -> None:
     kept = clock.columns(exclude_families=("clock", "measurement"))
     assert all(clock.family(clock.features[j]) in ("value", "demographic") for j in kept)
     assert len(SPEC.columns(exclude_families=("clock",))) == len(SPEC)
+
+
+def _random_stays(seed: int) -> CanonicalTable:
+    """Three stays (one starting late, one of a single hour) with gaps, in one table."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for patient, n, start in (("a", 72, 1), ("b", 30, 9), ("c", 1, 1)):
+        values = np.full((n, len(CANONICAL_COLUMNS)), np.nan)
+        for j in range(len(CANONICAL_COLUMNS)):
+            measured = rng.random(n) < rng.uniform(0.05, 0.9)
+            values[measured, j] = rng.normal(50, 20, int(measured.sum()))
+        parts.append(
+            CanonicalTable(
+                np.full(n, patient, dtype=object), np.arange(start, start + n, dtype=np.int32), values
+            )
+        )
+    return CanonicalTable(
+        np.concatenate([p.patient for p in parts]),
+        np.concatenate([p.iculos for p in parts]),
+        np.vstack([p.values for p in parts]),
+    )
+
+
+@pytest.mark.parametrize("spec", [SPEC, sepsis_feature_spec(include_clock=True)], ids=["served", "clock"])
+def test_one_row_alone_is_bit_for_bit_the_batch_row(spec) -> None:
+    for seed in range(3):
+        t = _random_stays(seed)
+        batch = build_features(t, spec)
+        assert np.isfinite(batch).any(axis=0).sum() > len(spec) // 2  # the data exercises most features
+        for r in range(len(t)):
+            alone = build_features(t, spec, rows=[r])
+            assert alone.shape == (1, len(spec))
+            assert alone.tobytes() == batch[r : r + 1].tobytes(), (seed, r)
+        some = [len(t) - 1, 0, 40, 72, 101]  # any order, across stays
+        assert build_features(t, spec, rows=some).tobytes() == batch[some].tobytes()
+    assert build_features(t, spec, rows=[]).shape == (0, len(spec))
+    with pytest.raises(IndexError):
+        build_features(t, spec, rows=[len(t)])
