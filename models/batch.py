@@ -39,15 +39,15 @@ def last_rows(
     tables: Sequence[CanonicalTable], spec: FeatureSpec, *, chunk: int = _CHUNK_STAYS, workers: int = 1
 ) -> np.ndarray:
     """(stays x features) float32: each stay's features at its last hour, in input order. Built in
-    chunks of stays (small enough to stay in cache), keeping only the last rows, so memory grows
-    with stays, not with their hours; `workers` threads build chunks side by side (NumPy releases
+    chunks of stays (small enough to stay in cache), computing only the last rows (bit for bit the
+    batch rows), so memory grows with stays, not with their hours; `workers` threads build chunks side by side (NumPy releases
     the GIL; chunks never share a row, so the result is the same bits)."""
     out = np.empty((len(tables), len(spec)), dtype=np.float32)
 
     def build(a: int) -> None:
         part = tables[a : a + chunk]
-        features = build_features(concat_tables(part), spec)
-        out[a : a + len(part)] = features[np.cumsum([len(t) for t in part]) - 1]
+        last = np.cumsum([len(t) for t in part]) - 1
+        out[a : a + len(part)] = build_features(concat_tables(part), spec, rows=last)
 
     starts = range(0, len(tables), chunk)
     if workers <= 1 or len(tables) <= chunk:
