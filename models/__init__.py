@@ -9,6 +9,14 @@ from .baselines import BASELINES, Baseline, baseline_scores
 from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
+from .drift_reference import (
+    BinnedReference,
+    DriftReference,
+    backfill_reference,
+    bin_counts,
+    psi,
+    reference_from,
+)
 from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import Calibration, FeatureEntry, ModelManifest
@@ -61,12 +69,14 @@ from .train import TrainedBooster, default_params, patient_split, train_booster
 __all__ = [
     "BASELINES",
     "Baseline",
+    "BinnedReference",
     "CV_FOLDS",
     "Calibration",
     "Contribution",
     "DEFAULT_DATA_DIR",
     "DEFAULT_REGISTRY",
     "DatasetError",
+    "DriftReference",
     "EvaluateOptions",
     "Explanation",
     "FeatureEntry",
@@ -94,8 +104,10 @@ __all__ = [
     "TrainedBooster",
     "accuracy_f_measure",
     "alert_burden",
+    "backfill_reference",
     "baseline_scores",
     "best_threshold",
+    "bin_counts",
     "challenge_auc",
     "choose_device",
     "data_fingerprint",
@@ -114,9 +126,11 @@ __all__ = [
     "out_of_fold",
     "patient_operating_point",
     "patient_split",
+    "psi",
     "read_diabetes130",
     "read_physionet",
     "readmission_params",
+    "reference_from",
     "register_version",
     "score_readmission",
     "score_sepsis",

@@ -32,6 +32,7 @@ from .errors import DatasetError, ModelError
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import ModelManifest
 from .metrics import auprc, auroc, bootstrap_by_group, operating_point, subgroup_table
+from .drift_reference import holdout_source, reference_from
 from .registration import register_version
 from .registry import ModelRegistry
 from .report import markdown_table, plot_calibration, plot_pr, plot_roc, write_model_card
@@ -369,6 +370,13 @@ def train_readmission(
         device=trained.device,
         seed=seed,
         activate=activate,
+        reference=reference_from(
+            data.features[parts["test"]],
+            p_test,
+            spec.names,
+            source=holdout_source(data_path, seed),
+            seed=seed,
+        ),
     )
     note = f"Held-out test split (20 % of patients, seed {seed}) of {Path(data_path).name}."
     write_model_card(
@@ -417,6 +425,13 @@ def _score_readmission(model: RiskModel, path: Path) -> Iterator[str]:
         yield json.dumps({"patient": patient, "encounter": encounter, "probability": p})
 
 
+def _holdout_rows(path: Path, spec: FeatureSpec, seed: int) -> np.ndarray:
+    """The test patients' rows of the 70/10/20 split `train_readmission` makes with `seed`."""
+    data = load_readmission_data(path, spec)
+    test_ids = patient_split(data.patient, (0.7, 0.1, 0.2), seed)[2]
+    return data.features[np.isin(data.patient, test_ids)]
+
+
 def _evaluate_readmission(model: RiskModel, path: Path, options: EvaluateOptions) -> dict[str, Any]:
     data = load_readmission_data(path, model.spec)
     if options.holdout:
@@ -436,4 +451,5 @@ READMISSION_TASK = RiskTask(
     train=_train_readmission,
     score_lines=_score_readmission,
     evaluate=_evaluate_readmission,
+    holdout_rows=_holdout_rows,
 )
