@@ -521,7 +521,7 @@ def drift_report(
     out.write_text(render_html(report), encoding="utf-8")
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    typer.echo(json.dumps({"out": str(out), "warnings": report["warnings"]}))
+    typer.echo(json.dumps({"out": str(out), "warnings": len(report["warnings"])}))
 
 
 def main() -> None:

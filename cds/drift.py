@@ -522,7 +522,9 @@ def summarize(
         out["models"].append(entry)
         for issuer, judged in issuers.items():
             for warning in judged["warnings"]:
-                out["warnings"].append(f"{model} v{version} · {issuer}: {warning}")
+                out["warnings"].append(
+                    {"model": model, "version": version, "issuer": issuer, "what": warning}
+                )
     return out
 
 

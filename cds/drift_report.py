@@ -166,7 +166,10 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"≥ {_pct(t['unmapped'])} of Observations unmapped; judged from {t['min_calls']} scored calls.</p>",
     ]
     if report["warnings"]:
-        items = "".join(f"<li>{_e(w)}</li>" for w in report["warnings"][:40])
+        items = "".join(
+            f"<li><b>{_e(w['model'])} v{_e(w['version'])}</b> · {_e(w['issuer'])}: {_e(w['what'])}</li>"
+            for w in report["warnings"][:40]
+        )
         parts.append(f"<div class='warn'><b>{len(report['warnings'])} warnings</b><ul>{items}</ul></div>")
     else:
         parts.append("<div class='ok'>No drift or data-quality warning in this window.</div>")

@@ -5,9 +5,9 @@ same for the calibrated score. Computed on the held-out test patients of the tra
 version reproduces what training would have stored (`cds drift reference MODEL`).
 
 Aggregates only (bin edges are deciles over thousands of rows, rounded): no row, no identity.
-PSI here is the textbook sum over bins of (live - ref) * ln(live / ref), with both shares floored
-at `PSI_FLOOR` so an empty bin does not give infinity; the missing bin is one of the bins, so a
-feed that stops (values turn missing) raises the PSI of its features.
+PSI here is the textbook sum over bins of (live - ref) * ln(live / ref), less its expectation
+without drift (see `psi`); the missing bin is one of the bins, so a feed that stops (values turn
+missing) raises the PSI of its features.
 """
 
 from __future__ import annotations
@@ -110,13 +110,20 @@ def reference_from(
 
 
 def psi(reference: Sequence[float] | np.ndarray, live_counts: np.ndarray) -> float:
-    """PSI of live counts (same bins) against the reference shares; 0.0 without live data."""
-    total = float(np.sum(live_counts))
-    if total <= 0:
+    """PSI of live counts (same bins) against the reference shares, less what sampling alone gives
+    ((bins - 1) / n: PSI is about chi-square / n), so a quiet feed reads ~0 at any volume; 0.0
+    without live data. An empty live bin counts as half a call, not as nothing."""
+    counts = np.asarray(live_counts, dtype=np.float64)
+    n = float(counts.sum())
+    if n <= 0:
         return 0.0
-    ref = np.maximum(np.asarray(reference, dtype=np.float64), PSI_FLOOR)
-    live = np.maximum(np.asarray(live_counts, dtype=np.float64) / total, PSI_FLOOR)
-    return float(np.sum((live - ref) * np.log(live / ref)))
+    ref = np.asarray(reference, dtype=np.float64)
+    expected = ref > PSI_FLOOR
+    live = counts / n
+    live = np.where(expected, np.maximum(live, 0.5 / n), np.maximum(live, PSI_FLOOR))
+    ref = np.maximum(ref, PSI_FLOOR)
+    raw = float(np.sum((live - ref) * np.log(live / ref)))
+    return max(0.0, raw - (int(expected.sum()) - 1) / n)
 
 
 def backfill_reference(
