@@ -76,6 +76,70 @@ def test_the_committed_models_carry_a_reference_for_every_feature() -> None:
             assert abs(sum(f.fractions) - 1) < 1e-3 and len(f.fractions) == len(f.edges) + 2
 
 
+@pytest.fixture(scope="module")
+def sepsis_model() -> Any:
+    from fhir_mappings import sepsis_feature_spec
+    from models import ModelRegistry, RiskModel
+
+    spec = sepsis_feature_spec()
+    return RiskModel(ModelRegistry().load("sepsis", spec), spec)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_two_workers_tallies_add_up_in_the_shared_store_and_bin_as_the_reference(
+    store: str, sepsis_model: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two monitors (two workers) observe rows and flush into one store: the summary's counts are
+    the sum, and each feature's live bins are exactly `bin_counts` of the values against its edges."""
+    import asyncio
+
+    from cds.drift import DriftThresholds, RedisDriftBackend, SqliteDriftBackend
+    from models import bin_counts
+
+    def backend() -> Any:
+        if store == "sqlite":
+            return SqliteDriftBackend(tmp_path / "drift.sqlite3")
+        return RedisDriftBackend(
+            request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix")
+        )
+
+    from cds.drift import DriftMonitor
+
+    rng = np.random.default_rng(7)
+    reference = sepsis_model.manifest.reference
+    names = [f.name for f in reference.features]
+    rows = np.stack(
+        [rng.choice(np.asarray(f.edges + [np.nan, 1e6, -1e6]), size=40) for f in reference.features], 1
+    )
+    clock = [1_800_000_000.0]
+    workers = [
+        DriftMonitor({"sepsis": sepsis_model}, backend(), issuers=[QUIET], clock=lambda: clock[0])
+        for _ in (0, 1)
+    ]
+    for i, row in enumerate(rows):
+        workers[i % 2].observe(
+            sepsis_model, QUIET, row, 0.01, {"observations": 10, "unit_errors": {"Lactate|mg/dL": 1}}
+        )
+
+    async def flush_and_read() -> dict[str, Any]:
+        for w in workers:
+            await w.flush()
+        found = await workers[0].summary(clock[0] - 3600, DriftThresholds(min_calls=0))
+        for w in workers:
+            await w.backend.close()
+        return found
+
+    summary = asyncio.run(flush_and_read())
+    judged = summary["models"][0]["issuers"][QUIET]
+    assert judged["scored"] == judged["calls"] == len(rows)
+    assert judged["quality"]["observations"] == 10 * len(rows)
+    assert judged["quality"]["by_unit"] == [{"key": "Lactate|mg/dL", "count": len(rows), "share": 0.1}]
+    live = {f["feature"]: f["live"] for f in judged["features"]}
+    for i, f in enumerate(reference.features):
+        expected = bin_counts(np.asarray(f.edges), rows[:, i]) / len(rows)
+        assert np.allclose(live[names[i]], np.round(expected, 4)), names[i]
+
+
 # --- over HTTP -------------------------------------------------------------------------------
 
 
