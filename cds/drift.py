@@ -7,7 +7,7 @@ the share of Observations whose code or unit was not mapped (or whose value was 
 per model version and per configured EHR issuer.
 
 Hot path: `observe` is one vectorised comparison of the row with the bin edges and one indexed
-add under a lock (~10 us for the sepsis model's 252 features, benchmarks/bench_drift.py); no
+add under a lock (p50 ~15 us for the sepsis model's 252 features, benchmarks/bench_drift.py); no
 I/O. Tallied: bin counts, call counts, and mapping counts by code ("system|code") and by
 "variable|unit" (capped per time bucket); never a value, a patient or a clinician.
 """
@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -118,7 +119,14 @@ Key = tuple[str, str, str, int]  # model, version, issuer label, bucket start (e
 
 class DriftBackend(Protocol):
     async def add(self, batches: Mapping[Key, Mapping[str, int]]) -> None: ...
-    async def read(self, since: float) -> dict[Key, dict[str, int]]: ...
+    async def read(self, since: float, *, by_bucket: bool = True) -> dict[Key, dict[str, int]]:
+        """Tallies since `since`; `by_bucket=False`: summed over the buckets (bucket 0)."""
+        ...
+
+    async def claim(self, name: str, ttl_s: float) -> bool:
+        """True for one caller per `ttl_s` (across the processes sharing the store)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -224,22 +232,23 @@ class DriftMonitor:
         evaluate_s: float = 60.0,
         window_s: float = 86400.0,
     ) -> None:
-        """Background loop of one worker: flush, and now and then set the drift gauges."""
-        last_eval = -float("inf")
+        """Background loop of one worker: flush, and every `evaluate_s` (one worker of the host,
+        by a claim in the store) set the drift gauges from the window's totals."""
         warned: set[tuple[str, str]] = set()
+        claim = f"evaluate:{socket.gethostname()}"  # one worker per host sets the gauges each round
         while True:
             await asyncio.sleep(flush_s)
             await self.flush()
-            if metrics is None or time.monotonic() - last_eval < evaluate_s:
+            if metrics is None:
                 continue
-            last_eval = time.monotonic()
             try:
-                summary = summarize(
-                    await self.backend.read(self._clock() - window_s),
-                    self.references,
-                    thresholds,
-                    since=self._clock() - window_s,
-                    timeline=False,
+                if not await self.backend.claim(claim, evaluate_s * 0.9):
+                    continue
+                since = self._clock() - window_s
+                rows = await self.backend.read(since, by_bucket=False)
+                # Off the event loop: a day of tallies is ~10^5 counts to add up.
+                summary = await asyncio.to_thread(
+                    summarize, rows, self.references, thresholds, since=since, timeline=False
                 )
             except Exception as exc:
                 log.warning("drift state not read", extra={"event": {"error": type(exc).__name__}})
@@ -278,6 +287,7 @@ class SqliteDriftBackend:
                 "CREATE TABLE IF NOT EXISTS drift_counts (model TEXT, version TEXT, issuer TEXT, "
                 "bucket INTEGER, field TEXT, n INTEGER, PRIMARY KEY (model, version, issuer, bucket, field))"
             )
+            db.execute("CREATE TABLE IF NOT EXISTS drift_claims (name TEXT PRIMARY KEY, until REAL)")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
@@ -299,22 +309,43 @@ class SqliteDriftBackend:
         finally:
             db.close()
 
-    def _read(self, since: float) -> dict[Key, dict[str, int]]:
+    def _read(self, since: float, by_bucket: bool) -> dict[Key, dict[str, int]]:
         db = self._connect()
         try:
             found: dict[Key, dict[str, int]] = {}
-            query = "SELECT model, version, issuer, bucket, field, n FROM drift_counts WHERE bucket >= ?"
+            if by_bucket:
+                query = "SELECT model, version, issuer, bucket, field, n FROM drift_counts WHERE bucket >= ?"
+            else:
+                query = (
+                    "SELECT model, version, issuer, 0, field, SUM(n) FROM drift_counts WHERE bucket >= ? "
+                    "GROUP BY model, version, issuer, field"
+                )
             for model, version, issuer, bucket, name, n in db.execute(query, (int(since // 1),)):
                 found.setdefault((model, version, issuer, int(bucket)), {})[name] = int(n)
             return found
         finally:
             db.close()
 
+    def _claim(self, name: str, ttl_s: float) -> bool:
+        db = self._connect()
+        try:
+            now = time.time()
+            db.execute("INSERT OR IGNORE INTO drift_claims VALUES (?, 0)", (name,))
+            done = db.execute(
+                "UPDATE drift_claims SET until = ? WHERE name = ? AND until < ?", (now + ttl_s, name, now)
+            )
+            return done.rowcount == 1
+        finally:
+            db.close()
+
     async def add(self, batches: Mapping[Key, Mapping[str, int]]) -> None:
         await asyncio.to_thread(self._add, batches)
 
-    async def read(self, since: float) -> dict[Key, dict[str, int]]:
-        return await asyncio.to_thread(self._read, since)
+    async def read(self, since: float, *, by_bucket: bool = True) -> dict[Key, dict[str, int]]:
+        return await asyncio.to_thread(self._read, since, by_bucket)
+
+    async def claim(self, name: str, ttl_s: float) -> bool:
+        return await asyncio.to_thread(self._claim, name, ttl_s)
 
     async def close(self) -> None:
         return None
@@ -349,7 +380,13 @@ class RedisDriftBackend:
         pipe.zremrangebyscore(self._index, "-inf", time.time() - self.retention_s)
         await pipe.execute()
 
-    async def read(self, since: float) -> dict[Key, dict[str, int]]:
+    async def claim(self, name: str, ttl_s: float) -> bool:
+        done = await self._redis.set(
+            self._prefix + "claim:" + name, "1", nx=True, px=max(1, int(1000 * ttl_s))
+        )
+        return bool(done)
+
+    async def read(self, since: float, *, by_bucket: bool = True) -> dict[Key, dict[str, int]]:
         names = await self._redis.zrangebyscore(self._index, int(since // 1), "+inf")
         if not names:
             return {}
@@ -358,9 +395,13 @@ class RedisDriftBackend:
             pipe.hgetall(name)
         found: dict[Key, dict[str, int]] = {}
         for name, fields in zip(names, await pipe.execute(), strict=True):
-            if fields:
-                model, version, issuer, bucket = json.loads(name[len(self._prefix) :])
-                found[(model, version, issuer, int(bucket))] = {k: int(v) for k, v in fields.items()}
+            if not fields:
+                continue
+            model, version, issuer, bucket = json.loads(name[len(self._prefix) :])
+            key = (model, version, issuer, int(bucket) if by_bucket else 0)
+            into = found.setdefault(key, {})
+            for k, v in fields.items():
+                into[k] = into.get(k, 0) + int(v)
         return found
 
     async def close(self) -> None:

@@ -9,7 +9,8 @@ apps in one process (tests) do not collide.
 Several workers (`cds serve --workers N`): the command sets PROMETHEUS_MULTIPROC_DIR to a fresh
 folder before the workers start; prometheus-client then keeps each worker's values in files there
 and /metrics (answered by any worker) sums them. Gauges say how they combine across workers
-(`livesum` for in-flight counts, `max` for degraded flags and drift scores). Gauges that are
+(`livesum` for in-flight counts, `max` for degraded flags, `mostrecent` for the drift gauges,
+which one worker per host recomputes). Gauges that are
 read from the objects owning them (queue length, in flight, degraded, spooled cards) are refreshed
 on each scrape and by `refresh()` every few seconds, so the other workers' figures are current too.
 """
@@ -139,34 +140,38 @@ class Metrics:
         )
         drift = ["model", "issuer"]
         self.drift_psi = Gauge(
-            "cds_drift_psi", d["cds_drift_psi"], [*drift, "variable"], registry=r, multiprocess_mode="max"
+            "cds_drift_psi",
+            d["cds_drift_psi"],
+            [*drift, "variable"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.drift_over = Gauge(
             "cds_drift_features_over_threshold",
             d["cds_drift_features_over_threshold"],
             drift,
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
         self.drift_missing = Gauge(
             "cds_drift_missing_share_delta",
             d["cds_drift_missing_share_delta"],
             drift,
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
         self.drift_unmapped = Gauge(
             "cds_drift_unmapped_share",
             d["cds_drift_unmapped_share"],
             drift,
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="mostrecent",
         )
         self.drift_warning = Gauge(
-            "cds_drift_warning", d["cds_drift_warning"], drift, registry=r, multiprocess_mode="max"
+            "cds_drift_warning", d["cds_drift_warning"], drift, registry=r, multiprocess_mode="mostrecent"
         )
         self.drift_calls = Gauge(
-            "cds_drift_calls", d["cds_drift_calls"], drift, registry=r, multiprocess_mode="max"
+            "cds_drift_calls", d["cds_drift_calls"], drift, registry=r, multiprocess_mode="mostrecent"
         )
         self.degraded = Gauge(
             "cds_degraded", d["cds_degraded"], ["component"], registry=r, multiprocess_mode="max"

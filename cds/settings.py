@@ -3,7 +3,7 @@
 Embedded default: with nothing set the server runs on one machine with no external service
 (SQLite file store, in-process caches, the committed model). `CDS_DATABASE_URL` moves the record
 store (cards, feedback, audit events, served model versions) to PostgreSQL; `CDS_REDIS_URL` shares
-only what may be lost (the replay window, the JWKS cache) between workers.
+only what may be lost (the replay window, the JWKS cache, drift tallies) between workers.
 """
 
 from __future__ import annotations
@@ -213,7 +213,9 @@ class Settings(BaseSettings):
     drift_enabled: bool = True
     drift_bucket_s: float = 300.0  # tallies are stored per time bucket of this length
     drift_flush_s: float = 5.0  # how often a worker moves its in-process tallies to the shared store
-    drift_evaluate_s: float = 60.0  # how often the drift gauges and warning state are recomputed
+    drift_evaluate_s: float = (
+        300.0  # how often the drift gauges and warning state are recomputed (one worker)
+    )
     drift_window_s: float = 86400.0  # the sliding window the gauges and warning state judge
     drift_psi_warn: float = 0.2
     drift_missing_warn: float = 0.2  # absolute change of a feature's missing share

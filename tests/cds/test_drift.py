@@ -125,6 +125,12 @@ def test_two_workers_tallies_add_up_in_the_shared_store_and_bin_as_the_reference
         for w in workers:
             await w.flush()
         found = await workers[0].summary(clock[0] - 3600, DriftThresholds(min_calls=0))
+        by_bucket = await workers[0].backend.read(clock[0] - 3600)
+        totals = await workers[1].backend.read(clock[0] - 3600, by_bucket=False)
+        [(key, fields)] = totals.items()
+        assert key[3] == 0 and fields == {k: v for k, v in next(iter(by_bucket.values())).items()}
+        claims = [await w.backend.claim("evaluate:test", 60) for w in (*workers, *workers)]
+        assert claims == [True, False, False, False]  # one evaluator per round
         for w in workers:
             await w.backend.close()
         return found
