@@ -72,6 +72,9 @@ def _timeline_plot(entry: Mapping[str, Any], key: str, title: str, threshold: fl
         ax.plot(times, values, marker="o", markersize=3, color=PALETTE[i % len(PALETTE)], label=issuer)
     if threshold is not None:
         ax.axhline(threshold, color="#999", linestyle="--", linewidth=1, label=f"warning ({threshold:g})")
+    width = times[1] - times[0] if len(times) > 1 else None
+    if width is not None:
+        ax.set_xlim(times[0], times[-1] + width)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)

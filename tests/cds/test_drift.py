@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +192,11 @@ def traffic(
         auth_issuers=tuple(TrustedIssuer(iss=i.issuer, jwks_url=i.jwks_url) for i in identities.values()),
         drift_evaluate_s=0.5,
         drift_flush_s=0.5,
+        drift_bucket_s=10,  # fine buckets: the report's timeline shows each EHR's traffic in turn
     )
     plan = {QUIET: "none", LACTATE: "lactate", HR_STOPPED: "hr-stopped"}
     answered = {iss: 0 for iss in plan}
+    started = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     with serve_cds(settings) as server:
         for seed, (iss, how) in enumerate(plan.items()):
             with httpx.Client(base_url=server.url, timeout=20, auth=EhrJwtAuth(identities[iss])) as client:
@@ -222,6 +224,7 @@ def traffic(
         "var_dir": var_dir,
         "settings": settings,
         "ready": ready,
+        "started": started,
     }
 
 
@@ -296,7 +299,7 @@ def test_readyz_with_warm_jwks_and_the_html_report_from_the_cli(
     out = tmp_path / "drift.html"
     env = {"CDS_VAR_DIR": str(traffic["var_dir"]), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(
-        [sys.executable, "-m", "cds.cli", "drift", "report", "--since", "2h", "--out", str(out),
+        [sys.executable, "-m", "cds.cli", "drift", "report", "--since", traffic["started"], "--out", str(out),
          "--json", str(tmp_path / "drift.json")],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
