@@ -327,3 +327,33 @@ def _screenshot(page: Path, target: Path) -> bool:
         capture_output=True, timeout=120,
     )  # fmt: skip
     return done.returncode == 0 and target.exists()
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["readmission", "sepsis"])
+def test_cds_drift_reference_reproduces_the_committed_manifest(
+    name: str, set_a_path: Path, tmp_path: Path
+) -> None:
+    """The committed references were written by `cds drift reference`: run again on a copy of the
+    registry, it writes the same manifest bytes and leaves the model file as it was."""
+    import shutil
+
+    from models import DEFAULT_REGISTRY, ModelRegistry
+
+    registry = tmp_path / "artifacts"
+    shutil.copytree(DEFAULT_REGISTRY, registry)
+    version = ModelRegistry().active_version(name)
+    folder = registry / name / version
+    committed = (folder / "manifest.json").read_bytes()
+    model = (folder / "model.ubj").read_bytes()
+    (folder / "manifest.json").write_text(
+        ModelRegistry().manifest(name).model_copy(update={"reference": None}).model_dump_json(indent=2) + "\n"
+    )
+    env = {**os.environ, "CDS_MODEL_DIR": str(registry), "CDS_DATA_DIR": str(set_a_path.parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "cds.cli", "drift", "reference", name],
+        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (folder / "manifest.json").read_bytes() == committed
+    assert (folder / "model.ubj").read_bytes() == model
