@@ -28,11 +28,11 @@ from fhir_mappings import (
 
 from .calibration import calibration_report, fit_platt
 from .device import choose_device
+from .drift_reference import holdout_source, reference_from
 from .errors import DatasetError, ModelError
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import ModelManifest
 from .metrics import auprc, auroc, bootstrap_by_group, operating_point, subgroup_table
-from .drift_reference import holdout_source, reference_from
 from .registration import register_version
 from .registry import ModelRegistry
 from .report import markdown_table, plot_calibration, plot_pr, plot_roc, write_model_card

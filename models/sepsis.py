@@ -27,9 +27,9 @@ from .baselines import BASELINES, baseline_scores
 from .calibration import calibration_report, fit_isotonic
 from .datasets import default_sepsis_path, read_physionet
 from .device import choose_device
+from .drift_reference import holdout_source, reference_from
 from .manifest import Calibration, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, utility_table
-from .drift_reference import holdout_source, reference_from
 from .registration import register_version
 from .registry import ModelRegistry
 from .score import RiskModel
