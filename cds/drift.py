@@ -50,6 +50,7 @@ __all__ = [
 
 log = logging.getLogger("cds.drift")
 
+PURGE_EVERY_S = 600.0
 MAX_QUALITY_KEYS = 200  # distinct codes / variable|unit pairs kept per bucket and key
 
 
@@ -287,7 +288,9 @@ class SqliteDriftBackend:
                 "CREATE TABLE IF NOT EXISTS drift_counts (model TEXT, version TEXT, issuer TEXT, "
                 "bucket INTEGER, field TEXT, n INTEGER, PRIMARY KEY (model, version, issuer, bucket, field))"
             )
+            db.execute("CREATE INDEX IF NOT EXISTS drift_counts_bucket ON drift_counts (bucket)")
             db.execute("CREATE TABLE IF NOT EXISTS drift_claims (name TEXT PRIMARY KEY, until REAL)")
+        self._purged = 0.0
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
@@ -304,7 +307,9 @@ class SqliteDriftBackend:
                 "(model, version, issuer, bucket, field) DO UPDATE SET n = n + excluded.n",
                 rows,
             )
-            db.execute("DELETE FROM drift_counts WHERE bucket < ?", (time.time() - self.retention_s,))
+            if time.time() - self._purged > PURGE_EVERY_S:  # old buckets go now and then, not every flush
+                db.execute("DELETE FROM drift_counts WHERE bucket < ?", (time.time() - self.retention_s,))
+                self._purged = time.time()
             db.execute("COMMIT")
         finally:
             db.close()
