@@ -52,7 +52,7 @@ EXPORTED: dict[str, str] = {
     "cds_hook_calls_total": "Hook calls answered, by service and reason code",
     "cds_hook_seconds": "Hook call latency in seconds, by service",
     "cds_ehr_operation_outcomes_total": "OperationOutcome entries skipped in EHR search Bundles",
-    "cds_fhir_requests_total": "FHIR fetches for hook calls, by configured issuer and outcome",
+    "cds_fhir_requests_total": "FHIR reads and searches (with their pages), by issuer and outcome",
     "cds_fhir_errors_total": "FHIR fetches that failed, by configured issuer and kind",
     "cds_feedback_items_total": "Feedback items, by service and store status",
     "cds_feedback_outcomes_total": "Feedback items, by service, outcome and override reason code",

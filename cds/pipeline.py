@@ -301,6 +301,8 @@ async def run_hook(
     except (TimeoutError, FHIRUnavailable) as exc:
         # One answer for a slow and an unreachable EHR; the log line tells them apart.
         why = exc.kind if isinstance(exc, FHIRUnavailable) else "timeout"
+        if why == "timeout" and deps.metrics is not None and not isinstance(exc, FHIRUnavailable):
+            deps.metrics.fhir_request(issuer, "timeout")  # the fetches cut by the budget, once per call
         return HookOutcome(dict(NO_GUIDANCE), "fhir-unavailable", {"fhir": why})
     except FHIRServerError as exc:
         raise PreconditionFailed(f"required data could not be fetched: {exc.message}") from exc

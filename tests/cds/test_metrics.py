@@ -16,7 +16,7 @@ import pytest
 
 from cds import Settings
 from cds.settings import TrustedIssuer
-from demo_ehr import EhrIdentity, EhrJwtAuth, LoopbackServer, patient_view_request
+from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, LoopbackServer, patient_view_request
 from demo_ehr.loopback import free_port
 from testkit.helpers import feedback, serve_cds, synthetic_stay
 from testkit.metrics import metric, samples
@@ -62,6 +62,37 @@ def test_metrics_count_hooks_feedback_and_refusals_without_patient_labels(
         assert set(labels) <= ALLOWED_LABELS, (name, labels)
         for value in labels.values():
             assert patient_id not in value and card["uuid"] not in value and "Practitioner" not in value
+
+
+def test_fhir_fetches_are_counted_by_configured_issuer(
+    tmp_path: Path, ehr_identity: EhrIdentity, ehr: DemoFhirServer, ehr_server: LoopbackServer
+) -> None:
+    issuer = TrustedIssuer(
+        iss=ehr_identity.issuer, jwks_url=ehr_identity.jwks_url, fhir_servers=(ehr_server.url,)
+    )
+    settings = Settings(
+        var_dir=tmp_path / "var", pseudonym_key="test-key-0123456789abcdef", auth_issuers=(issuer,)
+    )
+    stay = synthetic_stay(hours=20)
+    ehr.add(stay.all())
+    with serve_cds(settings) as server:
+        with httpx.Client(base_url=server.url, timeout=10, auth=EhrJwtAuth(ehr_identity)) as client:
+            body = patient_view_request(
+                stay, prefetch=False, fhir_server=ehr_server.url, access_token=ehr.token
+            )
+            assert client.post(SEPSIS, json=body).json()["cards"]
+            wrong = patient_view_request(
+                stay, prefetch=False, fhir_server=ehr_server.url, access_token="expired"
+            )
+            assert client.post(SEPSIS, json=wrong).status_code == 412  # the EHR refused the token
+        text = httpx.get(f"{server.url}/metrics").text
+    ok = metric(text, "cds_fhir_requests_total", issuer=ehr_identity.issuer, outcome="ok")
+    # one per read or search (a search's further pages are part of it)
+    assert ok == len([s for s in ehr.seen if s.authorized and "_offset" not in s.query]) >= 3
+    assert metric(text, "cds_fhir_errors_total", issuer=ehr_identity.issuer, kind="error") >= 1
+    assert {labels["issuer"] for name, labels, _ in samples(text) if "issuer" in labels} == {
+        ehr_identity.issuer
+    }
 
 
 def test_readyz_waits_for_the_ehr_keys_and_healthz_stays_alive(tmp_path: Path) -> None:
