@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -23,17 +25,18 @@ from models import ModelRegistry, RiskModel, model_task, serving_device
 from .admission import Gate, Lane
 from .auth import CallerVerifier
 from .degraded import Breaker
-from .errors import status_for
+from .drift import DriftMonitor, open_drift_backend
+from .errors import StoreError, status_for
 from .fhir_client import FhirClient
 from .jwks import FallbackJwksBackend, JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .keys import pseudonym_key
-from .metrics import Metrics
+from .metrics import Metrics, multiprocess_dir
 from .middleware import GuardMiddleware
 from .model_versions import stored_versions
 from .pipeline import HookDeps
 from .replay import open_replay_store
 from .responses import operation_outcome, unauthorized
-from .routes import discovery, feedback, health, services
+from .routes import discovery, drift_routes, feedback, health, services
 from .routes._auth import authenticate
 from .routes._openapi import body_schemas
 from .settings import Settings, get_settings
@@ -150,6 +153,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lane = Lane(
             settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s
         )
+        metrics = Metrics(issuers=[i.iss for i in settings.auth_issuers])
+        for model in models.values():
+            metrics.model_serving(model.name, model.version)
+        drift = (
+            DriftMonitor(
+                models,
+                open_drift_backend(settings),
+                issuers=[i.iss for i in settings.auth_issuers],
+                bucket_s=settings.drift_bucket_s,
+            )
+            if settings.drift_enabled
+            else None
+        )
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as http:
             fhir = FhirClient(
                 http,
@@ -171,6 +187,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 fhir_allowed=settings.fhir_server_allowed,
                 keep_identity_hashes=settings.feedback_comments == "scrubbed",
                 consent_refused_card=settings.consent_refused_card,
+                metrics=metrics,
+                drift=drift,
             )
             smart_timeout = httpx.Timeout(
                 settings.smart_timeout_s, connect=min(2.0, settings.smart_timeout_s)
@@ -185,7 +203,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             app.state.smart = SmartApp(settings, smart_http, smart_fhir, store, models, deps.pseudonymizer)
             _announce_auth(settings)
-            metrics = Metrics()
             verifier = (
                 None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
             )
@@ -197,6 +214,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 Gate(settings.max_in_flight_hooks, max_bytes=settings.max_in_flight_bytes),
                 Gate(settings.max_in_flight_feedback),
                 verifier,
+                drift,
             )
             metrics.watch(
                 lane=lane,
@@ -216,9 +234,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     }
                 },
             )
+            background = [asyncio.create_task(_refresh_gauges(metrics))] if multiprocess_dir() else []
+            if drift is not None:
+                background.append(
+                    asyncio.create_task(
+                        drift.run(
+                            metrics,
+                            settings.drift_thresholds(),
+                            flush_s=settings.drift_flush_s,
+                            evaluate_s=settings.drift_evaluate_s,
+                            window_s=settings.drift_window_s,
+                        )
+                    )
+                )
             try:
                 yield
             finally:
+                for task in background:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                if drift is not None:
+                    await drift.flush()
+                    await drift.backend.close()
+                metrics.close()
                 if verifier is not None:
                     await verifier.close()
                 await smart_http.aclose()
@@ -241,6 +280,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             smart = getattr(request.app.state, "smart", None)
             return error_page(exc, smart.frame_origins() if smart else ())
         status = status_for(exc)
+        if isinstance(exc, StoreError):
+            state = getattr(request.app.state, "cds", None)
+            if state is not None:
+                state.metrics.store_error("request")
         if status == 401:
             return unauthorized()
         if status >= 500:
@@ -266,6 +309,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(services.router, dependencies=guarded)
     app.include_router(feedback.router, dependencies=guarded)
     app.include_router(health.router)
+    app.include_router(drift_routes.router)
     app.include_router(smart_router)  # authenticated by SMART (OAuth with the EHR), not by CDS Hooks JWTs
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if settings.cors_origins:
@@ -279,6 +323,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(GuardMiddleware)  # outermost: stamps, gates, headers, last-resort 500
     return app
+
+
+async def _refresh_gauges(metrics: Metrics, every_s: float = 2.0) -> None:
+    """Several workers: keep this worker's read gauges current for scrapes answered by another."""
+    while True:
+        await asyncio.sleep(every_s)
+        metrics.refresh()
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -34,6 +34,10 @@ models_app = typer.Typer(help="Which model versions the servers serve.", no_args
 app.add_typer(models_app, name="models")
 audit_app = typer.Typer(help="The hash-chained audit trail of scores and decisions.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+drift_app = typer.Typer(
+    help="Live traffic against the training data: drift and data quality.", no_args_is_help=True
+)
+app.add_typer(drift_app, name="drift")
 
 
 class ModelName(StrEnum):
@@ -117,11 +121,13 @@ def serve(
     import uvicorn
 
     from .logs import configure_logging, logging_config
-    from .server import raise_open_file_limit, uvicorn_options
+    from .server import prepare_multiprocess_metrics, raise_open_file_limit, uvicorn_options
 
     settings = _settings()
     configure_logging(settings.log_level)
     raise_open_file_limit(settings)
+    if workers > 1:
+        prepare_multiprocess_metrics(settings)
     uvicorn.run(
         "cds.app:create_app",
         factory=True,
@@ -540,6 +546,41 @@ def _print_bundle_mapping(mapped: BundleMapping, profile: str) -> None:
     typer.echo(f"canonical table: {len(frame)} ICU hours, {who}")
     with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 250):
         typer.echo(frame.to_string(index=False))
+
+
+@drift_app.command("reference")
+def drift_reference(model: ModelName, data: DataOption = None, version: VersionOption = None) -> None:
+    """(Re)compute VERSION's drift reference from its training file and write it into its manifest
+    (the model file is only read): the held-out test patients' features and scores."""
+    from models import backfill_reference
+
+    path = _data_path(model, data)
+    reference = backfill_reference(_settings().model_dir, model.value, version, path)
+    typer.echo(
+        json.dumps({"model": model.value, "rows": reference.rows, "features": len(reference.features)})
+    )
+
+
+@drift_app.command("report")
+def drift_report(
+    since: Annotated[
+        str, typer.Option(help="start of the window: ISO time, or a duration like 24h, 7d, 90m")
+    ] = "24h",
+    out: Annotated[Path, typer.Option("--out", help="the HTML file to write")] = Path("drift-report.html"),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the report's data as JSON")
+    ] = None,
+) -> None:
+    """Write an HTML drift report (inline SVG plots) of live traffic since SINCE."""
+    from .drift import parse_since
+    from .drift_report import build_report, render_html
+
+    settings = _settings()
+    report = asyncio.run(build_report(settings, since=parse_since(since)))
+    out.write_text(render_html(report), encoding="utf-8")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    typer.echo(json.dumps({"out": str(out), "warnings": len(report["warnings"])}))
 
 
 def main() -> None:

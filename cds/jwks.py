@@ -249,5 +249,23 @@ class JwksCache:
                 keys = self._remember(url, text)
         return keys.get(kid)
 
+    def is_warm(self, url: str) -> bool:
+        known = self._local.get(url)
+        return known is not None and known.until > self._clock()
+
+    async def warm(self, urls: Collection[str]) -> dict[str, bool]:
+        """Load each URL's keys unless this worker holds them (readiness: the first EHR call then
+        needs no download). URL -> loaded; a failure is reported, not raised."""
+        loaded = {}
+        for url in urls:
+            if not self.is_warm(url):
+                try:
+                    self._check_url(url)
+                    await self._keys(url)
+                except Exception:  # noqa: BLE001 - reported as not ready, tried again on the next probe
+                    pass
+            loaded[url] = self.is_warm(url)
+        return loaded
+
     async def close(self) -> None:
         await self.backend.close()

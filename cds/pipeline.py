@@ -55,6 +55,7 @@ from models import RiskModel
 from .admission import Deadline, Lane
 from .audit import card_audit
 from .bodies import parse_model
+from .drift import DriftMonitor
 from .errors import (
     BadRequest,
     BudgetSpent,
@@ -67,6 +68,7 @@ from .errors import (
     StoreError,
 )
 from .fhir_client import FetchBudget, FhirClient
+from .metrics import Metrics
 from .privacy import NO_REUSE
 from .schemas import HookRequest, canonical_uuid
 from .stores import CardRecord, RecordStore
@@ -100,6 +102,9 @@ class HookDeps:
     keep_identity_hashes: bool = False
     # CDS_CONSENT_REFUSED_CARD: answer an info card (no score) when decision support is refused.
     consent_refused_card: bool = False
+    # Counters (FHIR fetches by issuer, store errors) and the live drift tally; None in unit tests.
+    metrics: Metrics | None = None
+    drift: DriftMonitor | None = None
 
 
 @dataclass
@@ -147,7 +152,12 @@ def check_request(service: Service, request: HookRequest, *, max_resources: int)
 
 
 async def _gather(
-    service: Service, request: HookRequest, deps: HookDeps, profile: VendorProfile, budget: FetchBudget
+    service: Service,
+    request: HookRequest,
+    deps: HookDeps,
+    profile: VendorProfile,
+    budget: FetchBudget,
+    issuer: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Carry out the pure plan (hooks/fetch_plan.py): fetch what the prefetch left, then the
     follow-ups the first round revealed."""
@@ -159,7 +169,7 @@ async def _gather(
         has_fhir_server=request.fhirServer is not None,
     )
     fetched, counts = plan.fetched, plan.counts
-    await _fetch(plan.needs, plan.partial, fetched, request, deps, counts, budget)
+    await _fetch(plan.needs, plan.partial, fetched, request, deps, counts, budget, issuer)
     await _fetch(
         followup_needs(service, request.context, fetched, profile=profile),
         {},
@@ -168,6 +178,7 @@ async def _gather(
         deps,
         counts,
         budget,
+        issuer,
     )
     return fetched, counts
 
@@ -183,6 +194,7 @@ async def _fetch(
     deps: HookDeps,
     counts: dict[str, int],
     budget: FetchBudget,
+    issuer: str | None = None,
 ) -> None:
     if not needs:
         return
@@ -199,11 +211,25 @@ async def _fetch(
             return await deps.fhir.search(base, need.query, token, budget)
         return await deps.fhir.read(base, need.query, token, budget)
 
-    async def one(need: Need) -> Any:
-        if not need.optional:
+    async def counted(need: Need) -> Any:
+        if deps.metrics is None:
             return await get(need)
         try:
-            return await get(need)
+            result = await get(need)
+        except FHIRUnavailable as exc:
+            deps.metrics.fhir_request(issuer, exc.kind or "unavailable")
+            raise
+        except FHIRServerError:
+            deps.metrics.fhir_request(issuer, "error")
+            raise
+        deps.metrics.fhir_request(issuer, "ok")
+        return result
+
+    async def one(need: Need) -> Any:
+        if not need.optional:
+            return await counted(need)
+        try:
+            return await counted(need)
         except FHIRUnavailable:
             raise  # a slow or unreachable EHR is the call's problem, not this search's
         except FHIRServerError:  # e.g. an EHR without Consent search: none is known (logged)
@@ -275,11 +301,13 @@ async def run_hook(
     try:
         async with asyncio.timeout(max(0.0, deadline.remaining() - min(deps.reserve_s, deps.budget_s / 4))):
             fetched, counts = await _gather(
-                service, request, deps, profile, FetchBudget(deps.max_resources - prefetched)
+                service, request, deps, profile, FetchBudget(deps.max_resources - prefetched), issuer
             )
     except (TimeoutError, FHIRUnavailable) as exc:
         # One answer for a slow and an unreachable EHR; the log line tells them apart.
         why = exc.kind if isinstance(exc, FHIRUnavailable) else "timeout"
+        if why == "timeout" and deps.metrics is not None and not isinstance(exc, FHIRUnavailable):
+            deps.metrics.fhir_request(issuer, "timeout")  # the fetches cut by the budget, once per call
         return HookOutcome(dict(NO_GUIDANCE), "fhir-unavailable", {"fhir": why})
     except FHIRServerError as exc:
         raise PreconditionFailed(f"required data could not be fetched: {exc.message}") from exc
@@ -308,7 +336,11 @@ async def run_hook(
     if scored is None:
         return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
     if isinstance(scored, NoCard):  # e.g. insufficient-data: the service's reason, and its counts
+        if deps.drift is not None:  # a feed that stops shows as calls without a score
+            deps.drift.observe_quality(model, issuer, scored.log)
         return HookOutcome(dict(NO_GUIDANCE), scored.reason, {**counts, **scored.log})
+    if deps.drift is not None:
+        deps.drift.observe(model, issuer, scored.features, scored.probability, scored.log)
     card = scored.card
     if launch_url:
         link = explanation_link(
@@ -361,6 +393,8 @@ async def run_hook(
     except (TimeoutError, StoreError):
         # The advice still goes out; feedback for this card will be refused as unknown.
         reason = "card-unrecorded"
+        if deps.metrics is not None:
+            deps.metrics.store_error("put-card")
     details = {**counts, **scored.log}
     if consent.code:
         details["consent"] = consent.code

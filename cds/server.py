@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
+import shutil
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import Settings, get_settings
 
-__all__ = ["GuardedH11Protocol", "guarded_protocol", "raise_open_file_limit", "uvicorn_options"]
+__all__ = [
+    "GuardedH11Protocol",
+    "guarded_protocol",
+    "prepare_multiprocess_metrics",
+    "raise_open_file_limit",
+    "uvicorn_options",
+]
 
 log = logging.getLogger("cds.server")
 
@@ -114,3 +122,17 @@ def raise_open_file_limit(settings: Settings) -> None:
             target,
             needed,
         )
+
+
+def prepare_multiprocess_metrics(settings: Settings) -> str:
+    """Before the workers start: an empty PROMETHEUS_MULTIPROC_DIR they all write their metrics
+    to (prometheus-client's multi-process mode), so /metrics from any worker sums all of them.
+    A folder left by an earlier run is emptied: its dead workers' counters would add up."""
+    from .metrics import MULTIPROC_ENV
+
+    folder = os.environ.get(MULTIPROC_ENV) or str(settings.var_dir / "prometheus")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = folder
+    return folder

@@ -3,7 +3,7 @@
 Embedded default: with nothing set the server runs on one machine with no external service
 (SQLite file store, in-process caches, the committed model). `CDS_DATABASE_URL` moves the record
 store (cards, feedback, audit events, served model versions) to PostgreSQL; `CDS_REDIS_URL` shares
-only what may be lost (the replay window, the JWKS cache) between workers.
+only what may be lost (the replay window, the JWKS cache, drift tallies) between workers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from .transport import is_loopback_url
 
 if TYPE_CHECKING:
     from fhir_mappings import VendorProfile
+
+    from .drift import DriftThresholds
 
 # The same defaults as models.DEFAULT_DATA_DIR / DEFAULT_REGISTRY, found without importing the
 # model code (xgboost): reading settings, and `cds --help`, stay fast.
@@ -254,6 +256,20 @@ class Settings(BaseSettings):
     # Where training and batch scoring run: auto (a GPU when present) | cpu | cuda.
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # --- drift and data quality (cds/drift.py, docs/operations.md) ------------------------
+    drift_enabled: bool = True
+    drift_bucket_s: float = 300.0  # tallies are stored per time bucket of this length
+    drift_flush_s: float = 5.0  # how often a worker moves its in-process tallies to the shared store
+    drift_evaluate_s: float = (
+        300.0  # how often the drift gauges and warning state are recomputed (one worker)
+    )
+    drift_window_s: float = 86400.0  # the sliding window the gauges and warning state judge
+    drift_psi_warn: float = 0.2
+    drift_missing_warn: float = 0.2  # absolute change of a feature's missing share
+    drift_unmapped_warn: float = 0.05  # share of Observations with an unmapped code or unit
+    drift_min_calls: int = 30  # fewer scored calls in the window: no judgement
+    drift_file: Path | None = None  # without Redis: <var_dir>/drift.sqlite3
+
     @field_validator("ehr_profiles")
     @classmethod
     def _known_profiles(cls, value: dict[str, str]) -> dict[str, str]:
@@ -360,6 +376,20 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.store_path or self.var_dir / "cds.sqlite3"
+
+    @property
+    def drift_path(self) -> Path:
+        return self.drift_file or self.var_dir / "drift.sqlite3"
+
+    def drift_thresholds(self) -> DriftThresholds:
+        from .drift import DriftThresholds
+
+        return DriftThresholds(
+            psi=self.drift_psi_warn,
+            missing=self.drift_missing_warn,
+            unmapped=self.drift_unmapped_warn,
+            min_calls=self.drift_min_calls,
+        )
 
     @property
     def spool_path(self) -> Path:

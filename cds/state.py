@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .admission import Gate
 from .auth import CallerVerifier
+from .drift import DriftMonitor
 from .metrics import Metrics
 from .pipeline import HookDeps
 from .settings import Settings
@@ -24,3 +25,4 @@ class AppState:
     hook_gate: Gate
     feedback_gate: Gate
     verifier: CallerVerifier | None = None  # None only with auth_disabled_for_local_demo
+    drift: DriftMonitor | None = None  # None with CDS_DRIFT_ENABLED=false

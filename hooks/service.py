@@ -77,6 +77,9 @@ class ScoredCard:
     band: str
     log: dict[str, Any] = field(default_factory=dict)  # counts for the hook log; never PHI
     features_sha256: str | None = None  # feature_hash of the row scored, for the audit trail
+    # The de-identified feature row scored (the model's spec order): tallied in aggregate for
+    # drift (cds/drift.py), never stored or logged per call.
+    features: np.ndarray | None = None
 
 
 def feature_hash(row: np.ndarray) -> str:

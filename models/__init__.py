@@ -10,6 +10,14 @@ from .batch import BATCH_ROWS, concat_tables, last_rows, predict_rows, shap_rows
 from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
+from .drift_reference import (
+    BinnedReference,
+    DriftReference,
+    backfill_reference,
+    bin_counts,
+    psi,
+    reference_from,
+)
 from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import Calibration, FeatureEntry, ModelManifest
@@ -63,12 +71,14 @@ __all__ = [
     "BASELINES",
     "BATCH_ROWS",
     "Baseline",
+    "BinnedReference",
     "CV_FOLDS",
     "Calibration",
     "Contribution",
     "DEFAULT_DATA_DIR",
     "DEFAULT_REGISTRY",
     "DatasetError",
+    "DriftReference",
     "EvaluateOptions",
     "Explanation",
     "FeatureEntry",
@@ -96,8 +106,10 @@ __all__ = [
     "TrainedBooster",
     "accuracy_f_measure",
     "alert_burden",
+    "backfill_reference",
     "baseline_scores",
     "best_threshold",
+    "bin_counts",
     "challenge_auc",
     "choose_device",
     "concat_tables",
@@ -119,9 +131,11 @@ __all__ = [
     "patient_operating_point",
     "patient_split",
     "predict_rows",
+    "psi",
     "read_diabetes130",
     "read_physionet",
     "readmission_params",
+    "reference_from",
     "register_version",
     "score_readmission",
     "score_sepsis",

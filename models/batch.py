@@ -40,8 +40,9 @@ def last_rows(
 ) -> np.ndarray:
     """(stays x features) float32: each stay's features at its last hour, in input order. Built in
     chunks of stays (small enough to stay in cache), computing only the last rows (bit for bit the
-    batch rows), so memory grows with stays, not with their hours; `workers` threads build chunks side by side (NumPy releases
-    the GIL; chunks never share a row, so the result is the same bits)."""
+    batch rows), so memory grows with stays, not with their hours; `workers` threads build chunks
+    side by side (NumPy releases the GIL; chunks never share a row, so the result is the same
+    bits)."""
     out = np.empty((len(tables), len(spec)), dtype=np.float32)
 
     def build(a: int) -> None:

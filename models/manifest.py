@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .drift_reference import DriftReference
+
 __all__ = ["Calibration", "FeatureEntry", "ModelManifest"]
 
 
@@ -55,6 +57,8 @@ class ModelManifest(BaseModel):
     seed: int
     parent_version: str | None = None
     created_by: str = "cds train"
+    # Training-time distributions live traffic is compared with (models/drift_reference.py).
+    reference: DriftReference | None = None
 
     @property
     def feature_names(self) -> list[str]:

@@ -28,6 +28,7 @@ from fhir_mappings import (
 
 from .calibration import calibration_report, fit_platt
 from .device import choose_device
+from .drift_reference import holdout_source, reference_from
 from .errors import DatasetError, ModelError
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import ModelManifest
@@ -374,6 +375,13 @@ def train_readmission(
         device=trained.device,
         seed=seed,
         activate=activate,
+        reference=reference_from(
+            data.features[parts["test"]],
+            p_test,
+            spec.names,
+            source=holdout_source(data_path, seed),
+            seed=seed,
+        ),
     )
     note = f"Held-out test split (20 % of patients, seed {seed}) of {Path(data_path).name}."
     write_model_card(
@@ -422,6 +430,13 @@ def _score_readmission(model: RiskModel, path: Path) -> Iterator[str]:
         yield json.dumps({"patient": patient, "encounter": encounter, "probability": p})
 
 
+def _holdout_rows(path: Path, spec: FeatureSpec, seed: int) -> np.ndarray:
+    """The test patients' rows of the 70/10/20 split `train_readmission` makes with `seed`."""
+    data = load_readmission_data(path, spec)
+    test_ids = patient_split(data.patient, (0.7, 0.1, 0.2), seed)[2]
+    return data.features[np.isin(data.patient, test_ids)]
+
+
 def _evaluate_readmission(model: RiskModel, path: Path, options: EvaluateOptions) -> dict[str, Any]:
     data = load_readmission_data(path, model.spec)
     if options.holdout:
@@ -441,4 +456,5 @@ READMISSION_TASK = RiskTask(
     train=_train_readmission,
     score_lines=_score_readmission,
     evaluate=_evaluate_readmission,
+    holdout_rows=_holdout_rows,
 )

@@ -14,6 +14,7 @@ import xgboost as xgb
 from fhir_mappings import FeatureSpec
 
 from .datasets import data_fingerprint
+from .drift_reference import DriftReference
 from .errors import ModelNotFound
 from .manifest import Calibration, FeatureEntry, ModelManifest
 from .registry import ModelRegistry
@@ -51,6 +52,7 @@ def register_version(
     device: str,
     seed: int,
     activate: bool,
+    reference: DriftReference | None = None,
 ) -> tuple[ModelManifest, Path]:
     """Write one new version of `name` (the next number) and return its manifest and folder."""
     manifest = ModelManifest(
@@ -80,5 +82,6 @@ def register_version(
         device=device,
         seed=seed,
         parent_version=active_or_none(registry, name),
+        reference=reference,
     )
     return manifest, registry.register(manifest, model_bytes, activate=activate)

@@ -27,6 +27,7 @@ from .baselines import BASELINES, baseline_scores
 from .calibration import calibration_report, fit_isotonic
 from .datasets import default_sepsis_path, read_physionet
 from .device import choose_device
+from .drift_reference import holdout_source, reference_from
 from .manifest import Calibration, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, utility_table
 from .registration import register_version
@@ -289,6 +290,9 @@ def train_sepsis(
         device=trained.device,
         seed=seed,
         activate=activate,
+        reference=reference_from(
+            data.features[test], p_test, spec.names, source=holdout_source(data_path, seed), seed=seed
+        ),
     )
     return manifest
 
@@ -380,6 +384,12 @@ def _evaluate_sepsis(model: RiskModel, path: Path, options: EvaluateOptions) -> 
     )
 
 
+def _holdout_rows(path: Path, spec: FeatureSpec, seed: int) -> np.ndarray:
+    """The held-out test patients' rows (the split `train_sepsis` makes with `seed`)."""
+    only = development_split(read_physionet(path)["patient"].to_numpy(), seed)[1]
+    return load_sepsis_data(path, spec, only=only).features
+
+
 def _serving_row(table: Any, spec: FeatureSpec) -> np.ndarray:
     """The hour being scored: the stay's last row, computed alone (bit for bit the batch path's)."""
     return build_features(table, spec, rows=[len(table) - 1] if len(table) else [])
@@ -395,4 +405,5 @@ SEPSIS_TASK = RiskTask(
     train=_train_sepsis,
     score_lines=_score_sepsis,
     evaluate=_evaluate_sepsis,
+    holdout_rows=_holdout_rows,
 )

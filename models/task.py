@@ -57,3 +57,5 @@ class RiskTask:
     train: Callable[[Path, ModelRegistry, TrainOptions], ModelManifest]
     score_lines: Callable[[RiskModel, Path], Iterator[str]]  # one JSON line per scored row
     evaluate: Callable[[RiskModel, Path, EvaluateOptions], dict[str, Any]]
+    # (training file, spec, seed) -> the feature rows of the held-out test patients (drift reference).
+    holdout_rows: Callable[[Path, FeatureSpec, int], np.ndarray]

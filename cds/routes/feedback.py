@@ -41,6 +41,13 @@ async def post_feedback(service: ServiceOf, request: Request, state: State, arri
         rules=FeedbackRules.from_settings(settings),
         pseudonymizer=state.deps.pseudonymizer,
     )
-    for item in result["results"]:
-        state.metrics.feedback_item(service.id, item["status"], item.get("flags", ()))
+    offered = {r.code for r in service.override_reasons}
+    for given, item in zip(body.feedback, result["results"], strict=True):
+        code = (
+            given.overrideReason.reason.code if given.overrideReason and given.overrideReason.reason else None
+        )
+        reason = None if code is None else (code if code in offered else "not-offered")
+        state.metrics.feedback_item(
+            service.id, item["status"], item.get("flags", ()), outcome=given.outcome, reason=reason
+        )
     return json_response(result)

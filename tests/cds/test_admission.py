@@ -19,6 +19,7 @@ from cds.admission import Deadline, Gate, Lane
 from cds.errors import BudgetSpent, Overloaded
 from demo_ehr import DemoFhirServer, LoopbackServer, patient_view_request
 from testkit.helpers import feedback, serve_cds, synthetic_stay
+from testkit.metrics import by_label, metric
 
 SEPSIS = "/cds-services/sepsis-risk"
 
@@ -143,12 +144,7 @@ def small(tmp_path) -> LoopbackServer:
 
 
 def _histogram(metrics: str, service: str = "sepsis-risk") -> dict[str, int]:
-    prefix = f'cds_hook_seconds_bucket{{service="{service}",le="'
-    return {
-        line[len(prefix) :].split('"')[0]: int(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith(prefix)
-    }
+    return by_label(metrics, "cds_hook_seconds_bucket", "le", service=service)
 
 
 def test_more_calls_than_capacity_are_all_answered_within_budget(small: LoopbackServer) -> None:
@@ -235,4 +231,4 @@ def test_a_call_whose_caller_left_is_abandoned(
         while time.monotonic() < deadline and 'reason="client-gone"' not in metrics:
             time.sleep(0.1)
             metrics = httpx.get(f"{server.url}/metrics").text
-    assert 'cds_hook_calls_total{service="sepsis-risk",reason="client-gone"} 1' in metrics
+    assert metric(metrics, "cds_hook_calls_total", service="sepsis-risk", reason="client-gone") == 1

@@ -20,6 +20,7 @@ from cds import Settings, TrustedIssuer
 from cds.responses import UNAUTHORIZED_BODY
 from demo_ehr import EhrIdentity, LoopbackServer, patient_view_request, serve_in_thread
 from testkit.helpers import serve_cds, synthetic_stay
+from testkit.metrics import by_label
 
 SERVICE = "/cds-services/sepsis-risk"
 
@@ -60,11 +61,7 @@ def post(server: LoopbackServer, token: str | None, body: dict, path: str = SERV
 
 
 def auth_failures(server: LoopbackServer) -> dict[str, int]:
-    out = {}
-    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("cds_auth_failures_total{"):
-            out[line.split('"')[1]] = int(line.rsplit(" ", 1)[1])
-    return out
+    return by_label(httpx.get(f"{server.url}/metrics").text, "cds_auth_failures_total", "reason")
 
 
 def _alg_none(ehr: EhrIdentity, aud: str) -> str:

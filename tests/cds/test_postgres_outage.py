@@ -5,7 +5,6 @@ and once the database is back the spool drains by itself and feedback on those c
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from cds.audit import verify_chain
 from cds.stores import CardSpool
 from demo_ehr import patient_view_request, serve_in_thread
 from testkit.helpers import feedback, new_id, synthetic_stay
+from testkit.metrics import by_label, metric
 from testkit.private_postgres import PrivatePostgres, scratch_database
 from tests.cds.test_stores import fb
 
@@ -56,9 +56,7 @@ def overridden(card: dict[str, Any]) -> dict[str, Any]:
 
 
 def calls_by_reason(client: httpx.Client) -> dict[str, int]:
-    text = client.get("/metrics").text
-    found = re.findall(r'cds_hook_calls_total\{service="sepsis-risk",reason="([^"]+)"\} (\d+)', text)
-    return {reason: int(n) for reason, n in found}
+    return by_label(client.get("/metrics").text, "cds_hook_calls_total", "reason", service="sepsis-risk")
 
 
 def _rows(url: str, query: str) -> set[Any]:
@@ -93,7 +91,7 @@ def test_hooks_answer_through_an_outage_and_the_spool_drains_after_it(
             assert before["uuid"] not in refused.text and during[0]["uuid"] not in refused.text
             alive = client.get("/healthz")  # still answering hooks: stays in service, says the store is out
             assert alive.status_code == 200 and alive.json()["store"] == "unavailable"
-            assert 'cds_degraded{component="record-store"} 1' in client.get("/metrics").text
+            assert metric(client.get("/metrics").text, "cds_degraded", component="record-store") == 1
         finally:
             private_postgres.start() if outage == "stopped" else private_postgres.thaw()
         # Recorded in time: a put_card past the hook's budget would count as "card-unrecorded".

@@ -18,6 +18,7 @@ import pytest
 from cds import Settings, TrustedIssuer
 from demo_ehr import EhrIdentity, free_port, patient_view_request
 from testkit.helpers import feedback, serve_cds, synthetic_stay
+from testkit.metrics import by_label
 from tests.conftest import IN_CI
 
 SEPSIS = "/cds-services/sepsis-risk"
@@ -89,11 +90,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def _degraded(client: httpx.Client) -> dict[str, int]:
-    out = {}
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("cds_degraded{"):
-            out[line.split('"')[1]] = int(line.rsplit(" ", 1)[1])
-    return out
+    return by_label(client.get("/metrics").text, "cds_degraded", "component")
 
 
 def test_hooks_and_feedback_ride_out_a_redis_outage(

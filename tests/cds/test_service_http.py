@@ -10,6 +10,7 @@ import pytest
 from demo_ehr import patient_view_request
 from fhir_mappings import sepsis_feature_spec
 from testkit.helpers import feedback, no_empty_values, synthetic_stay
+from testkit.metrics import metric
 
 
 @pytest.fixture
@@ -249,7 +250,7 @@ def test_odd_feedback_is_recorded_as_given_and_flagged(
     if "overrideReason" in odd:
         assert provenance["reason"][0]["coding"][0]["code"] == "made-up"  # kept as the clinician gave it
     metrics = client.get("/metrics").text
-    assert f'cds_feedback_flags_total{{service="sepsis-risk",flag="{flag}"}} 1' in metrics
+    assert metric(metrics, "cds_feedback_flags_total", service="sepsis-risk", flag=flag) == 1
 
 
 def _stored_cards(settings) -> int:
@@ -282,10 +283,7 @@ def test_operation_outcome_entries_in_a_prefetch_bundle_are_skipped_and_counted(
 
 
 def _outcome_count(client: httpx.Client) -> int:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith('cds_ehr_operation_outcomes_total{service="sepsis-risk"}'):
-            return int(line.rsplit(" ", 1)[1])
-    return 0
+    return int(metric(client.get("/metrics").text, "cds_ehr_operation_outcomes_total", service="sepsis-risk"))
 
 
 def test_the_hook_log_says_why_a_stay_is_not_scored(

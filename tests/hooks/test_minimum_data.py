@@ -28,6 +28,7 @@ from hooks import (
 )
 from models import ModelRegistry, RiskModel, model_task
 from testkit.helpers import synthetic_stay
+from testkit.metrics import metric
 from tests.handmade import vital_sign
 from tests.readmission_rows import row
 
@@ -265,10 +266,7 @@ def test_the_thresholds_read_the_table_the_model_reads() -> None:
 
 
 def _calls(client: httpx.Client, service: str, reason: str) -> int:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f'cds_hook_calls_total{{service="{service}",reason="{reason}"}}'):
-            return int(line.rsplit(" ", 1)[1])
-    return 0
+    return int(metric(client.get("/metrics").text, "cds_hook_calls_total", service=service, reason=reason))
 
 
 def test_zero_usable_data_gets_no_card_over_http(cds_server) -> None:

@@ -35,6 +35,10 @@ def test_training_is_reproducible_and_registers_a_full_manifest(
     test = first.metrics["test"]
     assert 0.5 < test["auroc"] <= 1 and test["patients"] == 120
     assert first.risk_bands["high"] == first.threshold
+    # The drift reference: the held-out test patients' rows, every feature, shares that sum to 1.
+    assert first.reference is not None and first.reference.rows == test["rows"]
+    assert [f.name for f in first.reference.features] == list(sepsis_feature_spec().names)
+    assert abs(sum(first.reference.score.fractions) - 1) < 1e-3
 
     spec = sepsis_feature_spec()
     model = RiskModel(ModelRegistry(tmp_path / "a").load("sepsis", spec), spec)
