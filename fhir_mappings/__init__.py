@@ -7,7 +7,7 @@ other packages.
 from __future__ import annotations
 
 from .bulk import EXPORT_COLUMNS, ExportReport, SiteStay, hospital_encounters, patient_stays, stays_frame
-from .bulk_files import EXPORT_TYPES, ExportReader, export_files, iter_export, read_export
+from .bulk_files import EXPORT_TYPES, ExportReader, export_files, iter_export, read_export, write_stays
 from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
@@ -314,4 +314,5 @@ __all__ = [
     "validate_resource",
     "validate_resources",
     "variable",
+    "write_stays",
 ]

@@ -25,6 +25,9 @@ Sepsis labels: a sepsis Condition (outcomes.py) applies to the stays of the enco
 to the stay whose window holds its onset; the earliest onset counts. A stay with a sepsis
 Condition but no onset time has no label: counted as `sepsis-onset-unknown`, no table.
 
+Readmission: each stay carries its hospital stay's 30-day readmission (`SiteStay.readmitted`),
+from the patient's later inpatient hospital Encounters in the same export (`outcomes.readmissions`).
+
 Table columns: `patient` (the ICU stay's key: a pseudonym of its Encounter, since PhysioNet's
 "patient" is one stay), `person` (the patient's pseudonym: split by it), `hour` (0-based row),
 the 40 canonical columns, `ICULOS`, `SepsisLabel`.
@@ -45,7 +48,7 @@ from .deid import Pseudonymizer
 from .errors import MappingError, StayError
 from .fhir_to_table import MAX_ICU_HOURS, PatientRecord, canonical_from_measurements
 from .observations import MappingReport, safe_token
-from .outcomes import SepsisOnset, sepsis_labels
+from .outcomes import SepsisOnset, hospital_stay, readmissions, sepsis_labels
 from .profiles import GENERIC, VendorProfile
 from .resources import element, objects, parse_datetime, reference_id
 from .stay import NOT_A_STAY_STATUSES, icu_clock, icu_episodes
@@ -117,6 +120,7 @@ class SiteStay:
     label: np.ndarray  # SepsisLabel per hour
     onset_hour: int | None
     from_location: bool
+    readmitted: bool | None = None  # the hospital stay's 30-day readmission (outcomes.readmissions)
 
     def frame(self) -> pd.DataFrame:
         return stays_frame([self])
@@ -265,7 +269,9 @@ def patient_stays(
     person = pseudonymizer.pseudonym("Patient", patient_id, source=source)
     last_ts = max((m[0] for m in measurements), default=None)
     found_any = False
-    for hospital in hospital_encounters(encounters, profile, report):
+    hospitals = hospital_encounters(encounters, profile, report)
+    readmitted = readmissions(s for h in hospitals if (s := hospital_stay(h, patient_id)) is not None)
+    for hospital in hospitals:
         try:
             episodes = icu_episodes(hospital, locations, profile)
         except MappingError:
@@ -337,6 +343,7 @@ def patient_stays(
                 label,
                 onset_hour,
                 clock.from_location,
+                readmitted.get(hospital["id"]),
             )
     if not found_any:
         report.patients_without_stay += 1

@@ -36,7 +36,7 @@ from typing import IO, Any
 import orjson
 import pandas as pd
 
-from .bulk import ExportReport, SiteStay, patient_stays, stays_frame, trimmed
+from .bulk import EXPORT_COLUMNS, ExportReport, SiteStay, patient_stays, stays_frame, trimmed
 from .codes import site_code_rows
 from .deid import Pseudonymizer
 from .fhir_to_table import MAX_ICU_HOURS
@@ -46,7 +46,7 @@ from .profiles import GENERIC, PROFILES, VendorProfile
 from .resources import reference_id
 from .stay import NOT_A_STAY_STATUSES
 
-__all__ = ["EXPORT_TYPES", "ExportReader", "export_files", "iter_export", "read_export"]
+__all__ = ["EXPORT_TYPES", "ExportReader", "export_files", "iter_export", "read_export", "write_stays"]
 
 # Read in this order: Observations last, once every stay and patient is known.
 EXPORT_TYPES = ("Patient", "Location", "Encounter", "Condition", "Observation")
@@ -331,3 +331,48 @@ def read_export(path: Path | str, **options: Any) -> tuple[pd.DataFrame, ExportR
     reader = iter_export(path, **options)
     frame = stays_frame(list(reader.stays()))
     return frame, reader.report
+
+
+def write_stays(stays: Iterator[SiteStay], out: Path | str, *, batch: int = 500) -> int:
+    """Write stays as they stream: `out.parquet` (one file, row groups of `batch` stays) or a
+    directory of PhysioNet `.psv` files (`p000001.psv` ..., one per stay, with `stays.csv` naming
+    each file's stay and person pseudonyms). Returns the number of stays written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    written = 0
+    if out.suffix == ".parquet":
+        writer: Any = None
+        pending: list[SiteStay] = []
+
+        def flush() -> None:
+            nonlocal writer
+            table = pa.Table.from_pandas(stays_frame(pending), preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+            pending.clear()
+
+        try:
+            for stay in stays:
+                pending.append(stay)
+                written += 1
+                if len(pending) >= batch:
+                    flush()
+            if pending or writer is None:
+                flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [*EXPORT_COLUMNS[3:]]
+    with open(out / "stays.csv", "w", encoding="utf-8") as index:
+        index.write("file,patient,person\n")
+        for stay in stays:
+            written += 1
+            name = f"p{written:06d}.psv"
+            stay.frame()[columns].to_csv(out / name, sep="|", index=False, na_rep="NaN")
+            index.write(f"{name},{stay.key},{stay.person}\n")
+    return written
