@@ -22,6 +22,19 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "physionet2019" / "setA.parquet"
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, so it starts
+    afresh at exec; ru_maxrss (the fallback off Linux) is kept across exec on Linux and would
+    report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _read(directory: Path, out: Path) -> None:
     """The measured part (runs in its own process)."""
     from fhir_mappings import Pseudonymizer, iter_export, write_stays
@@ -30,7 +43,7 @@ def _read(directory: Path, out: Path) -> None:
     reader = iter_export(directory, pseudonymizer=Pseudonymizer(b"benchmark-key-0123456789"))
     stays = write_stays(reader.stays(), out)
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = _peak_rss_mib()
     import pyarrow.parquet as pq
 
     labels = pq.read_table(out, columns=["SepsisLabel"]).column(0).to_numpy()

@@ -21,8 +21,10 @@ Which stays (one table per ICU stay, as PhysioNet 2019 has one file per stay):
   without any ICU location is not an ICU stay: counted as `no-icu-location`, no table.
 
 Sepsis labels: a sepsis Condition (outcomes.py) applies to the stays of the encounter it names
-(the ICU encounter or its hospital stay) whose end it does not follow, or, naming no encounter,
-to the stay whose window holds its onset; the earliest onset counts. A stay with a sepsis
+(the ICU encounter or its hospital stay), whenever its onset (an onset after the ICU discharge
+still labels the last hours within six hours of it, as in PhysioNet 2019); naming no encounter, to
+the stay whose window (hospital admission to six hours after the ICU end) holds its onset. The
+earliest onset counts. A stay with a sepsis
 Condition but no onset time has no label: counted as `sepsis-onset-unknown`, no table.
 
 Readmission: each stay carries its hospital stay's 30-day readmission (`SiteStay.readmitted`),
@@ -38,7 +40,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -48,7 +50,7 @@ from .deid import Pseudonymizer
 from .errors import MappingError, StayError
 from .fhir_to_table import MAX_ICU_HOURS, PatientRecord, canonical_from_measurements
 from .observations import MappingReport, safe_token
-from .outcomes import SepsisOnset, hospital_stay, readmissions, sepsis_labels
+from .outcomes import SEPSIS_LABEL_HORIZON_HOURS, SepsisOnset, hospital_stay, readmissions, sepsis_labels
 from .profiles import GENERIC, VendorProfile
 from .resources import element, objects, parse_datetime, reference_id
 from .stay import NOT_A_STAY_STATUSES, icu_clock, icu_episodes
@@ -299,11 +301,12 @@ def patient_stays(
                 continue
             owners = {hospital["id"]} | _episode_children(hospital, start, end)
             window_start = clock.window_start
+            horizon = as_of + timedelta(hours=SEPSIS_LABEL_HORIZON_HOURS)
             relevant = [
                 o
                 for o in onsets
-                if (o.encounter_id in owners and (o.onset is None or o.onset <= as_of))
-                or (o.encounter_id is None and o.onset is not None and window_start <= o.onset <= as_of)
+                if o.encounter_id in owners
+                or (o.encounter_id is None and o.onset is not None and window_start <= o.onset <= horizon)
             ]
             if any(o.onset is None for o in relevant):
                 report.stays_skipped["sepsis-onset-unknown"] += 1
