@@ -1,6 +1,6 @@
 """Memory and time of reading a full set-A FHIR Bulk Data export (`fhir_mappings.iter_export`).
 
-    python -m benchmarks.bulk_import [--dir /tmp/setA-export] [--gzip] [--icu-as-child] [--patients N]
+    python -m benchmarks.bulk_import [--dir /tmp/setA-export] [--gzip] [--icu-as-child] [--patients N] [--copies 4]
 
 Writes set A as NDJSON (`demo_ehr.write_set_a_export`, timed apart) unless `--dir` already holds
 an export, then reads it in a fresh subprocess (so its peak RSS is the reader's alone) streaming
@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--gzip", action="store_true")
     parser.add_argument("--icu-as-child", action="store_true")
     parser.add_argument("--patients", type=int, help="only the first N set-A patients")
+    parser.add_argument(
+        "--copies", type=int, default=1, help="send every value N times (4: ~20M Observations)"
+    )
     parser.add_argument("--read", type=Path, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -88,7 +91,9 @@ def main() -> None:
             frame = frame[frame["patient"].isin(np.sort(frame["patient"].unique())[: args.patients])]
         if not directory.exists() or not any(directory.iterdir()):
             start = time.perf_counter()
-            counts = write_set_a_export(frame, directory, gzip=args.gzip, icu_as_child=args.icu_as_child)
+            counts = write_set_a_export(
+                frame, directory, gzip=args.gzip, icu_as_child=args.icu_as_child, copies=args.copies
+            )
             print(f"wrote {dict(counts)} in {time.perf_counter() - start:.0f} s")
         size = sum(f.stat().st_size for f in directory.iterdir())
         print(f"export: {size / 2**20:.0f} MiB on disk ({'gzip' if args.gzip else 'NDJSON'})")

@@ -89,7 +89,10 @@ def _stay_resources(
                 "id": f"{encounter['id']}-sepsis",
                 "clinicalStatus": {
                     "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "resolved"}
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                            "code": "resolved",
+                        }
                     ]
                 },
                 "code": {"coding": [{"system": SNOMED, "code": "91302008", "display": "Sepsis"}]},
@@ -128,10 +131,16 @@ def write_set_a_export(
     icu_as_child: bool = False,
     gzip: bool = False,
     observation_files: int = 1,
+    copies: int = 1,
 ) -> Counter[str]:
     """Write the export (Patient, Encounter, Location, Condition, Observation NDJSON) and return
     how many resources of each type were written. `observation_files` > 1 splits Observations
-    into `Observation.000.ndjson`, `Observation.001.ndjson`, ... as large exports do."""
+    into `Observation.000.ndjson`, `Observation.001.ndjson`, ... as large exports do. `copies` > 1
+    (plain shapes only) sends every value that many times, each earlier copy one minute before the
+    next within the same ICU hour, as a monitor charting every few minutes does: the table read
+    back is the same, the export `copies` times as large (the 20-million-Observation benchmark)."""
+    if copies > 1 and shapes:
+        raise ValueError("copies > 1 needs the plain shapes (one effectiveDateTime per Observation)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ".ndjson.gz" if gzip else ".ndjson"
@@ -147,10 +156,20 @@ def write_set_a_export(
     try:
         for kind, resource in set_a_export_resources(frame, shapes=shapes, icu_as_child=icu_as_child):
             name = kind
-            if kind == "Observation" and observation_files > 1:
-                name = f"Observation.{counts[kind] % observation_files:03d}"
-            handle(name).write(orjson.dumps(resource) + b"\n")
-            counts[kind] += 1
+            for copy in range(copies - 1 if kind == "Observation" else 0, -1, -1):
+                if copy:
+                    when = datetime.fromisoformat(resource["effectiveDateTime"]) - timedelta(minutes=copy)
+                    sent = {
+                        **resource,
+                        "id": f"{resource['id']}-c{copy}",
+                        "effectiveDateTime": when.isoformat(),
+                    }
+                else:
+                    sent = resource
+                if kind == "Observation" and observation_files > 1:
+                    name = f"Observation.{counts[kind] % observation_files:03d}"
+                handle(name).write(orjson.dumps(sent) + b"\n")
+                counts[kind] += 1
     finally:
         for f in handles.values():
             f.close()
