@@ -1,7 +1,8 @@
 """FHIR R4 resources -> de-identified canonical clinical table -> model features.
 
-Pure: no network, no files beyond the packaged code tables, no clock. Imports none of our
-other packages.
+Pure: no network, no clock, no files beyond the packaged code tables, except `bulk_files.py`, the
+one file edge (it reads a Bulk Data export directory and spills to temporary files; the mapping it
+runs is the pure one). Imports none of our other packages.
 """
 
 from __future__ import annotations
