@@ -54,6 +54,7 @@ from .outcomes import SEPSIS_LABEL_HORIZON_HOURS, SepsisOnset, hospital_stay, re
 from .profiles import GENERIC, VendorProfile
 from .resources import element, objects, parse_datetime, reference_id
 from .stay import NOT_A_STAY_STATUSES, icu_clock, icu_episodes
+from .table import CanonicalTable
 from .variables import CANONICAL_COLUMNS
 
 __all__ = [
@@ -118,7 +119,7 @@ class SiteStay:
     key: str  # pseudonym of the ICU stay's Encounter (the table's `patient`)
     person: str  # pseudonym of the Patient
     hospital_key: str  # pseudonym of the hospital Encounter (for readmission joins)
-    table: Any  # CanonicalTable, hours 1..current_hour
+    table: CanonicalTable  # hours 1..current_hour
     label: np.ndarray  # SepsisLabel per hour
     onset_hour: int | None
     from_location: bool
@@ -215,10 +216,14 @@ def hospital_encounters(
     for n, (top_id, child) in enumerate(children):
         stay = stays.get(top_id)
         if stay is None:
+            if report is not None:
+                report.encounters_ignored["partOf-not-a-stay"] += 1
             continue
         entries, needed = _child_entries(child, f"c{n}")
         for entry in entries:
-            entry["_child"] = child.get("id")  # which encounter the entry came from (for outcomes)
+            # Which encounter the entry came from (a Condition may name it); not a FHIR element,
+            # and the merged Encounter never leaves this module.
+            entry["_child"] = child.get("id")
         stay["location"] += entries
         stay["contained"] += needed
     return list(stays.values())
