@@ -56,8 +56,8 @@ def _stay_resources(
     discharge = icu_end + timedelta(hours=1)
     encounter = stay.encounter
     encounter["status"] = "finished"
-    encounter.setdefault("period", {"start": encounter["location"][0]["period"]["start"]})
-    encounter["period"]["end"] = discharge.isoformat()
+    # No start when set A has no HospAdmTime: the admission is unknown, not the ICU start.
+    encounter.setdefault("period", {})["end"] = discharge.isoformat()
     encounter["location"][0]["period"]["end"] = icu_end.isoformat()
     stay_ref = f"Encounter/{encounter['id']}"
     yield "Patient", stay.patient

@@ -40,9 +40,11 @@ def _pick(set_a: pd.DataFrame, seed: int) -> pd.DataFrame:
     by_patient = set_a.groupby("patient")
     septic = by_patient["SepsisLabel"].max()
     late = by_patient["ICULOS"].min() > 1
+    no_admission = by_patient["HospAdmTime"].first().isna()
     picks = set(rng.choice(septic.index, 300, replace=False).tolist())
     picks |= set(rng.choice(septic[septic == 1].index, 150, replace=False).tolist())
     picks |= set(rng.choice(late[late].index, 60, replace=False).tolist())
+    picks |= set(no_admission[no_admission].index.tolist())  # set A has one such stay
     return set_a[set_a["patient"].isin(picks)]
 
 
