@@ -347,3 +347,28 @@ def test_each_stay_carries_its_thirty_day_readmission(tmp_path: Path) -> None:
         PSEUDO.pseudonym("Encounter", "h2"): False,
         PSEUDO.pseudonym("Encounter", "h3"): False,
     }
+
+
+def test_two_icu_episodes_of_one_hospital_stay_are_two_tables(tmp_path: Path) -> None:
+    def entry(name: str, start: str, end: str) -> dict[str, Any]:
+        return {"location": {"display": name}, "period": {"start": start, "end": end}}
+
+    hospital = _hospital(
+        location=[
+            entry("MICU", "2025-03-01T10:00:00Z", "2025-03-01T14:30:00Z"),
+            entry(
+                "MICU bed 2", "2025-03-01T15:00:00Z", "2025-03-01T17:30:00Z"
+            ),  # 30 min later: the same stay
+            entry("Ward 5", "2025-03-01T17:30:00Z", "2025-03-02T08:00:00Z"),
+            entry("SICU", "2025-03-02T08:00:00Z", "2025-03-02T10:30:00Z"),  # back to an ICU: a second stay
+        ]
+    )
+    observations = [_obs("o1", "2025-03-01T16:10:00Z", 91), _obs("o2", "2025-03-02T09:10:00Z", 120)]
+    frame, report = _frame(_write(tmp_path / "x", [_patient(), hospital, *observations]))
+    assert report.stays == 2
+    first, second = (rows.reset_index(drop=True) for _, rows in frame.groupby("patient", sort=False))
+    first, second = sorted((first, second), key=len, reverse=True)
+    assert len(first) == 8 and first["HR"].iloc[6] == 91 and (first["Unit1"] == 1).all()
+    # The second stay's clock starts at its own ICU entry; the first stay's value falls before it (hour 1).
+    assert len(second) == 3 and (second["Unit2"] == 1).all()
+    assert second["HR"].tolist()[:2] == [91, 120]
