@@ -1,6 +1,6 @@
-"""The `cds` command: serve, train, score, evaluate, map, feedback export, models activate, audit
-verify/export, forget, purge. Model-specific work is looked up in `models.MODELS`; nothing here
-branches on a model's name."""
+"""The `cds` command: serve, train, score, evaluate, map, site map-report/import, sweep, drift,
+feedback export, models activate, audit verify/export, forget, purge. Model-specific work is looked
+up in `models.MODELS`; nothing here branches on a model's name."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,6 +38,12 @@ drift_app = typer.Typer(
     help="Live traffic against the training data: drift and data quality.", no_args_is_help=True
 )
 app.add_typer(drift_app, name="drift")
+
+
+site_app = typer.Typer(
+    help="A site's retrospective FHIR Bulk Data export: what maps, and the table.", no_args_is_help=True
+)
+app.add_typer(site_app, name="site")
 
 
 class ModelName(StrEnum):
@@ -581,6 +587,157 @@ def drift_report(
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     typer.echo(json.dumps({"out": str(out), "warnings": len(report["warnings"])}))
+
+
+ExportOption = Annotated[
+    Path, typer.Option("--export", help="FHIR Bulk Data export directory (NDJSON or .ndjson.gz per type)")
+]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(help="vendor profile: generic, epic, oracle-health, meditech (default: from settings)"),
+]
+SiteMapOption = Annotated[
+    Path | None, typer.Option("--site-map", help="site code map CSV: system,code,variable,unit")
+]
+SourceOption = Annotated[
+    str, typer.Option(help="the site's FHIR base URL, so pseudonyms match those its hook calls made")
+]
+
+
+def _export_reader(export: Path, profile: str | None, site_map: Path | None, source: str) -> Any:
+    """The reader for `cds site ...`, or one line on stderr and exit 2."""
+    from fhir_mappings import PROFILES, Pseudonymizer, iter_export
+    from models import TRAINED_MAX_ICU_HOURS
+
+    from .keys import pseudonym_key
+
+    settings = _settings()
+    if profile is not None and profile not in PROFILES:
+        typer.echo(f"error: unknown profile {profile!r} (known: {', '.join(sorted(PROFILES))})", err=True)
+        raise typer.Exit(2)
+    try:
+        return iter_export(
+            export,
+            pseudonymizer=Pseudonymizer(pseudonym_key(settings)),
+            profile=PROFILES[profile] if profile else settings.vendor_profile(None),
+            site_map=site_map,
+            source=source,
+            max_icu_hours=TRAINED_MAX_ICU_HOURS,
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _with_progress(reader: Any) -> Any:
+    """Progress bars on stderr: bytes read, then stays built."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc="reading export", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    reader.progress = progress
+
+    def stays() -> Any:
+        built = None
+        try:
+            for stay in reader.stays():
+                if built is None:
+                    bar.close()
+                    built = tqdm(unit=" stays", desc="building tables", file=sys.stderr)
+                built.update(1)
+                yield stay
+        finally:
+            bar.close()
+            if built is not None:
+                built.close()
+
+    return stays()
+
+
+def _print_export_report(report: Any) -> None:
+    from fhir_mappings import unmapped_reason
+
+    obs = report.observations
+    typer.echo(
+        f"files: {', '.join(report.files)}"
+        + (f"; ignored: {', '.join(report.files_ignored)}" if report.files_ignored else "")
+    )
+    typer.echo(
+        f"resources: {json.dumps(dict(sorted(report.resources.items())))}; lines not read: "
+        f"{json.dumps(dict(report.bad_lines))}"
+    )
+    typer.echo(f"ICU stays: {report.stays} ({report.hours} hours, {report.septic_stays} with sepsis)")
+    typer.echo("stays without a table, by reason:")
+    for reason, n in sorted(report.stays_skipped.items(), key=lambda kv: (-kv[1], kv[0])):
+        typer.echo(f"  {n:8d}  {reason}")
+    typer.echo(f"patients without an ICU stay: {report.patients_without_stay}")
+    typer.echo(f"encounters not read as stays: {json.dumps(dict(sorted(report.encounters_ignored.items())))}")
+    typer.echo(f"sepsis Conditions: {json.dumps(dict(sorted(report.conditions.items())))}")
+    typer.echo(
+        f"Observations: {obs.observations}; measurements: {obs.measurements}; placed in ICU hours: "
+        f"{report.placed}"
+    )
+    typer.echo(f"skipped Observations, by reason: {json.dumps(dict(sorted(obs.skipped.items())))}")
+    typer.echo(f"Observations without a patient: {json.dumps(dict(report.observations_unassigned))}")
+    typer.echo("unit errors (variable|unit):")
+    for key, n in sorted(obs.unit_errors.items(), key=lambda kv: (-kv[1], kv[0])):
+        typer.echo(f"  {n:8d}  {key}")
+    if obs.implausible:
+        typer.echo(f"implausible values: {json.dumps(dict(sorted(obs.implausible.items())))}")
+    if obs.code_conflicts:
+        typer.echo("local codes overruled by the standard code beside them:")
+        for key, n in sorted(obs.code_conflicts.items(), key=lambda kv: (-kv[1], kv[0])):
+            typer.echo(f"  {n:8d}  {key}")
+    typer.echo("unmapped codes (system|code), add them to the site code map:")
+    for key, n in sorted(obs.unmapped_codes.items(), key=lambda kv: (-kv[1], kv[0])):
+        typer.echo(f"  {n:8d}  {key}  ({unmapped_reason(key)})")
+
+
+@site_app.command("map-report")
+def site_map_report(
+    export: ExportOption,
+    profile: ProfileOption = None,
+    site_map: SiteMapOption = None,
+    source: SourceOption = "",
+    json_out: Annotated[Path, typer.Option("--json", help="where to write the report as JSON")] = Path(
+        "map-report.json"
+    ),
+) -> None:
+    """Before training: what the export gives and what could not be mapped (codes, units, stays
+    without an ICU clock), with counts, as a table and as JSON."""
+    reader = _export_reader(export, profile, site_map, source)
+    for _ in _with_progress(reader):
+        pass
+    _print_export_report(reader.report)
+    json_out.write_text(json.dumps({"profile": reader.profile.name, **reader.report.as_dict()}, indent=1))
+    typer.echo(f"report written to {json_out}")
+
+
+@site_app.command("import")
+def site_import(
+    export: ExportOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="table.parquet, or a directory for PhysioNet .psv files")
+    ],
+    profile: ProfileOption = None,
+    site_map: SiteMapOption = None,
+    source: SourceOption = "",
+) -> None:
+    """Write the export's canonical hourly table (PhysioNet columns + SepsisLabel, one stay per
+    `patient`, `person` the patient pseudonym) for training, and its report beside it."""
+    from fhir_mappings import write_stays
+
+    reader = _export_reader(export, profile, site_map, source)
+    written = write_stays(_with_progress(reader), out)
+    _print_export_report(reader.report)
+    report_path = out.with_name(out.name + ".report.json") if out.suffix else out / "map-report.json"
+    report_path.write_text(json.dumps({"profile": reader.profile.name, **reader.report.as_dict()}, indent=1))
+    typer.echo(f"{written} stays written to {out}; report in {report_path}")
 
 
 def main() -> None:

@@ -1,15 +1,18 @@
 """FHIR R4 resources -> de-identified canonical clinical table -> model features.
 
-Pure: no network, no files beyond the packaged code tables, no clock. Imports none of our
-other packages.
+Pure: no network, no clock, no files beyond the packaged code tables, except `bulk_files.py`, the
+one file edge (it reads a Bulk Data export directory and spills to temporary files; the mapping it
+runs is the pure one). Imports none of our other packages.
 """
 
 from __future__ import annotations
 
+from .bulk import EXPORT_COLUMNS, ExportReport, SiteStay, hospital_encounters, patient_stays, stays_frame
+from .bulk_files import EXPORT_TYPES, ExportReader, export_files, iter_export, read_export, write_stays
 from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
-from .codes import ROW_STATUSES, CodeMatch, CodeRow, CodeTable, default_code_table
+from .codes import ROW_STATUSES, CodeMatch, CodeRow, CodeTable, default_code_table, site_code_rows
 from .deid import AGE_CAP, Pseudonymizer, age_in_years, identity_tokens, scrub_free_text
 from .diabetes130 import (
     A1C_BANDS,
@@ -73,7 +76,14 @@ from .features import (
     hourly_spec,
     sepsis_feature_spec,
 )
-from .fhir_to_table import MAX_ICU_HOURS, NO_PATIENT_ID, MappedStay, PatientRecord, to_canonical
+from .fhir_to_table import (
+    MAX_ICU_HOURS,
+    NO_PATIENT_ID,
+    MappedStay,
+    PatientRecord,
+    canonical_from_measurements,
+    to_canonical,
+)
 from .observations import (
     MappingReport,
     Measurement,
@@ -81,6 +91,15 @@ from .observations import (
     observation_time,
     safe_token,
     scan_observation,
+)
+from .outcomes import (
+    HospitalStay,
+    SepsisOnset,
+    hospital_stay,
+    is_sepsis_condition,
+    readmissions,
+    sepsis_labels,
+    sepsis_onset,
 )
 from .profiles import (
     EPIC,
@@ -111,7 +130,7 @@ from .resources import (
     string,
     subject_mismatch,
 )
-from .stay import NOT_A_STAY_STATUSES, IcuClock, icu_clock, select_encounter
+from .stay import NOT_A_STAY_STATUSES, IcuClock, icu_clock, icu_episodes, select_encounter
 from .table import CanonicalTable
 from .tabular import PHYSIONET_COLUMNS, TabularTable, physionet_to_table
 from .units import Conversion, UnitTable, default_unit_table
@@ -162,8 +181,12 @@ __all__ = [
     "ENCOUNTER_KINDS",
     "EPIC",
     "EXCLUDED_DISPOSITIONS",
+    "EXPORT_COLUMNS",
+    "EXPORT_TYPES",
     "EncounterClasses",
     "EncounterCodes",
+    "ExportReader",
+    "ExportReport",
     "FEATURE_CODE_VERSION",
     "Feature",
     "FeatureSpec",
@@ -171,6 +194,7 @@ __all__ = [
     "GENERIC",
     "GLUCOSE_BANDS",
     "GLUCOSE_CODES",
+    "HospitalStay",
     "ICD10",
     "ICD9",
     "IcuClock",
@@ -202,6 +226,8 @@ __all__ = [
     "SNOMED",
     "STATIC_VARIABLES",
     "SearchPage",
+    "SepsisOnset",
+    "SiteStay",
     "StayError",
     "TabularTable",
     "UnitError",
@@ -219,6 +245,7 @@ __all__ = [
     "build_readmission_features",
     "build_risk_assessment",
     "bundle_entries",
+    "canonical_from_measurements",
     "charlson_index",
     "charlson_score",
     "default_code_table",
@@ -231,12 +258,18 @@ __all__ = [
     "drop_implausible",
     "encounter_classes",
     "ensure_resource",
+    "export_files",
+    "hospital_encounters",
+    "hospital_stay",
     "hourly_family",
     "hourly_spec",
     "icu_clock",
+    "icu_episodes",
     "identity_tokens",
     "is_fhir_id",
     "is_resource_type",
+    "is_sepsis_condition",
+    "iter_export",
     "lace_points",
     "map_bundle",
     "measurements_from_observation",
@@ -249,12 +282,15 @@ __all__ = [
     "parse_date",
     "parse_datetime",
     "parse_reference",
+    "patient_stays",
     "physionet_to_table",
     "provenance_id",
     "qsofa",
+    "read_export",
     "read_search_page",
     "readmission_cohort",
     "readmission_feature_spec",
+    "readmissions",
     "readmitted_within_30_days",
     "reference_id",
     "reference_parts",
@@ -265,9 +301,13 @@ __all__ = [
     "select_encounter",
     "select_profile",
     "sepsis_feature_spec",
+    "sepsis_labels",
+    "sepsis_onset",
     "shock_index",
     "sirs",
+    "site_code_rows",
     "sofa_partial",
+    "stays_frame",
     "string",
     "subject_mismatch",
     "to_canonical",
@@ -275,4 +315,5 @@ __all__ = [
     "validate_resource",
     "validate_resources",
     "variable",
+    "write_stays",
 ]

@@ -18,6 +18,13 @@ Rules, in order:
 - a row whose status is `unverified` is listed (docs, `cds map`) but never applied: a code nobody
   confirmed must not decide what a value means. An analyst sets it to `site-confirmed` once the
   site confirms it.
+
+A **site code map** (`site_code_rows`) is the same kind of local rows in a CSV a site edits for its
+own export (`system,code,variable,unit`, optionally `category,priority,display,status`): its
+site-local systems (`http://<site>/CodeSystem/vitals`) become local rows of status
+`site-confirmed`, applied on top of the vendor profile (`VendorProfile.with_site_codes`), so a
+standard code beside them still wins. `unit` is the unit the site sends the code's values in: the
+unit a value without one is taken to be in.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 
 from .variables import CLINICAL_VARIABLES
 
-__all__ = ["ROW_STATUSES", "CodeMatch", "CodeRow", "CodeTable", "default_code_table"]
+__all__ = ["ROW_STATUSES", "CodeMatch", "CodeRow", "CodeTable", "default_code_table", "site_code_rows"]
 
 # verified: seen in a vendor's published payloads or documentation (`source` says where);
 # site-confirmed: a site's analyst confirmed it for that site; unverified: not applied.
@@ -187,3 +194,49 @@ class CodeTable:
 def default_code_table() -> CodeTable:
     text = resources.files(__package__).joinpath("tables/observation_codes.csv").read_text(encoding="utf-8")
     return CodeTable.from_csv(text)
+
+
+SITE_MAP_COLUMNS = ("system", "code", "variable", "unit")
+
+
+def site_code_rows(text: str, *, source: str = "site code map") -> list[CodeRow]:
+    """The rows of a site code map CSV (header `system,code,variable,unit`, optionally `category`,
+    `priority`, `display`, `status`); blank lines and lines starting with `#` are ignored.
+
+    Raises ValueError naming the line for a missing column, an unknown variable or status."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    reader = csv.DictReader(lines)
+    missing = [c for c in SITE_MAP_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {', '.join(missing)} (need {', '.join(SITE_MAP_COLUMNS)})"
+        )
+    rows: list[CodeRow] = []
+    for line, r in enumerate(reader, start=2):
+        system, code, var = (
+            (r.get("system") or "").strip(),
+            (r.get("code") or "").strip(),
+            (r["variable"] or "").strip(),
+        )
+        if not system or not code:
+            raise ValueError(f"{source} line {line}: system and code are required")
+        if var not in CLINICAL_VARIABLES:
+            raise ValueError(f"{source} line {line}: {var!r} is not one of the canonical variables")
+        status = (r.get("status") or "site-confirmed").strip()
+        if status not in ROW_STATUSES:
+            raise ValueError(f"{source} line {line}: status {status!r} is not one of {ROW_STATUSES}")
+        rows.append(
+            CodeRow(
+                variable=var,
+                system=system,
+                code=code,
+                category=(r.get("category") or "").strip() or None,
+                priority=int((r.get("priority") or "").strip() or 1),
+                display=(r.get("display") or "").strip(),
+                standard=False,
+                source=source,
+                status=status,
+                implied_unit=(r.get("unit") or "").strip() or None,
+            )
+        )
+    return rows

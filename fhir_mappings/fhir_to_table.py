@@ -28,11 +28,18 @@ from .errors import MappingError, StayError
 from .observations import MappingReport, scan_observation
 from .profiles import GENERIC, VendorProfile
 from .resources import ensure_resource, parse_date, string, subject_mismatch
-from .stay import icu_clock
+from .stay import IcuClock, icu_clock
 from .table import CanonicalTable
 from .variables import CANONICAL_COLUMNS, variable
 
-__all__ = ["MAX_ICU_HOURS", "NO_PATIENT_ID", "MappedStay", "PatientRecord", "to_canonical"]
+__all__ = [
+    "MAX_ICU_HOURS",
+    "NO_PATIENT_ID",
+    "MappedStay",
+    "PatientRecord",
+    "canonical_from_measurements",
+    "to_canonical",
+]
 
 _COL = {name: i for i, name in enumerate(CANONICAL_COLUMNS)}
 _GENDER = {"male": 1.0, "female": 0.0}
@@ -93,6 +100,25 @@ def to_canonical(
         raise MappingError("no hospital encounter in context: the ICU clock cannot be set", path="Encounter")
     encounter = ensure_resource(record.encounter, "Encounter", "Encounter")
     clock = icu_clock(encounter, record.locations, as_of, profile)
+    hours = _checked_hours(clock, as_of, max_hours)
+    report = MappingReport()
+    found: list[tuple[Any, ...]] = []
+    mismatch = _subject_matcher(record.patient_id) if record.patient_id is not None else None
+    for obs in record.observations:
+        if type(obs) is not dict or obs.get("resourceType") != "Observation":
+            if not isinstance(obs, Mapping) or obs.get("resourceType") != "Observation":
+                report.skipped["not-an-observation"] += 1
+                continue
+        if mismatch is not None and obs.get("subject") is not None:
+            why = mismatch(obs)
+            if why is not None:
+                report.skipped[why] += 1
+                continue
+        scan_observation(obs, profile, report, found)
+    return _assemble(record, clock, hours, as_of, found, report, pseudonymizer, source)
+
+
+def _checked_hours(clock: IcuClock, as_of: datetime, max_hours: int) -> int:
     hours = clock.hour_of(as_of)
     if hours > min(max_hours, MAX_ICU_HOURS):
         source = "the ICU location" if clock.from_location else "the encounter start: no ICU location"
@@ -101,8 +127,40 @@ def to_canonical(
             f"allowed (ICU clock from {source})",
             reason="icu-clock-too-long",
         )
+    return hours
 
-    report = MappingReport()
+
+def canonical_from_measurements(
+    record: PatientRecord,
+    clock: IcuClock,
+    measurements: Sequence[tuple[Any, ...]],
+    *,
+    as_of: datetime,
+    pseudonymizer: Pseudonymizer,
+    source: str = "",
+    max_hours: int = MAX_ICU_HOURS,
+) -> MappedStay:
+    """The same table as `to_canonical`, from measurements already read by `scan_observation`
+    (the bulk export path maps each Observation once, as it streams, and places them here).
+
+    `record.observations` is not read; the report counts only what happens in this stay
+    (`before-stay`, `after-now`, implausible static values)."""
+    hours = _checked_hours(clock, as_of, max_hours)
+    return _assemble(record, clock, hours, as_of, measurements, MappingReport(), pseudonymizer, source)
+
+
+def _assemble(
+    record: PatientRecord,
+    clock: IcuClock,
+    hours: int,
+    as_of: datetime,
+    found: Sequence[tuple[Any, ...]],
+    report: MappingReport,
+    pseudonymizer: Pseudonymizer,
+    source: str,
+) -> MappedStay:
+    """Static columns from the Patient and the clock, then the latest value of each variable in
+    each ICU hour: the one place both paths build a table."""
     values = np.full((hours, len(CANONICAL_COLUMNS)), np.nan)
     static = values[:, [_COL[c] for c in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")]]
     if record.patient is not None:
@@ -123,20 +181,6 @@ def to_canonical(
     elif clock.hospital_admission is not None:
         report.implausible["HospAdmTime"] += 1  # e.g. a hospital admission decades before the ICU
     values[:, [_COL[c] for c in ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")]] = static
-
-    found: list[tuple[Any, ...]] = []
-    mismatch = _subject_matcher(record.patient_id) if record.patient_id is not None else None
-    for obs in record.observations:
-        if type(obs) is not dict or obs.get("resourceType") != "Observation":
-            if not isinstance(obs, Mapping) or obs.get("resourceType") != "Observation":
-                report.skipped["not-an-observation"] += 1
-                continue
-        if mismatch is not None and obs.get("subject") is not None:
-            why = mismatch(obs)
-            if why is not None:
-                report.skipped[why] += 1
-                continue
-        scan_observation(obs, profile, report, found)
 
     # The latest value of each variable in each ICU hour (ties: resource id, component, value).
     now_ts = as_of.timestamp()

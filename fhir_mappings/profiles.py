@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -59,6 +59,22 @@ class VendorProfile:
     # Encounter.class codings -> inpatient / outpatient / planned ... (tables/encounter_classes.csv)
     classes: EncounterClasses = field(default_factory=lambda: encounter_classes("generic"))
     extra: dict[str, str] = field(default_factory=dict)
+
+    def with_site_codes(self, rows: Iterable[CodeRow]) -> VendorProfile:
+        """This profile with a site code map's rows (codes.site_code_rows) added as local rows.
+
+        A row's unit must be one the unit tables convert to its variable's canonical unit: a map
+        that names a unit we cannot convert is refused here, not discovered as unit errors later."""
+        rows = tuple(rows)
+        for row in rows:
+            if row.implied_unit is not None and self.units.lookup(row.variable, row.implied_unit) is None:
+                raise ValueError(
+                    f"site code map {row.system}|{row.code}: unit {row.implied_unit!r} cannot be converted "
+                    f"for {row.variable}"
+                )
+        if not rows:
+            return self
+        return dataclasses.replace(self, name=f"{self.name}+site", codes=self.codes.extended(rows))
 
     def with_preliminary(self) -> VendorProfile:
         """The same profile, also accepting `preliminary` results (a site's explicit choice)."""

@@ -23,7 +23,7 @@ from .errors import MappingError, StayError
 from .profiles import GENERIC, VendorProfile
 from .resources import codings, element, objects, parse_datetime, resolve_reference, subject_mismatch
 
-__all__ = ["NOT_A_STAY_STATUSES", "IcuClock", "icu_clock", "select_encounter"]
+__all__ = ["NOT_A_STAY_STATUSES", "IcuClock", "icu_clock", "icu_episodes", "select_encounter"]
 
 _HOUR = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -74,16 +74,11 @@ def _describe_location(
     return " ".join(t for t in texts if isinstance(t, str)).lower(), codes
 
 
-def icu_clock(
-    encounter: Mapping[str, Any],
-    locations: Mapping[str, Mapping[str, Any]],
-    as_of: datetime,
-    profile: VendorProfile,
-) -> IcuClock:
-    period = element(encounter, "period")
-    admission = parse_datetime(period["start"], "Encounter.period.start") if period.get("start") else None
-
-    icu_entries: list[tuple[datetime, datetime | None, str]] = []
+def _icu_entries(
+    encounter: Mapping[str, Any], locations: Mapping[str, Mapping[str, Any]], profile: VendorProfile
+) -> list[tuple[datetime, datetime | None, str]]:
+    """(start, end, words) of each ICU location entry with a start, in the Encounter's order."""
+    found: list[tuple[datetime, datetime | None, str]] = []
     entries = encounter.get("location")
     for i, entry in enumerate(entries if isinstance(entries, list) else ()):
         if not isinstance(entry, Mapping):
@@ -96,8 +91,39 @@ def icu_clock(
             continue
         start = parse_datetime(p["start"], f"Encounter.location[{i}].period.start")
         end = parse_datetime(p["end"], f"Encounter.location[{i}].period.end") if p.get("end") else None
-        if start <= as_of:
-            icu_entries.append((start, end, text))
+        found.append((start, end, text))
+    return found
+
+
+def icu_episodes(
+    encounter: Mapping[str, Any], locations: Mapping[str, Mapping[str, Any]], profile: VendorProfile = GENERIC
+) -> list[tuple[datetime, datetime | None]]:
+    """The separate ICU stays of a hospital encounter, (start, end or None), in time order:
+    ICU location entries less than an hour apart are one stay, as `icu_clock` joins them. The
+    bulk export reader builds one table per episode, each with the clock `icu_clock` gives at its
+    end."""
+    entries = sorted(_icu_entries(encounter, locations, profile), key=lambda e: e[0])
+    episodes: list[tuple[datetime, datetime | None]] = []
+    for start, end, _ in entries:
+        if episodes:
+            first, last_end = episodes[-1]
+            if last_end is None or last_end >= start - _HOUR:
+                joined = None if last_end is None or end is None else max(last_end, end)
+                episodes[-1] = (first, joined)
+                continue
+        episodes.append((start, end))
+    return episodes
+
+
+def icu_clock(
+    encounter: Mapping[str, Any],
+    locations: Mapping[str, Mapping[str, Any]],
+    as_of: datetime,
+    profile: VendorProfile,
+) -> IcuClock:
+    period = element(encounter, "period")
+    admission = parse_datetime(period["start"], "Encounter.period.start") if period.get("start") else None
+    icu_entries = [e for e in _icu_entries(encounter, locations, profile) if e[0] <= as_of]
 
     if icu_entries:
         icu_entries.sort(key=lambda e: e[0])
