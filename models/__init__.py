@@ -10,6 +10,16 @@ from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
 from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
+from .gate import (
+    GateCheck,
+    GatePolicy,
+    GateReport,
+    golden_check,
+    held_out_metrics,
+    judge,
+    sepsis_held_out_pair,
+)
+from .golden import GOLDEN_DIR, GoldenResult, build_golden_set, check_golden, load_golden, write_golden
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
@@ -71,6 +81,11 @@ __all__ = [
     "Explanation",
     "FeatureEntry",
     "FeatureSchemaMismatch",
+    "GOLDEN_DIR",
+    "GateCheck",
+    "GatePolicy",
+    "GateReport",
+    "GoldenResult",
     "HORIZON_HOURS",
     "LACE_DESCRIPTION",
     "LoadedArtifact",
@@ -96,6 +111,8 @@ __all__ = [
     "alert_burden",
     "baseline_scores",
     "best_threshold",
+    "build_golden_set",
+    "check_golden",
     "challenge_auc",
     "choose_device",
     "data_fingerprint",
@@ -105,8 +122,12 @@ __all__ = [
     "development_split",
     "evaluate_readmission",
     "evaluate_sepsis",
+    "golden_check",
     "grouped_folds",
+    "held_out_metrics",
+    "judge",
     "lace_score",
+    "load_golden",
     "load_readmission_data",
     "load_sepsis_data",
     "model_task",
@@ -121,6 +142,7 @@ __all__ = [
     "score_readmission",
     "score_sepsis",
     "sepsis_evaluation",
+    "sepsis_held_out_pair",
     "sepsis_metrics",
     "sepsis_subgroups",
     "serving_device",
@@ -129,5 +151,6 @@ __all__ = [
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",
+    "write_golden",
     "write_sepsis_report",
 ]
