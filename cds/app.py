@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -27,6 +29,7 @@ from .errors import status_for
 from .fhir_client import FhirClient
 from .jwks import FallbackJwksBackend, JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .keys import pseudonym_key
+from .lifecycle import GuardrailPolicy, Lifecycle, open_counters
 from .metrics import Metrics
 from .middleware import GuardMiddleware
 from .model_versions import stored_versions
@@ -146,6 +149,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             await store.close()
             raise
+        metrics = Metrics()
+        lifecycle = Lifecycle(
+            store,
+            ModelRegistry(settings.model_dir),
+            models,
+            counters=open_counters(
+                settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s
+            ),
+            policy=GuardrailPolicy.from_settings(settings),
+            shadow_queue=settings.shadow_queue,
+            on_event=metrics.model_event,
+        )
+        await lifecycle.refresh()  # the shadow and canary versions, if any
+        poller = asyncio.create_task(lifecycle.run(settings.model_poll_s), name="cds-model-poll")
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
         lane = Lane(
             settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s
@@ -171,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 fhir_allowed=settings.fhir_server_allowed,
                 keep_identity_hashes=settings.feedback_comments == "scrubbed",
                 consent_refused_card=settings.consent_refused_card,
+                lifecycle=lifecycle,
             )
             smart_timeout = httpx.Timeout(
                 settings.smart_timeout_s, connect=min(2.0, settings.smart_timeout_s)
@@ -185,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             app.state.smart = SmartApp(settings, smart_http, smart_fhir, store, models, deps.pseudonymizer)
             _announce_auth(settings)
-            metrics = Metrics()
+            metrics.watch(lifecycle=lifecycle)
             verifier = (
                 None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
             )
@@ -210,6 +228,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 extra={
                     "event": {
                         "models": {n: m.version for n, m in models.items()},
+                        "challengers": {
+                            n: {
+                                "canary": lu.canary.model.version if lu.canary else None,
+                                "shadow": lu.shadow.model.version if lu.shadow else None,
+                            }
+                            for n, lu in lifecycle.lineups.items()
+                            if lu.challenged
+                        },
                         "store": store.health().backend,
                         "issuers": [i.iss for i in settings.auth_issuers],
                         "auth": "off-local-demo" if verifier is None else "jwt",
@@ -219,6 +245,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                await lifecycle.close()
                 if verifier is not None:
                     await verifier.close()
                 await smart_http.aclose()

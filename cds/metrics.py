@@ -26,6 +26,8 @@ class Metrics:
         self.auth_failures: Counter[str] = Counter()  # reason code
         self.outcomes: Counter[str] = Counter()  # service -> OperationOutcome entries skipped in EHR Bundles
         self.refused: Counter[str] = Counter()  # endpoint family -> calls refused at capacity
+        self.model_events: Counter[tuple[str, str]] = Counter()  # (model, lineup-changed | rollback)
+        self._lifecycle: Any = None
         self._hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_BUCKETS) + 1))
         self._sum: Counter[str] = Counter()
         self._gauges: dict[str, Callable[[], float]] = {}
@@ -34,6 +36,8 @@ class Metrics:
     def watch(self, **owners: Any) -> None:
         """Gauges read from `lane` (waiting), `hook_gate` and `feedback_gate` (in flight) and
         `store` (degraded, cards in the local spool)."""
+        if owners.get("lifecycle") is not None:
+            self._lifecycle = owners["lifecycle"]
         lane = owners.get("lane")
         if lane is not None:
             self._gauges["cds_hook_queue_waiting"] = lambda: lane.waiting
@@ -72,6 +76,11 @@ class Metrics:
             for flag in flags:
                 self.feedback_flags[(service, flag)] += 1
 
+    def model_event(self, model: str, event: str) -> None:
+        """A lineup change or a guardrail rollback (cds/lifecycle.py)."""
+        with self._lock:
+            self.model_events[(model, event)] += 1
+
     def overloaded(self, endpoint: str) -> None:
         with self._lock:
             self.refused[endpoint] += 1
@@ -107,6 +116,23 @@ class Metrics:
             lines.append("# TYPE cds_auth_failures_total counter")
             for reason, n in sorted(self.auth_failures.items()):
                 lines.append(f'cds_auth_failures_total{{reason="{reason}"}} {n}')
+        lines.append("# TYPE cds_model_events_total counter")
+        with self._lock:
+            for (model, event), n in sorted(self.model_events.items()):
+                lines.append(f'cds_model_events_total{{model="{model}",event="{event}"}} {n}')
+        if self._lifecycle is not None:
+            lines.append("# TYPE cds_model_serving gauge")
+            for model, lineup in sorted(self._lifecycle.lineups.items()):
+                served = [("champion", lineup.champion.version)]
+                served += [
+                    (role, c.model.version)
+                    for role, c in (("canary", lineup.canary), ("shadow", lineup.shadow))
+                    if c
+                ]
+                for role, version in served:
+                    lines.append(f'cds_model_serving{{model="{model}",role="{role}",version="{version}"}} 1')
+            lines.append("# TYPE cds_shadow_skipped_total counter")
+            lines.append(f"cds_shadow_skipped_total {self._lifecycle.shadow_skipped}")
         lines.append("# TYPE cds_degraded gauge")
         for source in self._degraded:
             for component, degraded in sorted(source().items()):

@@ -26,8 +26,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,10 +38,12 @@ from fhir_mappings import (
     identity_tokens,
 )
 from hooks import (
+    CARD_EXTENSION,
     CONSENT_KEY,
     ConsentDecision,
     Need,
     NoCard,
+    ScoredCard,
     ScoringInput,
     Service,
     check_context_ids,
@@ -68,9 +70,10 @@ from .errors import (
     StoreError,
 )
 from .fhir_client import FetchBudget, FhirClient
+from .lifecycle import Lifecycle, Lineup, in_canary, patient_day
 from .privacy import NO_REUSE
 from .schemas import HookRequest
-from .stores import CardRecord, RecordStore
+from .stores import CardRecord, ModelScore, RecordStore
 
 __all__ = ["HookDeps", "HookOutcome", "answer_hook", "check_request", "count_resources", "run_hook"]
 
@@ -101,6 +104,8 @@ class HookDeps:
     keep_identity_hashes: bool = False
     # CDS_CONSENT_REFUSED_CARD: answer an info card (no score) when decision support is refused.
     consent_refused_card: bool = False
+    # Shadow and canary versions, kept current from the store (cds/lifecycle.py); None: champions only.
+    lifecycle: Lifecycle | None = None
 
 
 @dataclass
@@ -108,6 +113,8 @@ class HookOutcome:
     body: dict[str, Any]
     reason: str  # stable code for logs and metrics: "card", "not-applicable", "fhir-unavailable", ...
     details: dict[str, Any] = field(default_factory=dict)
+    # Work for after the answer has been sent (the shadow's score, the lifecycle counters).
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 NO_GUIDANCE: dict[str, Any] = {"cards": []}
@@ -259,7 +266,8 @@ async def run_hook(
     selects its vendor profile. Raises Overloaded/BudgetSpent (see `answer_hook`)."""
     deadline = deadline or Deadline.after(deps.budget_s)
     prefetched = check_request(service, request, max_resources=deps.max_resources)
-    model = deps.models.get(service.model_name)
+    lineup = deps.lifecycle.lineup(service.model_name) if deps.lifecycle is not None else None
+    model = lineup.champion if lineup is not None else deps.models.get(service.model_name)
     if model is None:
         raise ModelNotFound(f"no {service.model_name} model is loaded")
     if request.fhirServer is not None and not deps.fhir_allowed(request.fhirServer, issuer):
@@ -300,7 +308,31 @@ async def run_hook(
         source=request.fhirServer or "",
         profile=profile,
     )
-    scored = await deps.lane.run(deadline, service.score, scoring, stage=1)  # parsed already: served first
+    role, canary_error = "champion", None
+    if lineup is not None and lineup.canary is not None and isinstance(request.context.get("patientId"), str):
+        patient_key = deps.pseudonymizer.pseudonym(
+            "Patient", request.context["patientId"], source=request.fhirServer or ""
+        )
+        if in_canary(service.model_name, lineup.canary.model.version, patient_key, lineup.canary.share):
+            role = "canary"
+            scoring = replace(scoring, model=lineup.canary.model)
+    started = time.perf_counter()
+    try:
+        scored = await deps.lane.run(
+            deadline, service.score, scoring, stage=1
+        )  # parsed already: served first
+    except (Overloaded, BudgetSpent):
+        raise
+    except Exception as exc:
+        if role != "canary" or lineup is None:
+            raise
+        # The canary failed: the champion answers (a failure only if the champion fails too).
+        canary_error, role = type(exc).__name__, "champion"
+        scoring = replace(scoring, model=lineup.champion)
+        started = time.perf_counter()
+        scored = await deps.lane.run(deadline, service.score, scoring, stage=1)
+    score_ms = 1000 * (time.perf_counter() - started)
+    model = scoring.model
     if scored is None:
         return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
     if isinstance(scored, NoCard):  # e.g. insufficient-data: the service's reason, and its counts
@@ -360,7 +392,111 @@ async def run_hook(
     details = {**counts, **scored.log}
     if consent.code:
         details["consent"] = consent.code
-    return HookOutcome({"cards": [card]}, reason, details)
+    after = None
+    if lineup is not None and (lineup.challenged or canary_error):
+        if lineup.canary is not None and isinstance(card.get("extension"), dict):
+            ours = card["extension"].get(CARD_EXTENSION, {})
+            card = {**card, "extension": {**card["extension"], CARD_EXTENSION: {**ours, "modelRole": role}}}
+        details["model_role"] = role
+        after = _challenger_work(
+            service, deps, lineup, scoring, scored, role=role, score_ms=score_ms, canary_error=canary_error
+        )
+    return HookOutcome({"cards": [card]}, reason, details, after)
+
+
+def _challenger_work(
+    service: Service,
+    deps: HookDeps,
+    lineup: Lineup,
+    scoring: ScoringInput,
+    scored: ScoredCard,
+    *,
+    role: str,
+    score_ms: float,
+    canary_error: str | None,
+) -> Callable[[], Awaitable[None]]:
+    """What is done after the answer went out: the shadow's score of the same data (on the
+    lifecycle's own thread), both scores stored under the card's uuid, and the counters."""
+    lifecycle = deps.lifecycle
+    assert lifecycle is not None
+    name = service.model_name
+    subject = scored.risk_assessment.get("subject", {})
+    patient = subject.get("identifier", {}).get("value") if isinstance(subject, dict) else None
+
+    async def after() -> None:
+        created = time.time()
+        day = patient_day(patient, created)
+        answered = scoring.model
+        rows = [
+            ModelScore(
+                scoring.card_uuid,
+                name,
+                answered.version,
+                service.id,
+                role,
+                scored.probability,
+                scored.band,
+                patient,
+                created,
+            )
+        ]
+        await lifecycle.counters.add(
+            name,
+            answered.version,
+            calls=1,
+            alerts=int(scored.probability >= answered.threshold),
+            latency_ms=score_ms,
+            patient_day=day,
+        )
+        if canary_error is not None and lineup.canary is not None:
+            await lifecycle.counters.add(name, lineup.canary.model.version, calls=1, errors=1)
+            log.warning(
+                "canary failed; the champion answered",
+                extra={
+                    "event": {"model": name, "version": lineup.canary.model.version, "error": canary_error}
+                },
+            )
+        if lineup.shadow is not None and lifecycle.shadow_slot():
+            shadow = lineup.shadow.model
+            shadow_input = replace(scoring, model=shadow)
+            started = time.perf_counter()
+            try:
+                found = await lifecycle.in_background(lambda: service.score(shadow_input))
+            except Exception as exc:
+                found = None
+                await lifecycle.counters.add(name, shadow.version, calls=1, errors=1)
+                log.warning(
+                    "shadow scoring failed",
+                    extra={"event": {"model": name, "version": shadow.version, "error": type(exc).__name__}},
+                )
+            if isinstance(found, ScoredCard):
+                rows.append(
+                    ModelScore(
+                        scoring.card_uuid,
+                        name,
+                        shadow.version,
+                        service.id,
+                        "shadow",
+                        found.probability,
+                        found.band,
+                        patient,
+                        created,
+                    )
+                )
+                await lifecycle.counters.add(
+                    name,
+                    shadow.version,
+                    calls=1,
+                    alerts=int(found.probability >= shadow.threshold),
+                    latency_ms=1000 * (time.perf_counter() - started),
+                    patient_day=day,
+                )
+        try:
+            await deps.store.put_model_scores(rows)
+        except StoreError:
+            log.warning("challenger scores not recorded: the record store failed")
+
+    return after
 
 
 def _consent(request: HookRequest, fetched: Mapping[str, Any], deps: HookDeps) -> ConsentDecision:

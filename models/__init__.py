@@ -9,7 +9,7 @@ from .baselines import BASELINES, Baseline, baseline_scores
 from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
 from .device import choose_device, serving_device
-from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
+from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound, PromotionRefused
 from .gate import (
     GateCheck,
     GatePolicy,
@@ -94,6 +94,7 @@ __all__ = [
     "ModelManifest",
     "ModelNotFound",
     "ModelRegistry",
+    "PromotionRefused",
     "READMISSION_OUTCOME",
     "READMISSION_TASK",
     "ReadmissionData",
