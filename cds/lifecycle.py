@@ -530,9 +530,10 @@ class Lifecycle:
 
     # --- what a hook call reports, after its answer ----------------------------------------
 
-    def spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def spawn(self, work: Callable[[], Awaitable[None]]) -> None:
         """Start `work` detached (kept until done): called once the answer has been sent, so the
-        connection's next request does not wait for it either."""
+        connection's next request does not wait for it either (a coroutine function, so Starlette
+        runs it on the event loop, not on a thread)."""
         task = asyncio.ensure_future(work())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -232,6 +232,10 @@ async def rollback(
     """The champion before this one (or `to`) becomes active again; the current one is retired. No
     gate (it served before), but it must still load with this code."""
     target = to or await store.previous_active(model)
+    if target is None:  # the first champion the store named replaced the registry's ACTIVE file's
+        file_champion = registry.active_version(model) if registry.versions(model) else None
+        if file_champion is not None and file_champion != (await stored_versions(store)).get(model):
+            target = file_champion
     if target is None:
         raise ModelError(f"{model} has no previous active version to roll back to (give --to)")
     serving_model(registry, model, target)

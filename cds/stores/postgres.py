@@ -627,7 +627,7 @@ class PostgresStore:
         async def read(conn: Conn) -> list[ModelScore]:
             cursor = await conn.execute(
                 "SELECT card_uuid, model, version, service_id, role, probability, band, patient, created"
-                " FROM model_score WHERE model = %s AND created >= %s ORDER BY created, card_uuid",
+                " FROM model_score WHERE model = %s AND created >= %s ORDER BY created, card_uuid, version",
                 (model, since),
             )
             return [

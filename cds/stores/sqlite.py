@@ -372,7 +372,7 @@ class SQLiteStore(SQLiteFile):
 
         def write() -> None:
             self._db.executemany(
-                "INSERT OR REPLACE INTO model_score (card_uuid, version, model, service_id, role,"
+                "INSERT OR IGNORE INTO model_score (card_uuid, version, model, service_id, role,"
                 " probability, band, patient, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
@@ -383,7 +383,7 @@ class SQLiteStore(SQLiteFile):
         rows = await self._run(
             lambda: self._db.execute(
                 "SELECT card_uuid, model, version, service_id, role, probability, band, patient, created"
-                " FROM model_score WHERE model = ? AND created >= ? ORDER BY created, card_uuid",
+                " FROM model_score WHERE model = ? AND created >= ? ORDER BY created, card_uuid, version",
                 (model, since),
             ).fetchall()
         )
