@@ -44,7 +44,8 @@ class GatePolicy:
     utility_drop: float = 0.03
     slope_drift: float = 0.15  # |slope - 1| may grow by this much
     intercept_drift: float = 0.15  # |intercept| may grow by this much
-    subgroup_gap: float = 0.12  # the largest subgroup AUROC gap allowed (absolute)
+    subgroup_gap: float = 0.12  # the largest subgroup AUROC gap allowed (absolute) ...
+    subgroup_gap_drift: float = 0.02  # ... or this much above the champion's gap on the same patients
 
 
 @dataclass(frozen=True)
@@ -217,16 +218,19 @@ def judge(
             higher_is_better=False,
         )
     )
-    gap = candidate["subgroup_auroc_gap"]
-    ok = gap is None or gap <= policy.subgroup_gap
+    # Within the bound, or no wider than the champion's own gap on the same patients (a small
+    # held-out set has wide subgroup AUROCs: an equal candidate must not be refused for them).
+    gap, active_gap = candidate["subgroup_auroc_gap"], a.get("subgroup_auroc_gap")
+    allowed = max(policy.subgroup_gap, (active_gap or 0.0) + policy.subgroup_gap_drift)
+    ok = gap is None or gap <= allowed
     report.checks.append(
         GateCheck(
             "largest subgroup AUROC gap",
-            a.get("subgroup_auroc_gap"),
+            active_gap,
             gap,
-            f"<= {policy.subgroup_gap}",
+            f"<= max({policy.subgroup_gap}, active + {policy.subgroup_gap_drift})",
             ok,
-            "" if ok else f"{gap:.4f} exceeds {policy.subgroup_gap}",
+            "" if ok else f"{gap:.4f} exceeds {allowed:.4f}",
         )
     )
     return report
