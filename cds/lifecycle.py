@@ -35,7 +35,7 @@ from models import ModelError, ModelRegistry, RiskModel, model_task, serving_dev
 
 from .errors import StoreError
 from .logs import log_event
-from .stores import RecordStore
+from .stores import ModelScore, RecordStore
 
 __all__ = [
     "Challenger",
@@ -398,6 +398,7 @@ class Lifecycle:
     _pending_shadow: int = 0
     shadow_skipped: int = 0
     _tasks: set[asyncio.Future[None]] = field(default_factory=set)
+    _scores: list[ModelScore] = field(default_factory=list)  # written in batches (one commit each)
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="cds-challenger")
     )
@@ -516,11 +517,28 @@ class Lifecycle:
             await self.refresh()
         return rolled
 
+    def record(self, scores: Sequence[ModelScore]) -> None:
+        """Keep challenger scores for the next batch write: one commit (one fsync with SQLite) per
+        poll, not one per call beside the card's own."""
+        self._scores.extend(scores)
+
+    async def flush(self) -> int:
+        batch, self._scores = self._scores, []
+        if not batch:
+            return 0
+        try:
+            await self.store.put_model_scores(batch)
+        except StoreError:
+            log.warning("challenger scores not recorded: the record store failed (%d lost)", len(batch))
+            return 0
+        return len(batch)
+
     async def run(self, interval_s: float) -> None:
         """Poll until cancelled."""
         while True:
             await asyncio.sleep(interval_s)
             try:
+                await self.flush()
                 await self.refresh()
                 await self.check_guardrails()
             except asyncio.CancelledError:
@@ -563,6 +581,8 @@ class Lifecycle:
             await self.counters.add(model, version, feedback=items, overrides=overrides)
 
     async def close(self) -> None:
+        await self.settle()
+        await self.flush()
         for task in list(self._tasks):
             task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -460,8 +460,16 @@ def _challenger_work(
             shadow = lineup.shadow.model
             shadow_input = replace(scoring, model=shadow)
             started = time.perf_counter()
+
+            def shadow_score() -> ScoredCard | NoCard | None:
+                if scored.row is None:
+                    return service.score(shadow_input)
+                # The row the champion scored (every loaded version has this code's feature spec).
+                p = float(shadow.predict(scored.row)[0])
+                return replace(scored, probability=p, band=shadow.band(p), row=None)
+
             try:
-                found = await lifecycle.in_background(lambda: service.score(shadow_input))
+                found = await lifecycle.in_background(shadow_score)
             except Exception as exc:
                 found = None
                 await lifecycle.counters.add(name, shadow.version, calls=1, errors=1)
@@ -491,10 +499,7 @@ def _challenger_work(
                     latency_ms=1000 * (time.perf_counter() - started),
                     patient_day=day,
                 )
-        try:
-            await deps.store.put_model_scores(rows)
-        except StoreError:
-            log.warning("challenger scores not recorded: the record store failed")
+        lifecycle.record(rows)
 
     return after
 

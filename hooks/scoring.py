@@ -81,4 +81,5 @@ def card_from_table(
         band=band,
         log={**log, "band": band},
         features_sha256=feature_hash(row),
+        row=row,
     )

@@ -77,6 +77,8 @@ class ScoredCard:
     band: str
     log: dict[str, Any] = field(default_factory=dict)  # counts for the hook log; never PHI
     features_sha256: str | None = None  # feature_hash of the row scored, for the audit trail
+    # The feature row scored: a shadow version (same feature spec, checked at load) re-scores it.
+    row: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def feature_hash(row: np.ndarray) -> str:
