@@ -23,7 +23,7 @@ import pytest
 from cds import Settings
 from cds.stores import SQLiteStore
 from demo_ehr import LoopbackServer
-from testkit.helpers import serve_cds
+from testkit.helpers import feedback, serve_cds
 from testkit.lifecycle import (
     call_sepsis,
     card_version,
@@ -233,11 +233,21 @@ def test_canary_answers_for_a_sticky_share_of_patients_on_every_instance(fleet: 
         lambda: fleet.all_serve({"champion": "2", "canary": "3"}), what="both servers to load the canary"
     )
     answered: dict[str, set[tuple[str, str | None]]] = {}
+    cards: dict[str, list[dict[str, Any]]] = {"2": [], "3": []}
     for stay in golden_stays("normal", 24, first_patient=700_000):
         for client in fleet.clients:
             body = call_sepsis(client, stay)
             answered.setdefault(stay.patient_id, set()).add(card_version(body))
             assert body["cards"][0]["source"]["label"].endswith(f"v{card_version(body)[0]}")
+            cards[card_version(body)[0]].append(body["cards"][0])
+    # Clinicians override every canary card and none of the champion's.
+    for i, card in enumerate(cards["3"]):
+        reason = card["overrideReasons"][0]
+        sent = fleet.clients[i % 2].post(
+            "/cds-services/sepsis-risk/feedback",
+            json={"feedback": [feedback(card["uuid"], "overridden", reason=reason)]},
+        )
+        assert sent.status_code == 200, sent.text
     assert all(len(v) == 1 for v in answered.values())  # one patient, one version, on both instances
     versions = {next(iter(v)) for v in answered.values()}
     assert versions == {("2", "champion"), ("3", "canary")}
@@ -245,7 +255,12 @@ def test_canary_answers_for_a_sticky_share_of_patients_on_every_instance(fleet: 
     import json
 
     figures = json.loads(report.stdout)["versions"]
-    assert figures["3"]["role"] == ["canary"] and figures["3"]["counters"]["calls"] > 0
+    assert figures["3"]["role"] == ["canary"] and figures["3"]["counters"]["calls"] >= len(cards["3"])
+    overrides = figures["3"]["overrides"]
+    assert overrides["overridden"] == overrides["feedback"] == len(cards["3"])
+    assert overrides["by_reason"] == {cards["3"][0]["overrideReasons"][0]["code"]: len(cards["3"])}
+    assert figures["3"]["counters"]["feedback"] == figures["3"]["counters"]["overrides"] == len(cards["3"])
+    assert figures["2"]["overrides"]["feedback"] == 0
 
 
 def test_a_canary_alerting_far_more_than_the_champion_is_rolled_back(fleet: Fleet) -> None:
