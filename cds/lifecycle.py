@@ -47,6 +47,7 @@ __all__ = [
     "MemoryCounters",
     "RedisCounters",
     "breaches",
+    "canary_run",
     "in_canary",
     "open_counters",
 ]
@@ -69,10 +70,21 @@ class Lineup:
     champion: RiskModel
     canary: Challenger | None = None
     shadow: Challenger | None = None
+    # Which canary run the counters belong to (its status change time): a new canary, or a new
+    # share, starts the guardrails' counts afresh, for the canary and the champion alike.
+    run: str = ""
 
     @property
     def challenged(self) -> bool:
         return self.canary is not None or self.shadow is not None
+
+    def counted(self, version: str) -> str:
+        """The counters' key of `version` in this run."""
+        return version + self.run
+
+
+def canary_run(updated_at: float) -> str:
+    return f"@{int(updated_at * 1000)}"
 
 
 def in_canary(model: str, version: str, patient: str, share: float) -> bool:
@@ -368,12 +380,13 @@ def breaches(champion: CounterSnapshot, canary: CounterSnapshot, policy: Guardra
 
 def _desired(
     active: Mapping[str, str], states: Sequence[Any], names: Sequence[str]
-) -> dict[str, tuple[str | None, tuple[str, float] | None, str | None]]:
+) -> dict[str, tuple[str | None, tuple[str, float, float] | None, str | None]]:
     """model -> (champion version or None for the registry's ACTIVE file, canary, shadow)."""
-    out: dict[str, tuple[str | None, tuple[str, float] | None, str | None]] = {}
+    out: dict[str, tuple[str | None, tuple[str, float, float] | None, str | None]] = {}
     for name in names:
         canary = next(
-            ((s.version, s.share) for s in states if s.model == name and s.status == "canary"), None
+            ((s.version, s.share, s.updated_at) for s in states if s.model == name and s.status == "canary"),
+            None,
         )
         shadow = next((s.version for s in states if s.model == name and s.status == "shadow"), None)
         out[name] = (active.get(name), canary, shadow)
@@ -445,6 +458,7 @@ class Lifecycle:
                     champion,
                     Challenger(await self._model(name, canary[0]), canary[1]) if canary else None,
                     Challenger(await self._model(name, shadow)) if shadow else None,
+                    canary_run(canary[2]) if canary else "",
                 )
             except (ModelError, OSError, ValueError) as exc:
                 if self._wanted.get(name) != ("failed", wanted):
@@ -485,8 +499,8 @@ class Lifecycle:
             if lineup.canary is None:
                 continue
             version = lineup.canary.model.version
-            champion = await self.counters.snapshot(name, lineup.champion.version)
-            canary = await self.counters.snapshot(name, version)
+            champion = await self.counters.snapshot(name, lineup.counted(lineup.champion.version))
+            canary = await self.counters.snapshot(name, lineup.counted(version))
             found = breaches(champion, canary, self.policy)
             if not found:
                 continue
@@ -577,8 +591,10 @@ class Lifecycle:
 
     async def note_feedback(self, model: str, by_version: Mapping[str, tuple[int, int]]) -> None:
         """Feedback (items, overrides) on cards answered by each version, while a canary runs."""
+        lineup = self.lineups.get(model)
+        run = lineup.run if lineup is not None else ""
         for version, (items, overrides) in by_version.items():
-            await self.counters.add(model, version, feedback=items, overrides=overrides)
+            await self.counters.add(model, version + run, feedback=items, overrides=overrides)
 
     async def close(self) -> None:
         await self.settle()

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .lifecycle import Counters
+from .lifecycle import Counters, canary_run
 from .stores import ModelScore, RecordStore
 
 __all__ = ["canary_report", "shadow_report"]
@@ -129,9 +129,12 @@ async def canary_report(
     store: RecordStore, model: str, *, counters: Counters | None = None, since: float = 0.0
 ) -> dict[str, Any]:
     """Per version that answered (champion and canary): patients, alert rate, score distribution,
-    override rates by reason; with the shared counters (errors, scoring p99) when given."""
+    override rates by reason; with the shared counters (errors, scoring p99) of the canary running
+    now, when given."""
     rows = [r for r in await store.model_scores(model, since) if r.role in ("champion", "canary")]
     feedback = await _feedback(store, {r.card_uuid for r in rows})
+    live = [s for s in await store.version_states() if s.model == model and s.status == "canary"]
+    run = canary_run(live[0].updated_at) if live else ""  # the counters of the canary running now
     versions: dict[str, Any] = {}
     for version in sorted({r.version for r in rows}):
         mine = [r for r in rows if r.version == version]
@@ -143,9 +146,14 @@ async def canary_report(
             "overrides": _overrides([r.card_uuid for r in mine], feedback),
         }
         if counters is not None:
-            entry["counters"] = (await counters.snapshot(model, version)).as_dict()
+            entry["counters"] = (await counters.snapshot(model, version + run)).as_dict()
         versions[version] = entry
-    out: dict[str, Any] = {"model": model, "since": since, "versions": versions}
+    out: dict[str, Any] = {
+        "model": model,
+        "since": since,
+        "canary_now": {"version": live[0].version, "share": live[0].share} if live else None,
+        "versions": versions,
+    }
     champions = [v for v, e in versions.items() if "champion" in e["role"]]
     canaries = [v for v, e in versions.items() if "canary" in e["role"]]
     if champions and canaries:

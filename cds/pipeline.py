@@ -442,14 +442,14 @@ def _challenger_work(
         ]
         await lifecycle.counters.add(
             name,
-            answered.version,
+            lineup.counted(answered.version),
             calls=1,
             alerts=int(scored.probability >= answered.threshold),
             latency_ms=score_ms,
             patient_day=day,
         )
         if canary_error is not None and lineup.canary is not None:
-            await lifecycle.counters.add(name, lineup.canary.model.version, calls=1, errors=1)
+            await lifecycle.counters.add(name, lineup.counted(lineup.canary.model.version), calls=1, errors=1)
             log.warning(
                 "canary failed; the champion answered",
                 extra={
@@ -472,7 +472,7 @@ def _challenger_work(
                 found = await lifecycle.in_background(shadow_score)
             except Exception as exc:
                 found = None
-                await lifecycle.counters.add(name, shadow.version, calls=1, errors=1)
+                await lifecycle.counters.add(name, lineup.counted(shadow.version), calls=1, errors=1)
                 log.warning(
                     "shadow scoring failed",
                     extra={"event": {"model": name, "version": shadow.version, "error": type(exc).__name__}},
@@ -493,7 +493,7 @@ def _challenger_work(
                 )
                 await lifecycle.counters.add(
                     name,
-                    shadow.version,
+                    lineup.counted(shadow.version),
                     calls=1,
                     alerts=int(found.probability >= shadow.threshold),
                     latency_ms=1000 * (time.perf_counter() - started),
