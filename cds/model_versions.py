@@ -33,6 +33,7 @@ from models import (
     model_task,
     sepsis_held_out_pair,
     serving_device,
+    task_held_out_pair,
 )
 
 from .errors import BadRequest, StoreError
@@ -142,11 +143,6 @@ def run_gate(
         report.checks.append(golden_check(results))
     if target not in ("canary", "active"):
         return report
-    if model != "sepsis":
-        report.checks.append(
-            GateCheck("held-out comparison", None, None, "required", False, f"not implemented for {model}")
-        )
-        return report
     if data is None or not data.exists():
         report.checks.append(
             GateCheck("held-out comparison", None, None, "required", False, f"no held-out data at {data}")
@@ -157,7 +153,10 @@ def run_gate(
         if active_version and active_version != version
         else None
     )
-    a, c, n = sepsis_held_out_pair(active, candidate, data, patients=patients)
+    if model == "sepsis":
+        a, c, n = sepsis_held_out_pair(active, candidate, data, patients=patients)
+    else:
+        a, c, n = task_held_out_pair(task, active, candidate, data)
     report.checks.append(
         GateCheck("held-out patients", n, n, f"{data.name}, seed {candidate.manifest.seed}", n > 0)
     )

@@ -18,6 +18,7 @@ from .gate import (
     held_out_metrics,
     judge,
     sepsis_held_out_pair,
+    task_held_out_pair,
 )
 from .golden import GOLDEN_DIR, GoldenResult, build_golden_set, check_golden, load_golden, write_golden
 from .lace import LACE_DESCRIPTION, lace_score
@@ -149,6 +150,7 @@ __all__ = [
     "serving_device",
     "train_booster",
     "train_readmission",
+    "task_held_out_pair",
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",

@@ -23,6 +23,7 @@ from .golden import GoldenResult
 from .metrics import subgroup_table
 from .physionet2019 import challenge_auc, utility_table
 from .score import RiskModel
+from .task import EvaluateOptions, RiskTask
 
 __all__ = [
     "GateCheck",
@@ -32,6 +33,7 @@ __all__ = [
     "held_out_metrics",
     "judge",
     "sepsis_held_out_pair",
+    "task_held_out_pair",
 ]
 
 
@@ -160,9 +162,47 @@ def sepsis_held_out_pair(
     )
 
 
+def task_held_out_pair(
+    task: RiskTask,
+    active: RiskModel | None,
+    candidate: RiskModel,
+    data_path: Path,
+    *,
+    replicates: int = 20,
+) -> tuple[dict[str, float | None] | None, dict[str, float | None], int]:
+    """For a model without its own pair evaluation (readmission): the task's `--holdout`
+    evaluation of each version, which splits by the version's seed, so the seeds must agree."""
+    if active is not None and active.manifest.seed != candidate.manifest.seed:
+        raise ModelError(
+            f"v{active.version} and v{candidate.version} hold out different patients (seeds "
+            f"{active.manifest.seed} and {candidate.manifest.seed}): no comparison on the same patients"
+        )
+    options = EvaluateOptions(holdout=True, replicates=replicates)
+
+    def metrics(model: RiskModel) -> tuple[dict[str, float | None], int]:
+        found = task.evaluate(model, data_path, options)
+        auroc = found.get("auroc")
+        cal = found.get("calibration") or {}
+        gap = found.get("largest_subgroup_auroc_gap")
+        return {
+            "auroc": float(auroc["estimate"] if isinstance(auroc, dict) else auroc)
+            if auroc is not None
+            else None,
+            "utility": None,  # the PhysioNet utility is the sepsis task's
+            "calibration_slope": cal.get("slope"),
+            "calibration_intercept": cal.get("intercept"),
+            "subgroup_auroc_gap": gap.get("gap") if isinstance(gap, dict) else gap,
+        }, int(found.get("patients") or found.get("encounters") or 0)
+
+    c, n = metrics(candidate)
+    return (metrics(active)[0] if active is not None else None), c, n
+
+
 def _not_worse(
     name: str, active: float | None, candidate: float | None, drop: float, *, higher_is_better: bool = True
 ) -> GateCheck:
+    if candidate is None and active is None:
+        return GateCheck(name, active, candidate, "not defined for this model", True)
     if candidate is None:
         return GateCheck(name, active, candidate, f">= active - {drop}", False, "could not be computed")
     if active is None:
@@ -196,7 +236,8 @@ def judge(
 ) -> GateReport:
     """Add the held-out comparison's checks to `report`."""
     a = active or {}
-    report.checks.append(_not_worse("AUROC (hour)", a.get("auroc"), candidate["auroc"], policy.auroc_drop))
+    auroc = "AUROC (hour)" if report.model == "sepsis" else "AUROC"
+    report.checks.append(_not_worse(auroc, a.get("auroc"), candidate["auroc"], policy.auroc_drop))
     report.checks.append(_not_worse("utility", a.get("utility"), candidate["utility"], policy.utility_drop))
     slope_a, slope_c = a.get("calibration_slope"), candidate["calibration_slope"]
     report.checks.append(
