@@ -130,3 +130,24 @@ def test_a_weaker_candidate_is_refused_and_an_equal_one_promoted(
         "golden set",
         "largest subgroup AUROC gap",
     }
+
+
+def test_readmission_versions_are_compared_on_the_same_held_out_patients(tmp_path: Path) -> None:
+    from tests.conftest import DATA_DIR, need
+
+    data = need(DATA_DIR / "diabetes130" / "diabetic_data.csv.gz", "Diabetes 130-US")
+    registry = tmp_registry(tmp_path / "models")
+    copy_version(registry, "readmission", "1", "2")
+    copy_version(registry, "readmission", "1", "3", seed=7)
+    env = {"CDS_MODEL_DIR": str(registry), "CDS_VAR_DIR": str(tmp_path / "var")}
+    done = cds(
+        env, "models", "promote", "readmission", "2", "--to", "canary", "--data", str(data), "--reason", "r"
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("  ")[0].strip(): line for line in done.stdout.splitlines()}
+    assert rows["utility"].endswith("not defined for this model") and "gate PASSED" in done.stdout
+    assert int(rows["held-out patients"].split()[2]) > 5000
+    other = cds(
+        env, "models", "promote", "readmission", "3", "--to", "active", "--data", str(data), "--reason", "r"
+    )
+    assert other.returncode == 2 and "hold out different patients" in other.stderr
