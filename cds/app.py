@@ -30,6 +30,7 @@ from .errors import StoreError, status_for
 from .fhir_client import FhirClient
 from .jwks import FallbackJwksBackend, JwksBackend, JwksCache, MemoryJwksBackend, RedisJwksBackend
 from .keys import pseudonym_key
+from .lifecycle import GuardrailPolicy, Lifecycle, open_counters
 from .metrics import Metrics, multiprocess_dir
 from .middleware import GuardMiddleware
 from .model_versions import stored_versions
@@ -149,11 +150,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             await store.close()
             raise
+        metrics = Metrics(issuers=[i.iss for i in settings.auth_issuers])
+        lifecycle = Lifecycle(
+            store,
+            ModelRegistry(settings.model_dir),
+            models,
+            counters=open_counters(
+                settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s
+            ),
+            policy=GuardrailPolicy.from_settings(settings),
+            shadow_queue=settings.shadow_queue,
+            on_event=metrics.model_event,
+        )
+        await lifecycle.refresh()  # the shadow and canary versions, if any
+        poller = asyncio.create_task(lifecycle.run(settings.model_poll_s), name="cds-model-poll")
         timeout = httpx.Timeout(settings.fhir_timeout_s, connect=min(1.0, settings.fhir_timeout_s))
         lane = Lane(
             settings.hook_workers, max_waiting=settings.hook_queue, max_wait_s=settings.hook_queue_wait_s
         )
-        metrics = Metrics(issuers=[i.iss for i in settings.auth_issuers])
         for model in models.values():
             metrics.model_serving(model.name, model.version)
         drift = (
@@ -189,6 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 consent_refused_card=settings.consent_refused_card,
                 metrics=metrics,
                 drift=drift,
+                lifecycle=lifecycle,
             )
             smart_timeout = httpx.Timeout(
                 settings.smart_timeout_s, connect=min(2.0, settings.smart_timeout_s)
@@ -203,6 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             app.state.smart = SmartApp(settings, smart_http, smart_fhir, store, models, deps.pseudonymizer)
             _announce_auth(settings)
+            metrics.watch(lifecycle=lifecycle)
             verifier = (
                 None if settings.auth_disabled_for_local_demo else make_verifier(settings, http, metrics)
             )
@@ -228,6 +244,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 extra={
                     "event": {
                         "models": {n: m.version for n, m in models.items()},
+                        "challengers": {
+                            n: {
+                                "canary": lu.canary.model.version if lu.canary else None,
+                                "shadow": lu.shadow.model.version if lu.shadow else None,
+                            }
+                            for n, lu in lifecycle.lineups.items()
+                            if lu.challenged
+                        },
                         "store": store.health().backend,
                         "issuers": [i.iss for i in settings.auth_issuers],
                         "auth": "off-local-demo" if verifier is None else "jwt",
@@ -250,6 +274,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 yield
             finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                await lifecycle.close()
                 for task in background:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -1,6 +1,7 @@
 """The `cds` command: serve, train, score, evaluate, map, site map-report/import, sweep, drift,
-feedback export, models activate, audit verify/export, forget, purge. Model-specific work is looked
-up in `models.MODELS`; nothing here branches on a model's name."""
+feedback export, models (list, show, promote, rollback, retire, activate), golden build,
+shadow/canary report, audit verify/export, forget, purge. Model-specific work is looked up in
+`models.MODELS`; nothing here branches on a model's name."""
 
 from __future__ import annotations
 
@@ -44,6 +45,16 @@ site_app = typer.Typer(
     help="A site's retrospective FHIR Bulk Data export: what maps, and the table.", no_args_is_help=True
 )
 app.add_typer(site_app, name="site")
+
+
+golden_app = typer.Typer(
+    help="The frozen golden sets every promoted version must pass.", no_args_is_help=True
+)
+app.add_typer(golden_app, name="golden")
+shadow_app = typer.Typer(help="Shadow versions: scored on live calls, never shown.", no_args_is_help=True)
+app.add_typer(shadow_app, name="shadow")
+canary_app = typer.Typer(help="Canary versions: answering for a share of patients.", no_args_is_help=True)
+app.add_typer(canary_app, name="canary")
 
 
 class ModelName(StrEnum):
@@ -325,6 +336,325 @@ def models_activate(model: ModelName, version: str) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"model": model.value, "version": version, "previous": previous}))
+
+
+ActorOption = Annotated[
+    str,
+    typer.Option(
+        "--actor", envvar="USER", help="who does this (an account name; recorded in the audit trail)"
+    ),
+]
+ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded in the audit trail, scrubbed)")]
+
+
+def _models_fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+@models_app.command("list")
+def models_list(
+    model: Annotated[ModelName | None, typer.Argument()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object instead of the table")] = False,
+) -> None:
+    """Every registry version with its status (shared by all servers), canary share, parent and
+    held-out test figures from its manifest."""
+    from models import ModelRegistry
+
+    settings = _settings()
+    registry = ModelRegistry(settings.model_dir)
+
+    async def run() -> tuple[dict[str, str], list[object]]:
+        async with _store(settings) as store:
+            return await store.active_versions(), list(await store.version_states())
+
+    active, states = asyncio.run(run())
+    status = {(s.model, s.version): s for s in states}  # type: ignore[attr-defined]
+    rows = []
+    for name in [model.value] if model else [m.value for m in ModelName]:
+        champion = active.get(name) or _registry_active(registry, name)
+        for version in registry.versions(name):
+            manifest = registry.manifest(name, version)
+            state = status.get((name, version))
+            test = {
+                k: v.get("estimate") if isinstance(v, dict) else v
+                for k, v in manifest.metrics.get("test", {}).items()
+            }
+            rows.append(
+                {
+                    "model": name,
+                    "version": version,
+                    "status": "active" if version == champion else (state.status if state else "candidate"),
+                    "share": state.share if state and state.status == "canary" else None,
+                    "parent": manifest.parent_version,
+                    "auroc": test.get("auroc"),
+                    "utility": test.get("utility"),
+                    "created_by": manifest.created_by,
+                }
+            )
+    if as_json:
+        typer.echo(json.dumps({"versions": rows}))
+        return
+    head = f"{'model':<12} {'version':>7}  {'status':<9} {'share':>5}  {'parent':>6}  {'AUROC':>6}  utility"
+    typer.echo(head)
+    typer.echo("-" * len(head))
+    for r in rows:
+        share = f"{r['share']:.0%}" if r["share"] else ""
+        auroc = "-" if r["auroc"] is None else r["auroc"]
+        utility = "-" if r["utility"] is None else r["utility"]
+        typer.echo(
+            f"{r['model']:<12} {r['version']:>7}  {r['status']:<9} {share:>5}  {r['parent'] or '-':>6}"
+            f"  {auroc:>6}  {utility:>7}"
+        )
+
+
+def _registry_active(registry: object, name: str) -> str | None:
+    from models import ModelNotFound
+
+    try:
+        return registry.active_version(name)  # type: ignore[attr-defined, no-any-return]
+    except ModelNotFound:
+        return None
+
+
+@models_app.command("show")
+def models_show(model: ModelName, version: str) -> None:
+    """One version: its manifest (lineage, data fingerprint, metrics), its status and every status
+    change recorded for it in the audit trail (actor, reason)."""
+    from models import ModelError, ModelRegistry
+
+    settings = _settings()
+    try:
+        manifest = ModelRegistry(settings.model_dir).manifest(model.value, version)
+    except ModelError as exc:
+        raise _models_fail(exc) from None
+
+    async def run() -> tuple[str, list[dict[str, object]]]:
+        async with _store(settings) as store:
+            active = (await store.active_versions()).get(model.value)
+            states = {s.version: s for s in await store.version_states() if s.model == model.value}
+            history = [
+                {"seq": e.seq, "at": e.at, "kind": e.kind, **e.details}
+                async for e in store.iter_audit()
+                if e.kind in ("model-status", "model-activated")
+                and e.details.get("model") == model.value
+                and version
+                in (e.details.get("version"), e.details.get("previous"), *e.details.get("displaced", ()))
+            ]
+        status = (
+            "active" if active == version else (states[version].status if version in states else "candidate")
+        )
+        return status, history
+
+    status, history = asyncio.run(run())
+    summary = manifest.model_dump(
+        include={
+            "name",
+            "version",
+            "title",
+            "parent_version",
+            "training_data",
+            "seed",
+            "threshold",
+            "risk_bands",
+            "metrics",
+            "created_by",
+            "feature_spec_hash",
+            "model_sha256",
+        }
+    )
+    typer.echo(json.dumps({**summary, "status": status, "history": history}, indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    model: ModelName,
+    version: str,
+    to: Annotated[str, typer.Option("--to", help="shadow | canary | active")],
+    reason: ReasonOption,
+    actor: ActorOption = "unknown",
+    share: Annotated[float, typer.Option(help="canary: share of patients it answers for")] = 0.1,
+    data: DataOption = None,
+    patients: Annotated[
+        int | None, typer.Option(help="gate on the first N held-out patients only (quicker)")
+    ] = None,
+) -> None:
+    """Run the promotion gate (printed as a table) and, if it passes, set VERSION's status; every
+    server switches within CDS_MODEL_POLL_S. Canary and active are compared with the active version
+    on the same held-out patients (--data: PhysioNet psv directory or parquet; default the training
+    data's, split by the candidate's seed). Exit 3 when the gate refuses."""
+    from models import ModelError, ModelRegistry, PromotionRefused, model_task
+
+    from .errors import BadRequest, StoreError
+    from .model_versions import promote
+
+    settings = _settings()
+    path = data or model_task(model.value).default_data(settings.data_dir)
+
+    async def run() -> object:
+        async with _store(settings) as store:
+            return await promote(
+                store,
+                ModelRegistry(settings.model_dir),
+                model.value,
+                version,
+                to,
+                actor=actor,
+                reason=reason,
+                share=share,
+                data=path,
+                patients=patients,
+            )
+
+    try:
+        done = asyncio.run(run())
+    except PromotionRefused as exc:
+        typer.echo(exc.report.table())  # type: ignore[attr-defined]
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except (ModelError, StoreError, BadRequest) as exc:
+        raise _models_fail(exc) from None
+    typer.echo(done.report.table())  # type: ignore[attr-defined]
+    change = done.change  # type: ignore[attr-defined]
+    typer.echo(
+        json.dumps(
+            {
+                "model": model.value,
+                "version": version,
+                "status": to,
+                "previous_status": change.previous_status if change else None,
+                "displaced": list(change.displaced) if change else [],
+                **({"share": share} if to == "canary" else {}),
+            }
+        )
+    )
+
+
+@models_app.command("rollback")
+def models_rollback(
+    model: ModelName,
+    reason: ReasonOption,
+    actor: ActorOption = "unknown",
+    to: Annotated[str | None, typer.Option("--to", help="version (default: the one active before)")] = None,
+) -> None:
+    """Make the previous champion (or --to) active again and retire the current one; servers switch
+    within CDS_MODEL_POLL_S. No gate: it served before (it must still load)."""
+    from models import ModelError, ModelRegistry
+
+    from .errors import BadRequest, StoreError
+    from .model_versions import rollback
+
+    settings = _settings()
+
+    async def run() -> tuple[str, object]:
+        async with _store(settings) as store:
+            return await rollback(
+                store, ModelRegistry(settings.model_dir), model.value, actor=actor, reason=reason, to=to
+            )
+
+    try:
+        target, change = asyncio.run(run())
+    except (ModelError, StoreError, BadRequest) as exc:
+        raise _models_fail(exc) from None
+    displaced = list(change.displaced) if change else []  # type: ignore[attr-defined]
+    typer.echo(json.dumps({"model": model.value, "active": target, "retired": displaced}))
+
+
+@models_app.command("retire")
+def models_retire(
+    model: ModelName, version: str, reason: ReasonOption, actor: ActorOption = "unknown"
+) -> None:
+    """End VERSION's shadow or canary (or retire a candidate)."""
+    from models import ModelError
+
+    from .errors import BadRequest, StoreError
+    from .model_versions import retire
+
+    settings = _settings()
+
+    async def run() -> object:
+        async with _store(settings) as store:
+            return await retire(store, model.value, version, actor=actor, reason=reason)
+
+    try:
+        change = asyncio.run(run())
+    except (ModelError, StoreError, BadRequest) as exc:
+        raise _models_fail(exc) from None
+    previous = change.previous_status if change else None  # type: ignore[attr-defined]
+    typer.echo(
+        json.dumps(
+            {"model": model.value, "version": version, "status": "retired", "previous_status": previous}
+        )
+    )
+
+
+@golden_app.command("build")
+def golden_build(
+    model: Annotated[ModelName, typer.Argument()] = ModelName.sepsis,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="directory (default: models/golden in the package)")
+    ] = None,
+) -> None:
+    """Write the golden set of MODEL from its seeded generator (the committed file is this output)."""
+    from models import GOLDEN_DIR, ModelError, write_golden
+
+    try:
+        path = write_golden(model.value, out or GOLDEN_DIR)
+    except ModelError as exc:
+        raise _models_fail(exc) from None
+    cases = json.loads(path.read_text())["cases"]
+    typer.echo(json.dumps({"path": str(path), "cases": len(cases)}))
+
+
+def _since(hours: float | None) -> float:
+    import time
+
+    return time.time() - 3600 * hours if hours else 0.0
+
+
+SinceOption = Annotated[float | None, typer.Option("--since-hours", help="only the last N hours")]
+
+
+@shadow_app.command("report")
+def shadow_report_command(model: ModelName, since_hours: SinceOption = None) -> None:
+    """Band agreement, score distributions, alert-rate difference and override rates by reason of
+    each shadow version against the answers given on the same cards (JSON)."""
+    from .lifecycle_report import shadow_report
+
+    settings = _settings()
+
+    async def run() -> dict[str, object]:
+        async with _store(settings) as store:
+            return await shadow_report(store, model.value, since=_since(since_hours))
+
+    typer.echo(json.dumps(asyncio.run(run()), indent=2))
+
+
+@canary_app.command("report")
+def canary_report_command(model: ModelName, since_hours: SinceOption = None) -> None:
+    """Champion and canary side by side: alert rates, score distributions, override rates by reason,
+    and the shared counters the guardrails judge (errors, scoring p99) (JSON)."""
+    from .lifecycle import open_counters
+    from .lifecycle_report import canary_report
+
+    settings = _settings()
+
+    async def run() -> dict[str, object]:
+        counters = open_counters(
+            settings.redis_url, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s
+        )
+        try:
+            async with _store(settings) as store:
+                return await canary_report(
+                    store,
+                    model.value,
+                    counters=counters if settings.redis_url else None,
+                    since=_since(since_hours),
+                )
+        finally:
+            await counters.close()
+
+    typer.echo(json.dumps(asyncio.run(run()), indent=2))
 
 
 @audit_app.command("verify")

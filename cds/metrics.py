@@ -63,7 +63,8 @@ EXPORTED: dict[str, str] = {
     "cds_model_serving": "1 for each model version this server serves, by model, version and role",
     "cds_shadow_agreement_total": "Challenger (shadow or canary) scores beside the champion's, by agreement",
     "cds_canary_calls_total": "Hook calls answered by a canary version, by service and version",
-    "cds_rollbacks_total": "Automatic rollbacks of a canary to the champion, by service and guardrail",
+    "cds_model_events_total": "Model lineup changes and guardrail rollbacks, by model and event",
+    "cds_shadow_skipped": "Shadow scorings skipped because the shadow queue was full (this host)",
     "cds_drift_psi": "Population stability index of live traffic against the training reference",
     "cds_drift_features_over_threshold": "Features whose PSI is over the warning threshold",
     "cds_drift_missing_share_delta": "Largest change in a feature's missing share against the reference",
@@ -124,8 +125,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
-        # Written by the shadow/canary machinery (another module); defined here so that the
-        # dashboards and alerts can rely on the names.
+        # Written after each answer by the shadow/canary machinery (cds/pipeline.py, cds/lifecycle.py).
         self.shadow_agreement = Counter(
             "cds_shadow_agreement",
             d["cds_shadow_agreement_total"],
@@ -135,8 +135,11 @@ class Metrics:
         self.canary_calls = Counter(
             "cds_canary_calls", d["cds_canary_calls_total"], ["service", "version"], registry=r
         )
-        self.rollbacks = Counter(
-            "cds_rollbacks", d["cds_rollbacks_total"], ["service", "guardrail"], registry=r
+        self.model_events = Counter(
+            "cds_model_events", d["cds_model_events_total"], ["model", "event"], registry=r
+        )
+        self.shadow_skipped = Gauge(
+            "cds_shadow_skipped", d["cds_shadow_skipped"], registry=r, multiprocess_mode="livesum"
         )
         drift = ["model", "issuer"]
         self.drift_psi = Gauge(
@@ -190,8 +193,12 @@ class Metrics:
 
     # --- gauges read from their owners --------------------------------------------------
     def watch(self, **owners: Any) -> None:
-        """Gauges read from `lane` (waiting), `hook_gate` and `feedback_gate` (in flight) and
-        `store` (degraded, cards in the local spool)."""
+        """Gauges read from `lane` (waiting), `hook_gate` and `feedback_gate` (in flight),
+        `store` (degraded, cards in the local spool) and `lifecycle` (the versions served in each
+        role, shadow scorings skipped)."""
+        lifecycle = owners.get("lifecycle")
+        if lifecycle is not None:
+            self._readers.append(lambda: self._lineups(lifecycle))
         lane = owners.get("lane")
         if lane is not None:
             self._readers.append(lambda: self.waiting.set(lane.waiting))
@@ -204,6 +211,16 @@ class Metrics:
             if gate is not None:
                 child = self.in_flight.labels(name.removesuffix("_gate"))
                 self._readers.append(lambda g=gate, c=child: c.set(g.in_flight))
+
+    def _lineups(self, lifecycle: Any) -> None:
+        self.shadow_skipped.set(lifecycle.shadow_skipped)
+        if lifecycle.lineups:
+            self.serving.clear()  # a retired or replaced version is no longer served
+        for model, lineup in list(lifecycle.lineups.items()):
+            self.model_serving(model, lineup.champion.version)
+            for role, challenger in (("canary", lineup.canary), ("shadow", lineup.shadow)):
+                if challenger is not None:
+                    self.model_serving(model, challenger.model.version, role)
 
     def degraded_source(self, source: Callable[[], dict[str, bool]]) -> None:
         """`source()` -> {component: degraded?}, e.g. the replay store falling back from Redis."""
@@ -264,6 +281,13 @@ class Metrics:
 
     def model_serving(self, model: str, version: str, role: str = "champion") -> None:
         self.serving.labels(model, version, role).set(1)
+
+    def model_event(self, model: str, event: str) -> None:
+        """A lineup change or a guardrail rollback (cds/lifecycle.py)."""
+        self.model_events.labels(model, event).inc()
+
+    def canary_call(self, service: str, version: str) -> None:
+        self.canary_calls.labels(service, version).inc()
 
     def shadow_result(self, service: str, role: str, champion: str, challenger: str, *, agree: bool) -> None:
         """One challenger score beside the champion's (`role`: shadow | canary)."""

@@ -25,8 +25,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,10 +37,12 @@ from fhir_mappings import (
     identity_tokens,
 )
 from hooks import (
+    CARD_EXTENSION,
     CONSENT_KEY,
     ConsentDecision,
     Need,
     NoCard,
+    ScoredCard,
     ScoringInput,
     Service,
     check_context_ids,
@@ -68,10 +70,11 @@ from .errors import (
     StoreError,
 )
 from .fhir_client import FetchBudget, FhirClient
+from .lifecycle import Lifecycle, Lineup, in_canary, patient_day
 from .metrics import Metrics
 from .privacy import NO_REUSE
 from .schemas import HookRequest, canonical_uuid
-from .stores import CardRecord, RecordStore
+from .stores import CardRecord, ModelScore, RecordStore
 
 __all__ = ["HookDeps", "HookOutcome", "answer_hook", "check_request", "count_resources", "run_hook"]
 
@@ -105,6 +108,8 @@ class HookDeps:
     # Counters (FHIR fetches by issuer, store errors) and the live drift tally; None in unit tests.
     metrics: Metrics | None = None
     drift: DriftMonitor | None = None
+    # Shadow and canary versions, kept current from the store (cds/lifecycle.py); None: champions only.
+    lifecycle: Lifecycle | None = None
 
 
 @dataclass
@@ -112,6 +117,8 @@ class HookOutcome:
     body: dict[str, Any]
     reason: str  # stable code for logs and metrics: "card", "not-applicable", "fhir-unavailable", ...
     details: dict[str, Any] = field(default_factory=dict)
+    # Work for after the answer has been sent (the shadow's score, the lifecycle counters).
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 NO_GUIDANCE: dict[str, Any] = {"cards": []}
@@ -289,7 +296,8 @@ async def run_hook(
     selects its vendor profile. Raises Overloaded/BudgetSpent (see `answer_hook`)."""
     deadline = deadline or Deadline.after(deps.budget_s)
     prefetched = check_request(service, request, max_resources=deps.max_resources)
-    model = deps.models.get(service.model_name)
+    lineup = deps.lifecycle.lineup(service.model_name) if deps.lifecycle is not None else None
+    model = lineup.champion if lineup is not None else deps.models.get(service.model_name)
     if model is None:
         raise ModelNotFound(f"no {service.model_name} model is loaded")
     if request.fhirServer is not None and not deps.fhir_allowed(request.fhirServer, issuer):
@@ -332,7 +340,31 @@ async def run_hook(
         source=request.fhirServer or "",
         profile=profile,
     )
-    scored = await deps.lane.run(deadline, service.score, scoring, stage=1)  # parsed already: served first
+    role, canary_error = "champion", None
+    if lineup is not None and lineup.canary is not None and isinstance(request.context.get("patientId"), str):
+        patient_key = deps.pseudonymizer.pseudonym(
+            "Patient", request.context["patientId"], source=request.fhirServer or ""
+        )
+        if in_canary(service.model_name, lineup.canary.model.version, patient_key, lineup.canary.share):
+            role = "canary"
+            scoring = replace(scoring, model=lineup.canary.model)
+    started = time.perf_counter()
+    try:
+        scored = await deps.lane.run(
+            deadline, service.score, scoring, stage=1
+        )  # parsed already: served first
+    except (Overloaded, BudgetSpent):
+        raise
+    except Exception as exc:
+        if role != "canary" or lineup is None:
+            raise
+        # The canary failed: the champion answers (a failure only if the champion fails too).
+        canary_error, role = type(exc).__name__, "champion"
+        scoring = replace(scoring, model=lineup.champion)
+        started = time.perf_counter()
+        scored = await deps.lane.run(deadline, service.score, scoring, stage=1)
+    score_ms = 1000 * (time.perf_counter() - started)
+    model = scoring.model
     if scored is None:
         return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
     if isinstance(scored, NoCard):  # e.g. insufficient-data: the service's reason, and its counts
@@ -340,7 +372,9 @@ async def run_hook(
             deps.drift.observe_quality(model, issuer, scored.log)
         return HookOutcome(dict(NO_GUIDANCE), scored.reason, {**counts, **scored.log})
     if deps.drift is not None:
-        deps.drift.observe(model, issuer, scored.features, scored.probability, scored.log)
+        deps.drift.observe(
+            model, issuer, None if scored.row is None else scored.row[0], scored.probability, scored.log
+        )
     card = scored.card
     if launch_url:
         link = explanation_link(
@@ -398,7 +432,126 @@ async def run_hook(
     details = {**counts, **scored.log}
     if consent.code:
         details["consent"] = consent.code
-    return HookOutcome({"cards": [card]}, reason, details)
+    after = None
+    if lineup is not None and (lineup.challenged or canary_error):
+        if lineup.canary is not None and isinstance(card.get("extension"), dict):
+            ours = card["extension"].get(CARD_EXTENSION, {})
+            card = {**card, "extension": {**card["extension"], CARD_EXTENSION: {**ours, "modelRole": role}}}
+        details["model_role"] = role
+        after = _challenger_work(
+            service, deps, lineup, scoring, scored, role=role, score_ms=score_ms, canary_error=canary_error
+        )
+    return HookOutcome({"cards": [card]}, reason, details, after)
+
+
+def _challenger_work(
+    service: Service,
+    deps: HookDeps,
+    lineup: Lineup,
+    scoring: ScoringInput,
+    scored: ScoredCard,
+    *,
+    role: str,
+    score_ms: float,
+    canary_error: str | None,
+) -> Callable[[], Awaitable[None]]:
+    """What is done after the answer went out: the shadow's score of the same data (on the
+    lifecycle's own thread), both scores stored under the card's uuid, and the counters."""
+    lifecycle = deps.lifecycle
+    assert lifecycle is not None
+    name = service.model_name
+    subject = scored.risk_assessment.get("subject", {})
+    patient = subject.get("identifier", {}).get("value") if isinstance(subject, dict) else None
+
+    async def after() -> None:
+        created = time.time()
+        day = patient_day(patient, created)
+        answered = scoring.model
+        rows = [
+            ModelScore(
+                scoring.card_uuid,
+                name,
+                answered.version,
+                service.id,
+                role,
+                scored.probability,
+                scored.band,
+                patient,
+                created,
+            )
+        ]
+        await lifecycle.counters.add(
+            name,
+            lineup.counted(answered.version),
+            calls=1,
+            alerts=int(scored.probability >= answered.threshold),
+            latency_ms=score_ms,
+            patient_day=day,
+        )
+        if deps.metrics is not None and role == "canary":
+            deps.metrics.canary_call(service.id, answered.version)
+        if canary_error is not None and lineup.canary is not None:
+            await lifecycle.counters.add(name, lineup.counted(lineup.canary.model.version), calls=1, errors=1)
+            log.warning(
+                "canary failed; the champion answered",
+                extra={
+                    "event": {"model": name, "version": lineup.canary.model.version, "error": canary_error}
+                },
+            )
+        if lineup.shadow is not None and lifecycle.shadow_slot():
+            shadow = lineup.shadow.model
+            shadow_input = replace(scoring, model=shadow)
+            started = time.perf_counter()
+
+            def shadow_score() -> ScoredCard | NoCard | None:
+                if scored.row is None:
+                    return service.score(shadow_input)
+                # The row the champion scored (every loaded version has this code's feature spec).
+                p = float(shadow.predict(scored.row)[0])
+                return replace(scored, probability=p, band=shadow.band(p), row=None)
+
+            try:
+                found = await lifecycle.in_background(shadow_score)
+            except Exception as exc:
+                found = None
+                await lifecycle.counters.add(name, lineup.counted(shadow.version), calls=1, errors=1)
+                log.warning(
+                    "shadow scoring failed",
+                    extra={"event": {"model": name, "version": shadow.version, "error": type(exc).__name__}},
+                )
+            if isinstance(found, ScoredCard):
+                if deps.metrics is not None:
+                    deps.metrics.shadow_result(
+                        service.id,
+                        "shadow",
+                        answered.version,
+                        shadow.version,
+                        agree=found.band == scored.band,
+                    )
+                rows.append(
+                    ModelScore(
+                        scoring.card_uuid,
+                        name,
+                        shadow.version,
+                        service.id,
+                        "shadow",
+                        found.probability,
+                        found.band,
+                        patient,
+                        created,
+                    )
+                )
+                await lifecycle.counters.add(
+                    name,
+                    lineup.counted(shadow.version),
+                    calls=1,
+                    alerts=int(found.probability >= shadow.threshold),
+                    latency_ms=1000 * (time.perf_counter() - started),
+                    patient_day=day,
+                )
+        lifecycle.record(rows)
+
+    return after
 
 
 def _consent(request: HookRequest, fetched: Mapping[str, Any], deps: HookDeps) -> ConsentDecision:

@@ -231,6 +231,16 @@ class Settings(BaseSettings):
     audit_anchor_file: Path | None = None  # default: <var_dir>/audit-anchors.jsonl (better: other storage)
     audit_anchor_every: int = 100  # entries between anchors (and one when the store closes)
 
+    # --- model lifecycle (cds/lifecycle.py, docs/lifecycle.md) ------------------------------
+    model_poll_s: float = Field(default=2.0, gt=0)  # how often a server reads the versions' statuses
+    canary_min_calls: int = 30  # calls a canary answers before its guardrails are judged
+    canary_max_error_rate: float = 0.05  # share of the canary's calls that failed (champion answered)
+    canary_max_latency_ratio: float = 2.0  # canary scoring p99 / the champion's
+    canary_max_alert_ratio: float = 1.5  # canary alerts per 100 patient-days / the champion's
+    canary_min_feedback: int = 20  # feedback on canary cards before the override guardrail is judged
+    canary_max_override_ratio: float = 1.5  # canary override rate / the champion's
+    shadow_queue: int = 8  # shadow scorings waiting; beyond, a call's shadow score is skipped (counted)
+
     # --- admission control (cds/admission.py) -------------------------------------------
     hook_workers: int = 2  # threads for the CPU-heavy steps of a hook call
     hook_queue: int = 24  # calls waiting for one of those threads

@@ -81,5 +81,5 @@ def card_from_table(
         band=band,
         log={**log, "band": band},
         features_sha256=feature_hash(row),
-        features=row[0],
+        row=row,
     )

@@ -77,9 +77,10 @@ class ScoredCard:
     band: str
     log: dict[str, Any] = field(default_factory=dict)  # counts for the hook log; never PHI
     features_sha256: str | None = None  # feature_hash of the row scored, for the audit trail
-    # The de-identified feature row scored (the model's spec order): tallied in aggregate for
-    # drift (cds/drift.py), never stored or logged per call.
-    features: np.ndarray | None = None
+    # The de-identified feature row scored (1 x features, the model's spec order): a shadow version
+    # re-scores it (same feature spec, checked at load), and drift tallies it in aggregate
+    # (cds/drift.py); never stored or logged per call.
+    row: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def feature_hash(row: np.ndarray) -> str:

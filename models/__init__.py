@@ -18,7 +18,18 @@ from .drift_reference import (
     psi,
     reference_from,
 )
-from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound
+from .errors import DatasetError, FeatureSchemaMismatch, ModelError, ModelNotFound, PromotionRefused
+from .gate import (
+    GateCheck,
+    GatePolicy,
+    GateReport,
+    golden_check,
+    held_out_metrics,
+    judge,
+    sepsis_held_out_pair,
+    task_held_out_pair,
+)
+from .golden import GOLDEN_DIR, GoldenResult, build_golden_set, check_golden, load_golden, write_golden
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import Calibration, FeatureEntry, ModelManifest
 from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
@@ -83,6 +94,11 @@ __all__ = [
     "Explanation",
     "FeatureEntry",
     "FeatureSchemaMismatch",
+    "GOLDEN_DIR",
+    "GateCheck",
+    "GatePolicy",
+    "GateReport",
+    "GoldenResult",
     "HORIZON_HOURS",
     "LACE_DESCRIPTION",
     "LoadedArtifact",
@@ -91,6 +107,7 @@ __all__ = [
     "ModelManifest",
     "ModelNotFound",
     "ModelRegistry",
+    "PromotionRefused",
     "READMISSION_OUTCOME",
     "READMISSION_TASK",
     "ReadmissionData",
@@ -110,7 +127,9 @@ __all__ = [
     "baseline_scores",
     "best_threshold",
     "bin_counts",
+    "build_golden_set",
     "challenge_auc",
+    "check_golden",
     "choose_device",
     "concat_tables",
     "data_fingerprint",
@@ -120,9 +139,13 @@ __all__ = [
     "development_split",
     "evaluate_readmission",
     "evaluate_sepsis",
+    "golden_check",
     "grouped_folds",
+    "held_out_metrics",
+    "judge",
     "lace_score",
     "last_rows",
+    "load_golden",
     "load_readmission_data",
     "load_sepsis_data",
     "model_task",
@@ -140,14 +163,17 @@ __all__ = [
     "score_readmission",
     "score_sepsis",
     "sepsis_evaluation",
+    "sepsis_held_out_pair",
     "sepsis_metrics",
     "sepsis_subgroups",
     "serving_device",
     "shap_rows",
+    "task_held_out_pair",
     "train_booster",
     "train_readmission",
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",
+    "write_golden",
     "write_sepsis_report",
 ]

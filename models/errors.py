@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fhir_mappings.errors import CDSError
 
-__all__ = ["DatasetError", "FeatureSchemaMismatch", "ModelError", "ModelNotFound"]
+__all__ = ["DatasetError", "FeatureSchemaMismatch", "ModelError", "ModelNotFound", "PromotionRefused"]
 
 
 class ModelError(CDSError):
@@ -27,3 +27,9 @@ class DatasetError(ModelError):
     """A training or evaluation file that is missing or not in the expected layout."""
 
     code = "dataset-error"
+
+
+class PromotionRefused(ModelError):
+    """The promotion gate refused a version (models/gate.py says which checks failed)."""
+
+    code = "promotion-refused"

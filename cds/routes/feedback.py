@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -50,4 +51,28 @@ async def post_feedback(service: ServiceOf, request: Request, state: State, arri
         state.metrics.feedback_item(
             service.id, item["status"], item.get("flags", ()), outcome=given.outcome, reason=reason
         )
+    lifecycle = state.deps.lifecycle
+    lineup = lifecycle.lineup(service.model_name) if lifecycle is not None else None
+    if lifecycle is not None and lineup is not None and lineup.canary is not None:
+        await lifecycle.note_feedback(service.model_name, await _by_version(state, body, result))
     return json_response(result)
+
+
+async def _by_version(
+    state: State, body: FeedbackRequest, result: dict[str, Any]
+) -> dict[str, tuple[int, int]]:
+    """(feedback items, overrides) per model version that answered the cards, while a canary runs:
+    the override guardrail compares the canary's override rate with the champion's."""
+    new = {r["card"] for r in result["results"] if r["status"] != "unchanged"}
+    cards = await state.store.get_cards(sorted(new))
+    counts: dict[str, list[int]] = {}
+    for item in body.feedback:
+        card = cards.get(item.card)
+        if card is None or item.card not in new:
+            continue
+        method = card.risk_assessment.get("method", {}).get("coding", [{}])[0]
+        version = str(method.get("version", ""))
+        entry = counts.setdefault(version, [0, 0])
+        entry[0] += 1
+        entry[1] += int(item.outcome == "overridden")
+    return {v: (n, o) for v, (n, o) in counts.items() if v}

@@ -8,6 +8,7 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from ..admission import Deadline
@@ -76,7 +77,11 @@ async def call_service(
             ms=round(1000 * (time.monotonic() - started), 1),
             **{k: v for k, v in outcome.details.items() if k in _LOGGED},
         )
-        return json_response(outcome.body)
+        response = json_response(outcome.body)
+        if outcome.after is not None and state.deps.lifecycle is not None:
+            # Started once the answer is sent: the shadow's score never delays the answer.
+            response.background = BackgroundTask(state.deps.lifecycle.spawn, outcome.after)
+        return response
     except ClientDisconnect:
         reason = "client-gone"
         return json_response(dict(NO_GUIDANCE))
@@ -117,4 +122,5 @@ _LOGGED = {
     "consent_unreadable",
     "code_conflicts",
     "stay",
+    "model_role",
 }

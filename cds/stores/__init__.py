@@ -16,7 +16,19 @@ from .anchors import Anchor, AnchorLog, read_anchors
 from .factory import open_store
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, Migration
 from .postgres import PostgresStore
-from .records import AuditEvent, CardRecord, Erasure, FeedbackRecord, RecordStore, StoreHealth, WriteResult
+from .records import (
+    MODEL_STATUSES,
+    AuditEvent,
+    CardRecord,
+    Erasure,
+    FeedbackRecord,
+    ModelScore,
+    RecordStore,
+    StatusChange,
+    StoreHealth,
+    VersionState,
+    WriteResult,
+)
 from .spool import CardSpool
 from .sqlite import SQLiteStore
 
@@ -28,13 +40,17 @@ __all__ = [
     "CardSpool",
     "Erasure",
     "FeedbackRecord",
+    "MODEL_STATUSES",
     "Migration",
+    "ModelScore",
     "POSTGRES_MIGRATIONS",
     "PostgresStore",
     "RecordStore",
     "SQLITE_MIGRATIONS",
     "SQLiteStore",
+    "StatusChange",
     "StoreHealth",
+    "VersionState",
     "WriteResult",
     "open_store",
     "read_anchors",

@@ -115,6 +115,21 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         backfill=_chain_sqlite,
         after=_no_update("audit_event", "sqlite"),
     ),
+    Migration(
+        4,
+        "model version statuses (shadow, canary) and challenger scores",
+        (
+            "CREATE TABLE model_version (model TEXT NOT NULL, version TEXT NOT NULL, status TEXT NOT NULL,"
+            " share REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL, PRIMARY KEY (model, version))",
+            "INSERT INTO model_version (model, version, status, share, updated_at)"
+            " SELECT model, version, 'active', 0, updated_at FROM registry_state",
+            "ALTER TABLE registry_state ADD COLUMN previous TEXT",
+            "CREATE TABLE model_score (card_uuid TEXT NOT NULL, version TEXT NOT NULL, model TEXT NOT NULL,"
+            " service_id TEXT NOT NULL, role TEXT NOT NULL, probability REAL NOT NULL, band TEXT NOT NULL,"
+            " patient TEXT, created REAL NOT NULL, PRIMARY KEY (card_uuid, version))",
+            "CREATE INDEX model_score_created ON model_score (model, created)",
+        ),
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -154,6 +169,23 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         ),
         backfill=_chain_postgres,
         after=("ALTER TABLE audit_event ENABLE TRIGGER audit_event_append_only",),
+    ),
+    Migration(
+        4,
+        "model version statuses (shadow, canary) and challenger scores",
+        (
+            "CREATE TABLE model_version (model text NOT NULL, version text NOT NULL, status text NOT NULL,"
+            " share double precision NOT NULL DEFAULT 0, updated_at double precision NOT NULL,"
+            " PRIMARY KEY (model, version))",
+            "INSERT INTO model_version (model, version, status, share, updated_at)"
+            " SELECT model, version, 'active', 0, updated_at FROM registry_state",
+            "ALTER TABLE registry_state ADD COLUMN previous text",
+            "CREATE TABLE model_score (card_uuid text NOT NULL, version text NOT NULL, model text NOT NULL,"
+            " service_id text NOT NULL, role text NOT NULL, probability double precision NOT NULL,"
+            " band text NOT NULL, patient text, created double precision NOT NULL,"
+            " PRIMARY KEY (card_uuid, version))",
+            "CREATE INDEX model_score_created ON model_score (model, created)",
+        ),
     ),
 )
 

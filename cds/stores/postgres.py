@@ -43,7 +43,10 @@ from .records import (
     CardRecord,
     Erasure,
     FeedbackRecord,
+    ModelScore,
+    StatusChange,
     StoreHealth,
+    VersionState,
     WriteResult,
     audit_json,
     card_from_row,
@@ -412,6 +415,7 @@ class PostgresStore:
                 cursor = await conn.execute("DELETE FROM feedback WHERE card_uuid = ANY(%s)", (uuids,))
                 feedback = cursor.rowcount
                 await conn.execute("DELETE FROM card WHERE card_uuid = ANY(%s)", (uuids,))
+                await conn.execute("DELETE FROM model_score WHERE card_uuid = ANY(%s)", (uuids,))
                 cards = len(uuids) + spooled
                 head = await self._append(conn, kind, {**tombstone, "cards": cards, "feedback": feedback})
                 return Erasure(cards, feedback, head[0]), head
@@ -476,15 +480,7 @@ class PostgresStore:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,)
                 )  # activations one at a time
-                cursor = await conn.execute("SELECT version FROM registry_state WHERE model = %s", (model,))
-                row = await cursor.fetchone()
-                await conn.execute(
-                    "INSERT INTO registry_state (model, version, updated_at) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (model) DO UPDATE"
-                    " SET version = excluded.version, updated_at = excluded.updated_at",
-                    (model, version, time.time()),
-                )
-                previous = row[0] if row else None
+                previous = await self._make_active(conn, model, version)
                 head = await self._append(
                     conn, "model-activated", {"model": model, "version": version, "previous": previous}
                 )
@@ -493,6 +489,154 @@ class PostgresStore:
         previous, head = await self._db(write)
         self._anchor(head)
         return previous
+
+    @staticmethod
+    async def _previous_of(conn: Conn, model: str) -> str | None:
+        cursor = await conn.execute("SELECT previous FROM registry_state WHERE model = %s", (model,))
+        row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def _make_active(self, conn: Conn, model: str, version: str) -> str | None:
+        """Inside a transaction: `version` becomes the champion, the former one is retired."""
+        cursor = await conn.execute("SELECT version FROM registry_state WHERE model = %s", (model,))
+        row = await cursor.fetchone()
+        previous = row[0] if row else None
+        now = time.time()
+        before = await self._previous_of(conn, model) if previous == version else previous
+        await conn.execute(
+            "INSERT INTO registry_state (model, version, updated_at, previous) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (model) DO UPDATE SET version = excluded.version,"
+            " updated_at = excluded.updated_at, previous = excluded.previous",
+            (model, version, now, before),
+        )
+        if previous is not None and previous != version:
+            await self._set_status(conn, model, previous, "retired", 0.0, now)
+        await self._set_status(conn, model, version, "active", 0.0, now)
+        return previous
+
+    @staticmethod
+    async def _set_status(
+        conn: Conn, model: str, version: str, status: str, share: float, now: float
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO model_version (model, version, status, share, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (model, version) DO UPDATE SET status = excluded.status,"
+            " share = excluded.share, updated_at = excluded.updated_at",
+            (model, version, status, share, now),
+        )
+
+    async def version_states(self) -> list[VersionState]:
+        async def read(conn: Conn) -> list[VersionState]:
+            cursor = await conn.execute(
+                "SELECT model, version, status, share, updated_at FROM model_version ORDER BY model, version"
+            )
+            return [
+                VersionState(m, v, st, float(sh), float(at)) for m, v, st, sh, at in await cursor.fetchall()
+            ]
+
+        return await self._db(read)
+
+    async def set_version_status(
+        self,
+        model: str,
+        version: str,
+        status: str,
+        *,
+        share: float = 0.0,
+        audit: Mapping[str, Any],
+        expect: str | None = None,
+    ) -> StatusChange | None:
+        """Change one version's status and append a `model-status` audit entry, in one transaction;
+        None (nothing written) when `expect` is given and the version's status is not that."""
+
+        async def write(conn: Conn) -> tuple[StatusChange, tuple[int, str]] | None:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+                cursor = await conn.execute(
+                    "SELECT status FROM model_version WHERE model = %s AND version = %s", (model, version)
+                )
+                row = await cursor.fetchone()
+                current = row[0] if row else "candidate"
+                if expect is not None and current != expect:
+                    return None
+                now = time.time()
+                displaced: tuple[str, ...] = ()
+                if status == "active":
+                    previous = await self._make_active(conn, model, version)
+                    displaced = (previous,) if previous and previous != version else ()
+                else:
+                    if status in ("shadow", "canary"):
+                        cursor = await conn.execute(
+                            "SELECT version FROM model_version"
+                            " WHERE model = %s AND status = %s AND version <> %s",
+                            (model, status, version),
+                        )
+                        displaced = tuple(r[0] for r in await cursor.fetchall())
+                        for other in displaced:
+                            await self._set_status(conn, model, other, "candidate", 0.0, now)
+                    await self._set_status(conn, model, version, status, share, now)
+                details = {
+                    **audit,
+                    "model": model,
+                    "version": version,
+                    "status": status,
+                    "previous_status": current,
+                    "displaced": list(displaced),
+                    **({"share": share} if status == "canary" else {}),
+                }
+                head = await self._append(conn, "model-status", details)
+                return StatusChange(current, displaced, head[0]), head
+
+        done = await self._db(write)
+        if done is None:
+            return None
+        self._anchor(done[1])
+        return done[0]
+
+    async def previous_active(self, model: str) -> str | None:
+        return await self._db(lambda conn: self._previous_of(conn, model))
+
+    async def put_model_scores(self, scores: Sequence[ModelScore]) -> None:
+        rows = [
+            (
+                s.card_uuid,
+                s.version,
+                s.model,
+                s.service_id,
+                s.role,
+                s.probability,
+                s.band,
+                s.patient,
+                s.created,
+            )
+            for s in scores
+        ]
+
+        async def write(conn: Conn) -> None:
+            async with conn.transaction(), conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO model_score (card_uuid, version, model, service_id, role, probability, band,"
+                    " patient, created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (card_uuid, version) DO NOTHING",
+                    rows,
+                )
+
+        await self._db(write)
+
+    async def model_scores(self, model: str, since: float = 0.0) -> list[ModelScore]:
+        async def read(conn: Conn) -> list[ModelScore]:
+            cursor = await conn.execute(
+                "SELECT card_uuid, model, version, service_id, role, probability, band, patient, created"
+                " FROM model_score WHERE model = %s AND created >= %s ORDER BY created, card_uuid, version",
+                (model, since),
+            )
+            return [
+                ModelScore(u, m, v, sid, role, float(p), b, pt, float(c))
+                for u, m, v, sid, role, p, b, pt, c in await cursor.fetchall()
+            ]
+
+        return await self._db(read)
 
     # --- the spool drainer -----------------------------------------------------------------
 

@@ -17,6 +17,10 @@ __all__ = [
     "AuditEvent",
     "Erasure",
     "CardRecord",
+    "MODEL_STATUSES",
+    "ModelScore",
+    "StatusChange",
+    "VersionState",
     "FeedbackRecord",
     "RecordStore",
     "StoreHealth",
@@ -70,6 +74,48 @@ class AuditEvent:
     hash: str | None = None  # entry_hash(prev_hash, at, kind, details)
 
 
+# A registry version's life: trained and registered, scored unseen beside the champion, answering
+# for a share of patients, the champion, replaced. A version without a row is a candidate.
+MODEL_STATUSES = ("candidate", "shadow", "canary", "active", "retired")
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """One row of `model_version`: the status of a registry version, shared by every server."""
+
+    model: str
+    version: str
+    status: str  # one of MODEL_STATUSES
+    share: float = 0.0  # canary: the share of patients it answers for
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """What `set_version_status` changed: the version's status before, and the versions it displaced
+    (the former champion when a version becomes active; the former shadow or canary)."""
+
+    previous_status: str
+    displaced: tuple[str, ...] = ()
+    audit_seq: int = 0
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """One model's score of one hook call, kept beside the card (same card uuid): the champion's,
+    a canary's or a shadow's. `patient`: the keyed pseudonym, so `forget` reaches these rows too."""
+
+    card_uuid: str
+    model: str
+    version: str
+    service_id: str
+    role: str  # champion | canary | shadow
+    probability: float
+    band: str
+    patient: str | None
+    created: float
+
+
 @dataclass(frozen=True)
 class Erasure:
     """What `forget` or `purge` removed: counts only (the tombstone in the audit chain says the same)."""
@@ -101,6 +147,20 @@ class RecordStore(Protocol):
     def iter_audit(self, after: int = 0) -> AsyncIterator[AuditEvent]: ...
     async def active_versions(self) -> dict[str, str]: ...
     async def set_active_version(self, model: str, version: str) -> str | None: ...
+    async def version_states(self) -> list[VersionState]: ...
+    async def set_version_status(
+        self,
+        model: str,
+        version: str,
+        status: str,
+        *,
+        share: float = 0.0,
+        audit: Mapping[str, Any],
+        expect: str | None = None,
+    ) -> StatusChange | None: ...
+    async def previous_active(self, model: str) -> str | None: ...
+    async def put_model_scores(self, scores: Sequence[ModelScore]) -> None: ...
+    async def model_scores(self, model: str, since: float = 0.0) -> list[ModelScore]: ...
     async def ping(self) -> bool: ...
     def health(self) -> StoreHealth: ...
     async def close(self) -> None: ...

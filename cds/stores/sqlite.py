@@ -34,7 +34,10 @@ from .records import (
     CardRecord,
     Erasure,
     FeedbackRecord,
+    ModelScore,
+    StatusChange,
     StoreHealth,
+    VersionState,
     WriteResult,
     audit_json,
     card_from_row,
@@ -301,6 +304,7 @@ class SQLiteStore(SQLiteFile):
             marks = ",".join("?" * len(chunk))
             feedback += self._db.execute(f"DELETE FROM feedback WHERE card_uuid IN ({marks})", chunk).rowcount
             self._db.execute(f"DELETE FROM card WHERE card_uuid IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM model_score WHERE card_uuid IN ({marks})", chunk)
         seq = self._append_audit(kind, {**tombstone, "cards": len(uuids), "feedback": feedback})
         return Erasure(len(uuids), feedback, seq)
 
@@ -324,18 +328,135 @@ class SQLiteStore(SQLiteFile):
         """Set the served version and record a `model-activated` audit event, in one transaction."""
 
         def write() -> str | None:
-            row = self._db.execute("SELECT version FROM registry_state WHERE model = ?", (model,)).fetchone()
-            self._db.execute(
-                "INSERT INTO registry_state (model, version, updated_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (model) DO UPDATE"
-                " SET version = excluded.version, updated_at = excluded.updated_at",
-                (model, version, time.time()),
-            )
-            previous = row[0] if row else None
+            previous = self._make_active(model, version)
             self._append_audit("model-activated", {"model": model, "version": version, "previous": previous})
             return previous
 
         return await self._run(self._transaction, write)
+
+    def _make_active(self, model: str, version: str) -> str | None:
+        """Inside a transaction: `version` becomes the champion, the former one is retired."""
+        row = self._db.execute("SELECT version FROM registry_state WHERE model = ?", (model,)).fetchone()
+        previous = row[0] if row else None
+        now = time.time()
+        before = self._previous_of(model) if previous == version else previous  # re-activation keeps it
+        self._db.execute(
+            "INSERT INTO registry_state (model, version, updated_at, previous) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (model) DO UPDATE SET version = excluded.version,"
+            " updated_at = excluded.updated_at, previous = excluded.previous",
+            (model, version, now, before),
+        )
+        if previous is not None and previous != version:
+            self._set_status(model, previous, "retired", 0.0, now)
+        self._set_status(model, version, "active", 0.0, now)
+        return previous
+
+    def _previous_of(self, model: str) -> str | None:
+        row = self._db.execute("SELECT previous FROM registry_state WHERE model = ?", (model,)).fetchone()
+        return row[0] if row else None
+
+    def _set_status(self, model: str, version: str, status: str, share: float, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO model_version (model, version, status, share, updated_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (model, version) DO UPDATE SET status = excluded.status,"
+            " share = excluded.share, updated_at = excluded.updated_at",
+            (model, version, status, share, now),
+        )
+
+    async def version_states(self) -> list[VersionState]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT model, version, status, share, updated_at FROM model_version ORDER BY model, version"
+            ).fetchall()
+        )
+        return [VersionState(m, v, st, float(sh), float(at)) for m, v, st, sh, at in rows]
+
+    async def set_version_status(
+        self,
+        model: str,
+        version: str,
+        status: str,
+        *,
+        share: float = 0.0,
+        audit: Mapping[str, Any],
+        expect: str | None = None,
+    ) -> StatusChange | None:
+        """Change one version's status and append a `model-status` audit entry, in one transaction;
+        None (nothing written) when `expect` is given and the version's status is not that."""
+
+        def write() -> StatusChange | None:
+            row = self._db.execute(
+                "SELECT status FROM model_version WHERE model = ? AND version = ?", (model, version)
+            ).fetchone()
+            current = row[0] if row else "candidate"
+            if expect is not None and current != expect:
+                return None
+            now = time.time()
+            displaced: tuple[str, ...] = ()
+            if status == "active":
+                previous = self._make_active(model, version)
+                displaced = (previous,) if previous and previous != version else ()
+            else:
+                if status in ("shadow", "canary"):
+                    others = self._db.execute(
+                        "SELECT version FROM model_version WHERE model = ? AND status = ? AND version != ?",
+                        (model, status, version),
+                    ).fetchall()
+                    displaced = tuple(r[0] for r in others)
+                    for other in displaced:
+                        self._set_status(model, other, "candidate", 0.0, now)
+                self._set_status(model, version, status, share, now)
+            details = {
+                **audit,
+                "model": model,
+                "version": version,
+                "status": status,
+                "previous_status": current,
+                "displaced": list(displaced),
+                **({"share": share} if status == "canary" else {}),
+            }
+            seq = self._append_audit("model-status", details)
+            return StatusChange(current, displaced, seq)
+
+        return await self._run(self._transaction, write)
+
+    async def previous_active(self, model: str) -> str | None:
+        return await self._run(lambda: self._previous_of(model))
+
+    async def put_model_scores(self, scores: Sequence[ModelScore]) -> None:
+        rows = [
+            (
+                s.card_uuid,
+                s.version,
+                s.model,
+                s.service_id,
+                s.role,
+                s.probability,
+                s.band,
+                s.patient,
+                s.created,
+            )
+            for s in scores
+        ]
+
+        def write() -> None:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO model_score (card_uuid, version, model, service_id, role,"
+                " probability, band, patient, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._run(self._transaction, write)
+
+    async def model_scores(self, model: str, since: float = 0.0) -> list[ModelScore]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT card_uuid, model, version, service_id, role, probability, band, patient, created"
+                " FROM model_score WHERE model = ? AND created >= ? ORDER BY created, card_uuid, version",
+                (model, since),
+            ).fetchall()
+        )
+        return [ModelScore(*row) for row in rows]
 
     async def ping(self) -> bool:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())

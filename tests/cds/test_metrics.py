@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SEPSIS = "/cds-services/sepsis-risk"
 ALLOWED_LABELS = {
     "service", "reason", "status", "flag", "outcome", "issuer", "kind", "endpoint", "component", "model",
-    "version", "role", "champion", "challenger", "agreement", "guardrail", "variable", "operation", "le",
+    "version", "role", "champion", "challenger", "agreement", "event", "variable", "operation", "le",
 }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from cds import CardRecord, PostgresStore, Settings, StoreUnavailable, create_app
 from cds.audit import verify_chain
-from cds.stores import CardSpool
+from cds.stores import POSTGRES_MIGRATIONS, CardSpool
 from demo_ehr import patient_view_request, serve_in_thread
 from testkit.helpers import feedback, new_id, synthetic_stay
 from testkit.metrics import by_label, metric
@@ -181,4 +181,4 @@ def test_a_store_opened_while_postgres_is_down_spools_and_another_worker_drains_
     asyncio.run(after_outage())
     assert _rows(database, "SELECT card_uuid FROM card") == {a, b, c}
     assert _rows(database, "SELECT card_uuid FROM feedback") == {c}
-    assert _rows(database, "SELECT COUNT(*) FROM schema_migrations") == {3}
+    assert _rows(database, "SELECT COUNT(*) FROM schema_migrations") == {len(POSTGRES_MIGRATIONS)}

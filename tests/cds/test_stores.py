@@ -306,7 +306,7 @@ def test_a_version_1_sqlite_file_is_upgraded_in_place(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         store = SQLiteStore(path)
-        assert store.schema_version == SQLITE_MIGRATIONS[-1].version == 3
+        assert store.schema_version == SQLITE_MIGRATIONS[-1].version == 4
         assert (await store.get_cards(["old-card"]))["old-card"].suggestion_uuids == ("s-1",)
         assert await store.put_feedback([prov]) == ["unchanged"]  # the row written by version 1 code
         await store.append_audit("upgraded", {})
@@ -318,7 +318,7 @@ def test_a_version_1_sqlite_file_is_upgraded_in_place(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -386,7 +386,15 @@ def test_postgres_schema_is_created_once_by_workers_starting_together(
             r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
         }
     assert versions == [(m.version, m.name) for m in POSTGRES_MIGRATIONS]
-    assert tables == {"schema_migrations", "card", "feedback", "audit_event", "registry_state"}
+    assert tables == {
+        "schema_migrations",
+        "card",
+        "feedback",
+        "audit_event",
+        "registry_state",
+        "model_version",
+        "model_score",
+    }
 
 
 def test_a_postgres_schema_from_a_newer_release_is_refused(postgres_url: str, tmp_path: Path) -> None:
