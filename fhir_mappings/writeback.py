@@ -7,7 +7,7 @@ Subjects and agents are keyed pseudonyms, never EHR ids.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -64,7 +64,11 @@ def build_risk_assessment(
     horizon_hours: float | None,
     base_value: float,
     contributions: Sequence[Contribution],
+    also_record: Collection[str] = (),
 ) -> dict[str, Any]:
+    """The largest RECORDED_CONTRIBUTIONS contributions one by one, with those named in
+    `also_record` (what the card's drivers need to say their value and time, even at 0), and the
+    rest summed into one, so base value + recorded + rest is the model's margin."""
     system, code, display = outcome_code
     prediction: dict[str, Any] = {
         "outcome": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
@@ -83,7 +87,11 @@ def build_risk_assessment(
     if icu_hour is not None:
         extensions.append({"url": f"{EXT}/icu-hour", "valueInteger": int(icu_hour)})
     ranked = sorted(contributions, key=lambda c: -abs(c.shap))
-    for c in ranked[:RECORDED_CONTRIBUTIONS]:
+    kept = ranked[:RECORDED_CONTRIBUTIONS]
+    rest_of = ranked[RECORDED_CONTRIBUTIONS:]
+    kept += [c for c in rest_of if c.feature in also_record]
+    rest_of = [c for c in rest_of if c.feature not in also_record]
+    for c in kept:
         parts: list[dict[str, Any]] = [
             {"url": "feature", "valueString": c.feature},
             {"url": "shap", "valueDecimal": round(float(c.shap), 6)},
@@ -91,9 +99,9 @@ def build_risk_assessment(
         if c.value is not None:
             parts.append({"url": "value", "valueDecimal": round(float(c.value), 6)})
         extensions.append({"url": f"{EXT}/shap-contribution", "extension": parts})
-    if len(ranked) > RECORDED_CONTRIBUTIONS:
+    if rest_of:
         # The rest in one sum, so base value + contributions still add up to the model's margin.
-        rest = sum(float(c.shap) for c in ranked[RECORDED_CONTRIBUTIONS:])
+        rest = sum(float(c.shap) for c in rest_of)
         extensions.append({"url": f"{EXT}/shap-other", "valueDecimal": round(rest, 6)})
     resource = {
         "resourceType": "RiskAssessment",

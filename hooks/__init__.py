@@ -16,6 +16,14 @@ from .cards import (
     strip_empty,
 )
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE, ConsentDecision, consent_decision
+from .drivers import (
+    ClinicalDriver,
+    FeatureShare,
+    driver_phrase,
+    gap_phrase,
+    group_contributions,
+    split_drivers,
+)
 from .fetch_plan import FetchPlan, Need, followup_needs, plan_fetch
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
@@ -40,8 +48,10 @@ __all__ = [
     "CONSENT_KEY",
     "CONSENT_TEMPLATE",
     "CONTEXT_IDS",
+    "ClinicalDriver",
     "ConsentDecision",
     "Driver",
+    "FeatureShare",
     "FetchPlan",
     "Fetched",
     "INSUFFICIENT_DATA",
@@ -61,17 +71,21 @@ __all__ = [
     "card_from_table",
     "check_context_ids",
     "consent_decision",
+    "driver_phrase",
     "explanation_link",
     "feature_hash",
     "follow_up_request",
     "followup_needs",
     "format_percent",
     "format_value",
+    "gap_phrase",
+    "group_contributions",
     "plan_fetch",
     "readmission_card",
     "render_template",
     "sepsis_bundle_suggestion",
     "sepsis_card",
+    "split_drivers",
     "strip_empty",
     "template_tokens",
 ]

@@ -7,12 +7,13 @@ string, list or object (CDS Hooks forbids them): optional fields are left out in
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
+from .drivers import ClinicalDriver, driver_parts, driver_phrase, gap_phrase, value_words
+from .drivers import Contribution as Driver
 from .service import Service
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "RiskCardText",
     "build_risk_card",
     "driver_line",
+    "driver_lines",
+    "gap_line",
     "explanation_link",
     "format_percent",
     "format_value",
@@ -28,31 +31,6 @@ __all__ = [
 ]
 
 CARD_EXTENSION = "org.cds-ml.risk"  # reverse-DNS key of our data inside card.extension
-
-_UNIT_DISPLAY = {
-    "Cel": "°C",
-    "mm[Hg]": "mmHg",
-    "10*3/uL": "×10³/µL",
-    "[pH]": "",
-    "1": "",
-    "a": "years",
-    "/min": "/min",
-}
-
-
-class Driver(Protocol):
-    """One feature's contribution (models.Contribution satisfies it)."""
-
-    @property
-    def feature(self) -> str: ...
-    @property
-    def label(self) -> str: ...
-    @property
-    def unit(self) -> str: ...
-    @property
-    def value(self) -> float | None: ...
-    @property
-    def shap(self) -> float: ...
 
 
 def format_percent(probability: float) -> str:
@@ -64,29 +42,38 @@ def format_percent(probability: float) -> str:
     return f"{pct:.0f}%"
 
 
-def format_value(feature: str, value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "not measured"
-    if feature == "Gender":
-        return "male" if value >= 0.5 else "female"
-    if feature in ("Unit1", "Unit2"):
-        return "yes" if value >= 0.5 else "no"
-    magnitude = abs(value)
-    text = (
-        f"{value:.0f}"
-        if magnitude >= 100 or float(value).is_integer()
-        else f"{value:.3g}"
-        if magnitude < 1
-        else f"{value:.1f}"
-    )
-    shown = _UNIT_DISPLAY.get(unit, unit)
-    return f"{text} {shown}".strip()
+format_value = value_words  # the name the cards used before drivers were grouped
 
 
-def driver_line(driver: Driver) -> str:
-    arrow = "↑" if driver.shap > 0 else "↓"
-    effect = "raises" if driver.shap > 0 else "lowers"
-    return f"- {arrow} **{driver.label}**: {format_value(driver.feature, driver.value, driver.unit)} ({effect} risk)"
+def _effect(shap: float) -> tuple[str, str]:
+    return ("↑", "raises risk") if shap > 0 else ("↓", "lowers risk")
+
+
+def driver_line(driver: ClinicalDriver) -> str:
+    """'- ↑ **Lactate 3.1 mmol/L**, 2 h ago, rising (raises risk)'."""
+    arrow, effect = _effect(driver.shap)
+    name, rest = driver_parts(driver)
+    return f"- {arrow} **{name}**{''.join(', ' + r for r in rest)} ({effect})"
+
+
+def gap_line(driver: ClinicalDriver) -> str:
+    """'- ↑ no lactate in 24 h (last 30 h ago) (raises risk)'."""
+    arrow, effect = _effect(driver.shap)
+    return f"- {arrow} {gap_phrase(driver)} ({effect})"
+
+
+def driver_lines(drivers: Sequence[ClinicalDriver], gaps: Sequence[ClinicalDriver]) -> list[str]:
+    """The card's explanation: the drivers measured, then, apart, what the score leans on not having."""
+    lines: list[str] = []
+    if drivers:
+        lines += ["**What drives this score** (SHAP, each clinical variable's features summed):", ""]
+        lines += [driver_line(d) for d in drivers]
+        lines.append("")
+    if gaps:
+        lines += ["**Not measured** (the score also leans on these gaps in the data):", ""]
+        lines += [gap_line(d) for d in gaps]
+        lines.append("")
+    return lines
 
 
 def strip_empty(value: Any) -> Any:
@@ -136,7 +123,8 @@ def build_risk_card(
     model_label: str,
     model_version: str,
     text: RiskCardText,
-    drivers: Sequence[Driver],
+    drivers: Sequence[ClinicalDriver],
+    gaps: Sequence[ClinicalDriver] = (),
     all_contributions: Iterable[Driver],
     base_value: float,
     extra: dict[str, Any] | None = None,
@@ -148,12 +136,7 @@ def build_risk_card(
     (each suggestion should carry its own `uuid`); `selectionBehavior` is set when there are any."""
     if len(text.summary) >= 140:
         raise ValueError("card summary must be shorter than 140 characters")
-    lines = [text.headline, ""]
-    if drivers:
-        lines += ["**What drives this score** (SHAP):", ""]
-        lines += [driver_line(d) for d in drivers]
-        lines.append("")
-    lines.append(text.footer)
+    lines = [text.headline, "", *driver_lines(drivers, gaps), text.footer]
     contributions = [
         {
             "feature": c.feature,
@@ -169,7 +152,16 @@ def build_risk_card(
         "band": band,
         "model": service.model_name,
         "modelVersion": model_version,
-        "shap": {"baseValue": round(base_value, 6), "unit": "log-odds", "contributions": contributions},
+        "shap": {
+            "baseValue": round(base_value, 6),
+            "unit": "log-odds",
+            # The drivers worded on the card, each the sum of its variable's features below.
+            "drivers": [
+                {"variable": d.variable, "shap": round(d.shap, 6), "text": driver_phrase(d)}
+                for d in (*drivers, *gaps)
+            ],
+            "contributions": contributions,
+        },
         **(extra or {}),
     }
     card = {

@@ -10,12 +10,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_mappings import build_risk_assessment
+from fhir_mappings import RECORDED_CONTRIBUTIONS, build_risk_assessment
 from models import Explanation, RiskModel, model_task
 
+from .drivers import CONTEXT_SUFFIXES, context_features, variable_of
 from .service import NoCard, ScoredCard, ScoringInput, Service, feature_hash
 
 __all__ = ["Score", "card_from_table"]
+
+_CONTEXT = tuple(f"__{s}" for s in CONTEXT_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ def card_from_table(
     band = model.band(probability)
     explanation = model.explain(row[0])
     built = card(Score(probability, band, explanation, model))
+    # The RiskAssessment keeps the largest contributions and, for their clinical variables, the
+    # features that say the latest value and when (so the app words a driver as the card does).
+    recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
+    top = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
+    names = {c.feature for c in recorded}
     risk = build_risk_assessment(
         card_uuid=inp.card_uuid,
         service_id=service.id,
@@ -65,7 +73,8 @@ def card_from_table(
         outcome_code=task.outcome,
         horizon_hours=model.manifest.horizon_hours,
         base_value=explanation.base_value,
-        contributions=[c for c in explanation.contributions if c.shap != 0.0],
+        contributions=recorded,
+        also_record=context_features({variable_of(c.feature) for c in top}, names),
     )
     user = inp.context.get("userId")
     user_pseudonym = (

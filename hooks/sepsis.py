@@ -28,6 +28,7 @@ from models import TRAINED_MAX_ICU_HOURS
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE
+from .drivers import ClinicalDriver, group_contributions, split_drivers
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -45,6 +46,7 @@ from .service import (
 __all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
 
 TOP_DRIVERS = 5
+TOP_GAPS = 3
 NOT_APPLICABLE_REASON = "not-applicable"
 _BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
 LOINC = "http://loinc.org"
@@ -136,6 +138,9 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     encounter_id = encounter["id"] if is_fhir_id(encounter.get("id")) else None
 
     def card(score: Score) -> dict[str, Any]:
+        drivers, gaps = split_drivers(
+            group_contributions(score.explanation.contributions), TOP_DRIVERS, min_abs=0.01
+        )
         return sepsis_card(
             card_uuid=inp.card_uuid,
             probability=score.probability,
@@ -144,7 +149,8 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
             icu_hour=stay.current_hour,
             model_label=score.model.manifest.title,
             model_version=score.model.version,
-            drivers=score.explanation.top(TOP_DRIVERS, min_abs=0.01),
+            drivers=drivers,
+            gaps=gaps[:TOP_GAPS],
             all_contributions=score.explanation.contributions,
             base_value=score.explanation.base_value,
             patient_id=patient_id,
@@ -244,8 +250,9 @@ def sepsis_card(
     icu_hour: int,
     model_label: str,
     model_version: str,
-    drivers: Sequence[Driver],
+    drivers: Sequence[ClinicalDriver],
     all_contributions: Sequence[Driver],
+    gaps: Sequence[ClinicalDriver] = (),
     base_value: float,
     patient_id: str | None = None,
     encounter_id: str | None = None,
@@ -259,7 +266,8 @@ def sepsis_card(
             f"ICU hour {icu_hour}."
         ),
         footer=(
-            "_Arrows show how each factor moves this patient's score from the model's average. "
+            "_Arrows show how each clinical variable (its latest value, trend and when it was measured) "
+            "moves this patient's score from the model's average. "
             "A decision aid, not a diagnosis: assess the patient._"
         ),
     )
@@ -273,6 +281,7 @@ def sepsis_card(
         model_version=model_version,
         text=text,
         drivers=drivers,
+        gaps=gaps,
         all_contributions=all_contributions,
         base_value=base_value,
         extra={"icuHour": icu_hour},

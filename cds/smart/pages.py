@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.responses import HTMLResponse, Response
 
+from hooks.drivers import ClinicalDriver, driver_parts, gap_phrase, value_words
+
 from .errors import SmartError
 from .explain import UNIT_WORDS, CardView
 
@@ -108,14 +110,15 @@ def _num(value: float | None, unit: str = "") -> str:
     return escape(f"{text} {UNIT_WORDS.get(unit, unit)}".strip())
 
 
-def _latest(d: Any) -> str:
-    if d.value is not None:
-        return _num(d.value, d.unit)
-    return (
-        "see the exact contributions"
-        if d.measured
-        else "<strong>not measured</strong> (the score uses its absence)"
-    )
+def _latest(d: ClinicalDriver) -> str:
+    """The driver in clinical words; a gap in the data said plainly."""
+    if not d.recent:
+        return f"<strong>{escape(gap_phrase(d))}</strong> (the score leans on the gap)"
+    if d.value is None:
+        when = f"measured {d.hours_ago:.0f} h ago; " if d.hours_ago is not None else ""
+        return f"{when}latest value not recorded with this card"
+    _, rest = driver_parts(d)
+    return escape(", ".join((value_words(d.variable, d.value, d.unit), *rest)))
 
 
 def _drivers_table(view: CardView, top: int = 8) -> str:
@@ -136,9 +139,10 @@ def _drivers_table(view: CardView, top: int = 8) -> str:
 
 def _exact_table(view: CardView) -> str:
     rows = [
-        f'<tr><td><code>{escape(f)}</code></td><td>{escape(label)}</td><td class="num">{_num(v)}</td><td class="num">{s:+.4f}</td></tr>'
+        f"<tr><td><code>{escape(c.feature)}</code></td><td>{escape(c.label)}</td>"
+        f'<td class="num">{_num(c.value)}</td><td class="num">{c.shap:+.4f}</td></tr>'
         for d in view.drivers
-        for f, label, v, s in d.features
+        for c in d.features
     ]
     if view.other:
         rows.append(

@@ -25,7 +25,7 @@ from cds.smart.errors import BadIdToken
 from cds.smart.explain import card_view, waterfall_svg
 from cds.smart.flows import Flow, FlowStore
 from cds.smart.oauth import SmartConfiguration, scopes_for, verify_id_token
-from cds.smart.pages import content_security_policy
+from cds.smart.pages import _drivers_table, content_security_policy
 from demo_ehr import serve_in_thread
 
 CARD = "0b3f6c1e-8a4d-4f4e-9a51-2f7f7d2c1a10"
@@ -216,6 +216,11 @@ def test_contributions_are_grouped_by_clinical_variable_and_still_add_up() -> No
     }
     view = card_view(CARD, "sepsis-risk", risk_assessment(), labels)
     assert [d.label for d in view.drivers] == ["Lactate", "Heart rate", "WBC"]
+    # WBC's latest value was not recorded with this (older) record: the page says that, not "see below".
+    assert not view.drivers[2].value_known and view.drivers[2].measured
+    table = _drivers_table(view)
+    assert "measured 20 h ago; latest value not recorded with this card" in table
+    assert "see the exact contributions" not in table and "3.1 mmol/L" in table
     assert (
         view.drivers[0].shap == pytest.approx(0.9)
         and view.drivers[0].value == 3.1
