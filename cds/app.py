@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from fhir_mappings import CDSError, Pseudonymizer
 from hooks import SERVICES
-from models import ModelRegistry, RiskModel, model_task, serving_device
+from models import ModelRegistry, RiskBands, RiskModel, manifest_bands, model_task, serving_device
 
 from .admission import Gate, Lane
 from .auth import CallerVerifier
@@ -42,7 +42,7 @@ from .smart import router as smart_router
 from .state import AppState
 from .stores import AnchorLog, open_store
 
-__all__ = ["AppState", "create_app", "load_models", "make_verifier"]
+__all__ = ["AppState", "create_app", "load_models", "make_verifier", "site_bands"]
 
 log = logging.getLogger("cds.app")
 
@@ -54,8 +54,27 @@ def load_models(settings: Settings, versions: Mapping[str, str] | None = None) -
     for name in {s.model_name for s in SERVICES.values()}:
         spec = model_task(name).feature_spec()
         artifact = registry.load(name, spec, (versions or {}).get(name))
-        loaded[name] = RiskModel(artifact, spec, device=serving_device(), nthread=1)
+        model = RiskModel(artifact, spec, device=serving_device(), nthread=1)
+        model.with_site_bands(site_bands(settings, model))
+        loaded[name] = model
+    unknown = sorted(set(settings.risk_bands) - set(loaded))
+    if unknown:
+        raise ValueError(f"CDS_RISK_BANDS names models this server does not serve: {unknown}")
     return loaded
+
+
+def site_bands(settings: Settings, model: RiskModel) -> RiskBands:
+    """The bands `model` serves with: the site's (CDS_RISK_BANDS) or its manifest's, each band's
+    level judged against CDS_CRITICAL_PPV."""
+    site = settings.risk_bands.get(model.name)
+    if site is None:
+        return manifest_bands(model.manifest, settings.critical_ppv)
+    return RiskBands.build(
+        [(b.name, b.lower, b.ppv, b.sensitivity) for b in site.bands],
+        threshold=model.threshold,
+        measured_on=f"this site: {site.measured_on}",
+        critical_ppv=settings.critical_ppv,
+    )
 
 
 def make_verifier(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> CallerVerifier:

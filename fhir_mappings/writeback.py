@@ -38,6 +38,16 @@ RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
 RECORDED_CONTRIBUTIONS = 20
 
 
+RISK_BAND_SYSTEM = f"{CANONICAL}/CodeSystem/risk-band"
+_RISK_PROBABILITY_CODES = {"negligible", "low", "moderate", "high", "certain"}
+
+
+def _band_system(band: str) -> str:
+    """HL7's risk-probability codes where a band is one of them (low, moderate, high); ours
+    otherwise (very-high is not HL7's `certain`)."""
+    return RISK_PROBABILITY if band in _RISK_PROBABILITY_CODES else RISK_BAND_SYSTEM
+
+
 class Contribution(Protocol):
     """One feature's share of a score (models.explain.Contribution satisfies it)."""
 
@@ -73,7 +83,7 @@ def build_risk_assessment(
     prediction: dict[str, Any] = {
         "outcome": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
         "probabilityDecimal": float(probability),
-        "qualitativeRisk": {"coding": [{"system": RISK_PROBABILITY, "code": band}]},
+        "qualitativeRisk": {"coding": [{"system": _band_system(band), "code": band}]},
     }
     if horizon_hours is not None:
         prediction["whenRange"] = {

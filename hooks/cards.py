@@ -118,6 +118,7 @@ def build_risk_card(
     card_uuid: str,
     service: Service,
     band: str,
+    level: str,
     probability: float,
     threshold: float,
     model_label: str,
@@ -128,11 +129,13 @@ def build_risk_card(
     all_contributions: Iterable[Driver],
     base_value: float,
     extra: dict[str, Any] | None = None,
+    band_validation: dict[str, Any] | None = None,
     suggestions: Sequence[dict[str, Any]] = (),
     links: Sequence[dict[str, Any]] = (),
     selection_behavior: str = "at-most-one",
 ) -> dict[str, Any]:
-    """`suggestions` and `links` are CDS Hooks Suggestion and Link objects, passed through
+    """`level` is the band's (models.bands) and sets the indicator; `band_validation` the band's
+    PPV and sensitivity on validation data. `suggestions` and `links` are CDS Hooks Suggestion and Link objects, passed through
     (each suggestion should carry its own `uuid`); `selectionBehavior` is set when there are any."""
     if len(text.summary) >= 140:
         raise ValueError("card summary must be shorter than 140 characters")
@@ -150,6 +153,8 @@ def build_risk_card(
         "probability": float(probability),
         "threshold": round(float(threshold), 6),
         "band": band,
+        "bandLevel": level,
+        **({"bandValidation": band_validation} if band_validation else {}),
         "model": service.model_name,
         "modelVersion": model_version,
         "shap": {
@@ -167,7 +172,7 @@ def build_risk_card(
     card = {
         "uuid": card_uuid,
         "summary": text.summary,
-        "indicator": service.indicators[band],
+        "indicator": service.indicators[level],
         "detail": "\n".join(lines),
         "source": {"label": f"{model_label} v{model_version}"},
         "overrideReasons": [r.coding() for r in service.override_reasons],

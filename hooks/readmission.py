@@ -50,7 +50,7 @@ TOP_DRIVERS = 5
 TOP_GAPS = 2
 FOLLOW_UP_DAYS = 7
 _INPATIENT = {"IMP", "ACUTE", "NONAC"}
-_BAND_WORDS = {"high": "high", "moderate": "elevated", "low": "low"}
+_BAND_WORDS = {"very-high": "very high", "high": "high", "moderate": "elevated", "low": "low"}
 
 
 def _resources(value: Any, kind: str | None = None) -> list[dict[str, Any]]:
@@ -134,7 +134,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
                 {
                     "label": f"Arrange follow-up within {FOLLOW_UP_DAYS} days of discharge",
                     "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
-                    "isRecommended": score.band == "high",
+                    "isRecommended": score.level != "below",
                     "actions": [
                         {
                             "type": "create",
@@ -151,6 +151,8 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
             card_uuid=inp.card_uuid,
             probability=score.probability,
             band=score.band,
+            level=score.level,
+            band_validation=score.band_validation,
             threshold=score.model.threshold,
             model_label=score.model.manifest.title,
             model_version=score.model.version,
@@ -179,6 +181,8 @@ def readmission_card(
     probability: float,
     band: str,
     threshold: float,
+    level: str,
+    band_validation: dict[str, Any] | None = None,
     model_label: str,
     model_version: str,
     drivers: Sequence[ClinicalDriver],
@@ -189,9 +193,9 @@ def readmission_card(
 ) -> dict[str, Any]:
     pct = format_percent(probability)
     text = RiskCardText(
-        summary=f"30-day readmission risk {pct}: {_BAND_WORDS[band]}",
+        summary=f"30-day readmission risk {pct}: {_BAND_WORDS.get(band, band)}",
         headline=(
-            f"**30-day readmission risk: {pct}** ({_BAND_WORDS[band]}; "
+            f"**30-day readmission risk: {pct}** ({_BAND_WORDS.get(band, band)}; "
             f"follow-up is suggested from {format_percent(threshold)})."
         ),
         footer=(
@@ -203,6 +207,8 @@ def readmission_card(
         card_uuid=card_uuid,
         service=READMISSION,
         band=band,
+        level=level,
+        band_validation=band_validation,
         probability=probability,
         threshold=threshold,
         model_label=model_label,

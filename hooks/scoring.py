@@ -29,6 +29,19 @@ class Score:
     band: str
     explanation: Explanation
     model: RiskModel
+    level: str = "below"  # the band's level (models.bands): sets the card's indicator
+
+    @property
+    def band_validation(self) -> dict[str, Any] | None:
+        """The band's PPV and sensitivity on validation data (the manifest's or the site's)."""
+        found = self.model.bands.named(self.band)
+        if found is None or found.ppv is None:
+            return None
+        return {
+            "ppv": found.ppv,
+            **({"sensitivity": found.sensitivity} if found.sensitivity is not None else {}),
+            "measuredOn": self.model.bands.measured_on,
+        }
 
 
 def card_from_table(
@@ -54,7 +67,7 @@ def card_from_table(
     probability = float(model.predict(row)[0])
     band = model.band(probability)
     explanation = model.explain(row[0])
-    built = card(Score(probability, band, explanation, model))
+    built = card(Score(probability, band, explanation, model, model.band_level(band)))
     # The RiskAssessment keeps the largest contributions and, for their clinical variables, the
     # features that say the latest value and when (so the app words a driver as the card does).
     recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]

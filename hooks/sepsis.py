@@ -48,7 +48,12 @@ __all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
 TOP_DRIVERS = 5
 TOP_GAPS = 3
 NOT_APPLICABLE_REASON = "not-applicable"
-_BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
+_BAND_WORDS = {
+    "very-high": "well above alert threshold",
+    "high": "above alert threshold",
+    "moderate": "elevated",
+    "low": "below alert threshold",
+}
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 # The laboratory part of the Surviving Sepsis Campaign hour-1 bundle: lactate, blood cultures
@@ -145,6 +150,8 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
             card_uuid=inp.card_uuid,
             probability=score.probability,
             band=score.band,
+            level=score.level,
+            band_validation=score.band_validation,
             threshold=score.model.threshold,
             icu_hour=stay.current_hour,
             model_label=score.model.manifest.title,
@@ -247,6 +254,8 @@ def sepsis_card(
     probability: float,
     band: str,
     threshold: float,
+    level: str,
+    band_validation: dict[str, Any] | None = None,
     icu_hour: int,
     model_label: str,
     model_version: str,
@@ -260,7 +269,7 @@ def sepsis_card(
     """Elevated and high-risk cards offer the bundle's lab orders (when the patient id is known)."""
     pct = format_percent(probability)
     text = RiskCardText(
-        summary=f"Sepsis risk {pct} (next 6 h): {_BAND_WORDS[band]}",
+        summary=f"Sepsis risk {pct} (next 6 h): {_BAND_WORDS.get(band, band)}",
         headline=(
             f"**Sepsis risk: {pct}** within the next 6 hours (alert threshold {format_percent(threshold)}), "
             f"ICU hour {icu_hour}."
@@ -275,6 +284,8 @@ def sepsis_card(
         card_uuid=card_uuid,
         service=SEPSIS,
         band=band,
+        level=level,
+        band_validation=band_validation,
         probability=probability,
         threshold=threshold,
         model_label=model_label,

@@ -5,6 +5,18 @@ Imports `fhir_mappings` (the feature code shared with serving); nothing here doe
 
 from __future__ import annotations
 
+from .bands import (
+    ALERT,
+    BELOW,
+    CRITICAL_PPV,
+    INTERRUPT,
+    Band,
+    BandReport,
+    BandStats,
+    RiskBands,
+    band_report,
+    with_interrupt_band,
+)
 from .baselines import BASELINES, Baseline, baseline_scores
 from .catalog import MODELS, model_task
 from .datasets import DEFAULT_DATA_DIR, data_fingerprint, default_sepsis_path, read_physionet
@@ -27,7 +39,7 @@ from .readmission import (
 )
 from .registration import register_version
 from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
-from .score import Contribution, Explanation, RiskModel
+from .score import Contribution, Explanation, RiskModel, manifest_bands
 from .sepsis import (
     CV_FOLDS,
     HORIZON_HOURS,
@@ -59,8 +71,14 @@ from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import TrainedBooster, default_params, patient_split, train_booster
 
 __all__ = [
+    "ALERT",
     "BASELINES",
+    "BELOW",
+    "Band",
+    "BandReport",
+    "BandStats",
     "Baseline",
+    "CRITICAL_PPV",
     "CV_FOLDS",
     "Calibration",
     "Contribution",
@@ -72,6 +90,7 @@ __all__ = [
     "FeatureEntry",
     "FeatureSchemaMismatch",
     "HORIZON_HOURS",
+    "INTERRUPT",
     "LACE_DESCRIPTION",
     "LoadedArtifact",
     "MODELS",
@@ -82,6 +101,7 @@ __all__ = [
     "READMISSION_OUTCOME",
     "READMISSION_TASK",
     "ReadmissionData",
+    "RiskBands",
     "RiskModel",
     "RiskTask",
     "SEPSIS_OUTCOME",
@@ -94,6 +114,7 @@ __all__ = [
     "TrainedBooster",
     "accuracy_f_measure",
     "alert_burden",
+    "band_report",
     "baseline_scores",
     "best_threshold",
     "challenge_auc",
@@ -109,6 +130,7 @@ __all__ = [
     "lace_score",
     "load_readmission_data",
     "load_sepsis_data",
+    "manifest_bands",
     "model_task",
     "normalized_utility",
     "out_of_fold",
@@ -129,5 +151,6 @@ __all__ = [
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",
+    "with_interrupt_band",
     "write_sepsis_report",
 ]

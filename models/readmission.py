@@ -26,6 +26,7 @@ from fhir_mappings import (
     readmitted_within_30_days,
 )
 
+from .bands import BandReport, band_report, with_interrupt_band
 from .calibration import calibration_report, fit_platt
 from .device import choose_device
 from .errors import DatasetError, ModelError
@@ -343,6 +344,12 @@ def train_readmission(
     p_valid = np.interp(raw(parts["valid"]), x, yv)
     threshold = float(np.float32(np.quantile(p_valid, 1 - FLAGGED_FRACTION)))
     prevalence = float(data.label[parts["train"]].mean())
+    bands = with_interrupt_band(
+        _base_bands(prevalence, threshold), p_valid, data.label[parts["valid"]], threshold
+    )
+    bands_measured = band_report(
+        bands, p_valid, data.label[parts["valid"]], measured_on=_VALIDATION_WORDS.format(seed=seed)
+    )
     p_test = np.interp(raw(parts["test"]), x, yv)
     test = data.subset(parts["test"])
     report = readmission_report(p_test, test, threshold, replicates=replicates, seed=seed)
@@ -363,7 +370,8 @@ def train_readmission(
         params=trained.params,
         num_boost_round=int(booster.num_boosted_rounds()),
         threshold=threshold,
-        risk_bands={"low": 0.0, "moderate": round(min(prevalence, threshold * 0.75), 6), "high": threshold},
+        risk_bands=bands,
+        band_report=bands_measured,
         calibration=calibration,
         metrics={"test": report, "flagged_fraction_target": FLAGGED_FRACTION},
         device=trained.device,
@@ -377,6 +385,35 @@ def train_readmission(
         model_card_sections(report, note),
     )
     return manifest
+
+
+_VALIDATION_WORDS = (
+    "validation patients (10 % of the patients, seed {seed}: the split that chose the threshold), "
+    "one row per discharge"
+)
+
+
+def _base_bands(prevalence: float, threshold: float) -> dict[str, float]:
+    return {"low": 0.0, "moderate": round(min(prevalence, threshold * 0.75), 6), "high": threshold}
+
+
+def measure_readmission_bands(model: RiskModel, path: Path | str) -> tuple[dict[str, float], BandReport]:
+    """For a registered version without a band report: its validation split (same data and seed
+    as its training) scored by the registered model, as training measures it."""
+    data = load_readmission_data(path, model.spec)
+    if data.label is None:
+        raise DatasetError("the data has no `readmitted` column")
+    seed = model.manifest.seed
+    train_ids, valid_ids, _ = patient_split(data.patient, (0.7, 0.1, 0.2), seed)
+    valid, train = np.isin(data.patient, valid_ids), np.isin(data.patient, train_ids)
+    p_valid = score_readmission(model, data.subset(valid))
+    prevalence = float(data.label[train].mean())
+    threshold = model.threshold
+    bands = with_interrupt_band(_base_bands(prevalence, threshold), p_valid, data.label[valid], threshold)
+    words = (
+        _VALIDATION_WORDS.format(seed=seed) + "; measured after training by `cds models bands readmission`"
+    )
+    return bands, band_report(bands, p_valid, data.label[valid], measured_on=words)
 
 
 def evaluate_readmission(
@@ -436,4 +473,5 @@ READMISSION_TASK = RiskTask(
     train=_train_readmission,
     score_lines=_score_readmission,
     evaluate=_evaluate_readmission,
+    measure_bands=measure_readmission_bands,
 )

@@ -13,6 +13,7 @@ import xgboost as xgb
 
 from fhir_mappings import FeatureSpec
 
+from .bands import BandReport
 from .datasets import data_fingerprint
 from .errors import ModelNotFound
 from .manifest import Calibration, FeatureEntry, ModelManifest
@@ -47,6 +48,7 @@ def register_version(
     threshold: float,
     risk_bands: dict[str, float],
     calibration: Calibration,
+    band_report: BandReport | None = None,
     metrics: dict[str, Any],
     device: str,
     seed: int,
@@ -74,6 +76,7 @@ def register_version(
         num_boost_round=num_boost_round,
         threshold=threshold,
         risk_bands=risk_bands,
+        band_report=band_report,
         calibration=calibration,
         metrics=metrics,
         xgboost_version=xgb.__version__,

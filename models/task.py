@@ -21,6 +21,7 @@ import numpy as np
 from fhir_mappings import FeatureSpec
 
 if TYPE_CHECKING:
+    from .bands import BandReport
     from .manifest import ModelManifest
     from .registry import ModelRegistry
     from .score import RiskModel
@@ -57,3 +58,6 @@ class RiskTask:
     train: Callable[[Path, ModelRegistry, TrainOptions], ModelManifest]
     score_lines: Callable[[RiskModel, Path], Iterator[str]]  # one JSON line per scored row
     evaluate: Callable[[RiskModel, Path, EvaluateOptions], dict[str, Any]]
+    # A registered model's bands measured again from its data (for versions trained before
+    # band reports): the bands, with a very-high band where the data shows one, and their report.
+    measure_bands: Callable[[RiskModel, Path], tuple[dict[str, float], BandReport]]

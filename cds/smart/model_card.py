@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from models import RiskModel
+from models import ALERT, BELOW, INTERRUPT, RiskModel
 
-__all__ = ["model_brief", "model_card_text"]
+__all__ = ["band_rows", "model_brief", "model_card_text"]
 
 _SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
 
@@ -27,6 +27,31 @@ def model_card_text(model_dir: Path, name: str, version: str) -> str | None:
         if path.is_file():
             return path.read_text()
     return None
+
+
+_LEVEL_WORDS = {
+    BELOW: "information only (below the alert threshold)",
+    ALERT: "alert (warning card)",
+    INTERRUPT: "interrupts (critical card)",
+}
+
+
+def band_rows(model: RiskModel) -> list[dict[str, str]]:
+    """Each band the model serves with: its range, what it asks of the clinician, PPV, sensitivity."""
+    bands = model.bands.bands
+    rows = []
+    for i, b in enumerate(bands):
+        upper = f"{100 * bands[i + 1].lower:.1f} %" if i + 1 < len(bands) else "100 %"
+        rows.append(
+            {
+                "band": b.name,
+                "range": f"{100 * b.lower:.1f} % to {upper}",
+                "level": _LEVEL_WORDS[b.level],
+                "ppv": "not measured" if b.ppv is None else f"{100 * b.ppv:.1f} %",
+                "sensitivity": "not measured" if b.sensitivity is None else f"{100 * b.sensitivity:.0f} %",
+            }
+        )
+    return rows
 
 
 def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
@@ -84,6 +109,8 @@ def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
         )
     return {
         "facts": facts,
+        "bands": band_rows(model),
+        "bands_measured_on": model.bands.measured_on,
         "limits": limits,
         "card_url": f"/smart/model-card/{manifest.name}/{manifest.version}",
     }

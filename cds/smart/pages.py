@@ -23,6 +23,7 @@ __all__ = ["SVG_CSP", "app_page", "content_security_policy", "error_page", "page
 
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"  # an SVG image: no script, its own inline styles
 _BAND_WORDS = {
+    "very-high": "well above the alert threshold",
     "high": "above the alert threshold",
     "moderate": "elevated, below the alert threshold",
     "low": "below the alert threshold",
@@ -197,9 +198,23 @@ def _trend_section(handle: str, trend: Any, trend_error: str | None, view: CardV
 def _model_section(model: Mapping[str, Any]) -> str:
     items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in model["facts"])
     limits = "".join(f"<li>{escape(x)}</li>" for x in model["limits"])
+    bands = "".join(
+        f'<tr><th scope="row">{escape(b["band"])}</th><td>{escape(b["range"])}</td><td>{escape(b["level"])}</td>'
+        f'<td class="num">{escape(b["ppv"])}</td><td class="num">{escape(b["sensitivity"])}</td></tr>'
+        for b in model.get("bands", ())
+    )
+    band_table = (
+        '<table class="bands"><caption>Risk bands: PPV (share of patients scored in the band who had the '
+        "outcome) and sensitivity (share of all who had it scored in the band or above), measured on "
+        f"{escape(model.get('bands_measured_on', ''))}</caption>"
+        '<thead><tr><th scope="col">Band</th><th scope="col">Risk</th><th scope="col">Card</th>'
+        f'<th scope="col">PPV</th><th scope="col">Sensitivity</th></tr></thead><tbody>{bands}</tbody></table>'
+        if bands
+        else ""
+    )
     return (
         '<section aria-labelledby="model"><h2 id="model">About the model</h2>'
-        f"<dl>{items}</dl>"
+        f"<dl>{items}</dl>{band_table}"
         + (f"<h3>Known limits</h3><ul>{limits}</ul>" if limits else "")
         + f'<p><a href="{escape(model["card_url"])}">Full model card</a></p></section>'
     )
