@@ -89,8 +89,19 @@ def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
                 f"sensitivity {test['sensitivity']:.2f}, PPV {test.get('ppv', float('nan')):.2f}",
             )
         )
-    if "auroc" in test:
-        facts.append(("AUROC (held-out)", f"{test['auroc']:.3f}"))
+    point = test.get("operating_point", {})
+    if "sensitivity" in point and not any(k == "At the threshold" for k, _ in facts):
+        facts.append(("At the threshold", f"sensitivity {point['sensitivity']:.2f}, PPV {point['ppv']:.2f}"))
+    auroc = test.get("auroc")
+    if isinstance(auroc, dict):  # the readmission report gives an estimate with its 95 % interval
+        facts.append(
+            (
+                "AUROC (held-out)",
+                f"{auroc['estimate']:.3f} (95 % CI {auroc['ci95_low']:.3f}-{auroc['ci95_high']:.3f})",
+            )
+        )
+    elif auroc is not None:
+        facts.append(("AUROC (held-out)", f"{auroc:.3f}"))
     if "alert_burden" in report:
         facts.append(
             ("Alerts per 100 patient-days", f"{report['alert_burden']['alerts_per_100_patient_days']:.0f}")
