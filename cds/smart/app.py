@@ -333,6 +333,16 @@ class SmartApp:
                 return None, "The trend could not be computed from the EHR's data just now."
         return (None, None) if session.trend == "none" else (session.trend, None)
 
+    def decided_by(self, session: Session) -> str:
+        """Who decides in the app: the signed-in SMART `fhirUser`, as the keyed pseudonym the hook
+        path gives the same user (keyed by the EHR's FHIR base), never the id itself. Without an
+        id_token the app does not know who it is: "" (the Provenance says "unknown user"), not the
+        user the hook call named."""
+        if session.user is None:
+            return ""
+        kind = session.user.split("/", 1)[0]
+        return self.pseudonymizer.pseudonym(kind, session.user, source=session.iss)
+
     async def record(self, session: Session, record: CardRecord, decision: str, comment: str | None) -> str:
         """Feedback through the same code path as CDS Hooks feedback (one Provenance per card). The
         same decision sent again in a session keeps its first timestamp, so it changes nothing."""
@@ -381,6 +391,7 @@ class SmartApp:
             now=datetime.now(UTC),
             rules=FeedbackRules.from_settings(self.settings),
             pseudonymizer=self.pseudonymizer,
+            decided_by=self.decided_by(session),
         )
         status = result["results"][0]["status"]
         log_event(log, "smart feedback", service=service.id, status=status, outcome=item["outcome"])

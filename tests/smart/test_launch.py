@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 
@@ -116,6 +117,13 @@ def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
     assert len(found) == 1  # one Provenance per card, as CDS Hooks feedback makes
     assert found[0]["activity"]["coding"][0]["code"] == "overridden"
     assert found[0]["reason"][0]["coding"][0]["code"] == "recipient-disagrees-evidence"
+    # Who decided: the SMART fhirUser signed in to the app (dr-1), as a keyed pseudonym, not the
+    # user the hook call named (demo-clinician), and never the id itself.
+    pseudonymizer = running.smart.pseudonymizer
+    who = found[0]["agent"][0]["who"]["identifier"]["value"]
+    assert who == pseudonymizer.pseudonym("Practitioner", "Practitioner/dr-1", source=launcher.iss)
+    assert who != pseudonymizer.pseudonym("Practitioner", "Practitioner/demo-clinician", source=launcher.iss)
+    assert "dr-1" not in json.dumps(found[0])
     session = next(iter(running.smart.sessions._sessions.values()))
     logged = server_log(caplog)
     assert session.token.access_token not in logged and str(page.url).rsplit("/", 1)[1] not in logged
