@@ -240,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 if verifier is not None:
                     await verifier.close()
+                await app.state.smart.close()
                 await smart_http.aclose()
                 await store.close()
                 lane.close()

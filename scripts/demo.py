@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -231,6 +232,11 @@ def main() -> int:
     print(f"CDS service: {cds_url}/cds-services (JWT from the demo EHR only)", flush=True)
     if launcher:
         print(f"SMART authorization server (reference launcher): {launcher.url}", flush=True)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM too stops the launcher (a node process) on the way out
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while not args.once:
             time.sleep(3600)

@@ -201,7 +201,7 @@ def test_an_expired_access_token_is_refreshed_when_the_ehr_offered_a_refresh_tok
         assert query(str(walk.hops[1].request.url))["scope"].endswith(" online_access")
         page = walk.last
         assert page.status_code == 200, page.text
-        session = running.smart.sessions.get(str(page.url).rsplit("/", 1)[1])
+        session = running.smart.sessions.cached(str(page.url).rsplit("/", 1)[1])
         assert session is not None and session.token.refresh_token is not None
         first = session.token.access_token
         session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
@@ -219,7 +219,7 @@ def test_without_a_refresh_token_an_expired_session_ends_plainly(
     with httpx.Client(timeout=30) as browser:
         page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)))).last
         assert page.status_code == 200
-        session = running.smart.sessions.get(str(page.url).rsplit("/", 1)[1])
+        session = running.smart.sessions.cached(str(page.url).rsplit("/", 1)[1])
         assert session is not None and session.token.refresh_token is None
         session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
         ended = browser.get(str(page.url))
