@@ -16,6 +16,7 @@ import pytest
 from cds.stores import SQLiteStore
 from demo_ehr import StayResources
 from fhir_mappings.writeback import provenance_id
+from testkit.helpers import serve_cds
 from tests.smart.conftest import (
     FRAME_ORIGIN,
     REFRESHING,
@@ -257,3 +258,24 @@ def test_app_feedback_is_the_same_provenance_as_cds_hooks_feedback(
     ]
     assert [p["id"] for p in mine] == [provenance_id(card["uuid"])]
     assert mine[0]["reason"][0]["coding"][0] == reason
+
+
+def test_a_launch_and_its_session_are_shared_by_the_workers(
+    running: Running, launcher: Launcher, stay: StayResources
+) -> None:
+    """A second worker on the same CDS_VAR_DIR (as `cds serve --workers 2` runs them): the EHR's
+    redirect back reaches the other worker, and the page and the feedback work on either."""
+    first = running.server.url
+    with serve_cds(running.settings) as other, httpx.Client(timeout=30) as browser:
+        walk = follow(browser, ehr_launch_url(running, launcher, stay), stop_at=f"{first}/smart/callback")
+        callback = walk.stopped_at.replace(first, other.url, 1)  # type: ignore[attr-defined]
+        page = follow(browser, callback).last
+        assert page.status_code == 200 and str(page.url).startswith(f"{other.url}/smart/app/"), page.text
+        handle = str(page.url).rsplit("/", 1)[1]
+        on_first = browser.get(f"{first}/smart/app/{handle}")
+        assert on_first.status_code == 200 and "What drives this score" in on_first.text
+        assert browser.get(f"{first}/smart/app/{handle}/waterfall.svg").status_code == 200
+        sent = browser.post(f"{first}/smart/app/{handle}/feedback", data={"decision": "override:0"})
+        assert sent.status_code == 303
+        confirmed = browser.get(f"{other.url}/smart/app/{handle}")
+        assert "Recorded: overridden: Not applicable" in confirmed.text, confirmed.text
