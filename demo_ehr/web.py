@@ -256,12 +256,13 @@ def demo_ehr_web(
             if answer.status_code == 200
             else f"The CDS service refused the feedback (HTTP {answer.status_code})."
         )
-        # The card the decision was about, as the EHR keeps showing it (a new hook call would issue a new card).
+        # The card the decision was about, as the EHR keeps showing it (a new hook call: a new card).
         patient = patients[index_]
         return _page(
             patient.label,
             f'<p><a href="/">All patients</a> · <a href="/patient/{index_}">Reopen the chart</a></p>'
-            f"<h1>{html.escape(patient.label)}</h1>{_card_html(card, lambda url: launch(patient, url), index_, note)}",
+            f"<h1>{html.escape(patient.label)}</h1>"
+            + _card_html(card, lambda url: launch(patient, url), index_, note),
         )
 
     return Starlette(

@@ -6,6 +6,7 @@ Subjects and agents are keyed pseudonyms, never EHR ids.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
@@ -76,9 +77,9 @@ def build_risk_assessment(
     contributions: Sequence[Contribution],
     also_record: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The largest RECORDED_CONTRIBUTIONS contributions one by one, with those named in
-    `also_record` (what the card's drivers need to say their value and time, even at 0), and the
-    rest summed into one, so base value + recorded + rest is the model's margin."""
+    """The largest RECORDED_CONTRIBUTIONS contributions one by one; those named in `also_record`
+    (what the drivers need to say their value and time, even at 0) in one `shap-context` list of
+    [feature, shap, value]; the rest summed into one, so base value + all three is the margin."""
     system, code, display = outcome_code
     prediction: dict[str, Any] = {
         "outcome": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
@@ -99,7 +100,7 @@ def build_risk_assessment(
     ranked = sorted(contributions, key=lambda c: -abs(c.shap))
     kept = ranked[:RECORDED_CONTRIBUTIONS]
     rest_of = ranked[RECORDED_CONTRIBUTIONS:]
-    kept += [c for c in rest_of if c.feature in also_record]
+    context = [c for c in rest_of if c.feature in also_record]
     rest_of = [c for c in rest_of if c.feature not in also_record]
     for c in kept:
         parts: list[dict[str, Any]] = [
@@ -109,6 +110,16 @@ def build_risk_assessment(
         if c.value is not None:
             parts.append({"url": "value", "valueDecimal": round(float(c.value), 6)})
         extensions.append({"url": f"{EXT}/shap-contribution", "extension": parts})
+    if context:
+        # One compact extension (a JSON list), not one nested extension each: validating dozens of
+        # nested extensions with fhir.resources would cost the hook path milliseconds.
+        rows = [
+            [c.feature, round(float(c.shap), 6), None if c.value is None else round(float(c.value), 6)]
+            for c in context
+        ]
+        extensions.append(
+            {"url": f"{EXT}/shap-context", "valueString": json.dumps(rows, separators=(",", ":"))}
+        )
     if rest_of:
         # The rest in one sum, so base value + contributions still add up to the model's margin.
         rest = sum(float(c.shap) for c in rest_of)

@@ -135,7 +135,8 @@ def build_risk_card(
     selection_behavior: str = "at-most-one",
 ) -> dict[str, Any]:
     """`level` is the band's (models.bands) and sets the indicator; `band_validation` the band's
-    PPV and sensitivity on validation data. `suggestions` and `links` are CDS Hooks Suggestion and Link objects, passed through
+    PPV and sensitivity on validation data. `suggestions` and `links` are CDS Hooks Suggestion
+    and Link objects, passed through
     (each suggestion should carry its own `uuid`); `selectionBehavior` is set when there are any."""
     if len(text.summary) >= 140:
         raise ValueError("card summary must be shorter than 140 characters")

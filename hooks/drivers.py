@@ -175,9 +175,12 @@ def group_contributions(
     return drivers
 
 
-def context_features(variables: Iterable[str], names: Collection[str]) -> set[str]:
+def context_features(
+    variables: Iterable[str], names: Collection[str], suffixes: Sequence[str] = CONTEXT_SUFFIXES
+) -> set[str]:
     """The features (among `names`) that say what each variable was and when."""
-    wanted = {f"{v}__{s}" for v in variables for s in CONTEXT_SUFFIXES} | set(variables)
+    chosen = set(variables)
+    wanted = {f"{v}__{s}" for v in chosen for s in suffixes} | chosen
     return {n for n in names if n in wanted}
 
 

@@ -13,12 +13,14 @@ from typing import Any
 from fhir_mappings import RECORDED_CONTRIBUTIONS, build_risk_assessment
 from models import Explanation, RiskModel, model_task
 
-from .drivers import CONTEXT_SUFFIXES, context_features, variable_of
+from .cards import CARD_EXTENSION
+from .drivers import CONTEXT_SUFFIXES, context_features, group_contributions, variable_of
 from .service import NoCard, ScoredCard, ScoringInput, Service, feature_hash
 
 __all__ = ["Score", "card_from_table"]
 
 _CONTEXT = tuple(f"__{s}" for s in CONTEXT_SUFFIXES)
+CONTEXT_VARIABLES = 8  # clinical variables whose value and timing features the RiskAssessment keeps
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,15 @@ def card_from_table(
     # The RiskAssessment keeps the largest contributions and, for their clinical variables, the
     # features that say the latest value and when (so the app words a driver as the card does).
     recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
-    top = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
+    # The variables the app draws one by one (its waterfall's rows): a few extra extensions each.
+    # and the variables the card worded.
+    top = [d.variable for d in group_contributions(explanation.contributions)[:CONTEXT_VARIABLES]]
+    worded = built.get("extension", {}).get(CARD_EXTENSION, {}).get("shap", {}).get("drivers", [])
+    top += [d["variable"] for d in worded if isinstance(d, dict) and isinstance(d.get("variable"), str)]
     names = {c.feature for c in recorded}
+    # and, for every variable among the largest contributions, its latest value and when.
+    largest = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
+    shown = {variable_of(c.feature) for c in largest}
     risk = build_risk_assessment(
         card_uuid=inp.card_uuid,
         service_id=service.id,
@@ -87,7 +96,7 @@ def card_from_table(
         horizon_hours=model.manifest.horizon_hours,
         base_value=explanation.base_value,
         contributions=recorded,
-        also_record=context_features({variable_of(c.feature) for c in top}, names),
+        also_record=context_features(top, names) | context_features(shown, names, ("last", "hours_since")),
     )
     user = inp.context.get("userId")
     user_pseudonym = (

@@ -9,6 +9,7 @@ the hook path. pyplot keeps global state, so every drawing holds one lock.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -71,6 +72,12 @@ def card_view(
         shares.append(
             FeatureShare(feature, label, unit, None if value is None else float(value), float(parts["shap"]))
         )
+    for ext in _ext(risk, "shap-context"):  # [[feature, shap, value], ...], compact
+        for feature, shap, value in json.loads(str(ext.get("valueString", "[]"))):
+            label, unit = labels.get(str(feature), (str(feature), ""))
+            shares.append(
+                FeatureShare(str(feature), label, unit, None if value is None else float(value), float(shap))
+            )
     drivers = group_contributions(shares, labels)
     other = _ext(risk, "shap-other")
     hour = _ext(risk, "icu-hour")

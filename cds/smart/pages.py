@@ -199,7 +199,8 @@ def _model_section(model: Mapping[str, Any]) -> str:
     items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in model["facts"])
     limits = "".join(f"<li>{escape(x)}</li>" for x in model["limits"])
     bands = "".join(
-        f'<tr><th scope="row">{escape(b["band"])}</th><td>{escape(b["range"])}</td><td>{escape(b["level"])}</td>'
+        f'<tr><th scope="row">{escape(b["band"])}</th><td>{escape(b["range"])}</td>'
+        f"<td>{escape(b['level'])}</td>"
         f'<td class="num">{escape(b["ppv"])}</td><td class="num">{escape(b["sensitivity"])}</td></tr>'
         for b in model.get("bands", ())
     )
