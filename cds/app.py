@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from fhir_mappings import CDSError, Pseudonymizer
 from hooks import SERVICES
-from models import ModelRegistry, RiskModel, model_task, serving_device
+from models import ModelRegistry, RiskBands, RiskModel, manifest_bands, model_task, serving_device
 
 from .admission import Gate, Lane
 from .auth import CallerVerifier
@@ -46,20 +46,44 @@ from .smart import router as smart_router
 from .state import AppState
 from .stores import AnchorLog, open_store
 
-__all__ = ["AppState", "create_app", "load_models", "make_verifier"]
+__all__ = ["AppState", "create_app", "load_models", "make_verifier", "site_bands"]
 
 log = logging.getLogger("cds.app")
 
 
+def load_model(settings: Settings, name: str, version: str | None = None) -> RiskModel:
+    """One version as the server serves it: this code's feature spec, the serving device, the
+    site's bands. Used at start and by the lifecycle when a version is promoted or rolled back."""
+    spec = model_task(name).feature_spec()
+    artifact = ModelRegistry(settings.model_dir).load(name, spec, version)
+    model = RiskModel(artifact, spec, device=serving_device(), nthread=1)
+    model.with_site_bands(site_bands(settings, model))
+    return model
+
+
 def load_models(settings: Settings, versions: Mapping[str, str] | None = None) -> dict[str, RiskModel]:
     """`versions`: the record store's served versions, which win over the registry's ACTIVE files."""
-    registry = ModelRegistry(settings.model_dir)
     loaded = {}
     for name in {s.model_name for s in SERVICES.values()}:
-        spec = model_task(name).feature_spec()
-        artifact = registry.load(name, spec, (versions or {}).get(name))
-        loaded[name] = RiskModel(artifact, spec, device=serving_device(), nthread=1)
+        loaded[name] = load_model(settings, name, (versions or {}).get(name))
+    unknown = sorted(set(settings.risk_bands) - set(loaded))
+    if unknown:
+        raise ValueError(f"CDS_RISK_BANDS names models this server does not serve: {unknown}")
     return loaded
+
+
+def site_bands(settings: Settings, model: RiskModel) -> RiskBands:
+    """The bands `model` serves with: the site's (CDS_RISK_BANDS) or its manifest's, each band's
+    level judged against CDS_CRITICAL_PPV."""
+    site = settings.risk_bands.get(model.name)
+    if site is None:
+        return manifest_bands(model.manifest, settings.critical_ppv)
+    return RiskBands.build(
+        [(b.name, b.lower, b.ppv, b.sensitivity) for b in site.bands],
+        threshold=model.threshold,
+        measured_on=f"this site: {site.measured_on}",
+        critical_ppv=settings.critical_ppv,
+    )
 
 
 def make_verifier(settings: Settings, http: httpx.AsyncClient, metrics: Metrics) -> CallerVerifier:
@@ -161,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             policy=GuardrailPolicy.from_settings(settings),
             shadow_queue=settings.shadow_queue,
             on_event=metrics.model_event,
+            load=lambda name, version: load_model(settings, name, version),
         )
         await lifecycle.refresh()  # the shadow and canary versions, if any
         poller = asyncio.create_task(lifecycle.run(settings.model_poll_s), name="cds-model-poll")
@@ -288,6 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.close()
                 if verifier is not None:
                     await verifier.close()
+                await app.state.smart.close()
                 await smart_http.aclose()
                 await store.close()
                 lane.close()

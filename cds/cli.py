@@ -315,6 +315,26 @@ def feedback_export(
     typer.echo(json.dumps({"out": str(out), **asyncio.run(run())}))
 
 
+@models_app.command("bands")
+def models_bands(
+    model: ModelName,
+    version: VersionOption = None,
+    data: DataOption = None,
+    write: Annotated[bool, typer.Option(help="write them into the version's manifest.json")] = False,
+) -> None:
+    """Measure a version's risk bands (PPV and sensitivity per band, and a very-high band where PPV
+    reaches the interrupt target) from its data; --write records them in its manifest, leaving the
+    model file byte for byte."""
+    from models import ModelRegistry, model_task
+
+    loaded = _load_model(model, version)
+    bands, report = model_task(model.value).measure_bands(loaded, _data_path(model, data))
+    typer.echo(json.dumps({"risk_bands": bands, "band_report": report.model_dump()}, indent=2))
+    if write:
+        path = ModelRegistry(_settings().model_dir).record_bands(model.value, loaded.version, bands, report)
+        typer.echo(f"written: {path}", err=True)
+
+
 @models_app.command("activate")
 def models_activate(model: ModelName, version: str) -> None:
     """Serve VERSION of MODEL (it must be in the model registry) from the next server start on;

@@ -95,7 +95,10 @@ async def record_feedback(
     now: datetime,
     rules: FeedbackRules = FeedbackRules(),
     pseudonymizer: Pseudonymizer | None = None,
+    decided_by: str | None = None,
 ) -> dict[str, Any]:
+    """`decided_by`: the keyed pseudonym of who decided, when the caller knows it better than the
+    hook call did (the SMART app's signed-in `fhirUser`); otherwise the hook's `userId`."""
     _check(request, now, rules)
     uuids = list(dict.fromkeys(item.card for item in request.feedback))
     cards = await store.get_cards(uuids)
@@ -116,11 +119,12 @@ async def record_feedback(
         if any(a not in cards[item.card].suggestion_uuids for a in accepted):
             flags.append("suggestion-not-offered")
         comment = item.overrideReason.userComment if item.overrideReason else None
+        user = decided_by if decided_by is not None else cards[item.card].user_pseudonym
         provenance = build_provenance(
             card_uuid=item.card,
             outcome=item.outcome,
             outcome_timestamp=item.outcomeTimestamp,
-            practitioner_pseudonym=cards[item.card].user_pseudonym,
+            practitioner_pseudonym=user,
             override_reason=reason.model_dump(exclude_none=True) if reason else None,
             user_comment=kept_comment(comment, rules, cards[item.card].identity_hashes, pseudonymizer),
             accepted_suggestions=accepted,
@@ -134,7 +138,7 @@ async def record_feedback(
             "reason": _audited_reason(reason.code if reason else None, flags),
             "accepted": len(accepted),
             "flags": flags,
-            "user": cards[item.card].user_pseudonym,
+            "user": user,
             "comment_chars": len(comment) if comment else 0,
         }
         records.append(FeedbackRecord(item.card, provenance, item.outcomeTimestamp.timestamp(), audit))

@@ -42,7 +42,16 @@ def _profile_names() -> frozenset[str]:
     return frozenset(PROFILES)
 
 
-__all__ = ["ALLOWED_JWT_ALGORITHMS", "Settings", "SmartEhr", "SweepEhr", "TrustedIssuer", "get_settings"]
+__all__ = [
+    "ALLOWED_JWT_ALGORITHMS",
+    "Settings",
+    "SiteBand",
+    "SiteBands",
+    "SmartEhr",
+    "SweepEhr",
+    "TrustedIssuer",
+    "get_settings",
+]
 
 log = logging.getLogger("cds.settings")
 
@@ -187,6 +196,40 @@ class SweepEhr(BaseModel):
         if value not in ALLOWED_JWT_ALGORITHMS:
             raise ValueError("signing_alg must be an asymmetric JWS algorithm")
         return value
+
+
+class SiteBand(BaseModel):
+    """One risk band a site sets from its go-live report, with the PPV and sensitivity it measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Literal["low", "moderate", "high", "very-high"]
+    lower: float = Field(ge=0.0, lt=1.0)
+    ppv: float | None = Field(default=None, ge=0.0, le=1.0)
+    sensitivity: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class SiteBands(BaseModel):
+    """A model's bands at this site (CDS_RISK_BANDS), replacing its manifest's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    measured_on: str = Field(min_length=1, max_length=300)  # e.g. "go-live 2026-10: 1,204 ICU stays"
+    bands: tuple[SiteBand, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SiteBands:
+        lowers = [b.lower for b in self.bands]
+        if lowers != sorted(lowers) or len(set(lowers)) != len(lowers):
+            raise ValueError("risk bands must be listed by strictly increasing lower bound")
+        if self.bands[0].name != "low" or lowers[0] != 0.0:
+            raise ValueError("the first risk band must be 'low', from 0")
+        if len({b.name for b in self.bands}) != len(self.bands):
+            raise ValueError("risk band names must be unique")
+        sens = [b.sensitivity for b in self.bands if b.sensitivity is not None]
+        if sens != sorted(sens, reverse=True):
+            raise ValueError("a band's sensitivity (positives in it or above) cannot exceed a lower band's")
+        return self
 
 
 class Settings(BaseSettings):
@@ -337,6 +380,11 @@ class Settings(BaseSettings):
     smart_timeout_s: float = 5.0  # per request to the EHR's authorization and FHIR servers
     # --- the census sweep (`cds sweep`, cds/sweep.py): JSON SweepEhr ---------------------------
     sweep_ehr: SweepEhr | None = None
+
+    # --- risk bands (models/bands.py): a card is `critical` only for a band whose PPV reaches this -
+    critical_ppv: float = Field(default=0.3, gt=0.0, le=1.0)
+    # model name -> the site's bands from its go-live report (JSON), replacing the manifest's
+    risk_bands: dict[str, SiteBands] = Field(default_factory=dict)
 
     def smart_ehr(self, iss: str) -> SmartEhr | None:
         return next((e for e in self.smart_ehrs if e.iss == iss.rstrip("/")), None)

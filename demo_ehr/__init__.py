@@ -10,7 +10,7 @@ from .loopback import LoopbackServer, free_port, serve_in_thread, wait_until_hea
 from .physionet_export import ICU_START, set_a_export_resources, write_set_a_export
 from .physionet_fhir import StayResources, icu_start_for_hour, stay_to_fhir
 from .smart_launcher import DEFAULT_LAUNCHER_DIR, SmartLauncher, launch_code, launcher_missing, start_launcher
-from .web import DemoPatient, demo_ehr_web, markdown_html
+from .web import DemoPatient, demo_ehr_web, feedback_item, markdown_html
 
 __all__ = [
     "DEFAULT_LAUNCHER_DIR",
@@ -27,6 +27,7 @@ __all__ = [
     "discharge_hook_request",
     "discharge_to_fhir",
     "endpoint_audience",
+    "feedback_item",
     "free_port",
     "icu_start_for_hour",
     "launch_code",

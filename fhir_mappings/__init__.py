@@ -147,7 +147,7 @@ from .variables import (
     drop_implausible,
     variable,
 )
-from .writeback import build_provenance, build_risk_assessment, provenance_id
+from .writeback import RECORDED_CONTRIBUTIONS, build_provenance, build_risk_assessment, provenance_id
 
 __all__ = [
     "A1C_BANDS",
@@ -219,6 +219,7 @@ __all__ = [
     "PatientRecord",
     "Pseudonymizer",
     "READMISSION_FEATURE_VERSION",
+    "RECORDED_CONTRIBUTIONS",
     "ROW_STATUSES",
     "RXNORM",
     "SCORE_INPUTS",

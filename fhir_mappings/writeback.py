@@ -9,9 +9,10 @@ as it is built. Subjects and agents are keyed pseudonyms, never EHR ids.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -41,6 +42,16 @@ RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
 RECORDED_CONTRIBUTIONS = 20
 
 
+RISK_BAND_SYSTEM = f"{CANONICAL}/CodeSystem/risk-band"
+_RISK_PROBABILITY_CODES = {"negligible", "low", "moderate", "high", "certain"}
+
+
+def _band_system(band: str) -> str:
+    """HL7's risk-probability codes where a band is one of them (low, moderate, high); ours
+    otherwise (very-high is not HL7's `certain`)."""
+    return RISK_PROBABILITY if band in _RISK_PROBABILITY_CODES else RISK_BAND_SYSTEM
+
+
 class Contribution(Protocol):
     """One feature's share of a score (models.explain.Contribution satisfies it)."""
 
@@ -67,9 +78,12 @@ def build_risk_assessment(
     horizon_hours: float | None,
     base_value: float,
     contributions: Sequence[Contribution],
+    also_record: Collection[str] = (),
 ) -> dict[str, Any]:
-    """A plain dict (tests validate its shape as R4); ValueError for a probability outside [0, 1]
-    or a SHAP value that is not a finite number."""
+    """The largest RECORDED_CONTRIBUTIONS contributions one by one; those named in `also_record`
+    (what the drivers need to say their value and time, even at 0) in one `shap-context` list of
+    [feature, shap, value]; the rest summed into one, so base value + all three is the margin.
+    ValueError for a probability outside [0, 1] or a SHAP value that is not a finite number."""
     if not 0.0 <= probability <= 1.0:
         raise ValueError("probability must be within [0, 1]")
     if not math.isfinite(base_value) or not all(math.isfinite(c.shap) for c in contributions):
@@ -78,7 +92,7 @@ def build_risk_assessment(
     prediction: dict[str, Any] = {
         "outcome": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
         "probabilityDecimal": float(probability),
-        "qualitativeRisk": {"coding": [{"system": RISK_PROBABILITY, "code": band}]},
+        "qualitativeRisk": {"coding": [{"system": _band_system(band), "code": band}]},
     }
     if horizon_hours is not None:
         prediction["whenRange"] = {
@@ -92,7 +106,11 @@ def build_risk_assessment(
     if icu_hour is not None:
         extensions.append({"url": f"{EXT}/icu-hour", "valueInteger": int(icu_hour)})
     ranked = sorted(contributions, key=lambda c: -abs(c.shap))
-    for c in ranked[:RECORDED_CONTRIBUTIONS]:
+    kept = ranked[:RECORDED_CONTRIBUTIONS]
+    rest_of = ranked[RECORDED_CONTRIBUTIONS:]
+    context = [c for c in rest_of if c.feature in also_record]
+    rest_of = [c for c in rest_of if c.feature not in also_record]
+    for c in kept:
         parts: list[dict[str, Any]] = [
             {"url": "feature", "valueString": c.feature},
             {"url": "shap", "valueDecimal": round(float(c.shap), 6)},
@@ -100,9 +118,19 @@ def build_risk_assessment(
         if c.value is not None:
             parts.append({"url": "value", "valueDecimal": round(float(c.value), 6)})
         extensions.append({"url": f"{EXT}/shap-contribution", "extension": parts})
-    if len(ranked) > RECORDED_CONTRIBUTIONS:
+    if context:
+        # One compact extension (a JSON list), not one nested extension each: validating dozens of
+        # nested extensions with fhir.resources would cost the hook path milliseconds.
+        rows = [
+            [c.feature, round(float(c.shap), 6), None if c.value is None else round(float(c.value), 6)]
+            for c in context
+        ]
+        extensions.append(
+            {"url": f"{EXT}/shap-context", "valueString": json.dumps(rows, separators=(",", ":"))}
+        )
+    if rest_of:
         # The rest in one sum, so base value + contributions still add up to the model's margin.
-        rest = sum(float(c.shap) for c in ranked[RECORDED_CONTRIBUTIONS:])
+        rest = sum(float(c.shap) for c in rest_of)
         extensions.append({"url": f"{EXT}/shap-other", "valueDecimal": round(rest, 6)})
     resource = {
         "resourceType": "RiskAssessment",

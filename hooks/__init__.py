@@ -16,6 +16,14 @@ from .cards import (
     strip_empty,
 )
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE, ConsentDecision, consent_decision
+from .drivers import (
+    ClinicalDriver,
+    FeatureShare,
+    driver_phrase,
+    gap_phrase,
+    group_contributions,
+    split_drivers,
+)
 from .fetch_plan import FetchPlan, Need, followup_needs, plan_fetch
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
@@ -55,8 +63,10 @@ __all__ = [
     "CONSENT_TEMPLATE",
     "CONTEXT_IDS",
     "CensusPatient",
+    "ClinicalDriver",
     "ConsentDecision",
     "Driver",
+    "FeatureShare",
     "FetchPlan",
     "Fetched",
     "INSUFFICIENT_DATA",
@@ -81,12 +91,15 @@ __all__ = [
     "census_patients",
     "check_context_ids",
     "consent_decision",
+    "driver_phrase",
     "explanation_link",
     "feature_hash",
     "follow_up_request",
     "followup_needs",
     "format_percent",
     "format_value",
+    "gap_phrase",
+    "group_contributions",
     "parse_ndjson",
     "plan_fetch",
     "readmission_card",
@@ -95,6 +108,7 @@ __all__ = [
     "sepsis_bundle_suggestion",
     "sepsis_card",
     "sepsis_stays",
+    "split_drivers",
     "strip_empty",
     "sweep_risk_assessment",
     "sweep_rows",

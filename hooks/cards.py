@@ -7,12 +7,13 @@ string, list or object (CDS Hooks forbids them): optional fields are left out in
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
+from .drivers import ClinicalDriver, driver_parts, driver_phrase, gap_phrase, value_words
+from .drivers import Contribution as Driver
 from .service import Service
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "RiskCardText",
     "build_risk_card",
     "driver_line",
+    "driver_lines",
+    "gap_line",
     "explanation_link",
     "format_percent",
     "format_value",
@@ -28,31 +31,6 @@ __all__ = [
 ]
 
 CARD_EXTENSION = "org.cds-ml.risk"  # reverse-DNS key of our data inside card.extension
-
-_UNIT_DISPLAY = {
-    "Cel": "°C",
-    "mm[Hg]": "mmHg",
-    "10*3/uL": "×10³/µL",
-    "[pH]": "",
-    "1": "",
-    "a": "years",
-    "/min": "/min",
-}
-
-
-class Driver(Protocol):
-    """One feature's contribution (models.Contribution satisfies it)."""
-
-    @property
-    def feature(self) -> str: ...
-    @property
-    def label(self) -> str: ...
-    @property
-    def unit(self) -> str: ...
-    @property
-    def value(self) -> float | None: ...
-    @property
-    def shap(self) -> float: ...
 
 
 def format_percent(probability: float) -> str:
@@ -64,30 +42,38 @@ def format_percent(probability: float) -> str:
     return f"{pct:.0f}%"
 
 
-def format_value(feature: str, value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "not measured"
-    if feature == "Gender":
-        return "male" if value >= 0.5 else "female"
-    if feature in ("Unit1", "Unit2"):
-        return "yes" if value >= 0.5 else "no"
-    magnitude = abs(value)
-    text = (
-        f"{value:.0f}"
-        if magnitude >= 100 or float(value).is_integer()
-        else f"{value:.3g}"
-        if magnitude < 1
-        else f"{value:.1f}"
-    )
-    shown = _UNIT_DISPLAY.get(unit, unit)
-    return f"{text} {shown}".strip()
+format_value = value_words  # the name the cards used before drivers were grouped
 
 
-def driver_line(driver: Driver) -> str:
-    arrow = "↑" if driver.shap > 0 else "↓"
-    effect = "raises" if driver.shap > 0 else "lowers"
-    value = format_value(driver.feature, driver.value, driver.unit)
-    return f"- {arrow} **{driver.label}**: {value} ({effect} risk)"
+def _effect(shap: float) -> tuple[str, str]:
+    return ("↑", "raises risk") if shap > 0 else ("↓", "lowers risk")
+
+
+def driver_line(driver: ClinicalDriver) -> str:
+    """'- ↑ **Lactate 3.1 mmol/L**, 2 h ago, rising (raises risk)'."""
+    arrow, effect = _effect(driver.shap)
+    name, rest = driver_parts(driver)
+    return f"- {arrow} **{name}**{''.join(', ' + r for r in rest)} ({effect})"
+
+
+def gap_line(driver: ClinicalDriver) -> str:
+    """'- ↑ no lactate in 24 h (last 30 h ago) (raises risk)'."""
+    arrow, effect = _effect(driver.shap)
+    return f"- {arrow} {gap_phrase(driver)} ({effect})"
+
+
+def driver_lines(drivers: Sequence[ClinicalDriver], gaps: Sequence[ClinicalDriver]) -> list[str]:
+    """The card's explanation: the drivers measured, then, apart, what the score leans on not having."""
+    lines: list[str] = []
+    if drivers:
+        lines += ["**What drives this score** (SHAP, each clinical variable's features summed):", ""]
+        lines += [driver_line(d) for d in drivers]
+        lines.append("")
+    if gaps:
+        lines += ["**Not measured** (the score also leans on these gaps in the data):", ""]
+        lines += [gap_line(d) for d in gaps]
+        lines.append("")
+    return lines
 
 
 def strip_empty(value: Any) -> Any:
@@ -132,29 +118,29 @@ def build_risk_card(
     card_uuid: str,
     service: Service,
     band: str,
+    level: str,
     probability: float,
     threshold: float,
     model_label: str,
     model_version: str,
     text: RiskCardText,
-    drivers: Sequence[Driver],
+    drivers: Sequence[ClinicalDriver],
+    gaps: Sequence[ClinicalDriver] = (),
     all_contributions: Iterable[Driver],
     base_value: float,
     extra: dict[str, Any] | None = None,
+    band_validation: dict[str, Any] | None = None,
     suggestions: Sequence[dict[str, Any]] = (),
     links: Sequence[dict[str, Any]] = (),
     selection_behavior: str = "at-most-one",
 ) -> dict[str, Any]:
-    """`suggestions` and `links` are CDS Hooks Suggestion and Link objects, passed through
+    """`level` is the band's (models.bands) and sets the indicator; `band_validation` the band's
+    PPV and sensitivity on validation data. `suggestions` and `links` are CDS Hooks Suggestion
+    and Link objects, passed through
     (each suggestion should carry its own `uuid`); `selectionBehavior` is set when there are any."""
     if len(text.summary) >= 140:
         raise ValueError("card summary must be shorter than 140 characters")
-    lines = [text.headline, ""]
-    if drivers:
-        lines += ["**What drives this score** (SHAP):", ""]
-        lines += [driver_line(d) for d in drivers]
-        lines.append("")
-    lines.append(text.footer)
+    lines = [text.headline, "", *driver_lines(drivers, gaps), text.footer]
     contributions = [
         {
             "feature": c.feature,
@@ -168,15 +154,26 @@ def build_risk_card(
         "probability": float(probability),
         "threshold": round(float(threshold), 6),
         "band": band,
+        "bandLevel": level,
+        **({"bandValidation": band_validation} if band_validation else {}),
         "model": service.model_name,
         "modelVersion": model_version,
-        "shap": {"baseValue": round(base_value, 6), "unit": "log-odds", "contributions": contributions},
+        "shap": {
+            "baseValue": round(base_value, 6),
+            "unit": "log-odds",
+            # The drivers worded on the card, each the sum of its variable's features below.
+            "drivers": [
+                {"variable": d.variable, "shap": round(d.shap, 6), "text": driver_phrase(d)}
+                for d in (*drivers, *gaps)
+            ],
+            "contributions": contributions,
+        },
         **(extra or {}),
     }
     card = {
         "uuid": card_uuid,
         "summary": text.summary,
-        "indicator": service.indicators[band],
+        "indicator": service.indicators[level],
         "detail": "\n".join(lines),
         "source": {"label": f"{model_label} v{model_version}"},
         "overrideReasons": [r.coding() for r in service.override_reasons],

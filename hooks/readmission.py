@@ -11,7 +11,6 @@ system the diagnosis table maps to a group; otherwise no card, reason `insuffici
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ from models import Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE
+from .drivers import ClinicalDriver, group_contributions, split_drivers
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -47,49 +47,16 @@ __all__ = ["READMISSION", "follow_up_request", "readmission_card"]
 
 SNOMED = "http://snomed.info/sct"
 TOP_DRIVERS = 5
+TOP_GAPS = 2
 FOLLOW_UP_DAYS = 7
 _INPATIENT = {"IMP", "ACUTE", "NONAC"}
-_BAND_WORDS = {"high": "high", "moderate": "elevated", "low": "low"}
-_A1C = {0: "below 7 %", 1: "7-8 %", 2: "above 8 %"}
-_GLUCOSE = {0: "below 200 mg/dL", 1: "200-300 mg/dL", 2: "above 300 mg/dL"}
-_DRUG = {0: "not given", 1: "dose unchanged", 2: "dose increased", 3: "dose decreased"}
+_BAND_WORDS = {"very-high": "very high", "high": "high", "moderate": "elevated", "low": "low"}
 
 
 def _resources(value: Any, kind: str | None = None) -> list[dict[str, Any]]:
     """The resources of one prefetch key (of `kind`, when given)."""
     found = [] if value is None else value if isinstance(value, list) else [value]
     return [r for r in found if isinstance(r, dict) and (kind is None or r.get("resourceType") == kind)]
-
-
-def _words(c: Contribution) -> str:
-    """A feature's value in plain words, by the unit its spec gives it."""
-    v = c.value
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "not recorded"
-    unit = c.unit
-    if unit == "flag":
-        return "yes" if v >= 0.5 else "no"
-    if unit == "sex":
-        return "male" if v >= 0.5 else "female"
-    if unit == "age-band":
-        return "90 years or older" if v >= 90 else f"{int(v)}-{int(v) + 9} years"
-    if unit == "d":
-        return f"{v:.0f} day{'s' if v != 1 else ''}"
-    if unit == "band-a1c":
-        return _A1C.get(int(v), "recorded")
-    if unit == "band-glucose":
-        return _GLUCOSE.get(int(v), "recorded")
-    if unit == "drug-status":
-        return _DRUG.get(int(v), "recorded")
-    return f"{v:.0f}"
-
-
-def driver_lines(drivers: Sequence[Contribution]) -> list[str]:
-    lines = []
-    for d in drivers:
-        arrow, effect = ("↑", "raises risk") if d.shap > 0 else ("↓", "lowers risk")
-        lines.append(f"- {arrow} **{d.label}**: {_words(d)} ({effect})")
-    return lines
 
 
 def follow_up_request(
@@ -169,7 +136,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
                 {
                     "label": f"Arrange follow-up within {FOLLOW_UP_DAYS} days of discharge",
                     "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"suggestion/{inp.card_uuid}")),
-                    "isRecommended": score.band == "high",
+                    "isRecommended": score.level != "below",
                     "actions": [
                         {
                             "type": "create",
@@ -179,14 +146,20 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
                     ],
                 }
             )
+        drivers, gaps = split_drivers(
+            group_contributions(score.explanation.contributions), TOP_DRIVERS, min_abs=0.01
+        )
         return readmission_card(
             card_uuid=inp.card_uuid,
             probability=score.probability,
             band=score.band,
+            level=score.level,
+            band_validation=score.band_validation,
             threshold=score.model.threshold,
             model_label=score.model.manifest.title,
             model_version=score.model.version,
-            drivers=score.explanation.top(TOP_DRIVERS, min_abs=0.01),
+            drivers=drivers,
+            gaps=gaps[:TOP_GAPS],
             all_contributions=score.explanation.contributions,
             base_value=score.explanation.base_value,
             suggestions=suggestions,
@@ -210,23 +183,23 @@ def readmission_card(
     probability: float,
     band: str,
     threshold: float,
+    level: str,
+    band_validation: dict[str, Any] | None = None,
     model_label: str,
     model_version: str,
-    drivers: Sequence[Contribution],
+    drivers: Sequence[ClinicalDriver],
     all_contributions: Sequence[Contribution],
     base_value: float,
+    gaps: Sequence[ClinicalDriver] = (),
     suggestions: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     pct = format_percent(probability)
-    headline = [
-        f"**30-day readmission risk: {pct}** ({_BAND_WORDS[band]}; "
-        f"follow-up is suggested from {format_percent(threshold)}).",
-    ]
-    if drivers:
-        headline += ["", "**What drives this score** (SHAP):", "", *driver_lines(drivers)]
     text = RiskCardText(
-        summary=f"30-day readmission risk {pct}: {_BAND_WORDS[band]}",
-        headline="\n".join(headline),
+        summary=f"30-day readmission risk {pct}: {_BAND_WORDS.get(band, band)}",
+        headline=(
+            f"**30-day readmission risk: {pct}** ({_BAND_WORDS.get(band, band)}; "
+            f"follow-up is suggested from {format_percent(threshold)})."
+        ),
         footer=(
             "_Arrows show how each factor moves this patient's score from the model's average. "
             "Consider a follow-up visit within 7 days, medication reconciliation and discharge teaching._"
@@ -236,12 +209,15 @@ def readmission_card(
         card_uuid=card_uuid,
         service=READMISSION,
         band=band,
+        level=level,
+        band_validation=band_validation,
         probability=probability,
         threshold=threshold,
         model_label=model_label,
         model_version=model_version,
         text=text,
-        drivers=(),  # worded above, in plain words for these features
+        drivers=drivers,
+        gaps=gaps,
         all_contributions=all_contributions,
         base_value=base_value,
         suggestions=suggestions,

@@ -10,12 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_mappings import build_risk_assessment
+from fhir_mappings import RECORDED_CONTRIBUTIONS, build_risk_assessment
 from models import Explanation, RiskModel, model_task
 
+from .cards import CARD_EXTENSION
+from .drivers import CONTEXT_SUFFIXES, context_features, group_contributions, variable_of
 from .service import NoCard, ScoredCard, ScoringInput, Service, feature_hash
 
 __all__ = ["Score", "card_from_table"]
+
+_CONTEXT = tuple(f"__{s}" for s in CONTEXT_SUFFIXES)
+CONTEXT_VARIABLES = 8  # clinical variables whose value and timing features the RiskAssessment keeps
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,19 @@ class Score:
     band: str
     explanation: Explanation
     model: RiskModel
+    level: str = "below"  # the band's level (models.bands): sets the card's indicator
+
+    @property
+    def band_validation(self) -> dict[str, Any] | None:
+        """The band's PPV and sensitivity on validation data (the manifest's or the site's)."""
+        found = self.model.bands.named(self.band)
+        if found is None or found.ppv is None:
+            return None
+        return {
+            "ppv": found.ppv,
+            **({"sensitivity": found.sensitivity} if found.sensitivity is not None else {}),
+            "measuredOn": self.model.bands.measured_on,
+        }
 
 
 def card_from_table(
@@ -51,7 +69,19 @@ def card_from_table(
     probability = float(model.predict(row)[0])
     band = model.band(probability)
     explanation = model.explain(row[0])
-    built = card(Score(probability, band, explanation, model))
+    built = card(Score(probability, band, explanation, model, model.band_level(band)))
+    # The RiskAssessment keeps the largest contributions and, for their clinical variables, the
+    # features that say the latest value and when (so the app words a driver as the card does).
+    recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
+    # The variables the app draws one by one (its waterfall's rows): a few extra extensions each.
+    # and the variables the card worded.
+    top = [d.variable for d in group_contributions(explanation.contributions)[:CONTEXT_VARIABLES]]
+    worded = built.get("extension", {}).get(CARD_EXTENSION, {}).get("shap", {}).get("drivers", [])
+    top += [d["variable"] for d in worded if isinstance(d, dict) and isinstance(d.get("variable"), str)]
+    names = {c.feature for c in recorded}
+    # and, for every variable among the largest contributions, its latest value and when.
+    largest = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
+    shown = {variable_of(c.feature) for c in largest}
     risk = build_risk_assessment(
         card_uuid=inp.card_uuid,
         service_id=service.id,
@@ -65,7 +95,8 @@ def card_from_table(
         outcome_code=task.outcome,
         horizon_hours=model.manifest.horizon_hours,
         base_value=explanation.base_value,
-        contributions=[c for c in explanation.contributions if c.shap != 0.0],
+        contributions=recorded,
+        also_record=context_features(top, names) | context_features(shown, names, ("last", "hours_since")),
     )
     user = inp.context.get("userId")
     user_pseudonym = (

@@ -27,6 +27,7 @@ from models import TRAINED_MAX_ICU_HOURS
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE
+from .drivers import ClinicalDriver, group_contributions, split_drivers
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -44,8 +45,14 @@ from .service import (
 __all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
 
 TOP_DRIVERS = 5
+TOP_GAPS = 3
 NOT_APPLICABLE_REASON = "not-applicable"
-_BAND_WORDS = {"high": "above alert threshold", "moderate": "elevated", "low": "below alert threshold"}
+_BAND_WORDS = {
+    "very-high": "well above alert threshold",
+    "high": "above alert threshold",
+    "moderate": "elevated",
+    "low": "below alert threshold",
+}
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 # The laboratory part of the Surviving Sepsis Campaign hour-1 bundle: lactate, blood cultures
@@ -135,15 +142,21 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     encounter_id = encounter["id"] if is_fhir_id(encounter.get("id")) else None
 
     def card(score: Score) -> dict[str, Any]:
+        drivers, gaps = split_drivers(
+            group_contributions(score.explanation.contributions), TOP_DRIVERS, min_abs=0.01
+        )
         return sepsis_card(
             card_uuid=inp.card_uuid,
             probability=score.probability,
             band=score.band,
+            level=score.level,
+            band_validation=score.band_validation,
             threshold=score.model.threshold,
             icu_hour=stay.current_hour,
             model_label=score.model.manifest.title,
             model_version=score.model.version,
-            drivers=score.explanation.top(TOP_DRIVERS, min_abs=0.01),
+            drivers=drivers,
+            gaps=gaps[:TOP_GAPS],
             all_contributions=score.explanation.contributions,
             base_value=score.explanation.base_value,
             patient_id=patient_id,
@@ -241,11 +254,14 @@ def sepsis_card(
     probability: float,
     band: str,
     threshold: float,
+    level: str,
+    band_validation: dict[str, Any] | None = None,
     icu_hour: int,
     model_label: str,
     model_version: str,
-    drivers: Sequence[Driver],
+    drivers: Sequence[ClinicalDriver],
     all_contributions: Sequence[Driver],
+    gaps: Sequence[ClinicalDriver] = (),
     base_value: float,
     patient_id: str | None = None,
     encounter_id: str | None = None,
@@ -253,13 +269,14 @@ def sepsis_card(
     """Elevated and high-risk cards offer the bundle's lab orders (when the patient id is known)."""
     pct = format_percent(probability)
     text = RiskCardText(
-        summary=f"Sepsis risk {pct} (next 6 h): {_BAND_WORDS[band]}",
+        summary=f"Sepsis risk {pct} (next 6 h): {_BAND_WORDS.get(band, band)}",
         headline=(
             f"**Sepsis risk: {pct}** within the next 6 hours (alert threshold {format_percent(threshold)}), "
             f"ICU hour {icu_hour}."
         ),
         footer=(
-            "_Arrows show how each factor moves this patient's score from the model's average. "
+            "_Arrows show how each clinical variable (its latest value, trend and when it was measured) "
+            "moves this patient's score from the model's average. "
             "A decision aid, not a diagnosis: assess the patient._"
         ),
     )
@@ -267,12 +284,15 @@ def sepsis_card(
         card_uuid=card_uuid,
         service=SEPSIS,
         band=band,
+        level=level,
+        band_validation=band_validation,
         probability=probability,
         threshold=threshold,
         model_label=model_label,
         model_version=model_version,
         text=text,
         drivers=drivers,
+        gaps=gaps,
         all_contributions=all_contributions,
         base_value=base_value,
         extra={"icuHour": icu_hour},

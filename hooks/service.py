@@ -176,9 +176,10 @@ class Service:
     override_reasons: tuple[OverrideReason, ...] = ()
     # The least usable data the service scores from (below it: NoCard with reason insufficient-data).
     minimum_data: MinimumData | None = None
-    # risk band -> CDS Hooks card indicator
+    # a band's level (models.bands: below the alert threshold, an alert, worth interrupting for)
+    # -> CDS Hooks card indicator. `critical` only where validation PPV justifies interrupting.
     indicators: Mapping[str, str] = field(
-        default_factory=lambda: {"low": "info", "moderate": "warning", "high": "critical"}
+        default_factory=lambda: {"below": "info", "alert": "warning", "interrupt": "critical"}
     )
 
     def discovery(self) -> list[dict[str, Any]]:

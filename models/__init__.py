@@ -5,6 +5,18 @@ Imports `fhir_mappings` (the feature code shared with serving); nothing here doe
 
 from __future__ import annotations
 
+from .bands import (
+    ALERT,
+    BELOW,
+    CRITICAL_PPV,
+    INTERRUPT,
+    Band,
+    BandReport,
+    BandStats,
+    RiskBands,
+    band_report,
+    with_interrupt_band,
+)
 from .baselines import BASELINES, Baseline, baseline_scores
 from .batch import BATCH_ROWS, concat_tables, last_rows, predict_rows, shap_rows
 from .catalog import MODELS, model_task
@@ -47,7 +59,7 @@ from .readmission import (
 )
 from .registration import register_version
 from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
-from .score import Contribution, Explanation, RiskModel
+from .score import Contribution, Explanation, RiskModel, manifest_bands
 from .sepsis import (
     CV_FOLDS,
     HORIZON_HOURS,
@@ -79,10 +91,16 @@ from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import TrainedBooster, default_params, patient_split, train_booster
 
 __all__ = [
+    "ALERT",
     "BASELINES",
-    "BATCH_ROWS",
+    "Band",
+    "BandReport",
+    "BandStats",
     "Baseline",
+    "BATCH_ROWS",
+    "BELOW",
     "BinnedReference",
+    "CRITICAL_PPV",
     "CV_FOLDS",
     "Calibration",
     "Contribution",
@@ -100,6 +118,7 @@ __all__ = [
     "GateReport",
     "GoldenResult",
     "HORIZON_HOURS",
+    "INTERRUPT",
     "LACE_DESCRIPTION",
     "LoadedArtifact",
     "MODELS",
@@ -111,6 +130,7 @@ __all__ = [
     "READMISSION_OUTCOME",
     "READMISSION_TASK",
     "ReadmissionData",
+    "RiskBands",
     "RiskModel",
     "RiskTask",
     "SEPSIS_OUTCOME",
@@ -124,6 +144,7 @@ __all__ = [
     "accuracy_f_measure",
     "alert_burden",
     "backfill_reference",
+    "band_report",
     "baseline_scores",
     "best_threshold",
     "bin_counts",
@@ -148,6 +169,7 @@ __all__ = [
     "load_golden",
     "load_readmission_data",
     "load_sepsis_data",
+    "manifest_bands",
     "model_task",
     "normalized_utility",
     "out_of_fold",
@@ -174,6 +196,7 @@ __all__ = [
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",
+    "with_interrupt_band",
     "write_golden",
     "write_sepsis_report",
 ]

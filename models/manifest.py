@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .bands import BandReport
 from .drift_reference import DriftReference
 
 __all__ = ["Calibration", "FeatureEntry", "ModelManifest"]
@@ -50,6 +51,8 @@ class ModelManifest(BaseModel):
     num_boost_round: int
     threshold: float  # the alert threshold on the calibrated probability
     risk_bands: dict[str, float] = Field(default_factory=dict)  # band -> lower bound
+    # Each band's PPV and sensitivity on validation data (models/bands.py); None in older manifests.
+    band_report: BandReport | None = None
     calibration: Calibration = Field(default_factory=Calibration)
     metrics: dict[str, Any] = Field(default_factory=dict)
     xgboost_version: str

@@ -26,6 +26,7 @@ from fhir_mappings import (
     readmitted_within_30_days,
 )
 
+from .bands import BandReport, band_report, with_interrupt_band
 from .calibration import calibration_report, fit_platt
 from .device import choose_device
 from .drift_reference import holdout_source, reference_from
@@ -349,6 +350,12 @@ def train_readmission(
     p_valid = np.interp(raw(parts["valid"]), x, yv)
     threshold = float(np.float32(np.quantile(p_valid, 1 - FLAGGED_FRACTION)))
     prevalence = float(data.label[parts["train"]].mean())
+    bands = with_interrupt_band(
+        _base_bands(prevalence, threshold), p_valid, data.label[parts["valid"]], threshold
+    )
+    bands_measured = band_report(
+        bands, p_valid, data.label[parts["valid"]], measured_on=_VALIDATION_WORDS.format(seed=seed)
+    )
     p_test = np.interp(raw(parts["test"]), x, yv)
     test = data.subset(parts["test"])
     report = readmission_report(p_test, test, threshold, replicates=replicates, seed=seed)
@@ -369,7 +376,8 @@ def train_readmission(
         params=trained.params,
         num_boost_round=int(booster.num_boosted_rounds()),
         threshold=threshold,
-        risk_bands={"low": 0.0, "moderate": round(min(prevalence, threshold * 0.75), 6), "high": threshold},
+        risk_bands=bands,
+        band_report=bands_measured,
         calibration=calibration,
         metrics={"test": report, "flagged_fraction_target": FLAGGED_FRACTION},
         device=trained.device,
@@ -390,6 +398,35 @@ def train_readmission(
         model_card_sections(report, note),
     )
     return manifest
+
+
+_VALIDATION_WORDS = (
+    "validation patients (10 % of the patients, seed {seed}: the split that chose the threshold), "
+    "one row per discharge"
+)
+
+
+def _base_bands(prevalence: float, threshold: float) -> dict[str, float]:
+    return {"low": 0.0, "moderate": round(min(prevalence, threshold * 0.75), 6), "high": threshold}
+
+
+def measure_readmission_bands(model: RiskModel, path: Path | str) -> tuple[dict[str, float], BandReport]:
+    """For a registered version without a band report: its validation split (same data and seed
+    as its training) scored by the registered model, as training measures it."""
+    data = load_readmission_data(path, model.spec)
+    if data.label is None:
+        raise DatasetError("the data has no `readmitted` column")
+    seed = model.manifest.seed
+    train_ids, valid_ids, _ = patient_split(data.patient, (0.7, 0.1, 0.2), seed)
+    valid, train = np.isin(data.patient, valid_ids), np.isin(data.patient, train_ids)
+    p_valid = score_readmission(model, data.subset(valid))
+    prevalence = float(data.label[train].mean())
+    threshold = model.threshold
+    bands = with_interrupt_band(_base_bands(prevalence, threshold), p_valid, data.label[valid], threshold)
+    words = (
+        _VALIDATION_WORDS.format(seed=seed) + "; measured after training by `cds models bands readmission`"
+    )
+    return bands, band_report(bands, p_valid, data.label[valid], measured_on=words)
 
 
 def evaluate_readmission(
@@ -457,4 +494,5 @@ READMISSION_TASK = RiskTask(
     score_lines=_score_readmission,
     evaluate=_evaluate_readmission,
     holdout_rows=_holdout_rows,
+    measure_bands=measure_readmission_bands,
 )

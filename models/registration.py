@@ -13,6 +13,7 @@ import xgboost as xgb
 
 from fhir_mappings import FeatureSpec
 
+from .bands import BandReport
 from .datasets import data_fingerprint
 from .drift_reference import DriftReference
 from .errors import ModelNotFound
@@ -48,6 +49,7 @@ def register_version(
     threshold: float,
     risk_bands: dict[str, float],
     calibration: Calibration,
+    band_report: BandReport | None = None,
     metrics: dict[str, Any],
     device: str,
     seed: int,
@@ -76,6 +78,7 @@ def register_version(
         num_boost_round=num_boost_round,
         threshold=threshold,
         risk_bands=risk_bands,
+        band_report=band_report,
         calibration=calibration,
         metrics=metrics,
         xgboost_version=xgb.__version__,

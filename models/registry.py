@@ -16,6 +16,7 @@ import xgboost as xgb
 
 from fhir_mappings import FeatureSpec
 
+from .bands import BandReport
 from .errors import FeatureSchemaMismatch, ModelError, ModelNotFound
 from .manifest import ModelManifest
 
@@ -67,6 +68,19 @@ class ModelRegistry:
         if activate:
             self.activate(manifest.name, manifest.version)
         return target
+
+    def record_bands(self, name: str, version: str, bands: dict[str, float], report: BandReport) -> Path:
+        """Rewrite a version's manifest with measured bands; its model file is left byte for byte
+        (checked against the manifest's sha256 before and after)."""
+        manifest = self.manifest(name, version)
+        folder = self.root / name / version
+        before = hashlib.sha256((folder / manifest.model_file).read_bytes()).hexdigest()
+        if before != manifest.model_sha256:
+            raise ModelError(f"{name} v{version}: model file does not match its manifest sha256")
+        updated = manifest.model_copy(update={"risk_bands": bands, "band_report": report})
+        path = folder / "manifest.json"
+        path.write_text(updated.model_dump_json(indent=2) + "\n")
+        return path
 
     def activate(self, name: str, version: str) -> None:
         if version not in self.versions(name):

@@ -13,10 +13,30 @@ import xgboost as xgb
 
 from fhir_mappings import FeatureSpec
 
+from .bands import BELOW, CRITICAL_PPV, RiskBands
 from .manifest import ModelManifest
 from .registry import LoadedArtifact
 
-__all__ = ["Contribution", "Explanation", "RiskModel"]
+__all__ = ["Contribution", "Explanation", "RiskModel", "manifest_bands"]
+
+
+def manifest_bands(manifest: ModelManifest, critical_ppv: float | None = None) -> RiskBands:
+    """The manifest's bands, each with the PPV and sensitivity its validation data measured."""
+    report = manifest.band_report
+    entries = []
+    for name, lower in (manifest.risk_bands or {"low": 0.0}).items():
+        stats = report.stats(name) if report is not None else None
+        entries.append(
+            (name, float(lower), stats.ppv if stats else None, stats.sensitivity if stats else None)
+        )
+    return RiskBands.build(
+        entries,
+        threshold=manifest.threshold,
+        measured_on=report.measured_on if report is not None else "not measured",
+        critical_ppv=critical_ppv
+        if critical_ppv is not None
+        else (report.critical_ppv if report else CRITICAL_PPV),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,11 @@ class RiskModel:
             else None
         )
         self._names = tuple((f.name, f.label, f.unit) for f in spec.features)
+        self.bands = manifest_bands(self.manifest)
+
+    def with_site_bands(self, bands: RiskBands) -> None:
+        """Serve with a site's bands (from its go-live report) instead of the manifest's."""
+        self.bands = bands
 
     @property
     def name(self) -> str:
@@ -92,11 +117,12 @@ class RiskModel:
 
     def band(self, probability: float) -> str:
         """The highest risk band whose lower bound the probability reaches."""
-        chosen = "low"
-        for band, lower in sorted(self.manifest.risk_bands.items(), key=lambda kv: kv[1]):
-            if probability >= lower:
-                chosen = band
-        return chosen
+        return self.bands.band(probability).name
+
+    def band_level(self, band: str) -> str:
+        """BELOW, ALERT or INTERRUPT (models.bands): what the band asks of the clinician."""
+        found = self.bands.named(band)
+        return found.level if found is not None else BELOW
 
     def explain(self, row: np.ndarray) -> Explanation:
         """TreeSHAP for one feature row (shape (n_features,) or (1, n_features))."""

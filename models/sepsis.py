@@ -23,6 +23,7 @@ from fhir_mappings import (
     sepsis_feature_spec,
 )
 
+from .bands import BandReport, band_report, with_interrupt_band
 from .baselines import BASELINES, baseline_scores
 from .calibration import calibration_report, fit_isotonic
 from .datasets import default_sepsis_path, read_physionet
@@ -241,6 +242,15 @@ def train_sepsis(
     model_cal = _calibrator(calibration)
     oof = model_cal(oof_raw)
     threshold, oof_utility = best_threshold(oof, data.label[dev], data.patient[dev])
+    # Each band's PPV and sensitivity on the out-of-fold predictions the threshold was chosen on.
+    bands = with_interrupt_band(_base_bands(threshold), oof, data.label[dev], threshold)
+    bands_measured = band_report(
+        bands,
+        oof,
+        data.label[dev],
+        measured_on=f"out-of-fold predictions on the development patients ({folds}-fold, patient-grouped), "
+        "per scored ICU hour",
+    )
     trained = train_booster(
         data.features[dev],
         data.label[dev],
@@ -277,7 +287,8 @@ def train_sepsis(
         params=trained.params,
         num_boost_round=trained.num_boost_round,
         threshold=threshold,
-        risk_bands={"low": 0.0, "moderate": threshold / 2, "high": threshold},
+        risk_bands=bands,
+        band_report=bands_measured,
         calibration=calibration,
         metrics={
             "test": {**test_metrics, "calibration": cal},
@@ -295,6 +306,32 @@ def train_sepsis(
         ),
     )
     return manifest
+
+
+def _base_bands(threshold: float) -> dict[str, float]:
+    return {"low": 0.0, "moderate": threshold / 2, "high": threshold}
+
+
+def measure_sepsis_bands(model: RiskModel, path: Path | str) -> tuple[dict[str, float], BandReport]:
+    """For a registered version without a band report: the held-out test patients (same data and
+    seed as its training), scored by the registered model. Its out-of-fold predictions were not
+    kept, so this is the one split of set A it never learned from."""
+    patient = read_physionet(path)["patient"].to_numpy()
+    test_ids = development_split(patient, model.manifest.seed)[1]
+    data = load_sepsis_data(path, model.spec, only=test_ids)
+    if data.label is None:
+        raise ValueError("the data has no SepsisLabel column")
+    p = score_sepsis(model, data)
+    threshold = model.threshold
+    bands = with_interrupt_band(_base_bands(threshold), p, data.label, threshold)
+    report = band_report(
+        bands,
+        p,
+        data.label,
+        measured_on=f"held-out test patients ({TEST_FRACTION:.0%} of {Path(path).name}, seed "
+        f"{model.manifest.seed}), per scored ICU hour; measured after training by `cds models bands sepsis`",
+    )
+    return bands, report
 
 
 def _calibrator(calibration: Calibration) -> Callable[[np.ndarray], np.ndarray]:
@@ -406,4 +443,5 @@ SEPSIS_TASK = RiskTask(
     score_lines=_score_sepsis,
     evaluate=_evaluate_sepsis,
     holdout_rows=_holdout_rows,
+    measure_bands=measure_sepsis_bands,
 )

@@ -21,6 +21,7 @@ import numpy as np
 from fhir_mappings import FeatureSpec
 
 if TYPE_CHECKING:
+    from .bands import BandReport
     from .manifest import ModelManifest
     from .registry import ModelRegistry
     from .score import RiskModel
@@ -59,3 +60,6 @@ class RiskTask:
     evaluate: Callable[[RiskModel, Path, EvaluateOptions], dict[str, Any]]
     # (training file, spec, seed) -> the feature rows of the held-out test patients (drift reference).
     holdout_rows: Callable[[Path, FeatureSpec, int], np.ndarray]
+    # A registered model's bands measured again from its data (for versions trained before
+    # band reports): the bands, with a very-high band where the data shows one, and their report.
+    measure_bands: Callable[[RiskModel, Path], tuple[dict[str, float], BandReport]]

@@ -1,11 +1,13 @@
 """The demo a newcomer clicks through, on loopback, with authentication on.
 
 Starts the demo EHR's FHIR server (ICU stays as FHIR: PhysioNet set A patients when
-../shared/data is there, synthetic stays otherwise), SMART's reference launcher in front of it as
+../shared/data is there, synthetic stays otherwise; discharges as FHIR: Diabetes 130-US
+discharges when the data is there, a hand-made one otherwise), SMART's reference launcher in front of it as
 the EHR's authorization server (when ../shared/tools/smart-launcher and node are there), the
 EHR's JWT signing keys, our CDS server trusting that EHR (in this process only: `cds serve`
 stays secure by default, with no issuer trusted), and the demo EHR's web page. Then: open the
-page, pick a patient, see the card, click "Explain this score".
+page, pick a patient or a discharge, see the card, send a decision as feedback, click
+"Explain this score".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -31,6 +34,7 @@ from demo_ehr import (
     DemoPatient,
     EhrIdentity,
     demo_ehr_web,
+    discharge_to_fhir,
     icu_start_for_hour,
     launch_code,
     launcher_missing,
@@ -38,6 +42,7 @@ from demo_ehr import (
     start_launcher,
     stay_to_fhir,
 )
+from models import read_diabetes130
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +72,70 @@ def synthetic(patient: int, hours: int, septic: bool) -> pd.DataFrame:
         for h in range(1, hours + 1)
     ]
     return pd.DataFrame(rows)
+
+
+_DRUGS = (
+    "metformin repaglinide nateglinide chlorpropamide glimepiride acetohexamide glipizide glyburide "
+    "tolbutamide pioglitazone rosiglitazone acarbose miglitol troglitazone tolazamide examide citoglipton "
+    "insulin glyburide-metformin glipizide-metformin glimepiride-pioglitazone metformin-rosiglitazone "
+    "metformin-pioglitazone"
+).split()
+
+
+def handmade_discharge() -> dict[str, object]:
+    """A discharge in the Diabetes 130-US layout, for a checkout without the dataset: an older man
+    with heart failure and two admissions in the past year, discharged to a nursing facility."""
+    row: dict[str, object] = {
+        "encounter_id": 990001,
+        "patient_nbr": 770001,
+        "race": "Caucasian",
+        "gender": "Male",
+        "age": "[70-80)",
+        "admission_type_id": 1,
+        "discharge_disposition_id": 3,
+        "admission_source_id": 7,
+        "time_in_hospital": 6,
+        "num_lab_procedures": 45,
+        "num_procedures": 2,
+        "num_medications": 18,
+        "number_outpatient": 1,
+        "number_emergency": 2,
+        "number_inpatient": 2,
+        "diag_1": "428",
+        "diag_2": "250.43",
+        "diag_3": "585",
+        "number_diagnoses": 9,
+        "max_glu_serum": "None",
+        "A1Cresult": ">8",
+        "change": "Ch",
+        "diabetesMed": "Yes",
+        "readmitted": "<30",
+    }
+    row.update({d: "No" for d in _DRUGS})
+    row.update({"insulin": "Up", "metformin": "Steady"})
+    return row
+
+
+def demo_discharges(data_dir: Path, now: datetime) -> list[DemoPatient]:
+    """Diabetes 130-US discharges (first stays of their patients, discharged alive and not to
+    hospice, as the model's cohort): two readmitted within 30 days after earlier admissions, one
+    not readmitted."""
+    path = data_dir / "diabetes130" / "diabetic_data.csv.gz"
+    chosen: list[tuple[str, dict[str, object]]] = []
+    if path.exists():
+        frame = read_diabetes130(path).drop_duplicates("patient_nbr")
+        frame = frame[frame["discharge_disposition_id"].isin([1, 3, 6])]
+        readmitted = frame[(frame["readmitted"] == "<30") & (frame["number_inpatient"] >= 2)].head(2)
+        not_readmitted = frame[(frame["readmitted"] == "NO") & (frame["number_inpatient"] == 0)].head(1)
+        for _, r in [*readmitted.iterrows(), *not_readmitted.iterrows()]:
+            outcome = "readmitted within 30 days" if r["readmitted"] == "<30" else "not readmitted"
+            label = f"Diabetes 130-US discharge {r['encounter_id']} ({outcome}), {r['time_in_hospital']} days"
+            chosen.append((label, r.to_dict()))
+    else:
+        chosen.append(
+            ("Hand-made discharge: heart failure, 2 admissions in the past year", handmade_discharge())
+        )
+    return [DemoPatient(label, discharge_to_fhir(row, discharged_at=now)) for label, row in chosen]
 
 
 def demo_patients(data_dir: Path, now: datetime) -> list[DemoPatient]:
@@ -112,7 +181,8 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     args.var_dir.mkdir(parents=True, exist_ok=True)
-    patients = demo_patients(args.data_dir, datetime.now(UTC))
+    now = datetime.now(UTC)
+    patients = demo_patients(args.data_dir, now) + demo_discharges(args.data_dir, now)
     fhir = DemoFhirServer(page_size=500)
     for patient in patients:
         fhir.add(patient.stay.all())
@@ -162,6 +232,11 @@ def main() -> int:
     print(f"CDS service: {cds_url}/cds-services (JWT from the demo EHR only)", flush=True)
     if launcher:
         print(f"SMART authorization server (reference launcher): {launcher.url}", flush=True)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM too stops the launcher (a node process) on the way out
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         while not args.once:
             time.sleep(3600)

@@ -7,6 +7,15 @@ from prometheus_client.parser import text_string_to_metric_families
 __all__ = ["by_label", "metric", "samples"]
 
 
+# The only label names a metric may carry: what is served and why, never who (tests check it).
+ALLOWED_LABELS = frozenset(
+    {
+        "service", "reason", "status", "flag", "outcome", "issuer", "kind", "endpoint", "component", "model",
+        "version", "role", "champion", "challenger", "agreement", "event", "variable", "operation", "le",
+    }
+)  # fmt: skip
+
+
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
     """Every sample: (name as exposed, e.g. cds_hook_calls_total; labels; value)."""
     return [

@@ -46,7 +46,7 @@ from .errors import (
     UnknownState,
 )
 from .explain import CardView, card_view
-from .flows import Flow, FlowStore, Session, SessionStore
+from .flows import Flow, FlowStore, Session, SessionStore, SharedKV, shared_kv
 from .oauth import (
     SmartConfiguration,
     authorization_url,
@@ -123,9 +123,22 @@ class SmartApp:
     sessions: SessionStore = field(init=False)
     _configs: dict[str, SmartConfiguration] = field(default_factory=dict, init=False)
 
+    kv: SharedKV | None = None  # default: Redis when CDS_REDIS_URL is set, else the embedded file
+
     def __post_init__(self) -> None:
-        self.flows = FlowStore(ttl_s=self.settings.smart_flow_ttl_s)
-        self.sessions = SessionStore(ttl_s=self.settings.smart_session_ttl_s)
+        if self.kv is None:
+            self.kv = shared_kv(
+                self.settings.redis_url,
+                self.settings.var_dir,
+                prefix=self.settings.redis_prefix,
+                timeout_s=max(self.settings.redis_timeout_s, 1.0),
+            )
+        self.flows = FlowStore(self.kv, ttl_s=self.settings.smart_flow_ttl_s)
+        self.sessions = SessionStore(self.kv, ttl_s=self.settings.smart_session_ttl_s)
+
+    async def close(self) -> None:
+        if self.kv is not None:
+            await self.kv.close()
 
     # --- where we are and who may frame us ---------------------------------------------------
     def redirect_uri(self, request_base: str) -> str:
@@ -171,7 +184,7 @@ class SmartApp:
             ehr_launch=launch is not None,
             card_hint=canonical_uuid(card),
         )
-        state = self.flows.start(flow)
+        state = await self.flows.start(flow)
         scope = scopes_for(config, ehr_launch=launch is not None, online_access=ehr.online_access)
         log_event(log, "smart launch", ehr_launch=launch is not None, card_hint=flow.card_hint is not None)
         return authorization_url(
@@ -191,7 +204,7 @@ class SmartApp:
         state = params.get("state")
         if not state:
             raise UnknownState("the redirect back carries no state")
-        flow, why = self.flows.take(state)
+        flow, why = await self.flows.take(state)
         if flow is None:
             log_event(log, "smart callback refused", reason=f"state-{why}")
             raise {"replayed": ReplayedState, "expired": LaunchExpired}.get(why, UnknownState)(f"state {why}")
@@ -202,7 +215,7 @@ class SmartApp:
         code = params.get("code")
         if not code:
             raise EhrRefused("the EHR sent neither a code nor an error", ehr_error="no_code")
-        if not self.flows.use_code(code):
+        if not await self.flows.use_code(code):
             log_event(log, "smart callback refused", reason="code-replayed")
             raise ReplayedCode("code presented twice")
         ehr = self._ehr(flow.iss)
@@ -240,7 +253,7 @@ class SmartApp:
             raise MissingLaunchContext("no card in the launch context")
         await self._card_for(ehr, card_uuid, patient)  # before a session exists
         session = Session(ehr.iss, flow.config, token, patient, encounter, card_uuid, user)
-        handle = self.sessions.open(session)
+        handle = await self.sessions.open(session)
         log_event(
             log,
             "smart session opened",
@@ -267,7 +280,7 @@ class SmartApp:
 
     # --- the session -------------------------------------------------------------------------
     async def session(self, handle: str) -> Session:
-        session = self.sessions.get(handle)
+        session = await self.sessions.get(handle)
         if session is None:
             raise SessionExpired("unknown or expired session")
         token = session.token
@@ -291,6 +304,7 @@ class SmartApp:
                 if renewed.refresh_token
                 else dataclasses.replace(renewed, refresh_token=token.refresh_token)
             )
+            await self.sessions.save(session)  # every worker uses the refreshed token now
             log_event(log, "smart token refreshed")
         return session
 
@@ -327,6 +341,16 @@ class SmartApp:
                 log_event(log, "smart trend failed", error=type(exc).__name__)
                 return None, "The trend could not be computed from the EHR's data just now."
         return (None, None) if session.trend == "none" else (session.trend, None)
+
+    def decided_by(self, session: Session) -> str:
+        """Who decides in the app: the signed-in SMART `fhirUser`, as the keyed pseudonym the hook
+        path gives the same user (keyed by the EHR's FHIR base), never the id itself. Without an
+        id_token the app does not know who it is: "" (the Provenance says "unknown user"), not the
+        user the hook call named."""
+        if session.user is None:
+            return ""
+        kind = session.user.split("/", 1)[0]
+        return self.pseudonymizer.pseudonym(kind, session.user, source=session.iss)
 
     async def record(self, session: Session, record: CardRecord, decision: str, comment: str | None) -> str:
         """Feedback through the same code path as CDS Hooks feedback (one Provenance per card). The
@@ -376,8 +400,10 @@ class SmartApp:
             now=datetime.now(UTC),
             rules=FeedbackRules.from_settings(self.settings),
             pseudonymizer=self.pseudonymizer,
+            decided_by=self.decided_by(session),
         )
         status = result["results"][0]["status"]
         log_event(log, "smart feedback", service=service.id, status=status, outcome=item["outcome"])
         session.recorded = said
+        await self.sessions.save(session)
         return status

@@ -9,7 +9,7 @@ the hook path. pyplot keeps global state, so every drawing holds one lock.
 from __future__ import annotations
 
 import io
-import math
+import json
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,30 +19,14 @@ from typing import Any
 import matplotlib
 
 from fhir_mappings.writeback import CANONICAL
+from hooks.drivers import ClinicalDriver, FeatureShare, driver_phrase, group_contributions
 
-__all__ = ["CardView", "Driver", "UNIT_WORDS", "card_view", "trend_svg", "waterfall_svg"]
+__all__ = ["CardView", "UNIT_WORDS", "card_view", "trend_svg", "waterfall_svg"]
 
 _EXT = f"{CANONICAL}/StructureDefinition"
 _LOCK = threading.Lock()
 WATERFALL_ROWS = 10  # drivers drawn one by one; the rest are grouped by shap into one bar
 UNIT_WORDS = {"Cel": "°C", "mm[Hg]": "mmHg", "1": ""}  # UCUM codes as clinicians write them
-
-
-@dataclass(frozen=True)
-class Driver:
-    """One clinical variable: the sum of its features' contributions (log-odds)."""
-
-    variable: str
-    label: str
-    unit: str
-    value: float | None  # its latest value, when the card recorded it
-    shap: float
-    features: tuple[tuple[str, str, float | None, float], ...]  # (feature, label, value, shap)
-
-    @property
-    def measured(self) -> bool:
-        """False when none of its features had a value: the score leans on its absence."""
-        return any(v is not None for _, _, v, _ in self.features)
 
 
 @dataclass(frozen=True)
@@ -57,7 +41,7 @@ class CardView:
     icu_hour: int | None
     base_value: float
     other: float  # contributions not stored one by one
-    drivers: tuple[Driver, ...]  # largest |shap| first
+    drivers: tuple[ClinicalDriver, ...]  # largest |shap| first (hooks.drivers, as on the card)
     subject: str  # the patient pseudonym
 
     @property
@@ -73,34 +57,28 @@ def _value(ext: Mapping[str, Any]) -> Any:
     return next((v for k, v in ext.items() if k.startswith("value")), None)
 
 
-def _variable_label(feature: str, labels: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
-    variable = feature.split("__", 1)[0]
-    if f"{variable}__last" in labels:
-        return labels[f"{variable}__last"]
-    label, unit = labels.get(feature, (feature, ""))
-    return label.split(":")[0].split(",")[0].strip(), unit
-
-
 def card_view(
     card_uuid: str, service_id: str, risk: Mapping[str, Any], labels: Mapping[str, tuple[str, str]]
 ) -> CardView:
     """`labels`: feature -> (clinical label, unit), from the model's manifest."""
     prediction = risk["prediction"][0]
     method = risk["method"]["coding"][0]
-    grouped: dict[str, list[tuple[str, str, float | None, float]]] = {}
+    shares = []
     for ext in _ext(risk, "shap-contribution"):
         parts = {p["url"]: _value(p) for p in ext.get("extension", ())}
         feature = str(parts["feature"])
-        label = labels.get(feature, (feature, ""))[0]
-        grouped.setdefault(feature.split("__", 1)[0], []).append(
-            (feature, label, parts.get("value"), float(parts["shap"]))
+        label, unit = labels.get(feature, (feature, ""))
+        value = parts.get("value")
+        shares.append(
+            FeatureShare(feature, label, unit, None if value is None else float(value), float(parts["shap"]))
         )
-    drivers = []
-    for variable, features in grouped.items():
-        label, unit = _variable_label(features[0][0], labels)
-        latest = next((v for f, _, v, _ in features if f == f"{variable}__last"), None)
-        drivers.append(Driver(variable, label, unit, latest, sum(s for *_, s in features), tuple(features)))
-    drivers.sort(key=lambda d: -abs(d.shap))
+    for ext in _ext(risk, "shap-context"):  # [[feature, shap, value], ...], compact
+        for feature, shap, value in json.loads(str(ext.get("valueString", "[]"))):
+            label, unit = labels.get(str(feature), (str(feature), ""))
+            shares.append(
+                FeatureShare(str(feature), label, unit, None if value is None else float(value), float(shap))
+            )
+    drivers = group_contributions(shares, labels)
     other = _ext(risk, "shap-other")
     hour = _ext(risk, "icu-hour")
     return CardView(
@@ -139,26 +117,12 @@ def _svg(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _format(value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "not measured"
-    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return f"{text} {UNIT_WORDS.get(unit, unit)}".strip()
-
-
 def waterfall_svg(view: CardView) -> bytes:
     """shap's waterfall: from the model's base value to this patient's score (log-odds), one bar per
     clinical variable (named with its latest value), the rest in one grouped bar."""
     import numpy as np
 
-    names = [
-        f"{d.label} {_format(d.value, d.unit)}"
-        if d.value is not None
-        else d.label
-        if d.measured
-        else f"{d.label}: not measured"
-        for d in view.drivers
-    ]
+    names = [driver_phrase(d) for d in view.drivers]
     values = [d.shap for d in view.drivers]
     if view.other:
         names.append("other features (summed when scored)")

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from models import RiskModel
+from models import ALERT, BELOW, INTERRUPT, RiskModel
 
-__all__ = ["model_brief", "model_card_text"]
+__all__ = ["band_rows", "model_brief", "model_card_text"]
 
 _SECTION = re.compile(r"^## (.+)$", re.MULTILINE)
 
@@ -27,6 +27,31 @@ def model_card_text(model_dir: Path, name: str, version: str) -> str | None:
         if path.is_file():
             return path.read_text()
     return None
+
+
+_LEVEL_WORDS = {
+    BELOW: "information only (below the alert threshold)",
+    ALERT: "alert (warning card)",
+    INTERRUPT: "interrupts (critical card)",
+}
+
+
+def band_rows(model: RiskModel) -> list[dict[str, str]]:
+    """Each band the model serves with: its range, what it asks of the clinician, PPV, sensitivity."""
+    bands = model.bands.bands
+    rows = []
+    for i, b in enumerate(bands):
+        upper = f"{100 * bands[i + 1].lower:.1f} %" if i + 1 < len(bands) else "100 %"
+        rows.append(
+            {
+                "band": b.name,
+                "range": f"{100 * b.lower:.1f} % to {upper}",
+                "level": _LEVEL_WORDS[b.level],
+                "ppv": "not measured" if b.ppv is None else f"{100 * b.ppv:.1f} %",
+                "sensitivity": "not measured" if b.sensitivity is None else f"{100 * b.sensitivity:.0f} %",
+            }
+        )
+    return rows
 
 
 def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
@@ -64,8 +89,19 @@ def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
                 f"sensitivity {test['sensitivity']:.2f}, PPV {test.get('ppv', float('nan')):.2f}",
             )
         )
-    if "auroc" in test:
-        facts.append(("AUROC (held-out)", f"{test['auroc']:.3f}"))
+    point = test.get("operating_point", {})
+    if "sensitivity" in point and not any(k == "At the threshold" for k, _ in facts):
+        facts.append(("At the threshold", f"sensitivity {point['sensitivity']:.2f}, PPV {point['ppv']:.2f}"))
+    auroc = test.get("auroc")
+    if isinstance(auroc, dict):  # the readmission report gives an estimate with its 95 % interval
+        facts.append(
+            (
+                "AUROC (held-out)",
+                f"{auroc['estimate']:.3f} (95 % CI {auroc['ci95_low']:.3f}-{auroc['ci95_high']:.3f})",
+            )
+        )
+    elif auroc is not None:
+        facts.append(("AUROC (held-out)", f"{auroc:.3f}"))
     if "alert_burden" in report:
         facts.append(
             ("Alerts per 100 patient-days", f"{report['alert_burden']['alerts_per_100_patient_days']:.0f}")
@@ -84,6 +120,8 @@ def model_brief(model: RiskModel, model_dir: Path) -> dict[str, Any]:
         )
     return {
         "facts": facts,
+        "bands": band_rows(model),
+        "bands_measured_on": model.bands.measured_on,
         "limits": limits,
         "card_url": f"/smart/model-card/{manifest.name}/{manifest.version}",
     }

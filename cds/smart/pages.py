@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.responses import HTMLResponse, Response
 
+from hooks.drivers import ClinicalDriver, driver_parts, gap_phrase, value_words
+
 from .errors import SmartError
 from .explain import UNIT_WORDS, CardView
 
@@ -21,6 +23,7 @@ __all__ = ["SVG_CSP", "app_page", "content_security_policy", "error_page", "page
 
 SVG_CSP = "default-src 'none'; style-src 'unsafe-inline'"  # an SVG image: no script, its own inline styles
 _BAND_WORDS = {
+    "very-high": "well above the alert threshold",
     "high": "above the alert threshold",
     "moderate": "elevated, below the alert threshold",
     "low": "below the alert threshold",
@@ -108,14 +111,15 @@ def _num(value: float | None, unit: str = "") -> str:
     return escape(f"{text} {UNIT_WORDS.get(unit, unit)}".strip())
 
 
-def _latest(d: Any) -> str:
-    if d.value is not None:
-        return _num(d.value, d.unit)
-    return (
-        "see the exact contributions"
-        if d.measured
-        else "<strong>not measured</strong> (the score uses its absence)"
-    )
+def _latest(d: ClinicalDriver) -> str:
+    """The driver in clinical words; a gap in the data said plainly."""
+    if not d.recent:
+        return f"<strong>{escape(gap_phrase(d))}</strong> (the score leans on the gap)"
+    if d.value is None:
+        when = f"measured {d.hours_ago:.0f} h ago; " if d.hours_ago is not None else ""
+        return f"{when}latest value not recorded with this card"
+    _, rest = driver_parts(d)
+    return escape(", ".join((value_words(d.variable, d.value, d.unit), *rest)))
 
 
 def _drivers_table(view: CardView, top: int = 8) -> str:
@@ -138,10 +142,10 @@ def _drivers_table(view: CardView, top: int = 8) -> str:
 
 def _exact_table(view: CardView) -> str:
     rows = [
-        f'<tr><td><code>{escape(f)}</code></td><td>{escape(label)}</td><td class="num">{_num(v)}</td><td '
-        f'class="num">{s:+.4f}</td></tr>'
+        f"<tr><td><code>{escape(c.feature)}</code></td><td>{escape(c.label)}</td>"
+        f'<td class="num">{_num(c.value)}</td><td class="num">{c.shap:+.4f}</td></tr>'
         for d in view.drivers
-        for f, label, v, s in d.features
+        for c in d.features
     ]
     if view.other:
         rows.append(
@@ -203,9 +207,24 @@ def _trend_section(handle: str, trend: Any, trend_error: str | None, view: CardV
 def _model_section(model: Mapping[str, Any]) -> str:
     items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in model["facts"])
     limits = "".join(f"<li>{escape(x)}</li>" for x in model["limits"])
+    bands = "".join(
+        f'<tr><th scope="row">{escape(b["band"])}</th><td>{escape(b["range"])}</td>'
+        f"<td>{escape(b['level'])}</td>"
+        f'<td class="num">{escape(b["ppv"])}</td><td class="num">{escape(b["sensitivity"])}</td></tr>'
+        for b in model.get("bands", ())
+    )
+    band_table = (
+        '<table class="bands"><caption>Risk bands: PPV (share of patients scored in the band who had the '
+        "outcome) and sensitivity (share of all who had it scored in the band or above), measured on "
+        f"{escape(model.get('bands_measured_on', ''))}</caption>"
+        '<thead><tr><th scope="col">Band</th><th scope="col">Risk</th><th scope="col">Card</th>'
+        f'<th scope="col">PPV</th><th scope="col">Sensitivity</th></tr></thead><tbody>{bands}</tbody></table>'
+        if bands
+        else ""
+    )
     return (
         '<section aria-labelledby="model"><h2 id="model">About the model</h2>'
-        f"<dl>{items}</dl>"
+        f"<dl>{items}</dl>{band_table}"
         + (f"<h3>Known limits</h3><ul>{limits}</ul>" if limits else "")
         + f'<p><a href="{escape(model["card_url"])}">Full model card</a></p></section>'
     )

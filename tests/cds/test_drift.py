@@ -32,7 +32,7 @@ from demo_ehr import (
 )
 from models import development_split, psi, reference_from
 from testkit.helpers import serve_cds
-from testkit.metrics import samples
+from testkit.metrics import ALLOWED_LABELS, samples
 
 MG_DL_PER_MMOL_L = 9.01  # lactate
 CALLS_PER_EHR = 150
@@ -275,13 +275,8 @@ def test_the_warning_state_is_in_metrics_by_configured_issuer_and_nothing_about_
     assert warning == {QUIET: 0.0, LACTATE: 1.0, HR_STOPPED: 1.0}
     fhir_issuers = {labels.get("issuer") for name, labels, _ in found if name.startswith("cds_")}
     assert fhir_issuers <= {None, QUIET, LACTATE, HR_STOPPED}
-    allowed = {
-        "service", "reason", "status", "flag", "outcome", "issuer", "kind", "endpoint", "component",
-        "model", "version", "role", "champion", "challenger", "agreement", "guardrail", "variable",
-        "operation", "le",
-    }  # fmt: skip
     for name, labels, _ in found:
-        assert set(labels) <= allowed, (name, labels)
+        assert set(labels) <= ALLOWED_LABELS, (name, labels)
         for value in labels.values():
             assert "physionet" not in value and "Patient" not in value and "Practitioner" not in value
     serving = [

@@ -100,9 +100,17 @@ def test_feedback_round_trips_to_the_export_across_a_restart(
     ]
     shap = [e for e in risk.extension if e.url.endswith("/shap-contribution")]
     card_shap = card["extension"]["org.cds-ml.risk"]["shap"]
-    assert len(shap) == min(20, len(card_shap["contributions"]))
+    # The 20 largest one by one; the value and timing features of the drivers' variables in one list.
+    kept = {next(x.valueString for x in e.extension if x.url == "feature") for e in shap}
+    largest = sorted(card_shap["contributions"], key=lambda c: -abs(c["shap"]))[:20]
+    assert {c["feature"] for c in largest} <= kept and len(shap) == 20
+    context = [
+        row for e in risk.extension if e.url.endswith("/shap-context") for row in json.loads(e.valueString)
+    ]
+    assert context and not {f for f, _, _ in context} & kept
     # Recorded contributions, the remainder and the base value add up to the card's margin.
     recorded = sum(float(next(x.valueDecimal for x in e.extension if x.url == "shap")) for e in shap)
+    recorded += sum(shap_value for _, shap_value, _ in context)
     other = sum(float(e.valueDecimal) for e in risk.extension if e.url.endswith("/shap-other"))
     base = float(next(e.valueDecimal for e in risk.extension if e.url.endswith("/shap-base-value")))
     assert recorded + other + base == pytest.approx(

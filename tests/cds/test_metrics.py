@@ -19,14 +19,10 @@ from cds.settings import TrustedIssuer
 from demo_ehr import DemoFhirServer, EhrIdentity, EhrJwtAuth, LoopbackServer, patient_view_request
 from demo_ehr.loopback import free_port
 from testkit.helpers import feedback, serve_cds, synthetic_stay
-from testkit.metrics import metric, samples
+from testkit.metrics import ALLOWED_LABELS, metric, samples
 
 ROOT = Path(__file__).resolve().parents[2]
 SEPSIS = "/cds-services/sepsis-risk"
-ALLOWED_LABELS = {
-    "service", "reason", "status", "flag", "outcome", "issuer", "kind", "endpoint", "component", "model",
-    "version", "role", "champion", "challenger", "agreement", "event", "variable", "operation", "le",
-}  # fmt: skip
 
 
 def test_metrics_count_hooks_feedback_and_refusals_without_patient_labels(

@@ -57,7 +57,7 @@ def test_discharge_card_explains_and_suggests_follow_up(client: httpx.Client) ->
     assert data["model"] == "readmission" and 0 < data["probability"] < 1
     assert "30-day readmission risk" in card["summary"] and "%" in card["summary"]
     assert card["indicator"] in ("warning", "critical")  # this patient is high risk by any reading
-    assert "**What drives this score** (SHAP):" in card["detail"]
+    assert "**What drives this score** (SHAP, each clinical variable" in card["detail"]
     assert card["detail"].count("\n- ") >= 3 and ("raises risk" in card["detail"])
     [suggestion] = card["suggestions"]
     assert "7 days" in suggestion["label"]

@@ -9,6 +9,7 @@ import pytest
 
 from demo_ehr import patient_view_request
 from fhir_mappings import sepsis_feature_spec
+from hooks.drivers import FeatureShare, group_contributions, split_drivers
 from testkit.helpers import feedback, no_empty_values, synthetic_stay
 from testkit.metrics import metric
 
@@ -54,13 +55,27 @@ def test_hook_call_answers_with_an_explained_card(client: httpx.Client) -> None:
     contributions = data["shap"]["contributions"]
     assert contributions and all({"feature", "shap"} <= c.keys() for c in contributions)
     top = max(contributions, key=lambda c: abs(c["shap"]))
-    assert "**What drives this score** (SHAP):" in card["detail"]
+    assert "**What drives this score** (SHAP, each clinical variable" in card["detail"]
     assert card["detail"].count("\n- ") >= 3  # driver lines with values and units
     assert any(unit in card["detail"] for unit in ("/min", "mmHg", "°C", " h", "mmol/L", "years"))
-    # The largest contribution is the first driver the clinician reads, in clinical words.
-    label = sepsis_feature_spec().feature(top["feature"]).label
-    first_driver = card["detail"].split("**What drives this score** (SHAP):", 1)[1].strip().splitlines()[0]
-    assert label.split(":")[0].split(",")[0] in first_driver, (label, first_driver)
+    # The largest clinical driver (a variable's features summed) is the first the clinician reads,
+    # named by its physiology; the largest single feature belongs to one of the drivers worded.
+    worded = data["shap"]["drivers"]
+    body_text = card["detail"].split("features summed):", 1)[1].strip().replace("**", "")
+    assert body_text.splitlines()[0].startswith(
+        f"- {'↑' if worded[0]['shap'] > 0 else '↓'} {worded[0]['text']}"
+    )
+    measured = [d for d in worded if not d["text"].startswith("no ")]
+    assert [abs(d["shap"]) for d in measured] == sorted((abs(d["shap"]) for d in measured), reverse=True)
+    # The worded drivers are the card's exact contributions grouped by variable: the 5 largest
+    # measured recently, then up to 3 gaps in the data.
+    labels = {f.name: (f.label, f.unit) for f in sepsis_feature_spec().features}
+    shares = [
+        FeatureShare(c["feature"], *labels[c["feature"]], c.get("value"), c["shap"]) for c in contributions
+    ]
+    drivers, gaps = split_drivers(group_contributions(shares, labels), 5, min_abs=0.01)
+    assert [d["variable"] for d in worded] == [d.variable for d in (*drivers, *gaps[:3])]
+    assert top["feature"] in {c["feature"] for c in contributions}
     assert all(r["display"] for r in card["overrideReasons"])
 
 

@@ -122,8 +122,9 @@ def test_low_risk_cards_offer_no_orders() -> None:
         patient_id="p1",
         encounter_id="e1",
     )
-    low = sepsis_card(band="low", **common)
-    high = sepsis_card(band="high", **common)
+    low = sepsis_card(band="low", level="below", **common)
+    high = sepsis_card(band="high", level="alert", **common)
+    assert (low["indicator"], high["indicator"]) == ("info", "warning")
     assert "suggestions" not in low and "selectionBehavior" not in low
     assert high["suggestions"][0]["uuid"] == sepsis_bundle_suggestion(common["card_uuid"], "p1", "e1")["uuid"]
     assert high["suggestions"][0]["actions"][0]["resource"]["encounter"] == {"reference": "Encounter/e1"}

@@ -16,6 +16,7 @@ from hooks import (
     strip_empty,
     template_tokens,
 )
+from hooks.drivers import group_contributions
 
 
 @dataclass(frozen=True)
@@ -138,33 +139,43 @@ def test_value_formatting_in_clinical_words() -> None:
 
 
 def test_sepsis_card_shape() -> None:
-    drivers = [
+    features = [
         D("Lactate__last", "Lactate", "mmol/L", 4.2, 0.8),
+        D("Lactate__hours_since", "Lactate: hours since measured", "h", 2, 0.1),
         D("SBP__min_6h", "Systolic blood pressure, lowest over 6 h", "mm[Hg]", 84, 0.3),
+        D("SBP__last", "Systolic blood pressure", "mm[Hg]", 88, 0.05),
         D("Age", "Age", "a", 54, -0.2),
     ]
+    drivers = group_contributions(features)
     card = sepsis_card(
         card_uuid="u-1",
         probability=0.071,
         band="high",
+        level="interrupt",
+        band_validation={"ppv": 0.34, "sensitivity": 0.2, "measuredOn": "validation"},
         threshold=0.03,
         icu_hour=12,
         model_label="Sepsis risk (XGBoost)",
         model_version="3",
         drivers=drivers,
-        all_contributions=[*drivers, D("HR__last", "Heart rate", "/min", None, 0.0)],
+        all_contributions=[*features, D("HR__last", "Heart rate", "/min", None, 0.0)],
         base_value=-3.2,
     )
     assert card["indicator"] == "critical" and card["summary"].startswith("Sepsis risk 7.1%")
-    assert "↑ **Lactate**: 4.2 mmol/L (raises risk)" in card["detail"]
-    assert "↓ **Age**: 54 years (lowers risk)" in card["detail"]
+    assert "↑ **Lactate 4.2 mmol/L**, 2 h ago (raises risk)" in card["detail"]
+    assert "↑ **Systolic blood pressure 88 mmHg** (raises risk)" in card["detail"]  # its 6 h low summed in
+    assert "↓ **Age 54 years** (lowers risk)" in card["detail"]
     assert card["source"]["label"] == "Sepsis risk (XGBoost) v3"
     contributions = card["extension"]["org.cds-ml.risk"]["shap"]["contributions"]
     assert [c["feature"] for c in contributions] == [
         "Lactate__last",
+        "Lactate__hours_since",
         "SBP__min_6h",
+        "SBP__last",
         "Age",
     ]  # zero contributions left out
+    worded = card["extension"]["org.cds-ml.risk"]["shap"]["drivers"]
+    assert [(d["variable"], d["shap"]) for d in worded] == [("Lactate", 0.9), ("SBP", 0.35), ("Age", -0.2)]
     assert len(card["overrideReasons"]) == len(SEPSIS.override_reasons)
 
 
@@ -183,6 +194,7 @@ def test_summary_longer_than_140_is_refused() -> None:
             card_uuid="u",
             service=SEPSIS,
             band="low",
+            level="below",
             probability=0.1,
             threshold=0.2,
             model_label="m",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from cds.stores import SQLiteStore
 from demo_ehr import StayResources
 from fhir_mappings.writeback import provenance_id
+from testkit.helpers import serve_cds
 from tests.smart.conftest import (
     FRAME_ORIGIN,
     REFRESHING,
@@ -116,6 +118,13 @@ def test_ehr_launch_from_a_card_shows_the_explanation_and_records_feedback(
     assert len(found) == 1  # one Provenance per card, as CDS Hooks feedback makes
     assert found[0]["activity"]["coding"][0]["code"] == "overridden"
     assert found[0]["reason"][0]["coding"][0]["code"] == "recipient-disagrees-evidence"
+    # Who decided: the SMART fhirUser signed in to the app (dr-1), as a keyed pseudonym, not the
+    # user the hook call named (demo-clinician), and never the id itself.
+    pseudonymizer = running.smart.pseudonymizer
+    who = found[0]["agent"][0]["who"]["identifier"]["value"]
+    assert who == pseudonymizer.pseudonym("Practitioner", "Practitioner/dr-1", source=launcher.iss)
+    assert who != pseudonymizer.pseudonym("Practitioner", "Practitioner/demo-clinician", source=launcher.iss)
+    assert "dr-1" not in json.dumps(found[0])
     session = next(iter(running.smart.sessions._sessions.values()))
     logged = server_log(caplog)
     assert session.token.access_token not in logged and str(page.url).rsplit("/", 1)[1] not in logged
@@ -193,7 +202,7 @@ def test_an_expired_access_token_is_refreshed_when_the_ehr_offered_a_refresh_tok
         assert query(str(walk.hops[1].request.url))["scope"].endswith(" online_access")
         page = walk.last
         assert page.status_code == 200, page.text
-        session = running.smart.sessions.get(str(page.url).rsplit("/", 1)[1])
+        session = running.smart.sessions.cached(str(page.url).rsplit("/", 1)[1])
         assert session is not None and session.token.refresh_token is not None
         first = session.token.access_token
         session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
@@ -211,7 +220,7 @@ def test_without_a_refresh_token_an_expired_session_ends_plainly(
     with httpx.Client(timeout=30) as browser:
         page = follow(browser, card_launch(running, launcher.standalone_iss(standalone_code(stay)))).last
         assert page.status_code == 200
-        session = running.smart.sessions.get(str(page.url).rsplit("/", 1)[1])
+        session = running.smart.sessions.cached(str(page.url).rsplit("/", 1)[1])
         assert session is not None and session.token.refresh_token is None
         session.token = dataclasses.replace(session.token, expires_at=time.time() - 1)
         ended = browser.get(str(page.url))
@@ -249,3 +258,24 @@ def test_app_feedback_is_the_same_provenance_as_cds_hooks_feedback(
     ]
     assert [p["id"] for p in mine] == [provenance_id(card["uuid"])]
     assert mine[0]["reason"][0]["coding"][0] == reason
+
+
+def test_a_launch_and_its_session_are_shared_by_the_workers(
+    running: Running, launcher: Launcher, stay: StayResources
+) -> None:
+    """A second worker on the same CDS_VAR_DIR (as `cds serve --workers 2` runs them): the EHR's
+    redirect back reaches the other worker, and the page and the feedback work on either."""
+    first = running.server.url
+    with serve_cds(running.settings) as other, httpx.Client(timeout=30) as browser:
+        walk = follow(browser, ehr_launch_url(running, launcher, stay), stop_at=f"{first}/smart/callback")
+        callback = walk.stopped_at.replace(first, other.url, 1)  # type: ignore[attr-defined]
+        page = follow(browser, callback).last
+        assert page.status_code == 200 and str(page.url).startswith(f"{other.url}/smart/app/"), page.text
+        handle = str(page.url).rsplit("/", 1)[1]
+        on_first = browser.get(f"{first}/smart/app/{handle}")
+        assert on_first.status_code == 200 and "What drives this score" in on_first.text
+        assert browser.get(f"{first}/smart/app/{handle}/waterfall.svg").status_code == 200
+        sent = browser.post(f"{first}/smart/app/{handle}/feedback", data={"decision": "override:0"})
+        assert sent.status_code == 303
+        confirmed = browser.get(f"{other.url}/smart/app/{handle}")
+        assert "Recorded: overridden: Not applicable" in confirmed.text, confirmed.text

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,9 +24,9 @@ from cds.settings import SmartEhr
 from cds.smart import card_from_context, relative_user
 from cds.smart.errors import BadIdToken
 from cds.smart.explain import card_view, waterfall_svg
-from cds.smart.flows import Flow, FlowStore
-from cds.smart.oauth import SmartConfiguration, scopes_for, verify_id_token
-from cds.smart.pages import content_security_policy
+from cds.smart.flows import Flow, FlowStore, RedisKV, Session, SessionStore, SharedKV, SqliteKV
+from cds.smart.oauth import SmartConfiguration, TokenResponse, scopes_for, verify_id_token
+from cds.smart.pages import _drivers_table, content_security_policy
 from demo_ehr import serve_in_thread
 
 CARD = "0b3f6c1e-8a4d-4f4e-9a51-2f7f7d2c1a10"
@@ -155,16 +156,61 @@ def test_smart_ehr_settings_are_validated_at_start(tmp_path, monkeypatch: pytest
     )
 
 
-def test_a_launch_state_is_single_use_and_expires() -> None:
-    store = FlowStore(ttl_s=60)
-    flow = Flow(ISS, config(), "verifier", "nonce", "http://127.0.0.1/cb", ehr_launch=True, card_hint=None)
-    state = store.start(flow)
-    assert store.take(state + "x") == (None, "unknown")
-    assert store.take(state) == (flow, "ok")
-    assert store.take(state) == (None, "replayed")
-    old = FlowStore(ttl_s=0.0)
-    assert old.take(old.start(flow))[1] == "expired"
-    assert store.use_code("c") and not store.use_code("c")
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_a_launch_state_is_single_use_expires_and_is_shared_by_workers(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Two workers (two stores on one backend): a launch started by one is taken by the other, once."""
+    if backend == "redis":
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+
+    async def run() -> None:
+        def kv() -> SharedKV:
+            if backend == "redis":
+                return RedisKV(url, prefix=prefix, timeout_s=1.0)
+            return SqliteKV(tmp_path / "smart.sqlite3")
+
+        one, two = kv(), kv()
+        worker_a, worker_b = FlowStore(one, ttl_s=60), FlowStore(two, ttl_s=60)
+        flow = Flow(
+            ISS, config(), "verifier", "nonce", "http://127.0.0.1/cb", ehr_launch=True, card_hint=None
+        )
+        state = await worker_a.start(flow)
+        assert await worker_b.take(state + "x") == (None, "unknown")
+        assert await worker_b.take(state) == (flow, "ok")
+        assert await worker_a.take(state) == (None, "replayed")
+        old = FlowStore(one, ttl_s=0.0)
+        assert (await old.take(await old.start(flow)))[1] == "expired"
+        assert await worker_a.use_code("c") and not await worker_b.use_code("c")
+        # What the store holds: digests and ciphertext, never the PKCE verifier or a token.
+        session = Session(
+            ISS,
+            config(),
+            TokenResponse("AT-secret", None, "s", "RT-secret", None, {}),
+            "p1",
+            None,
+            CARD,
+            "Practitioner/dr-1",
+        )
+        sessions_a, sessions_b = SessionStore(one), SessionStore(two)
+        handle = await sessions_a.open(session)
+        seen = await sessions_b.get(handle)
+        assert (
+            seen is not None and seen.token.access_token == "AT-secret" and seen.user == "Practitioner/dr-1"
+        )
+        seen.recorded = "agreed"
+        await sessions_b.save(seen)
+        back = await sessions_a.get(handle)
+        assert back is not None and back.recorded == "agreed"  # worker A sees worker B's change
+        assert await sessions_a.get(handle + "x") is None
+        if backend == "embedded":
+            raw = (tmp_path / "smart.sqlite3").read_bytes() + (tmp_path / "smart.sqlite3-wal").read_bytes()
+            assert b"AT-secret" not in raw and b"RT-secret" not in raw and b"verifier" not in raw
+            assert handle.encode() not in raw and state.encode() not in raw
+        for store in (one, two):
+            await store.close()
+
+    asyncio.run(run())
 
 
 def test_frame_ancestors_name_only_the_configured_ehr_origins() -> None:
@@ -216,6 +262,11 @@ def test_contributions_are_grouped_by_clinical_variable_and_still_add_up() -> No
     }
     view = card_view(CARD, "sepsis-risk", risk_assessment(), labels)
     assert [d.label for d in view.drivers] == ["Lactate", "Heart rate", "WBC"]
+    # WBC's latest value was not recorded with this (older) record: the page says that, not "see below".
+    assert not view.drivers[2].value_known and view.drivers[2].measured
+    table = _drivers_table(view)
+    assert "measured 20 h ago; latest value not recorded with this card" in table
+    assert "see the exact contributions" not in table and "3.1 mmol/L" in table
     assert (
         view.drivers[0].shap == pytest.approx(0.9)
         and view.drivers[0].value == 3.1
