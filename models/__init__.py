@@ -44,6 +44,7 @@ from .sepsis import (
     load_sepsis_data,
     out_of_fold,
     score_sepsis,
+    sepsis_data,
     sepsis_metrics,
     train_sepsis,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "register_version",
     "score_readmission",
     "score_sepsis",
+    "sepsis_data",
     "sepsis_evaluation",
     "sepsis_metrics",
     "sepsis_subgroups",
