@@ -32,6 +32,11 @@ models_app = typer.Typer(help="Which model versions the servers serve.", no_args
 app.add_typer(models_app, name="models")
 audit_app = typer.Typer(help="The hash-chained audit trail of scores and decisions.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+site_app = typer.Typer(
+    help="Site go-live: validate, recalibrate, adapt and retrain a model on a hospital's own data.",
+    no_args_is_help=True,
+)
+app.add_typer(site_app, name="site")
 
 
 class ModelName(StrEnum):
@@ -47,6 +52,9 @@ DataOption = Annotated[
     ),
 ]
 VersionOption = Annotated[str | None, typer.Option(help="registry version (default: the active one)")]
+ModelVersionOption = Annotated[
+    str | None, typer.Option("--model", "--version", help="registry version (default: the active one)")
+]
 
 
 def _settings() -> Settings:
@@ -167,7 +175,7 @@ def score(model: ModelName, data: DataOption = None, version: VersionOption = No
 def evaluate(
     model: ModelName,
     data: DataOption = None,
-    version: VersionOption = None,
+    version: ModelVersionOption = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")
     ] = None,
@@ -481,6 +489,176 @@ def _print_bundle_mapping(mapped: BundleMapping, profile: str) -> None:
     typer.echo(f"canonical table: {len(frame)} ICU hours, {who}")
     with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 250):
         typer.echo(frame.to_string(index=False))
+
+
+SiteDataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data", help="the site's labelled hourly table: PhysioNet 2019 layout (.psv directory or parquet)"
+    ),
+]
+SiteOutOption = Annotated[Path, typer.Option("--out", help="directory for the report files")]
+SiteSeedOption = Annotated[
+    int, typer.Option("--seed", help="the site's split seed (fit / held-out patients; kept in the lineage)")
+]
+TargetAlertsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--target-alerts",
+        help="threshold for at most this many alerts per 100 patient-days (default: utility-maximising)",
+    ),
+]
+ReplicatesOption = Annotated[int, typer.Option(help="bootstrap replicates (by patient)")]
+
+
+def _site_model(model: ModelName, version: str | None) -> RiskModel:
+    if model is not ModelName.sepsis:
+        typer.echo(
+            f"error: site go-live is implemented for the sepsis model only, not {model.value}", err=True
+        )
+        raise typer.Exit(2)
+    return _load_model(model, version)
+
+
+def _site_data(model: RiskModel, data: Path) -> object:
+    from models import DatasetError
+    from models.site import load_site
+
+    try:
+        return load_site(data, model.spec)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@site_app.command("validate")
+def site_validate(
+    model: ModelName,
+    data: SiteDataOption,
+    out: SiteOutOption = Path("golive"),
+    version: ModelVersionOption = None,
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Local validation: the full clinical evaluation of the model on the site's data, with the go-live
+    checks, as golive.md/golive.html, model_card.md, metrics.json and plots in --out."""
+    from models.site import SiteData, validate_site
+
+    risk_model = _site_model(model, version)
+    site = _site_data(risk_model, data)
+    assert isinstance(site, SiteData)
+    metrics = validate_site(risk_model, site, out, replicates=replicates)
+    typer.echo(json.dumps({"out": str(out), **metrics["golive"]}))
+
+
+@site_app.command("recalibrate")
+def site_recalibrate(
+    model: ModelName,
+    data: SiteDataOption,
+    out: SiteOutOption = Path("recalibration"),
+    version: ModelVersionOption = None,
+    seed: SiteSeedOption = 2019,
+    target_alerts: TargetAlertsOption = None,
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Local recalibration: calibration map and alert threshold refitted on half of the site's patients,
+    compared with the base on the other half; registered as a candidate version."""
+    from models import ModelRegistry
+    from models.site import SiteData, recalibrate_site, register_site_version, write_site_report
+
+    risk_model = _site_model(model, version)
+    site = _site_data(risk_model, data)
+    assert isinstance(site, SiteData)
+    result = recalibrate_site(
+        risk_model, site, seed=seed, target_alerts_per_100_days=target_alerts, replicates=replicates
+    )
+    manifest = register_site_version(
+        ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site recalibrate"
+    )
+    write_site_report(
+        out, f"Site recalibration of sepsis v{risk_model.version} -> v{manifest.version}", result
+    )
+    typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
+
+
+def _site_summary(version: str, parent: str, comparison: dict[str, object], out: Path) -> str:
+    models = comparison["models"]
+    assert isinstance(models, dict)
+    return json.dumps(
+        {
+            "version": version,
+            "parent_version": parent,
+            "status": "candidate",
+            "out": str(out),
+            "held_out_patients": comparison["patients"],
+            **{k: {"auroc": v["auroc"], "utility": v["utility"]} for k, v in models.items()},
+        }
+    )
+
+
+@site_app.command("adapt")
+def site_adapt(
+    model: ModelName,
+    data: SiteDataOption,
+    out: SiteOutOption = Path("adaptation"),
+    version: ModelVersionOption = None,
+    seed: SiteSeedOption = 2019,
+    base_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="the base model's training data for `pooled` (default: its recorded path, if present)"
+        ),
+    ] = None,
+    base_patients: Annotated[
+        int | None, typer.Option(help="use this many of the base's development patients in `pooled`")
+    ] = 4000,
+    rounds: Annotated[str, typer.Option(help="extra boosting rounds tried by `continue`")] = "25,50,100,150",
+    site_weight: Annotated[float, typer.Option(help="weight of site rows in `pooled`")] = 3.0,
+    folds: Annotated[int, typer.Option(help="patient-grouped folds inside the site's fit patients")] = 3,
+    target_alerts: TargetAlertsOption = None,
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Adaptation: a site candidate (continued boosting from the base, or base + site data with a site
+    weight; chosen by patient-grouped CV on the site's fit patients), compared with the base and the
+    recalibrated base on the held-out site patients; registered as a candidate version."""
+    from models import ModelRegistry, choose_device
+    from models.site import (
+        SiteData,
+        adapt_site,
+        base_development_data,
+        register_site_version,
+        write_site_report,
+    )
+
+    risk_model = _site_model(model, version)
+    site = _site_data(risk_model, data)
+    assert isinstance(site, SiteData)
+    base_path = base_data or Path(str(risk_model.manifest.training_data.get("path", "")))
+    base = None
+    if base_path.exists() and base_path != Path(""):
+        base = base_development_data(
+            risk_model, base_path, risk_model.spec, patients=base_patients, seed=seed
+        )
+    elif base_data is not None:
+        typer.echo(f"error: dataset not found: {base_data}", err=True)
+        raise typer.Exit(2)
+    result = adapt_site(
+        risk_model,
+        site,
+        seed=seed,
+        base_data=base,
+        continue_rounds=tuple(int(r) for r in rounds.split(",")),
+        site_weight=site_weight,
+        folds=folds,
+        target_alerts_per_100_days=target_alerts,
+        replicates=replicates,
+        device=choose_device(_settings().device),
+        progress=True,
+    ).site
+    manifest = register_site_version(
+        ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site adapt"
+    )
+    write_site_report(out, f"Site adaptation of sepsis v{risk_model.version} -> v{manifest.version}", result)
+    typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
 
 
 def main() -> None:
