@@ -661,6 +661,76 @@ def site_adapt(
     typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
 
 
+@site_app.command("retrain")
+def site_retrain(
+    model: ModelName,
+    export: Annotated[
+        Path,
+        typer.Option(help="a `cds feedback export` directory (RiskAssessment.ndjson, Provenance.ndjson)"),
+    ],
+    outcomes: Annotated[
+        Path,
+        typer.Option(
+            help="CSV of outcomes: columns pseudonym, onset (ISO time of Sepsis-3 onset; empty: none)"
+        ),
+    ],
+    out: SiteOutOption = Path("retraining"),
+    version: ModelVersionOption = None,
+    seed: SiteSeedOption = 2019,
+    rounds: Annotated[str, typer.Option(help="extra boosting rounds tried")] = "25,50,100",
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Retraining of a live site from its served records: RiskAssessments (their recorded feature values),
+    feedback Provenances as columns (overridden, reason) and outcomes joined by pseudonym; overrides
+    reported by reason, unit and model version; registered as a candidate version."""
+    import pandas as pd
+
+    from models import ModelRegistry, choose_device
+    from models.retrain import register_retrained, retrain_from_served, served_table
+
+    risk_model = _site_model(model, version)
+
+    def read(name: str) -> list[dict[str, object]]:
+        path = export / name
+        if not path.is_file():
+            typer.echo(f"error: {path} not found (run `cds feedback export --out {export}`)", err=True)
+            raise typer.Exit(2)
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    frame = pd.read_csv(outcomes, dtype={"pseudonym": str})
+    frame["onset"] = pd.to_datetime(frame["onset"], utc=True, errors="coerce")
+    table = served_table(
+        read("RiskAssessment.ndjson"),
+        read("Provenance.ndjson"),
+        frame,
+        risk_model.spec.names,
+        model_name="sepsis",
+    )
+    result = retrain_from_served(
+        risk_model,
+        table,
+        seed=seed,
+        rounds=tuple(int(r) for r in rounds.split(",")),
+        replicates=replicates,
+        device=choose_device(_settings().device),
+    )
+    manifest = register_retrained(
+        ModelRegistry(_settings().model_dir), risk_model, result, data_label=f"served records in {export}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "version": manifest.version,
+        "parent_version": risk_model.version,
+        "status": "candidate",
+        "selection": result.selection,
+        "held_out": result.comparison,
+        "overrides": result.overrides,
+    }
+    (out / "retraining.json").write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(json.dumps(report))
+
+
 def main() -> None:
     app()
 

@@ -27,6 +27,7 @@ from .readmission import (
 )
 from .registration import register_version
 from .registry import DEFAULT_REGISTRY, LoadedArtifact, ModelRegistry
+from .retrain import override_report, register_retrained, retrain_from_served, served_table
 from .score import Contribution, Explanation, RiskModel
 from .sepsis import (
     CV_FOLDS,
@@ -55,6 +56,18 @@ from .sepsis_evaluation import (
     sepsis_subgroups,
     utility_by_patient_bootstrap,
     write_sepsis_report,
+)
+from .site import (
+    SiteData,
+    SiteResult,
+    SiteSplit,
+    adapt_site,
+    compare_on_holdout,
+    load_site,
+    recalibrate_site,
+    register_site_version,
+    site_split,
+    validate_site,
 )
 from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import TrainedBooster, default_params, patient_split, train_booster
@@ -90,15 +103,20 @@ __all__ = [
     "SEPSIS_ROUNDS",
     "SEPSIS_TASK",
     "SepsisData",
+    "SiteData",
+    "SiteResult",
+    "SiteSplit",
     "TRAINED_MAX_ICU_HOURS",
     "TrainOptions",
     "TrainedBooster",
     "accuracy_f_measure",
+    "adapt_site",
     "alert_burden",
     "baseline_scores",
     "best_threshold",
     "challenge_auc",
     "choose_device",
+    "compare_on_holdout",
     "data_fingerprint",
     "default_params",
     "default_readmission_path",
@@ -110,26 +128,35 @@ __all__ = [
     "lace_score",
     "load_readmission_data",
     "load_sepsis_data",
+    "load_site",
     "model_task",
     "normalized_utility",
     "out_of_fold",
+    "override_report",
     "patient_operating_point",
     "patient_split",
     "read_diabetes130",
     "read_physionet",
     "readmission_params",
+    "recalibrate_site",
+    "register_retrained",
+    "register_site_version",
     "register_version",
+    "retrain_from_served",
     "score_readmission",
     "score_sepsis",
     "sepsis_data",
     "sepsis_evaluation",
     "sepsis_metrics",
     "sepsis_subgroups",
+    "served_table",
     "serving_device",
+    "site_split",
     "train_booster",
     "train_readmission",
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",
+    "validate_site",
     "write_sepsis_report",
 ]
