@@ -616,6 +616,9 @@ def site_adapt(
     folds: Annotated[int, typer.Option(help="patient-grouped folds inside the site's fit patients")] = 3,
     target_alerts: TargetAlertsOption = None,
     replicates: ReplicatesOption = 200,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address: train there (needs cds-ml[dask])")
+    ] = None,
 ) -> None:
     """Adaptation: a site candidate (continued boosting from the base, or base + site data with a site
     weight; chosen by patient-grouped CV on the site's fit patients), compared with the base and the
@@ -653,6 +656,7 @@ def site_adapt(
         replicates=replicates,
         device=choose_device(_settings().device),
         progress=True,
+        scheduler=scheduler,
     ).site
     manifest = register_site_version(
         ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site adapt"

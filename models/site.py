@@ -23,6 +23,7 @@ import pandas as pd
 
 from .calibration import calibration_report, fit_isotonic
 from .datasets import data_fingerprint, read_physionet
+from .distributed import train_on
 from .errors import DatasetError
 from .manifest import Calibration, ModelManifest
 from .physionet2019 import challenge_auc, utility_table
@@ -32,7 +33,7 @@ from .report import markdown_table
 from .score import RiskModel
 from .sepsis import SepsisData, best_threshold, development_split, evaluate_sepsis, sepsis_data
 from .sepsis_evaluation import alert_burden, patient_operating_point
-from .train import patient_split, train_booster
+from .train import patient_split
 
 __all__ = [
     "CONTINUE_ROUNDS",
@@ -502,6 +503,7 @@ def adapt_site(
     replicates: int = 200,
     device: str | None = None,
     progress: bool = False,
+    scheduler: str | None = None,
 ) -> AdaptationResult:
     """Train a site candidate and choose how by patient-grouped CV inside the site's fit patients:
     `continue` (more boosting rounds from the base booster on site data; the number of rounds is
@@ -509,7 +511,7 @@ def adapt_site(
     site's with weight `site_weight`, trained afresh with the base's settings; skipped without
     `base_data`). The winner by out-of-fold utility is refitted on all fit patients, calibrated and
     thresholded on its out-of-fold probabilities, and compared with the base and the recalibrated
-    base on the held-out patients."""
+    base on the held-out patients. `scheduler`: a Dask scheduler address to train on (xgboost.dask)."""
     data = site.data
     label = _labels(data)
     split = site_split(data.patient, seed)
@@ -524,7 +526,8 @@ def adapt_site(
     trained_device = "cpu"
     for i, ids in enumerate(fold_ids):
         held = np.isin(pid, ids)
-        cont = train_booster(
+        cont = train_on(
+            scheduler,
             x[~held],
             y[~held],
             params={**params, "seed": seed + i},
@@ -551,6 +554,7 @@ def adapt_site(
                 device,
                 progress,
                 f"site pooled fold {i + 1}/{folds}",
+                scheduler,
             )
             oof_pooled[held] = pooled.booster.inplace_predict(x[held], missing=np.nan)
     base_raw_fit = _raw(model, x)
@@ -572,7 +576,8 @@ def adapt_site(
     }
     if chosen.startswith("continue"):
         rounds = int(chosen.split("+")[1])
-        final = train_booster(
+        final = train_on(
+            scheduler,
             x,
             y,
             params={**params, "seed": seed},
@@ -595,6 +600,7 @@ def adapt_site(
             device,
             progress,
             "site pooled final",
+            scheduler,
         )
     adapted = _fit_map_and_threshold(candidates[chosen], y, pid, target_alerts_per_100_days)
     recal = _fit_map_and_threshold(base_raw_fit, y, pid, target_alerts_per_100_days)
@@ -638,11 +644,13 @@ def _train_pooled(
     device: str | None,
     progress: bool,
     description: str,
+    scheduler: str | None = None,
 ) -> Any:
     x = np.concatenate([base.features, x_site])
     y = np.concatenate([_labels(base), y_site])
     w = np.concatenate([np.ones(len(base.features)), np.full(len(x_site), site_weight)])
-    return train_booster(
+    return train_on(
+        scheduler,
         x,
         y,
         params={**params, "seed": seed},
