@@ -577,7 +577,30 @@ def site_recalibrate(
     write_site_report(
         out, f"Site recalibration of sepsis v{risk_model.version} -> v{manifest.version}", result
     )
+    _track(manifest.version, result.comparison, {"command": "recalibrate", "seed": seed}, out)
     typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
+
+
+def _track(
+    manifest_version: str, comparison: dict[str, object], params: dict[str, object], out: Path
+) -> None:
+    """Log the run to MLflow and mirror the candidate version there, when CDS_MLFLOW_TRACKING_URI is set."""
+    settings = _settings()
+    if not settings.mlflow_tracking_uri:
+        return
+    from models import ModelRegistry
+    from models.tracking import log_site_run
+
+    registry = ModelRegistry(settings.model_dir)
+    manifest = registry.manifest("sepsis", manifest_version)
+    log_site_run(
+        settings.mlflow_tracking_uri,
+        manifest,
+        registry.root / manifest.name / manifest.version,
+        comparison=comparison,
+        params=params,
+        report_dir=out,
+    )
 
 
 def _site_summary(version: str, parent: str, comparison: dict[str, object], out: Path) -> str:
@@ -662,6 +685,17 @@ def site_adapt(
         ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site adapt"
     )
     write_site_report(out, f"Site adaptation of sepsis v{risk_model.version} -> v{manifest.version}", result)
+    _track(
+        manifest.version,
+        result.comparison,
+        {
+            "command": "adapt",
+            "seed": seed,
+            "chosen": result.selection.get("chosen"),
+            "site_weight": site_weight,
+        },
+        out,
+    )
     typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
 
 
@@ -732,6 +766,12 @@ def site_retrain(
         "overrides": result.overrides,
     }
     (out / "retraining.json").write_text(json.dumps(report, indent=2) + "\n")
+    _track(
+        manifest.version,
+        result.comparison,
+        {"command": "retrain", "seed": seed, **result.selection["chosen"]},
+        out,
+    )
     typer.echo(json.dumps(report))
 
 

@@ -206,6 +206,8 @@ class Settings(BaseSettings):
     ehr_profile_default: str = "generic"
     # Where training and batch scoring run: auto (a GPU when present) | cpu | cuda.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # MLflow tracking server for site runs (`cds site recalibrate|adapt|retrain`; models/tracking.py).
+    mlflow_tracking_uri: str | None = None
 
     @field_validator("ehr_profiles")
     @classmethod
