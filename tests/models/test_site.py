@@ -202,3 +202,17 @@ def test_adaptation_registers_a_candidate_with_lineage(
     hold = np.isin(d.patient, result.split.holdout)
     auroc = challenge_auc(d.label[hold], candidate.predict(d.features[hold]))[0]
     assert round(auroc, 4) == result.comparison["models"]["adapted"]["auroc"]["estimate"]
+
+
+def test_the_simulated_site_blanks_only_what_it_says(site_frame: pd.DataFrame) -> None:
+    from benchmarks.site_adaptation import NEVER_REPORTED, VITALS, sparse_charting
+
+    shifted = sparse_charting(site_frame)
+    odd = site_frame["hour"] % 2 == 1
+    assert shifted.loc[odd, list(VITALS)].isna().all().all()
+    even = ~odd
+    assert shifted.loc[even, list(VITALS)].equals(site_frame.loc[even, list(VITALS)])
+    assert shifted.loc[site_frame["hour"] % 4 != 0, "Temp"].isna().all()
+    assert shifted[list(NEVER_REPORTED)].isna().all().all()
+    untouched = [c for c in site_frame.columns if c not in (*VITALS, "Temp", *NEVER_REPORTED)]
+    assert shifted[untouched].equals(site_frame[untouched])
