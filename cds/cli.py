@@ -42,7 +42,9 @@ app.add_typer(drift_app, name="drift")
 
 
 site_app = typer.Typer(
-    help="A site's retrospective FHIR Bulk Data export: what maps, and the table.", no_args_is_help=True
+    help="Site go-live: map a hospital's FHIR Bulk Data export, then validate, recalibrate, adapt and "
+    "retrain a model on its own data.",
+    no_args_is_help=True,
 )
 app.add_typer(site_app, name="site")
 
@@ -70,6 +72,9 @@ DataOption = Annotated[
     ),
 ]
 VersionOption = Annotated[str | None, typer.Option(help="registry version (default: the active one)")]
+ModelVersionOption = Annotated[
+    str | None, typer.Option("--model", "--version", help="registry version (default: the active one)")
+]
 
 
 def _settings() -> Settings:
@@ -194,7 +199,7 @@ def score(model: ModelName, data: DataOption = None, version: VersionOption = No
 def evaluate(
     model: ModelName,
     data: DataOption = None,
-    version: VersionOption = None,
+    version: ModelVersionOption = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="directory for metrics.json, model_card.md and plots")
     ] = None,
@@ -979,6 +984,46 @@ def _export_reader(export: Path, profile: str | None, site_map: Path | None, sou
         raise typer.Exit(2) from None
 
 
+SiteDataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data", help="the site's labelled hourly table: PhysioNet 2019 layout (.psv directory or parquet)"
+    ),
+]
+SiteOutOption = Annotated[Path, typer.Option("--out", help="directory for the report files")]
+SiteSeedOption = Annotated[
+    int, typer.Option("--seed", help="the site's split seed (fit / held-out patients; kept in the lineage)")
+]
+TargetAlertsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--target-alerts",
+        help="threshold for at most this many alerts per 100 patient-days (default: utility-maximising)",
+    ),
+]
+ReplicatesOption = Annotated[int, typer.Option(help="bootstrap replicates (by patient)")]
+
+
+def _site_model(model: ModelName, version: str | None) -> RiskModel:
+    if model is not ModelName.sepsis:
+        typer.echo(
+            f"error: site go-live is implemented for the sepsis model only, not {model.value}", err=True
+        )
+        raise typer.Exit(2)
+    return _load_model(model, version)
+
+
+def _site_data(model: RiskModel, data: Path) -> object:
+    from models import DatasetError
+    from models.site import load_site
+
+    try:
+        return load_site(data, model.spec)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _with_progress(reader: Any) -> Any:
     """Progress bars on stderr: bytes read, then stays built."""
     from tqdm.auto import tqdm
@@ -1088,6 +1133,250 @@ def site_import(
     report_path = out.with_name(out.name + ".report.json") if out.suffix else out / "map-report.json"
     report_path.write_text(json.dumps({"profile": reader.profile.name, **reader.report.as_dict()}, indent=1))
     typer.echo(f"{written} stays written to {out}; report in {report_path}")
+
+
+@site_app.command("validate")
+def site_validate(
+    model: ModelName,
+    data: SiteDataOption,
+    out: SiteOutOption = Path("golive"),
+    version: ModelVersionOption = None,
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Local validation: the full clinical evaluation of the model on the site's data, with the go-live
+    checks, as golive.md/golive.html, model_card.md, metrics.json and plots in --out."""
+    from models.site import SiteData, validate_site
+
+    risk_model = _site_model(model, version)
+    site = _site_data(risk_model, data)
+    assert isinstance(site, SiteData)
+    metrics = validate_site(risk_model, site, out, replicates=replicates)
+    typer.echo(json.dumps({"out": str(out), **metrics["golive"]}))
+
+
+@site_app.command("recalibrate")
+def site_recalibrate(
+    model: ModelName,
+    data: SiteDataOption,
+    out: SiteOutOption = Path("recalibration"),
+    version: ModelVersionOption = None,
+    seed: SiteSeedOption = 2019,
+    target_alerts: TargetAlertsOption = None,
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Local recalibration: calibration map and alert threshold refitted on half of the site's patients,
+    compared with the base on the other half; registered as a candidate version."""
+    from models import ModelRegistry
+    from models.site import SiteData, recalibrate_site, register_site_version, write_site_report
+
+    risk_model = _site_model(model, version)
+    site = _site_data(risk_model, data)
+    assert isinstance(site, SiteData)
+    result = recalibrate_site(
+        risk_model, site, seed=seed, target_alerts_per_100_days=target_alerts, replicates=replicates
+    )
+    manifest = register_site_version(
+        ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site recalibrate"
+    )
+    write_site_report(
+        out, f"Site recalibration of sepsis v{risk_model.version} -> v{manifest.version}", result
+    )
+    _track(manifest.version, result.comparison, {"command": "recalibrate", "seed": seed}, out)
+    typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
+
+
+def _track(
+    manifest_version: str, comparison: dict[str, object], params: dict[str, object], out: Path
+) -> None:
+    """Log the run to MLflow and mirror the candidate version there, when CDS_MLFLOW_TRACKING_URI is set."""
+    settings = _settings()
+    if not settings.mlflow_tracking_uri:
+        return
+    from models import ModelRegistry
+    from models.tracking import log_site_run
+
+    registry = ModelRegistry(settings.model_dir)
+    manifest = registry.manifest("sepsis", manifest_version)
+    log_site_run(
+        settings.mlflow_tracking_uri,
+        manifest,
+        registry.root / manifest.name / manifest.version,
+        comparison=comparison,
+        params=params,
+        report_dir=out,
+    )
+
+
+def _site_summary(version: str, parent: str, comparison: dict[str, object], out: Path) -> str:
+    models = comparison["models"]
+    assert isinstance(models, dict)
+    return json.dumps(
+        {
+            "version": version,
+            "parent_version": parent,
+            "status": "candidate",
+            "out": str(out),
+            "held_out_patients": comparison["patients"],
+            **{k: {"auroc": v["auroc"], "utility": v["utility"]} for k, v in models.items()},
+        }
+    )
+
+
+@site_app.command("adapt")
+def site_adapt(
+    model: ModelName,
+    data: SiteDataOption,
+    out: SiteOutOption = Path("adaptation"),
+    version: ModelVersionOption = None,
+    seed: SiteSeedOption = 2019,
+    base_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="the base model's training data for `pooled` (default: its recorded path, if present)"
+        ),
+    ] = None,
+    base_patients: Annotated[
+        int | None, typer.Option(help="use this many of the base's development patients in `pooled`")
+    ] = 4000,
+    rounds: Annotated[str, typer.Option(help="extra boosting rounds tried by `continue`")] = "25,50,100,150",
+    site_weight: Annotated[float, typer.Option(help="weight of site rows in `pooled`")] = 3.0,
+    folds: Annotated[int, typer.Option(help="patient-grouped folds inside the site's fit patients")] = 3,
+    target_alerts: TargetAlertsOption = None,
+    replicates: ReplicatesOption = 200,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address: train there (needs cds-ml[dask])")
+    ] = None,
+) -> None:
+    """Adaptation: a site candidate (continued boosting from the base, or base + site data with a site
+    weight; chosen by patient-grouped CV on the site's fit patients), compared with the base and the
+    recalibrated base on the held-out site patients; registered as a candidate version."""
+    from models import ModelRegistry, choose_device
+    from models.site import (
+        SiteData,
+        adapt_site,
+        base_development_data,
+        register_site_version,
+        write_site_report,
+    )
+
+    risk_model = _site_model(model, version)
+    site = _site_data(risk_model, data)
+    assert isinstance(site, SiteData)
+    base_path = base_data or Path(str(risk_model.manifest.training_data.get("path", "")))
+    base = None
+    if base_path.exists() and base_path != Path(""):
+        base = base_development_data(
+            risk_model, base_path, risk_model.spec, patients=base_patients, seed=seed
+        )
+    elif base_data is not None:
+        typer.echo(f"error: dataset not found: {base_data}", err=True)
+        raise typer.Exit(2)
+    result = adapt_site(
+        risk_model,
+        site,
+        seed=seed,
+        base_data=base,
+        continue_rounds=tuple(int(r) for r in rounds.split(",")),
+        site_weight=site_weight,
+        folds=folds,
+        target_alerts_per_100_days=target_alerts,
+        replicates=replicates,
+        device=choose_device(_settings().device),
+        progress=True,
+        scheduler=scheduler,
+    ).site
+    manifest = register_site_version(
+        ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site adapt"
+    )
+    write_site_report(out, f"Site adaptation of sepsis v{risk_model.version} -> v{manifest.version}", result)
+    _track(
+        manifest.version,
+        result.comparison,
+        {
+            "command": "adapt",
+            "seed": seed,
+            "chosen": result.selection.get("chosen"),
+            "site_weight": site_weight,
+        },
+        out,
+    )
+    typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
+
+
+@site_app.command("retrain")
+def site_retrain(
+    model: ModelName,
+    export: Annotated[
+        Path,
+        typer.Option(help="a `cds feedback export` directory (RiskAssessment.ndjson, Provenance.ndjson)"),
+    ],
+    outcomes: Annotated[
+        Path,
+        typer.Option(
+            help="CSV of outcomes: columns pseudonym, onset (ISO time of Sepsis-3 onset; empty: none)"
+        ),
+    ],
+    out: SiteOutOption = Path("retraining"),
+    version: ModelVersionOption = None,
+    seed: SiteSeedOption = 2019,
+    rounds: Annotated[str, typer.Option(help="extra boosting rounds tried")] = "25,50,100",
+    replicates: ReplicatesOption = 200,
+) -> None:
+    """Retraining of a live site from its served records: RiskAssessments (their recorded feature values),
+    feedback Provenances as columns (overridden, reason) and outcomes joined by pseudonym; overrides
+    reported by reason, unit and model version; registered as a candidate version."""
+    import pandas as pd
+
+    from models import ModelRegistry, choose_device
+    from models.retrain import register_retrained, retrain_from_served, served_table
+
+    risk_model = _site_model(model, version)
+
+    def read(name: str) -> list[dict[str, object]]:
+        path = export / name
+        if not path.is_file():
+            typer.echo(f"error: {path} not found (run `cds feedback export --out {export}`)", err=True)
+            raise typer.Exit(2)
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    frame = pd.read_csv(outcomes, dtype={"pseudonym": str})
+    frame["onset"] = pd.to_datetime(frame["onset"], utc=True, errors="coerce")
+    table = served_table(
+        read("RiskAssessment.ndjson"),
+        read("Provenance.ndjson"),
+        frame,
+        risk_model.spec.names,
+        model_name="sepsis",
+    )
+    result = retrain_from_served(
+        risk_model,
+        table,
+        seed=seed,
+        rounds=tuple(int(r) for r in rounds.split(",")),
+        replicates=replicates,
+        device=choose_device(_settings().device),
+    )
+    manifest = register_retrained(
+        ModelRegistry(_settings().model_dir), risk_model, result, data_label=f"served records in {export}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "version": manifest.version,
+        "parent_version": risk_model.version,
+        "status": "candidate",
+        "selection": result.selection,
+        "held_out": result.comparison,
+        "overrides": result.overrides,
+    }
+    (out / "retraining.json").write_text(json.dumps(report, indent=2) + "\n")
+    _track(
+        manifest.version,
+        result.comparison,
+        {"command": "retrain", "seed": seed, **result.selection["chosen"]},
+        out,
+    )
+    typer.echo(json.dumps(report))
 
 
 def main() -> None:

@@ -308,6 +308,8 @@ class Settings(BaseSettings):
     ehr_profile_default: str = "generic"
     # Where training and batch scoring run: auto (a GPU when present) | cpu | cuda.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # MLflow tracking server for site runs (`cds site recalibrate|adapt|retrain`; models/tracking.py).
+    mlflow_tracking_uri: str | None = None
 
     # --- drift and data quality (cds/drift.py, docs/operations.md) ------------------------
     drift_enabled: bool = True

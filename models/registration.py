@@ -55,8 +55,15 @@ def register_version(
     seed: int,
     activate: bool,
     reference: DriftReference | None = None,
+    parent_version: str | None = None,
+    created_by: str = "cds train",
+    data_sha256: str | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> tuple[ModelManifest, Path]:
-    """Write one new version of `name` (the next number) and return its manifest and folder."""
+    """Write one new version of `name` (the next number) and return its manifest and folder.
+    `parent_version`: the version this one derives from (default: the active one); `data_sha256`:
+    the data's fingerprint when it is not one file (a site's table); `lineage`: where a derived
+    version came from (parent, data fingerprints, counts, split seed), kept in `training_data`."""
     manifest = ModelManifest(
         name=name,
         version=registry.next_version(name),
@@ -69,10 +76,11 @@ def register_version(
         model_sha256=hashlib.sha256(model_bytes).hexdigest(),
         training_data={
             "path": data_label,
-            "sha256": data_fingerprint(data_path),
+            "sha256": data_sha256 or data_fingerprint(data_path),
             "rows": rows,
             "patients": patients,
             "split": split,
+            **({"lineage": lineage} if lineage else {}),
         },
         params={k: v for k, v in params.items() if k != "device"},
         num_boost_round=num_boost_round,
@@ -84,7 +92,8 @@ def register_version(
         xgboost_version=xgb.__version__,
         device=device,
         seed=seed,
-        parent_version=active_or_none(registry, name),
+        parent_version=parent_version or active_or_none(registry, name),
+        created_by=created_by,
         reference=reference,
     )
     return manifest, registry.register(manifest, model_bytes, activate=activate)

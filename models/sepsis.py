@@ -50,6 +50,7 @@ __all__ = [
     "evaluate_sepsis",
     "grouped_folds",
     "load_sepsis_data",
+    "sepsis_data",
     "out_of_fold",
     "score_sepsis",
     "sepsis_metrics",
@@ -89,6 +90,12 @@ def load_sepsis_data(
         frame = frame[frame["patient"].isin(keep)].reset_index(drop=True)
     if only is not None:
         frame = frame[frame["patient"].isin(only)].reset_index(drop=True)
+    return sepsis_data(frame, spec, baselines=baselines)
+
+
+def sepsis_data(frame: pd.DataFrame, spec: FeatureSpec, *, baselines: bool = False) -> SepsisData:
+    """Features (and optionally the clinical baselines) of a frame in PhysioNet 2019 layout, sorted
+    by patient and hour: the file reader's output, or a site's canonical hourly table."""
     tab = physionet_to_table(frame)
     features = build_features(tab.table, spec)
     real = tab.source_row >= 0

@@ -95,11 +95,15 @@ def train_booster(
     progress: bool = True,
     description: str = "training",
     device: str | None = None,
+    weight: np.ndarray | None = None,
+    xgb_model: xgb.Booster | None = None,
 ) -> TrainedBooster:
+    """`xgb_model`: continue boosting from this booster (a copy; it is left as it is); `weight`:
+    one training weight per row."""
     device = device or choose_device()
     params = {**params, "device": device}
     dtrain = xgb.QuantileDMatrix(
-        x_train, label=y_train, missing=np.nan, max_bin=int(params.get("max_bin", 256))
+        x_train, label=y_train, weight=weight, missing=np.nan, max_bin=int(params.get("max_bin", 256))
     )
     evals = []
     if x_valid is not None and y_valid is not None:
@@ -109,8 +113,18 @@ def train_booster(
         callbacks.append(
             xgb.callback.EarlyStopping(rounds=early_stopping_rounds, save_best=True, data_name="valid")
         )
+    start = None
+    if xgb_model is not None:
+        start = xgb.Booster()
+        start.load_model(bytearray(xgb_model.save_raw(raw_format="ubj")))
     booster = xgb.train(
-        params, dtrain, num_boost_round=num_boost_round, evals=evals, callbacks=callbacks, verbose_eval=False
+        params,
+        dtrain,
+        num_boost_round=num_boost_round,
+        evals=evals,
+        callbacks=callbacks,
+        verbose_eval=False,
+        xgb_model=start,
     )
     rounds = booster.num_boosted_rounds()
     # A model used for serving runs on the CPU regardless of where it was trained.

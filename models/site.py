@@ -1,0 +1,761 @@
+"""Site go-live for the sepsis model: local validation, local recalibration and adaptation on a
+hospital's own labelled hourly table, each judged on site patients the fit never saw.
+
+A site's table is the PhysioNet 2019 layout (`patient`, `hour`, the 40 variables, `SepsisLabel`):
+a file `read_physionet` reads, or the canonical hourly table a FHIR Bulk export maps to. The site's
+patients are split once by the site's seed into a fit part and a held-out part; recalibration and
+adaptation learn only from the fit part, and base / recalibrated / adapted are compared on the
+same held-out patients with paired patient-bootstrap intervals. Every result can be registered as
+a `candidate` version (never activated here) whose manifest carries its lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .calibration import calibration_report, fit_isotonic
+from .datasets import data_fingerprint, read_physionet
+from .distributed import train_on
+from .errors import DatasetError
+from .manifest import Calibration, ModelManifest
+from .physionet2019 import challenge_auc, utility_table
+from .registration import register_version
+from .registry import ModelRegistry
+from .report import markdown_table
+from .score import RiskModel
+from .sepsis import SepsisData, best_threshold, development_split, evaluate_sepsis, sepsis_data
+from .sepsis_evaluation import alert_burden, patient_operating_point
+from .train import patient_split
+
+__all__ = [
+    "CONTINUE_ROUNDS",
+    "POOLED_SITE_WEIGHT",
+    "SITE_FOLDS",
+    "SITE_HOLDOUT_FRACTION",
+    "AdaptationResult",
+    "Recalibration",
+    "SiteData",
+    "SiteResult",
+    "SiteSplit",
+    "adapt_site",
+    "base_development_data",
+    "compare_on_holdout",
+    "comparison_table",
+    "frame_fingerprint",
+    "load_site",
+    "recalibrate_site",
+    "register_site_version",
+    "site_split",
+    "threshold_for_alert_rate",
+    "validate_site",
+    "write_site_report",
+]
+
+SITE_HOLDOUT_FRACTION = 0.5
+SITE_FOLDS = 3
+CONTINUE_ROUNDS = (25, 50, 100, 150)  # extra rounds tried when continuing the base booster
+POOLED_SITE_WEIGHT = 3.0
+
+
+# --- the site's data -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteData:
+    data: SepsisData
+    fingerprint: str  # sha256 of the table (or of the file it was read from)
+    label: str  # how reports name it (a path, never patient data)
+
+
+def frame_fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of a table's columns and values, independent of how it was stored."""
+    h = hashlib.sha256(json.dumps(list(map(str, frame.columns))).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def _ids_fingerprint(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(np.sort(ids), dtype=np.int64).tobytes()).hexdigest()
+
+
+def load_site(source: Path | str | pd.DataFrame, spec: Any, *, label: str = "") -> SiteData:
+    """A site's labelled table from a file/directory in PhysioNet layout or from a DataFrame."""
+    if isinstance(source, pd.DataFrame):
+        frame = source.sort_values(["patient", "hour"], kind="stable").reset_index(drop=True)
+        fingerprint, name = frame_fingerprint(frame), label or "site table"
+    else:
+        frame = read_physionet(source)
+        fingerprint, name = data_fingerprint(source), label or str(source)
+    if "SepsisLabel" not in frame:
+        raise DatasetError(f"{name} has no SepsisLabel column: a site's go-live data needs outcomes")
+    return SiteData(sepsis_data(frame, spec, baselines=True), fingerprint, name)
+
+
+@dataclass(frozen=True)
+class SiteSplit:
+    """The site's patients: `fit` (recalibration/adaptation learn here) and `holdout` (judged here)."""
+
+    seed: int
+    fit: np.ndarray
+    holdout: np.ndarray
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "site_split_seed": self.seed,
+            "fit_patients": len(self.fit),
+            "holdout_patients": len(self.holdout),
+            "fit_patients_sha256": _ids_fingerprint(self.fit),
+            "holdout_patients_sha256": _ids_fingerprint(self.holdout),
+        }
+
+
+def site_split(patient: np.ndarray, seed: int, holdout_fraction: float = SITE_HOLDOUT_FRACTION) -> SiteSplit:
+    fit, holdout = patient_split(patient, (1 - holdout_fraction, holdout_fraction), seed)
+    if len(fit) == 0 or len(holdout) == 0:
+        raise DatasetError("the site's data has too few patients to hold some out")
+    return SiteSplit(seed, fit, holdout)
+
+
+def _subset(data: SepsisData, ids: np.ndarray) -> SepsisData:
+    keep = np.isin(data.patient, ids)
+    return SepsisData(
+        data.frame[keep].reset_index(drop=True),
+        data.features[keep],
+        None if data.label is None else data.label[keep],
+        data.patient[keep],
+        data.hour[keep],
+        None if data.baselines is None else {k: v[keep] for k, v in data.baselines.items()},
+    )
+
+
+def _labels(data: SepsisData) -> np.ndarray:
+    if data.label is None:
+        raise DatasetError("the site's data has no SepsisLabel column")
+    return data.label
+
+
+def _raw(model: RiskModel, x: np.ndarray) -> np.ndarray:
+    raw: np.ndarray = 1.0 / (1.0 + np.exp(-model.margin(x)))
+    return raw
+
+
+def _interp(calibration: Calibration, raw: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.interp(raw, np.asarray(calibration.x), np.asarray(calibration.y))
+    return out
+
+
+# --- 1. local validation ---------------------------------------------------------------------------
+
+
+GOLIVE_AUROC_DROP = 0.03  # beyond it, adaptation is recommended
+GOLIVE_UTILITY_DROP = 0.05
+GOLIVE_SLOPE = (0.8, 1.25)  # calibration slope outside it: recalibration is recommended
+GOLIVE_INTERCEPT = 0.25
+
+
+def _golive_checks(metrics: Mapping[str, Any], manifest: ModelManifest) -> list[dict[str, Any]]:
+    own = manifest.metrics.get("test", {})
+    cal = metrics["calibration"]
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, reference: Any, ok: bool, advice: str) -> None:
+        checks.append({"check": name, "site": value, "reference": reference, "ok": ok, "if_not": advice})
+
+    if "auroc" in own:
+        add(
+            "hour AUROC within 0.03 of the model's own held-out test",
+            metrics["auroc_ci"]["estimate"],
+            own["auroc"],
+            metrics["auroc_ci"]["estimate"] >= own["auroc"] - GOLIVE_AUROC_DROP,
+            "adapt the model (cds site adapt)",
+        )
+    if "utility" in own:
+        add(
+            "normalised utility within 0.05 of the model's own held-out test",
+            metrics["utility_ci"]["estimate"],
+            own["utility"],
+            metrics["utility_ci"]["estimate"] >= own["utility"] - GOLIVE_UTILITY_DROP,
+            "adapt or recalibrate (cds site adapt / recalibrate)",
+        )
+    add(
+        "calibration slope in [0.8, 1.25]",
+        cal["slope"],
+        "1",
+        GOLIVE_SLOPE[0] <= cal["slope"] <= GOLIVE_SLOPE[1],
+        "recalibrate (cds site recalibrate)",
+    )
+    add(
+        "calibration intercept within +-0.25",
+        cal["intercept"],
+        "0",
+        abs(cal["intercept"]) <= GOLIVE_INTERCEPT,
+        "recalibrate (cds site recalibrate)",
+    )
+    return checks
+
+
+def _write_html(markdown_path: Path) -> Path:
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_path.read_text())
+    html = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Go-live report</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.2em .5em}img{max-width:30em}</style></head><body>"
+        f"{body}</body></html>\n"
+    )
+    path = markdown_path.with_suffix(".html")
+    path.write_text(html)
+    return path
+
+
+def validate_site(model: RiskModel, site: SiteData, out: Path, *, replicates: int = 200) -> dict[str, Any]:
+    """The full clinical evaluation of `model` on all of the site's patients (it never saw them),
+    plus the go-live checks against the model's own held-out figures; writes metrics.json, the model
+    card, the plots and golive.md / golive.html to `out`."""
+    metrics = evaluate_sepsis(model, site.data, report=out, replicates=replicates, data_label=site.label)
+    checks = _golive_checks(metrics, model.manifest)
+    metrics["golive"] = {
+        "model": f"{model.name}@{model.version}",
+        "site_data_sha256": site.fingerprint,
+        "checks": checks,
+        "ready": all(c["ok"] for c in checks),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    rows = [[c["check"], c["site"], c["reference"], "yes" if c["ok"] else "NO", c["if_not"]] for c in checks]
+    pl, burden = metrics["patient_level"], metrics["alert_burden"]
+    text = "\n\n".join(
+        [
+            f"# Go-live report: {model.manifest.title} v{model.version} on {site.label}",
+            f"{metrics['rows']} hourly rows, {pl['patients']} patients, {pl['septic_patients']} septic; "
+            f"site data sha256 `{site.fingerprint[:16]}`. "
+            "Every hour is scored from data up to that hour only.",
+            "## Go-live checks",
+            markdown_table(["check", "site", "model's own test", "passes", "if not"], rows),
+            f"Ready without local changes: **{'yes' if metrics['golive']['ready'] else 'no'}**.",
+            "## Headline figures (95 % patient-bootstrap intervals)",
+            markdown_table(
+                ["metric", "value"],
+                [
+                    ["normalised utility", _ci(metrics["utility_ci"])],
+                    ["hour AUROC", _ci(metrics["auroc_ci"])],
+                    ["hour AUPRC", metrics["hour_level"]["auprc"]],
+                    ["alerts per 100 patient-days", burden["alerts_per_100_patient_days"]],
+                    ["patient sensitivity / PPV", f"{pl['sensitivity']} / {pl['ppv']}"],
+                ],
+            ),
+            "The full evaluation (calibration, subgroups, clinical baselines) is in model_card.md "
+            "and metrics.json.",
+            "![ROC](roc.png) ![calibration](calibration.png) ![utility](utility_vs_threshold.png)",
+        ]
+    )
+    (out / "golive.md").write_text(text + "\n")
+    _write_html(out / "golive.md")
+    return metrics
+
+
+def _ci(ci: Mapping[str, Any]) -> str:
+    return f"{ci['estimate']:.3f} ({ci['ci95_low']:.3f}-{ci['ci95_high']:.3f})"
+
+
+# --- side-by-side comparison on held-out site patients ---------------------------------------------
+
+
+def _patient_index(patient: np.ndarray) -> tuple[np.ndarray, int]:
+    starts = np.r_[True, patient[1:] != patient[:-1]] if len(patient) else np.zeros(0, dtype=bool)
+    return np.cumsum(starts) - 1, int(starts.sum())
+
+
+def compare_on_holdout(
+    probabilities: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    label: np.ndarray,
+    patient: np.ndarray,
+    *,
+    replicates: int = 200,
+    seed: int = 0,
+    reference: str = "base",
+) -> dict[str, Any]:
+    """Each model's hour AUROC and normalised utility with 95 % intervals from the same patient
+    resamples (so differences to `reference` get paired intervals), plus AUPRC, calibration and
+    alert burden. Rows in time order per patient."""
+    label = np.asarray(label).astype(np.int8)
+    table = utility_table(label, patient)
+    group, g = _patient_index(patient)
+    best = np.bincount(
+        group, weights=np.where(table.best == 1, table.if_positive, table.if_negative), minlength=g
+    )
+    inaction = np.bincount(group, weights=table.if_negative, minlength=g)
+    observed = {
+        k: np.bincount(
+            group, weights=np.where(p >= thresholds[k], table.if_positive, table.if_negative), minlength=g
+        )
+        for k, p in probabilities.items()
+    }
+    first = np.flatnonzero(np.r_[True, patient[1:] != patient[:-1]])
+    ends = np.r_[first[1:], len(patient)]
+
+    def utility(k: str, w: np.ndarray) -> float:
+        d = w @ best - w @ inaction
+        return float((w @ observed[k] - w @ inaction) / d) if d else float("nan")
+
+    rng = np.random.default_rng(seed)
+    boot: dict[str, dict[str, list[float]]] = {k: {"auroc": [], "utility": []} for k in probabilities}
+    for _ in range(replicates):
+        pick = rng.integers(0, g, g)
+        w = np.bincount(pick, minlength=g).astype(np.float64)
+        rows = np.concatenate([np.arange(first[i], ends[i]) for i in pick])
+        y = label[rows]
+        ok = 0 < y.sum() < len(y)
+        for k, p in probabilities.items():
+            boot[k]["auroc"].append(challenge_auc(y, p[rows])[0] if ok else float("nan"))
+            boot[k]["utility"].append(utility(k, w))
+
+    def interval(values: Sequence[float], estimate: float) -> dict[str, float]:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        low, high = np.percentile(v, [2.5, 97.5]) if len(v) else (np.nan, np.nan)
+        return {
+            "estimate": round(estimate, 4),
+            "ci95_low": round(float(low), 4),
+            "ci95_high": round(float(high), 4),
+        }
+
+    out: dict[str, Any] = {"patients": g, "rows": int(len(label)), "replicates": replicates, "models": {}}
+    ones = np.ones(g)
+    for k, p in probabilities.items():
+        auroc, auprc = challenge_auc(label, p)
+        alarm = p >= thresholds[k]
+        entry: dict[str, Any] = {
+            "threshold": float(thresholds[k]),
+            "auroc": interval(boot[k]["auroc"], auroc),
+            "utility": interval(boot[k]["utility"], utility(k, ones)),
+            "auprc": round(auprc, 4),
+            "calibration": calibration_report(label, p).as_dict(),
+            "alerts_per_100_patient_days": alert_burden(alarm, patient)["alerts_per_100_patient_days"],
+            "patient_sensitivity": patient_operating_point(label, alarm, patient)["sensitivity"],
+        }
+        if k != reference and reference in probabilities:
+            entry["minus_" + reference] = {
+                m: interval(
+                    np.subtract(boot[k][m], boot[reference][m]).tolist(),
+                    entry[m]["estimate"] - out["models"][reference][m]["estimate"],
+                )
+                for m in ("auroc", "utility")
+            }
+        out["models"][k] = entry
+    return out
+
+
+def comparison_table(comparison: Mapping[str, Any]) -> str:
+    """The side-by-side table (Markdown), one row per model."""
+    rows = []
+    for name, m in comparison["models"].items():
+        delta = next((v for k, v in m.items() if k.startswith("minus_")), None)
+        rows.append(
+            [
+                name,
+                _ci(m["auroc"]),
+                _ci(m["utility"]),
+                _ci(delta["utility"]) if delta else "",
+                m["auprc"],
+                m["calibration"]["slope"],
+                m["calibration"]["intercept"],
+                m["alerts_per_100_patient_days"],
+            ]
+        )
+    header = [
+        "model",
+        "hour AUROC (95 % CI)",
+        "utility (95 % CI)",
+        "utility minus base (paired CI)",
+        "AUPRC",
+        "cal. slope",
+        "cal. intercept",
+        "alerts / 100 patient-days",
+    ]
+    return markdown_table(header, rows)
+
+
+# --- 2. local recalibration ------------------------------------------------------------------------
+
+
+def threshold_for_alert_rate(probability: np.ndarray, patient: np.ndarray, target: float) -> float:
+    """The lowest threshold whose alerts per 100 patient-days do not exceed `target` (on a grid
+    of the probability's quantiles; alerts fall, though not strictly, as the threshold rises)."""
+    grid = np.unique(np.quantile(probability, np.linspace(0.0, 1.0, 1001)))
+    chosen = float(grid[-1]) + 1e-12
+    for t in grid[::-1]:
+        if alert_burden(probability >= t, patient)["alerts_per_100_patient_days"] <= target:
+            chosen = float(t)
+        else:
+            break
+    return chosen
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    calibration: Calibration
+    threshold: float
+    rule: str  # how the threshold was chosen
+    fit_utility: float
+
+
+def _fit_map_and_threshold(
+    raw: np.ndarray, label: np.ndarray, patient: np.ndarray, target_alerts: float | None
+) -> Recalibration:
+    calibration = fit_isotonic(raw, label)
+    p = _interp(calibration, raw)
+    threshold, fit_utility = best_threshold(p, label, patient)
+    rule = "utility-maximising on the site's fit patients"
+    if target_alerts is not None:
+        threshold = threshold_for_alert_rate(p, patient, target_alerts)
+        fit_utility = utility_table(label, patient).normalized(p >= threshold)
+        rule = f"at most {target_alerts:g} alerts per 100 patient-days on the site's fit patients"
+    return Recalibration(calibration, threshold, rule, round(float(fit_utility), 4))
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    """What a recalibration or adaptation produced and how it compared on held-out site patients."""
+
+    kind: str  # recalibrated | adapted
+    split: SiteSplit
+    recalibration: Recalibration
+    comparison: dict[str, Any]
+    model_bytes: bytes
+    params: dict[str, Any]
+    num_boost_round: int
+    device: str
+    selection: dict[str, Any] = field(default_factory=dict)
+    fit_rows: int = 0
+
+
+def recalibrate_site(
+    model: RiskModel,
+    site: SiteData,
+    *,
+    seed: int = 2019,
+    target_alerts_per_100_days: float | None = None,
+    replicates: int = 200,
+) -> SiteResult:
+    """Refit the calibration map (isotonic, on the booster's raw output) and the alert threshold on
+    the site's fit patients; compare with the base model on the held-out patients."""
+    data = site.data
+    label = _labels(data)
+    split = site_split(data.patient, seed)
+    fit, hold = np.isin(data.patient, split.fit), np.isin(data.patient, split.holdout)
+    recal = _fit_map_and_threshold(
+        _raw(model, data.features[fit]), label[fit], data.patient[fit], target_alerts_per_100_days
+    )
+    raw_hold = _raw(model, data.features[hold])
+    comparison = compare_on_holdout(
+        {"base": model.calibrate(raw_hold), "recalibrated": _interp(recal.calibration, raw_hold)},
+        {"base": model.threshold, "recalibrated": recal.threshold},
+        label[hold],
+        data.patient[hold],
+        replicates=replicates,
+    )
+    return SiteResult(
+        "recalibrated",
+        split,
+        recal,
+        comparison,
+        bytes(model.booster.save_raw(raw_format="ubj")),
+        dict(model.manifest.params),
+        model.manifest.num_boost_round,
+        model.manifest.device,
+        fit_rows=int(fit.sum()),
+    )
+
+
+# --- 3. adaptation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdaptationResult:
+    site: SiteResult
+    recalibrated: Recalibration  # the recalibrated base, fitted on the same fit patients
+
+
+def _best_utility(raw: np.ndarray, label: np.ndarray, patient: np.ndarray) -> float:
+    return round(best_threshold(raw, label, patient)[1], 4)
+
+
+def adapt_site(
+    model: RiskModel,
+    site: SiteData,
+    *,
+    seed: int = 2019,
+    base_data: SepsisData | None = None,
+    continue_rounds: Sequence[int] = CONTINUE_ROUNDS,
+    site_weight: float = POOLED_SITE_WEIGHT,
+    folds: int = SITE_FOLDS,
+    target_alerts_per_100_days: float | None = None,
+    replicates: int = 200,
+    device: str | None = None,
+    progress: bool = False,
+    scheduler: str | None = None,
+) -> AdaptationResult:
+    """Train a site candidate and choose how by patient-grouped CV inside the site's fit patients:
+    `continue` (more boosting rounds from the base booster on site data; the number of rounds is
+    chosen too) against `pooled` (the base model's own development patients, `base_data`, plus the
+    site's with weight `site_weight`, trained afresh with the base's settings; skipped without
+    `base_data`). The winner by out-of-fold utility is refitted on all fit patients, calibrated and
+    thresholded on its out-of-fold probabilities, and compared with the base and the recalibrated
+    base on the held-out patients. `scheduler`: a Dask scheduler address to train on (xgboost.dask)."""
+    data = site.data
+    label = _labels(data)
+    split = site_split(data.patient, seed)
+    fit, hold = np.isin(data.patient, split.fit), np.isin(data.patient, split.holdout)
+    x, y, pid = data.features[fit], label[fit], data.patient[fit]
+    params = {k: v for k, v in model.manifest.params.items() if k != "device"}
+    base_rounds = model.booster.num_boosted_rounds()
+    extra = max(continue_rounds)
+    fold_ids = patient_split(pid, (1.0,) * folds, seed + 1)
+    oof_continue = {r: np.full(len(y), np.nan) for r in continue_rounds}
+    oof_pooled = np.full(len(y), np.nan)
+    trained_device = "cpu"
+    for i, ids in enumerate(fold_ids):
+        held = np.isin(pid, ids)
+        cont = train_on(
+            scheduler,
+            x[~held],
+            y[~held],
+            params={**params, "seed": seed + i},
+            num_boost_round=extra,
+            xgb_model=model.booster,
+            device=device,
+            progress=progress,
+            description=f"site continue fold {i + 1}/{folds}",
+        )
+        trained_device = cont.device
+        for r in continue_rounds:
+            oof_continue[r][held] = cont.booster.inplace_predict(
+                x[held], iteration_range=(0, base_rounds + r), missing=np.nan
+            )
+        if base_data is not None:
+            pooled = _train_pooled(
+                base_data,
+                x[~held],
+                y[~held],
+                params,
+                model.manifest.num_boost_round,
+                site_weight,
+                seed + i,
+                device,
+                progress,
+                f"site pooled fold {i + 1}/{folds}",
+                scheduler,
+            )
+            oof_pooled[held] = pooled.booster.inplace_predict(x[held], missing=np.nan)
+    base_raw_fit = _raw(model, x)
+    candidates: dict[str, np.ndarray] = {f"continue+{r}": v for r, v in oof_continue.items()}
+    if base_data is not None:
+        candidates[f"pooled(w={site_weight:g})"] = oof_pooled
+    scores = {k: _best_utility(v, y, pid) for k, v in candidates.items()}
+    aurocs = {k: round(challenge_auc(y, v)[0], 4) for k, v in candidates.items()}
+    chosen = max(scores, key=lambda k: (scores[k], aurocs[k]))
+    selection = {
+        "folds": folds,
+        "out_of_fold_utility": scores,
+        "out_of_fold_auroc": aurocs,
+        "base_on_fit_patients": {
+            "utility": _best_utility(base_raw_fit, y, pid),
+            "auroc": round(challenge_auc(y, base_raw_fit)[0], 4),
+        },
+        "chosen": chosen,
+    }
+    if chosen.startswith("continue"):
+        rounds = int(chosen.split("+")[1])
+        final = train_on(
+            scheduler,
+            x,
+            y,
+            params={**params, "seed": seed},
+            num_boost_round=rounds,
+            xgb_model=model.booster,
+            device=device,
+            progress=progress,
+            description="site continue final",
+        )
+    else:
+        assert base_data is not None
+        final = _train_pooled(
+            base_data,
+            x,
+            y,
+            params,
+            model.manifest.num_boost_round,
+            site_weight,
+            seed,
+            device,
+            progress,
+            "site pooled final",
+            scheduler,
+        )
+    adapted = _fit_map_and_threshold(candidates[chosen], y, pid, target_alerts_per_100_days)
+    recal = _fit_map_and_threshold(base_raw_fit, y, pid, target_alerts_per_100_days)
+    xh = data.features[hold]
+    raw_hold = _raw(model, xh)
+    adapted_raw = np.asarray(final.booster.inplace_predict(xh, missing=np.nan), dtype=np.float64)
+    comparison = compare_on_holdout(
+        {
+            "base": model.calibrate(raw_hold),
+            "recalibrated": _interp(recal.calibration, raw_hold),
+            "adapted": _interp(adapted.calibration, adapted_raw),
+        },
+        {"base": model.threshold, "recalibrated": recal.threshold, "adapted": adapted.threshold},
+        label[hold],
+        data.patient[hold],
+        replicates=replicates,
+    )
+    result = SiteResult(
+        "adapted",
+        split,
+        adapted,
+        comparison,
+        final.model_bytes(),
+        {k: v for k, v in final.params.items() if k != "device"},
+        final.num_boost_round,
+        trained_device,
+        selection,
+        int(fit.sum()),
+    )
+    return AdaptationResult(result, recal)
+
+
+def _train_pooled(
+    base: SepsisData,
+    x_site: np.ndarray,
+    y_site: np.ndarray,
+    params: dict[str, Any],
+    rounds: int,
+    site_weight: float,
+    seed: int,
+    device: str | None,
+    progress: bool,
+    description: str,
+    scheduler: str | None = None,
+) -> Any:
+    x = np.concatenate([base.features, x_site])
+    y = np.concatenate([_labels(base), y_site])
+    w = np.concatenate([np.ones(len(base.features)), np.full(len(x_site), site_weight)])
+    return train_on(
+        scheduler,
+        x,
+        y,
+        params={**params, "seed": seed},
+        num_boost_round=rounds,
+        weight=w,
+        device=device,
+        progress=progress,
+        description=description,
+    )
+
+
+def base_development_data(
+    model: RiskModel, path: Path | str, spec: Any, *, patients: int | None = None, seed: int = 0
+) -> SepsisData:
+    """The base model's own development patients (never its held-out test patients), optionally a
+    random `patients` of them: the `pooled` strategy's base part."""
+    frame = read_physionet(path)
+    dev = development_split(frame["patient"].to_numpy(), model.manifest.seed)[0]
+    if patients is not None and patients < len(dev):
+        dev = np.sort(np.random.default_rng(seed).choice(dev, patients, replace=False))
+    frame = frame[frame["patient"].isin(dev)].reset_index(drop=True)
+    return sepsis_data(frame, spec)
+
+
+# --- registration ----------------------------------------------------------------------------------
+
+
+def register_site_version(
+    registry: ModelRegistry, model: RiskModel, site: SiteData, result: SiteResult, *, command: str
+) -> ModelManifest:
+    """Register a recalibrated or adapted version as a candidate (not served until promoted),
+    with its lineage: parent version and model hash, the site data's fingerprint, counts and seed."""
+    base = model.manifest
+    recal = result.recalibration
+    lineage = {
+        "kind": result.kind,
+        "parent_version": base.version,
+        "parent_model_sha256": base.model_sha256,
+        "parent_training_data_sha256": base.training_data.get("sha256"),
+        "site_data_sha256": site.fingerprint,
+        "site_rows": int(len(site.data.patient)),
+        "site_patients": int(len(np.unique(site.data.patient))),
+        "fit_rows": result.fit_rows,
+        **result.split.lineage(),
+        "threshold_rule": recal.rule,
+        "status": "candidate",
+    }
+    if result.selection:
+        lineage["selection"] = result.selection
+    threshold = recal.threshold
+    manifest, _ = register_version(
+        registry,
+        name=base.name,
+        title=base.title + (" - site-recalibrated" if result.kind == "recalibrated" else " - site-adapted"),
+        outcome=base.outcome,
+        horizon_hours=base.horizon_hours,
+        spec=model.spec,
+        model_bytes=result.model_bytes,
+        data_path=site.label,
+        data_label=site.label,
+        data_sha256=site.fingerprint,
+        rows=int(len(site.data.patient)),
+        patients=int(len(np.unique(site.data.patient))),
+        split=f"site patients {1 - SITE_HOLDOUT_FRACTION:.0%} fit / {SITE_HOLDOUT_FRACTION:.0%} held-out, "
+        f"seed {result.split.seed}",
+        params=result.params,
+        num_boost_round=result.num_boost_round,
+        threshold=threshold,
+        risk_bands={"low": 0.0, "moderate": threshold / 2, "high": threshold},
+        calibration=recal.calibration,
+        metrics={"site_holdout": result.comparison, "fit_utility_at_threshold": recal.fit_utility},
+        device=result.device,
+        seed=result.split.seed,
+        activate=False,
+        parent_version=base.version,
+        created_by=command,
+        lineage=lineage,
+    )
+    return manifest
+
+
+def write_site_report(out: Path, title: str, result: SiteResult) -> Path:
+    """comparison.json and comparison.md: the side-by-side table on held-out site patients."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(
+        json.dumps(
+            {"comparison": result.comparison, "selection": result.selection, **result.split.lineage()},
+            indent=2,
+        )
+        + "\n"
+    )
+    text = "\n\n".join(
+        [
+            f"# {title}",
+            f"Held-out site patients: {result.comparison['patients']} ({result.comparison['rows']} hours), "
+            f"split seed {result.split.seed}; fitted on {len(result.split.fit)} other site patients. "
+            f"Threshold rule: {result.recalibration.rule}.",
+            comparison_table(result.comparison),
+            *(
+                [f"Selection (patient-grouped CV inside the fit patients): `{json.dumps(result.selection)}`"]
+                if result.selection
+                else []
+            ),
+        ]
+    )
+    path = out / "comparison.md"
+    path.write_text(text + "\n")
+    return path
