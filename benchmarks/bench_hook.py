@@ -149,7 +149,8 @@ async def stage_breakdown(
         select_encounter,
         to_canonical,
     )
-    from hooks import SEPSIS, ScoringInput, sepsis_card
+    from hooks import SEPSIS, ScoringInput, group_contributions, sepsis_card, split_drivers
+    from hooks.sepsis import TOP_DRIVERS, TOP_GAPS
     from hooks.service import feature_hash
     from models import TRAINED_MAX_ICU_HOURS, ModelRegistry, RiskModel, model_task
 
@@ -219,15 +220,20 @@ async def stage_breakdown(
                 lap["shap"] = (clock() - t, cpu() - c)
                 card_uuid = str(uuid.uuid4())
                 t, c = clock(), cpu()
+                drivers, gaps = split_drivers(
+                    group_contributions(explanation.contributions), TOP_DRIVERS, min_abs=0.01
+                )
                 card = sepsis_card(
                     card_uuid=card_uuid,
                     probability=probability,
                     band=band,
+                    level=model.band_level(band),
                     threshold=model.threshold,
                     icu_hour=stay.current_hour,
                     model_label=model.manifest.title,
                     model_version=model.version,
-                    drivers=explanation.top(5, min_abs=0.01),
+                    drivers=drivers,
+                    gaps=gaps[:TOP_GAPS],
                     all_contributions=explanation.contributions,
                     base_value=explanation.base_value,
                     patient_id=patient_id,

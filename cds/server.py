@@ -12,10 +12,12 @@ proxy, set the proxy's own limits too (docs/hardening.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import shutil
+import socket
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -25,12 +27,25 @@ from .settings import Settings, get_settings
 __all__ = [
     "GuardedH11Protocol",
     "guarded_protocol",
+    "no_delay",
     "prepare_multiprocess_metrics",
     "raise_open_file_limit",
     "uvicorn_options",
 ]
 
 log = logging.getLogger("cds.server")
+
+
+def no_delay(transport: asyncio.BaseTransport) -> None:
+    """Turn Nagle's algorithm off for a TCP connection. Workers started by `--workers N` serve a
+    socket the supervisor made with `socket.fromfd`, whose `proto` is 0, so asyncio does not set
+    TCP_NODELAY itself: a response written as headers, then body, then waited for the client's
+    delayed ACK, 40 ms on every call (GET /cds-services p50 0.6 ms with one worker, 44 ms with
+    two; 0.6 ms with two once set)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -63,6 +78,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        no_delay(transport)
         assert self.max_connections is not None
         if len(self.connections) > self.max_connections:
             transport.abort()
