@@ -5,6 +5,7 @@ Screenshots are saved under a temporary directory (or $CDS_SCREENSHOT_DIR)."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -146,6 +147,17 @@ def check_page_and_send_feedback(driver: object, running: Running, screenshot: P
     ):
         time.sleep(0.2)
     assert loaded.get("waterfall.svg", 0) > 0 and loaded.get("trend.svg", 0) > 0, loaded
+    # The page's weight and render time as the browser measured them (an artifact beside the
+    # screenshots for docs/smart.md; never asserted on).
+    timing = driver.execute_script(  # type: ignore[attr-defined]
+        "const n = performance.getEntriesByType('navigation')[0];"
+        "const r = performance.getEntriesByType('resource');"
+        "return {html_bytes: n.encodedBodySize, responseEnd_ms: n.responseEnd - n.requestStart,"
+        " dom_content_loaded_ms: n.domContentLoadedEventEnd - n.requestStart,"
+        " load_ms: n.loadEventEnd - n.requestStart,"
+        " resources: r.map(e => [e.name.split('/').pop(), e.encodedBodySize, e.duration])};"
+    )
+    screenshot.with_name(screenshot.stem + "-timing.json").write_text(json.dumps(timing, indent=1))
     driver.save_screenshot(str(screenshot))  # type: ignore[attr-defined]
     if driver.execute_script("return window.top === window.self"):  # type: ignore[attr-defined]
         height = driver.execute_script("return document.documentElement.scrollHeight")  # type: ignore[attr-defined]
