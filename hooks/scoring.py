@@ -1,8 +1,8 @@
 """The one path from a service's canonical table to a card and a RiskAssessment, shared by every
 service: minimum data -> the task's serving row -> probability, band, SHAP -> the service's card ->
 the RiskAssessment we record -> the clinician's pseudonym and the hash of the scored row (for
-the audit trail). A service's `_score` maps its fetched
-resources to its canonical table and words its card; everything after is here."""
+the audit trail). A service's `_score` maps its fetched resources to its canonical table and
+words its card; everything after is here."""
 
 from __future__ import annotations
 
@@ -70,16 +70,15 @@ def card_from_table(
     band = model.band(probability)
     explanation = model.explain(row[0])
     built = card(Score(probability, band, explanation, model, model.band_level(band)))
-    # The RiskAssessment keeps the largest contributions and, for their clinical variables, the
-    # features that say the latest value and when (so the app words a driver as the card does).
+    # The RiskAssessment keeps the largest contributions and, for the clinical variables the app
+    # and the card word, the features that say the latest value and when (so the app words a
+    # driver as the card did): the app's waterfall rows, the card's drivers, and every variable
+    # among the largest contributions.
     recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
-    # The variables the app draws one by one (its waterfall's rows): a few extra extensions each.
-    # and the variables the card worded.
     top = [d.variable for d in group_contributions(explanation.contributions)[:CONTEXT_VARIABLES]]
     worded = built.get("extension", {}).get(CARD_EXTENSION, {}).get("shap", {}).get("drivers", [])
     top += [d["variable"] for d in worded if isinstance(d, dict) and isinstance(d.get("variable"), str)]
     names = {c.feature for c in recorded}
-    # and, for every variable among the largest contributions, its latest value and when.
     largest = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
     shown = {variable_of(c.feature) for c in largest}
     risk = build_risk_assessment(
