@@ -638,10 +638,39 @@ def _since(hours: float | None) -> float:
 
 
 SinceOption = Annotated[float | None, typer.Option("--since-hours", help="only the last N hours")]
+OutcomesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--outcomes",
+        help="CSV of outcomes: columns pseudonym, onset (ISO time of Sepsis-3 onset; empty: none); "
+        "adds each version's AUROC on these patients",
+    ),
+]
+
+
+def _read_outcomes(path: Path | None) -> dict[str, float | None] | None:
+    """pseudonym -> onset (epoch seconds) or None (no sepsis); one line on stderr and exit 2 for a
+    file that is not such a CSV."""
+    if path is None:
+        return None
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={"pseudonym": str})
+        onset = pd.to_datetime(frame["onset"], utc=True, errors="coerce")
+    except (OSError, KeyError, ValueError) as exc:
+        typer.echo(f"error: {path}: not a CSV with columns pseudonym, onset ({type(exc).__name__})", err=True)
+        raise typer.Exit(2) from None
+    return {
+        str(p): (None if pd.isna(t) else float(t.timestamp()))
+        for p, t in zip(frame["pseudonym"], onset, strict=True)
+    }
 
 
 @shadow_app.command("report")
-def shadow_report_command(model: ModelName, since_hours: SinceOption = None) -> None:
+def shadow_report_command(
+    model: ModelName, since_hours: SinceOption = None, outcomes: OutcomesOption = None
+) -> None:
     """Band agreement, score distributions, alert-rate difference and override rates by reason of
     each shadow version against the answers given on the same cards (JSON)."""
     from .lifecycle_report import shadow_report
@@ -650,13 +679,17 @@ def shadow_report_command(model: ModelName, since_hours: SinceOption = None) -> 
 
     async def run() -> dict[str, object]:
         async with _store(settings) as store:
-            return await shadow_report(store, model.value, since=_since(since_hours))
+            return await shadow_report(
+                store, model.value, since=_since(since_hours), outcomes=_read_outcomes(outcomes)
+            )
 
     typer.echo(json.dumps(asyncio.run(run()), indent=2))
 
 
 @canary_app.command("report")
-def canary_report_command(model: ModelName, since_hours: SinceOption = None) -> None:
+def canary_report_command(
+    model: ModelName, since_hours: SinceOption = None, outcomes: OutcomesOption = None
+) -> None:
     """Champion and canary side by side: alert rates, score distributions, override rates by reason,
     and the shared counters the guardrails judge (errors, scoring p99) (JSON)."""
     from .lifecycle import open_counters
@@ -675,6 +708,7 @@ def canary_report_command(model: ModelName, since_hours: SinceOption = None) -> 
                     model.value,
                     counters=counters if settings.redis_url else None,
                     since=_since(since_hours),
+                    outcomes=_read_outcomes(outcomes),
                 )
         finally:
             await counters.close()

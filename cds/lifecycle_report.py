@@ -15,12 +15,69 @@ from typing import Any
 
 import numpy as np
 
+from models import auroc, bootstrap_by_group
+
 from .lifecycle import Counters, canary_run
 from .stores import ModelScore, RecordStore
 
-__all__ = ["canary_report", "shadow_report"]
+__all__ = ["Outcomes", "canary_report", "outcome_auroc", "shadow_report"]
 
 ALERT_BAND = "high"
+# pseudonym -> the Sepsis-3 onset (epoch seconds), None for a patient who had no sepsis; patients
+# not in it have no known outcome and are left out of the outcome figures.
+Outcomes = Mapping[str, float | None]
+HORIZON_S = 6 * 3600.0  # PhysioNet 2019: a score counts as positive from 6 h before the onset on
+_LABEL = "positive when scored at or after onset - 6 h (PhysioNet 2019), else negative"
+
+
+def _labels(scores: Sequence[ModelScore], outcomes: Outcomes) -> np.ndarray:
+    onsets = [outcomes[s.patient] if s.patient is not None else None for s in scores]
+    return np.array(
+        [
+            1.0 if o is not None and s.created >= o - HORIZON_S else 0.0
+            for s, o in zip(scores, onsets, strict=True)
+        ]
+    )
+
+
+def outcome_auroc(
+    scored: Sequence[Sequence[ModelScore]], outcomes: Outcomes, *, replicates: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """AUROC of each score column on the same cards, with 95 % intervals by patient bootstrap, and
+    the difference of the last column against the first (paired: the same resamples). `scored`:
+    one row per card, each row the scores to compare (the answer, then a shadow); cards of patients
+    without a known outcome are left out."""
+    rows = [r for r in scored if r[0].patient is not None and r[0].patient in outcomes]
+    found: dict[str, Any] = {
+        "label": _LABEL,
+        "cards": len(rows),
+        "patients": len({r[0].patient for r in rows}),
+    }
+    if not rows:
+        return found
+    label = _labels([r[0] for r in rows], outcomes)
+    found["positive_cards"] = int(label.sum())
+    if label.min() == label.max():
+        found["auroc"] = "needs both septic and not septic cards"
+        return found
+    groups = np.array([r[0].patient for r in rows])
+    columns = [np.array([r[i].probability for r in rows]) for i in range(len(rows[0]))]
+
+    def each(p: np.ndarray) -> dict[str, float]:
+        return bootstrap_by_group(
+            lambda idx: auroc(label[idx], p[idx]), groups, replicates=replicates, seed=seed
+        ).as_dict()
+
+    found["auroc"] = [each(p) for p in columns]
+    if len(columns) > 1:
+        first, last = columns[0], columns[-1]
+        found["auroc_difference"] = bootstrap_by_group(
+            lambda idx: auroc(label[idx], last[idx]) - auroc(label[idx], first[idx]),
+            groups,
+            replicates=replicates,
+            seed=seed,
+        ).as_dict()
+    return found
 
 
 def _distribution(p: Sequence[float]) -> dict[str, float | int]:
@@ -79,9 +136,12 @@ def _overrides(cards: Iterable[str], feedback: Mapping[str, tuple[str, str | Non
     }
 
 
-async def shadow_report(store: RecordStore, model: str, *, since: float = 0.0) -> dict[str, Any]:
+async def shadow_report(
+    store: RecordStore, model: str, *, since: float = 0.0, outcomes: Outcomes | None = None
+) -> dict[str, Any]:
     """Per shadow version: band agreement with the answer given on the same card, both score
-    distributions, alert rates, and the champion's override rates where the shadow agreed or not."""
+    distributions, alert rates, the champion's override rates where the shadow agreed or not, and
+    with `outcomes`, the AUROC of both on the same cards (and its paired difference)."""
     rows = await store.model_scores(model, since)
     by_card: dict[str, dict[str, ModelScore]] = defaultdict(dict)
     for r in rows:
@@ -121,16 +181,29 @@ async def shadow_report(store: RecordStore, model: str, *, since: float = 0.0) -
                 "where_shadow_differed": _overrides(differ, feedback),
             },
         }
-    out["outcomes"] = "not joined yet: AUROC/utility on live patients need outcomes (site go-live, issue 16)"
+        if outcomes is not None:
+            joined = outcome_auroc(mine, outcomes)
+            if isinstance(joined.get("auroc"), list):
+                joined["auroc"] = dict(zip(("answer", "shadow"), joined["auroc"], strict=True))
+                joined["auroc_difference"] = {"shadow_minus_answer": joined.pop("auroc_difference")}
+            out["shadows"][version]["outcomes"] = joined
+    if outcomes is None:
+        out["outcomes"] = "not joined: give --outcomes (pseudonym, onset) for AUROC on these patients"
     return out
 
 
 async def canary_report(
-    store: RecordStore, model: str, *, counters: Counters | None = None, since: float = 0.0
+    store: RecordStore,
+    model: str,
+    *,
+    counters: Counters | None = None,
+    since: float = 0.0,
+    outcomes: Outcomes | None = None,
 ) -> dict[str, Any]:
     """Per version that answered (champion and canary): patients, alert rate, score distribution,
     override rates by reason; with the shared counters (errors, scoring p99) of the canary running
-    now, when given."""
+    now, when given; with `outcomes`, each version's AUROC on the patients it answered for (not
+    the same patients: a shadow compares versions on the same cards)."""
     rows = [r for r in await store.model_scores(model, since) if r.role in ("champion", "canary")]
     feedback = await _feedback(store, {r.card_uuid for r in rows})
     live = [s for s in await store.version_states() if s.model == model and s.status == "canary"]
@@ -147,6 +220,11 @@ async def canary_report(
         }
         if counters is not None:
             entry["counters"] = (await counters.snapshot(model, version + run)).as_dict()
+        if outcomes is not None:
+            joined = outcome_auroc([(r,) for r in mine], outcomes)
+            if isinstance(joined.get("auroc"), list):
+                joined["auroc"] = joined["auroc"][0]
+            entry["outcomes"] = joined
         versions[version] = entry
     out: dict[str, Any] = {
         "model": model,
@@ -161,5 +239,6 @@ async def canary_report(
         out["alert_rate_difference_per_100_patient_days"] = round(
             k["alert_rate"]["alerts_per_100_patient_days"] - c["alert_rate"]["alerts_per_100_patient_days"], 2
         )
-    out["outcomes"] = "not joined yet: AUROC/utility on live patients need outcomes (site go-live, issue 16)"
+    if outcomes is None:
+        out["outcomes"] = "not joined: give --outcomes (pseudonym, onset) for AUROC on these patients"
     return out

@@ -44,6 +44,7 @@ from .gate import (
 from .golden import GOLDEN_DIR, GoldenResult, build_golden_set, check_golden, load_golden, write_golden
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import Calibration, FeatureEntry, ModelManifest
+from .metrics import BootstrapInterval, auroc, bootstrap_by_group
 from .physionet2019 import accuracy_f_measure, challenge_auc, normalized_utility, utility_table
 from .readmission import (
     READMISSION_OUTCOME,
@@ -114,6 +115,7 @@ __all__ = [
     "BandStats",
     "Baseline",
     "BinnedReference",
+    "BootstrapInterval",
     "CRITICAL_PPV",
     "CV_FOLDS",
     "Calibration",
@@ -161,11 +163,13 @@ __all__ = [
     "accuracy_f_measure",
     "adapt_site",
     "alert_burden",
+    "auroc",
     "backfill_reference",
     "band_report",
     "baseline_scores",
     "best_threshold",
     "bin_counts",
+    "bootstrap_by_group",
     "build_golden_set",
     "challenge_auc",
     "check_golden",

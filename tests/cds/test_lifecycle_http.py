@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,25 @@ def test_shadow_scores_every_call_beside_the_champion_never_shown(fleet: Fleet) 
     shadow = json.loads(report.stdout)["shadows"]["3"]
     assert shadow["pairs"] >= len(cards) and shadow["band_agreement"] == 1.0
     assert shadow["score_distribution"]["mean_absolute_difference"] == pytest.approx(0.0, abs=1e-9)
+    # Outcomes joined by pseudonym (as a site exports them): every other patient septic from the
+    # time of its card on, the others never.
+    patients = sorted({rows["champion"].patient for rows in found.values()})
+    outcomes = fleet.store_path.parent / "outcomes.csv"
+    lines = ["pseudonym,onset"]
+    for i, patient in enumerate(patients):
+        first = min(r["champion"].created for r in found.values() if r["champion"].patient == patient)
+        onset = datetime.fromtimestamp(first, UTC).isoformat() if i % 2 == 0 else ""
+        lines.append(f"{patient},{onset}")
+    outcomes.write_text("\n".join(lines) + "\n")
+    joined = fleet.cds("shadow", "report", "sepsis", "--outcomes", str(outcomes))
+    assert joined.returncode == 0, joined.stderr
+    figures = json.loads(joined.stdout)["shadows"]["3"]["outcomes"]
+    assert figures["patients"] == len(patients) and figures["cards"] >= len(cards)
+    assert 0 < figures["positive_cards"] < figures["cards"]
+    answer, challenger = figures["auroc"]["answer"], figures["auroc"]["shadow"]
+    assert answer == challenger  # the same scores on the same cards
+    assert figures["auroc_difference"]["shadow_minus_answer"]["estimate"] == 0.0
+    assert all(p not in joined.stdout for p in patients)  # aggregates only: no pseudonym printed
     texts = [httpx.get(f"{s.url}/metrics").text for s in fleet.servers]
     agreed = sum(
         samples_of(t, "cds_shadow_agreement_total", challenger="3", agreement="agree") for t in texts
@@ -271,6 +291,24 @@ def test_canary_answers_for_a_sticky_share_of_patients_on_every_instance(fleet: 
     assert figures["3"]["counters"]["feedback"] == figures["3"]["counters"]["overrides"] == len(cards["3"])
     assert figures["2"]["overrides"]["feedback"] == 0
     texts = [httpx.get(f"{s.url}/metrics").text for s in fleet.servers]
+    rows = [r for r in fleet.store_call(lambda store: store.model_scores("sepsis")) if r.role != "shadow"]
+    patients = sorted({r.patient for r in rows})
+    outcomes = fleet.store_path.parent / "canary-outcomes.csv"
+    first = {p: min(r.created for r in rows if r.patient == p) for p in patients}
+    outcomes.write_text(
+        "pseudonym,onset\n"
+        + "".join(
+            f"{p},{datetime.fromtimestamp(first[p], UTC).isoformat() if i % 3 == 0 else ''}\n"
+            for i, p in enumerate(patients)
+        )
+    )
+    joined = fleet.cds("canary", "report", "sepsis", "--outcomes", str(outcomes))
+    assert joined.returncode == 0, joined.stderr
+    by_version = json.loads(joined.stdout)["versions"]
+    for version in ("2", "3"):
+        mine = [r for r in rows if r.version == version]
+        assert by_version[version]["outcomes"]["cards"] == len(mine)
+        assert by_version[version]["outcomes"]["patients"] == len({r.patient for r in mine})
     canary_calls = sum(
         samples_of(t, "cds_canary_calls_total", service="sepsis-risk", version="3") for t in texts
     )
