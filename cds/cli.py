@@ -691,7 +691,7 @@ def canary_report_command(
     model: ModelName, since_hours: SinceOption = None, outcomes: OutcomesOption = None
 ) -> None:
     """Champion and canary side by side: alert rates, score distributions, override rates by reason,
-    and the shared counters the guardrails judge (errors, scoring p99) (JSON)."""
+    and the shared counters the guardrails judge (errors, hook p99) (JSON)."""
     from .lifecycle import open_counters
     from .lifecycle_report import canary_report
 

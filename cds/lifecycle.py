@@ -12,7 +12,7 @@ call fails or waits for a load. A version that does not load is logged and not s
 - Shadow: after the answer has gone out (a background task of the response), the shadow version
   scores the same fetched data on a thread of its own; its score and band are stored beside the
   champion's under the same card uuid (`model_score`) and never shown.
-- Guardrails: per version, counters of calls, errors, alerts, patient-days, scoring latency and
+- Guardrails: per version, counters of calls, errors, alerts, patient-days, hook latency and
   feedback (Redis when `CDS_REDIS_URL` is set, so every worker counts into the same numbers; else
   this process only). Each poll compares the canary with the champion; a breach retires the canary
   (compare-and-set in the store, so one worker writes the audit entry), logs it and counts it.
@@ -127,7 +127,7 @@ class CounterSnapshot:
             "alerts": self.alerts,
             "patient_days": self.patient_days,
             "alerts_per_100_patient_days": round(self.alerts_per_100_patient_days, 2),
-            "scoring_p99_ms": None if self.p99_ms is None else round(self.p99_ms, 2),
+            "hook_p99_ms": None if self.p99_ms is None else round(self.p99_ms, 2),
             "feedback": self.feedback,
             "overrides": self.overrides,
             "override_rate": round(self.override_rate, 4),

@@ -201,7 +201,7 @@ async def canary_report(
     outcomes: Outcomes | None = None,
 ) -> dict[str, Any]:
     """Per version that answered (champion and canary): patients, alert rate, score distribution,
-    override rates by reason; with the shared counters (errors, scoring p99) of the canary running
+    override rates by reason; with the shared counters (errors, hook p99) of the canary running
     now, when given; with `outcomes`, each version's AUROC on the patients it answered for (not
     the same patients: a shadow compares versions on the same cards)."""
     rows = [r for r in await store.model_scores(model, since) if r.role in ("champion", "canary")]

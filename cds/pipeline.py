@@ -295,6 +295,7 @@ async def run_hook(
     verified JWT `iss` of the calling EHR, which binds the `fhirServer` it may name and (with it)
     selects its vendor profile. Raises Overloaded/BudgetSpent (see `answer_hook`)."""
     deadline = deadline or Deadline.after(deps.budget_s)
+    begun = time.perf_counter()  # the hook's latency for the guardrails: fetch, mapping, scoring, card
     prefetched = check_request(service, request, max_resources=deps.max_resources)
     lineup = deps.lifecycle.lineup(service.model_name) if deps.lifecycle is not None else None
     model = lineup.champion if lineup is not None else deps.models.get(service.model_name)
@@ -348,7 +349,6 @@ async def run_hook(
         if in_canary(service.model_name, lineup.canary.model.version, patient_key, lineup.canary.share):
             role = "canary"
             scoring = replace(scoring, model=lineup.canary.model)
-    started = time.perf_counter()
     try:
         scored = await deps.lane.run(
             deadline, service.score, scoring, stage=1
@@ -361,9 +361,7 @@ async def run_hook(
         # The canary failed: the champion answers (a failure only if the champion fails too).
         canary_error, role = type(exc).__name__, "champion"
         scoring = replace(scoring, model=lineup.champion)
-        started = time.perf_counter()
         scored = await deps.lane.run(deadline, service.score, scoring, stage=1)
-    score_ms = 1000 * (time.perf_counter() - started)
     model = scoring.model
     if scored is None:
         return HookOutcome(dict(NO_GUIDANCE), "not-applicable", counts)
@@ -439,7 +437,14 @@ async def run_hook(
             card = {**card, "extension": {**card["extension"], CARD_EXTENSION: {**ours, "modelRole": role}}}
         details["model_role"] = role
         after = _challenger_work(
-            service, deps, lineup, scoring, scored, role=role, score_ms=score_ms, canary_error=canary_error
+            service,
+            deps,
+            lineup,
+            scoring,
+            scored,
+            role=role,
+            latency_ms=1000 * (time.perf_counter() - begun),
+            canary_error=canary_error,
         )
     return HookOutcome({"cards": [card]}, reason, details, after)
 
@@ -452,7 +457,7 @@ def _challenger_work(
     scored: ScoredCard,
     *,
     role: str,
-    score_ms: float,
+    latency_ms: float,
     canary_error: str | None,
 ) -> Callable[[], Awaitable[None]]:
     """What is done after the answer went out: the shadow's score of the same data (on the
@@ -485,7 +490,7 @@ def _challenger_work(
             lineup.counted(answered.version),
             calls=1,
             alerts=int(scored.probability >= answered.threshold),
-            latency_ms=score_ms,
+            latency_ms=latency_ms,
             patient_day=day,
         )
         if deps.metrics is not None and role == "canary":

@@ -278,7 +278,7 @@ class Settings(BaseSettings):
     model_poll_s: float = Field(default=2.0, gt=0)  # how often a server reads the versions' statuses
     canary_min_calls: int = 30  # calls a canary answers before its guardrails are judged
     canary_max_error_rate: float = 0.05  # share of the canary's calls that failed (champion answered)
-    canary_max_latency_ratio: float = 2.0  # canary scoring p99 / the champion's
+    canary_max_latency_ratio: float = 2.0  # canary hook latency p99 / the champion's
     canary_max_alert_ratio: float = 1.5  # canary alerts per 100 patient-days / the champion's
     canary_min_feedback: int = 20  # feedback on canary cards before the override guardrail is judged
     canary_max_override_ratio: float = 1.5  # canary override rate / the champion's
