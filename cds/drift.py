@@ -88,6 +88,15 @@ class _Binner:
             self.edges[i, : len(f.edges)] = f.edges
         self.rows = np.arange(len(reference.features))
         self.score_edges = np.asarray(reference.score.edges, dtype=np.float64)
+        names = [f.name for f in reference.features]
+        self.units = [(names.index(flag), unit) for flag, unit in ICU_UNITS.items() if flag in names]
+
+    def icu_unit(self, row: np.ndarray | None) -> str | None:
+        """MICU or SICU when the scored row's unit flag says so, else None."""
+        if row is None:
+            return None
+        x = np.asarray(row).ravel()
+        return next((unit for i, unit in self.units if x[i] == 1), None)
 
     def feature_bins(self, row: np.ndarray) -> np.ndarray:
         x = np.asarray(row, dtype=np.float64).ravel()
@@ -115,7 +124,17 @@ class _Tally:
         return out
 
 
-Key = tuple[str, str, str, int]  # model, version, issuer label, bucket start (epoch seconds)
+# model, version, source, bucket start (epoch seconds); the source is the issuer label, followed by
+# "@MICU" or "@SICU" when the scored row names its ICU unit (Unit1/Unit2), so that a report can
+# sum the tallies per issuer and per ICU unit alike.
+Key = tuple[str, str, str, int]
+ICU_UNITS = {"Unit1": "MICU", "Unit2": "SICU"}  # the canonical table's unit flags
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """(issuer label, ICU unit or "unknown") of a tally's source."""
+    issuer, _, unit = source.partition("@")
+    return issuer, unit or "unknown"
 
 
 class DriftBackend(Protocol):
@@ -164,12 +183,16 @@ class DriftMonitor:
         self._binners[key] = _Binner(reference)
         self.references[key] = reference
 
-    def _tally(self, model: RiskModel, issuer: str | None) -> tuple[_Tally, _Binner] | None:
+    def _tally(
+        self, model: RiskModel, issuer: str | None, row: np.ndarray | None = None
+    ) -> tuple[_Tally, _Binner] | None:
         binner = self._binners.get((model.name, model.version))
         if binner is None:
             return None
         bucket = int(self._clock() // self.bucket_s * self.bucket_s)
-        key = (model.name, model.version, self.label(issuer), bucket)
+        unit = binner.icu_unit(row)
+        source = self.label(issuer) if unit is None else f"{self.label(issuer)}@{unit}"
+        key = (model.name, model.version, source, bucket)
         tally = self._tallies.get(key)
         if tally is None:
             shape = (len(binner.rows), binner.missing_col + 1)
@@ -188,7 +211,7 @@ class DriftMonitor:
     ) -> None:
         """One scored call (hot path: no I/O)."""
         with self._lock:
-            found = self._tally(model, issuer)
+            found = self._tally(model, issuer, features)
             if found is None:
                 return
             tally, binner = found
@@ -545,8 +568,11 @@ def summarize(
         "warnings": [],
     }
     groups: dict[tuple[str, str], dict[str, list[tuple[int, Mapping[str, int]]]]] = {}
-    for (model, version, issuer, bucket), fields in rows.items():
+    units: dict[tuple[str, str], dict[str, list[Mapping[str, int]]]] = {}
+    for (model, version, source, bucket), fields in rows.items():
+        issuer, unit = split_source(source)
         groups.setdefault((model, version), {}).setdefault(issuer, []).append((bucket, fields))
+        units.setdefault((model, version), {}).setdefault(unit, []).append(fields)
     for (model, version), by_issuer in sorted(groups.items()):
         reference = references.get((model, version))
         if reference is None:
@@ -556,12 +582,17 @@ def summarize(
             issuer: _judge(_sum(f for _, f in found), reference, thresholds)
             for issuer, found in sorted(by_issuer.items())
         }
+        by_unit = {
+            unit: _judge(_sum(found), reference, thresholds)
+            for unit, found in sorted(units[(model, version)].items())
+        }
         entry: dict[str, Any] = {
             "model": model,
             "version": version,
             "reference": {"source": reference.source, "rows": reference.rows},
             "all": everyone,
             "issuers": issuers,
+            "icu_units": by_unit,  # all issuers together, per ICU unit of the scored row
         }
         if timeline:
             entry["timeline"] = _timeline(by_issuer, reference, thresholds, since, until, slots)

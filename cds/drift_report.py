@@ -184,27 +184,38 @@ def render_html(report: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _group_table(heading: str, groups: list[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    out = [
+        f"<table><tr><th>{_e(heading)}</th><th>calls</th><th>scored</th><th>score PSI</th>"
+        "<th>largest feature PSI</th>"
+        "<th>features over threshold</th><th>largest missing-share change</th><th>Observations unmapped</th>"
+        "<th>state</th></tr>",
+    ]
+    for name, j in groups:
+        state = "warning" if j["warning"] else ("ok" if j["judged"] else "too few calls")
+        cls = " class='bad'" if j["warning"] else ""
+        out.append(
+            f"<tr><td>{_e(name)}</td><td>{j['calls']}</td><td>{j['scored']}</td><td>{j['score']['psi']:.3f}</td>"
+            f"<td>{j['max_feature_psi']:.3f}</td><td>{j['features_over_threshold']}</td>"
+            f"<td>{_pct(j['max_missing_delta'])}</td><td>{_pct(j['quality']['unmapped_share'])}</td>"
+            f"<td{cls}>{state}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
 def _model_section(entry: Mapping[str, Any], t: Mapping[str, Any]) -> str:
     issuers = sorted(entry["issuers"].items())
     out = [
         f"<h2>{_e(entry['model'])} v{_e(entry['version'])}</h2>",
         f"<p class='muted'>Reference: {_e(entry['reference']['source'])}, "
         f"{entry['reference']['rows']:,} rows.</p>",
-        "<table><tr><th>EHR issuer</th><th>calls</th><th>scored</th><th>score PSI</th>"
-        "<th>largest feature PSI</th>"
-        "<th>features over threshold</th><th>largest missing-share change</th><th>Observations unmapped</th>"
-        "<th>state</th></tr>",
+        *_group_table("EHR issuer", issuers),
     ]
-    for issuer, j in issuers:
-        state = "warning" if j["warning"] else ("ok" if j["judged"] else "too few calls")
-        cls = " class='bad'" if j["warning"] else ""
-        out.append(
-            f"<tr><td>{_e(issuer)}</td><td>{j['calls']}</td><td>{j['scored']}</td><td>{j['score']['psi']:.3f}</td>"
-            f"<td>{j['max_feature_psi']:.3f}</td><td>{j['features_over_threshold']}</td>"
-            f"<td>{_pct(j['max_missing_delta'])}</td><td>{_pct(j['quality']['unmapped_share'])}</td>"
-            f"<td{cls}>{state}</td></tr>"
-        )
-    out.append("</table>")
+    units = sorted(entry.get("icu_units", {}).items())
+    if units and [u for u, _ in units] != ["unknown"]:
+        out.append("<h3>By ICU unit (all issuers)</h3>")
+        out += _group_table("ICU unit", units)
     if "timeline" in entry:
         out.append("<h3>Since when</h3>")
         out.append(_timeline_plot(entry, "max_feature_psi", "Largest feature PSI per time slot", t["psi"]))

@@ -111,6 +111,8 @@ def test_two_workers_tallies_add_up_in_the_shared_store_and_bin_as_the_reference
     rows = np.stack(
         [rng.choice(np.asarray(f.edges + [np.nan, 1e6, -1e6]), size=40) for f in reference.features], 1
     )
+    for flag in ("Unit1", "Unit2"):  # no ICU unit named: one tally per worker and bucket
+        rows[:, names.index(flag)] = np.nan
     clock = [1_800_000_000.0]
     workers = [
         DriftMonitor({"sepsis": sepsis_model}, backend(), issuers=[QUIET], clock=lambda: clock[0])
@@ -301,10 +303,12 @@ def test_readyz_with_warm_jwks_and_the_html_report_from_the_cli(
     assert done.returncode == 0, done.stderr
     page = out.read_text()
     assert page.count("<svg") >= 5 and "Lactate__last" in page and LACTATE in page
-    assert "<script" not in page and "http-equiv" not in page
+    assert "<script" not in page and "http-equiv" not in page and "By ICU unit" in page
     assert not any(f'src="{p}' in page or f"href='{p}" in page for p in ("http", "//"))
     data = json.loads((tmp_path / "drift.json").read_text())
-    assert {w["issuer"] for w in data["warnings"]} == {LACTATE, HR_STOPPED}
+    assert {w["issuer"] for w in data["warnings"]} == {LACTATE, HR_STOPPED}, [
+        w for w in data["warnings"] if w["issuer"] not in (LACTATE, HR_STOPPED)
+    ]
     # CDS_DRIFT_SCREENSHOT=docs/drift-report.png keeps the picture (the one in docs/ is made so).
     shot = Path(os.environ.get("CDS_DRIFT_SCREENSHOT") or tmp_path / "drift.png")
     if _screenshot(out, shot):
@@ -352,3 +356,24 @@ def test_cds_drift_reference_reproduces_the_committed_manifest(
     assert done.returncode == 0, done.stderr[-2000:]
     assert (folder / "manifest.json").read_bytes() == committed
     assert (folder / "model.ubj").read_bytes() == model
+
+
+@pytest.mark.data
+def test_the_report_also_breaks_the_traffic_down_by_icu_unit(
+    traffic: dict[str, Any], set_a: pd.DataFrame
+) -> None:
+    """Per ICU unit of the scored row (Unit1 = MICU, Unit2 = SICU; set A leaves some unnamed), all
+    issuers together: the units add up to the whole traffic, and the lactate mislabelled by one
+    EHR shows in the unit where most of that EHR's lactate values were."""
+    entry = _sepsis(traffic["report"])
+    units = entry["icu_units"]
+    assert {"MICU", "SICU"} <= set(units) <= {"MICU", "SICU", "unknown"}
+    assert sum(u["scored"] for u in units.values()) == entry["all"]["scored"]
+    assert sum(u["calls"] for u in units.values()) == entry["all"]["calls"]
+    lactate = {
+        unit: next(f["psi"] for f in units[unit]["features"] if f["feature"] == "Lactate__last")
+        for unit in ("MICU", "SICU")
+    }
+    assert max(lactate.values()) > 0.2, lactate  # diluted by the two other EHRs' patients
+    metrics_text = traffic["metrics"]
+    assert "@MICU" not in metrics_text and "@SICU" not in metrics_text  # issuer labels stay issuers
