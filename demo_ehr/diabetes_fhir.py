@@ -24,6 +24,7 @@ from fhir_mappings import (
     DISCHARGE_GROUPS,
     ICD9,
     RXNORM,
+    DischargeRecord,
     age_band,
     default_encounter_codes,
     diabetes_drugs,
@@ -63,6 +64,19 @@ class DischargeResources:
     @property
     def encounter_id(self) -> str:
         return str(self.encounter["id"])
+
+    def record(self) -> DischargeRecord:
+        """The stay as the readmission service gathers it (the encounter among the history)."""
+        return DischargeRecord(
+            self.patient_id,
+            self.patient,
+            self.encounter,
+            [self.encounter, *self.history],
+            self.conditions,
+            self.observations,
+            self.medication_requests,
+            self.procedures,
+        )
 
     def all(self) -> list[dict[str, Any]]:
         return [

@@ -43,6 +43,7 @@ from demo_ehr import (
     stay_to_fhir,
 )
 from models import read_diabetes130
+from testkit.readmission_rows import row as discharge_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,46 +75,13 @@ def synthetic(patient: int, hours: int, septic: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-_DRUGS = (
-    "metformin repaglinide nateglinide chlorpropamide glimepiride acetohexamide glipizide glyburide "
-    "tolbutamide pioglitazone rosiglitazone acarbose miglitol troglitazone tolazamide examide citoglipton "
-    "insulin glyburide-metformin glipizide-metformin glimepiride-pioglitazone metformin-rosiglitazone "
-    "metformin-pioglitazone"
-).split()
-
-
 def handmade_discharge() -> dict[str, object]:
     """A discharge in the Diabetes 130-US layout, for a checkout without the dataset: an older man
-    with heart failure and two admissions in the past year, discharged to a nursing facility."""
-    row: dict[str, object] = {
-        "encounter_id": 990001,
-        "patient_nbr": 770001,
-        "race": "Caucasian",
-        "gender": "Male",
-        "age": "[70-80)",
-        "admission_type_id": 1,
-        "discharge_disposition_id": 3,
-        "admission_source_id": 7,
-        "time_in_hospital": 6,
-        "num_lab_procedures": 45,
-        "num_procedures": 2,
-        "num_medications": 18,
-        "number_outpatient": 1,
-        "number_emergency": 2,
-        "number_inpatient": 2,
-        "diag_1": "428",
-        "diag_2": "250.43",
-        "diag_3": "585",
-        "number_diagnoses": 9,
-        "max_glu_serum": "None",
-        "A1Cresult": ">8",
-        "change": "Ch",
-        "diabetesMed": "Yes",
-        "readmitted": "<30",
-    }
-    row.update({d: "No" for d in _DRUGS})
-    row.update({"insulin": "Up", "metformin": "Steady"})
-    return row
+    with heart failure and two admissions in the past year, discharged to a nursing facility (the
+    tests' hand-made row, with its own ids and no serum glucose)."""
+    return discharge_row(
+        encounter_id=990001, patient_nbr=770001, max_glu_serum="None", **{"glyburide-metformin": "No"}
+    )
 
 
 def demo_discharges(data_dir: Path, now: datetime) -> list[DemoPatient]:

@@ -31,7 +31,6 @@ from fhir_mappings import (  # noqa: E402
     PROFILES,
     VARIABLES,
     CanonicalTable,
-    DischargeRecord,
     MappingReport,
     Pseudonymizer,
     build_features,
@@ -283,17 +282,7 @@ def _readmission_measure(frame: pd.DataFrame) -> list[str]:
     held_fhir = 0
     for r in sample.to_dict("records"):
         res = discharge_to_fhir(r, discharged_at=now)
-        record = DischargeRecord(
-            res.patient_id,
-            res.patient,
-            res.encounter,
-            [res.encounter, *res.history],
-            res.conditions,
-            res.observations,
-            res.medication_requests,
-            res.procedures,
-        )
-        table = discharge_to_table(record, as_of=now, pseudonymizer=key).table
+        table = discharge_to_table(res.record(), as_of=now, pseudonymizer=key).table
         held_fhir += not rule.assess(DISCHARGE_COLUMNS, table.values)[0]
     held_rows = int(withheld(diabetes130_to_table(sample).values).sum())
     lines.append(

@@ -25,8 +25,8 @@ from demo_ehr import (
 )
 from hooks import SERVICES
 from testkit.helpers import serve_cds, synthetic_stay
+from testkit.readmission_rows import row
 from tests.hooks.test_prefetch_and_cards import INJECTION_IDS
-from tests.readmission_rows import row
 
 SEPSIS = "/cds-services/sepsis-risk"
 

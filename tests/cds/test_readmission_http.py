@@ -11,7 +11,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from demo_ehr import DemoFhirServer, discharge_hook_request, discharge_to_fhir
 from testkit.helpers import feedback, no_empty_values
-from tests.readmission_rows import row
+from testkit.readmission_rows import row
 
 URL = "/cds-services/readmission-risk"
 

@@ -36,8 +36,8 @@ from fhir_mappings import Pseudonymizer
 from hooks import READMISSION, SEPSIS, ScoredCard, ScoringInput
 from models import ModelRegistry, RiskModel, model_task, serving_device
 from testkit.helpers import synthetic_stay
+from testkit.readmission_rows import row as discharge_row
 from tests.conftest import unavailable
-from tests.readmission_rows import row as discharge_row
 from tests.smart.launcher import Launcher, launch_code, missing, start_launcher
 
 CLIENT_ID = "cds-sweep"

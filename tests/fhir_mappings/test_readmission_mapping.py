@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -15,10 +16,12 @@ from fhir_mappings import (
     DISCHARGE_COLUMNS,
     DISCHARGE_GROUPS,
     DRUG_STATUSES,
+    EPIC,
+    GENERIC,
     ICD9,
     ICD10,
     SNOMED,
-    DischargeRecord,
+    CodeRow,
     Pseudonymizer,
     build_readmission_features,
     charlson_index,
@@ -29,25 +32,15 @@ from fhir_mappings import (
     readmission_cohort,
     readmission_feature_spec,
 )
+from testkit.readmission_rows import row
 from tests.conftest import DATA_DIR, need
-from tests.readmission_rows import row
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 KEY = Pseudonymizer(b"readmission-test-key")
 
 
-def to_table(res, now=NOW):
-    record = DischargeRecord(
-        res.patient_id,
-        res.patient,
-        res.encounter,
-        [res.encounter, *res.history],
-        res.conditions,
-        res.observations,
-        res.medication_requests,
-        res.procedures,
-    )
-    return discharge_to_table(record, as_of=now, pseudonymizer=KEY).table
+def to_table(res, now=NOW, profile=GENERIC):
+    return discharge_to_table(res.record(), as_of=now, pseudonymizer=KEY, profile=profile).table
 
 
 def value(table, name: str) -> float:
@@ -151,10 +144,6 @@ def test_features_from_rows_equal_features_from_fhir_for_many_rows() -> None:
 def test_the_vendor_profile_applies_to_the_discharge_mapping() -> None:
     """Epic's own patient classes count as visits and a site-local glucose code is read as glucose
     under the profiles that know them, and not under the generic one."""
-    import dataclasses
-
-    from fhir_mappings import EPIC, GENERIC, CodeRow
-
     res = discharge_to_fhir(
         row(number_outpatient=0, number_emergency=0, number_inpatient=0), discharged_at=NOW
     )
@@ -185,18 +174,8 @@ def test_the_vendor_profile_applies_to_the_discharge_mapping() -> None:
             ]
         ),
     )
-    record = DischargeRecord(
-        res.patient_id,
-        res.patient,
-        res.encounter,
-        [res.encounter, *res.history],
-        res.conditions,
-        res.observations,
-        res.medication_requests,
-        res.procedures,
-    )
-    generic = discharge_to_table(record, as_of=NOW, pseudonymizer=KEY, profile=GENERIC).table
-    local = discharge_to_table(record, as_of=NOW, pseudonymizer=KEY, profile=site).table
+    generic = to_table(res, profile=GENERIC)
+    local = to_table(res, profile=site)
     assert value(generic, "n_outpatient") == 0 and math.isnan(value(generic, "glucose"))
     assert value(local, "n_outpatient") == 1 and value(local, "glucose") == 1
     # Everything else reads the same under either profile.

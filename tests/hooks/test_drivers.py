@@ -25,7 +25,7 @@ from hooks.drivers import (
 )
 from models import ModelRegistry, RiskModel, model_task
 from testkit.helpers import synthetic_stay
-from tests.readmission_rows import row
+from testkit.readmission_rows import row
 
 PSEUDO = Pseudonymizer(b"drivers-test-key-0123456789abc")
 F = FeatureShare

@@ -26,7 +26,7 @@ from fhir_mappings import CDSError, FhirQuery, Pseudonymizer, read_search_page
 from hooks import READMISSION, SEPSIS, NoCard, ScoredCard, ScoringInput, Service, followup_needs
 from models import ModelRegistry, RiskModel, model_task
 from testkit.helpers import synthetic_stay
-from tests.readmission_rows import row
+from testkit.readmission_rows import row
 
 PSEUDO = Pseudonymizer(b"hostile-input-key-0123456789")
 DISCHARGED = datetime(2026, 3, 1, 12, tzinfo=UTC)

@@ -29,8 +29,8 @@ from hooks import (
 from models import ModelRegistry, RiskModel, model_task
 from testkit.helpers import synthetic_stay
 from testkit.metrics import metric
+from testkit.readmission_rows import row
 from tests.handmade import vital_sign
-from tests.readmission_rows import row
 
 PSEUDO = Pseudonymizer(b"minimum-data-key-0123456789")
 DISCHARGED = datetime(2026, 3, 1, 12, tzinfo=UTC)

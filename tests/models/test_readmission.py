@@ -14,8 +14,8 @@ import pytest
 
 from fhir_mappings import readmission_cohort, readmission_feature_spec
 from models import ModelRegistry, RiskModel, evaluate_readmission, load_readmission_data
+from testkit.readmission_rows import row
 from tests.conftest import DATA_DIR, need
-from tests.readmission_rows import row
 
 
 def test_cohort_keeps_first_encounters_and_drops_death_and_hospice() -> None:

@@ -1,4 +1,4 @@
-"""Hand-made Diabetes 130-US rows, for tests that must run without the dataset."""
+"""Hand-made Diabetes 130-US rows, for tests and the demo when the dataset is not there."""
 
 from __future__ import annotations
 
