@@ -29,7 +29,7 @@ from models import Contribution
 
 from .cards import RiskCardText, build_risk_card, format_percent
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE
-from .drivers import ClinicalDriver, group_contributions, split_drivers
+from .drivers import ClinicalDriver, split_drivers
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -146,9 +146,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
                     ],
                 }
             )
-        drivers, gaps = split_drivers(
-            group_contributions(score.explanation.contributions), TOP_DRIVERS, min_abs=0.01
-        )
+        drivers, gaps = split_drivers(score.drivers, TOP_DRIVERS, min_abs=0.01)
         return readmission_card(
             card_uuid=inp.card_uuid,
             probability=score.probability,

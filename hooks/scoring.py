@@ -14,7 +14,7 @@ from fhir_mappings import RECORDED_CONTRIBUTIONS, build_risk_assessment
 from models import Explanation, RiskModel, model_task
 
 from .cards import CARD_EXTENSION
-from .drivers import CONTEXT_SUFFIXES, context_features, group_contributions, variable_of
+from .drivers import CONTEXT_SUFFIXES, ClinicalDriver, context_features, group_contributions, variable_of
 from .service import NoCard, ScoredCard, ScoringInput, Service, feature_hash
 
 __all__ = ["Score", "card_from_table"]
@@ -32,6 +32,9 @@ class Score:
     explanation: Explanation
     model: RiskModel
     level: str = "below"  # the band's level (models.bands): sets the card's indicator
+    # The contributions grouped by clinical variable, largest first (hooks.drivers): grouped once
+    # per call for the card's wording and for what the RiskAssessment keeps.
+    drivers: Sequence[ClinicalDriver] = ()
 
     @property
     def band_validation(self) -> dict[str, Any] | None:
@@ -69,13 +72,14 @@ def card_from_table(
     probability = float(model.predict(row)[0])
     band = model.band(probability)
     explanation = model.explain(row[0])
-    built = card(Score(probability, band, explanation, model, model.band_level(band)))
+    grouped = group_contributions(explanation.contributions)
+    built = card(Score(probability, band, explanation, model, model.band_level(band), grouped))
     # The RiskAssessment keeps the largest contributions and, for the clinical variables the app
     # and the card word, the features that say the latest value and when (so the app words a
     # driver as the card did): the app's waterfall rows, the card's drivers, and every variable
     # among the largest contributions.
     recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
-    top = [d.variable for d in group_contributions(explanation.contributions)[:CONTEXT_VARIABLES]]
+    top = [d.variable for d in grouped[:CONTEXT_VARIABLES]]
     worded = built.get("extension", {}).get(CARD_EXTENSION, {}).get("shap", {}).get("drivers", [])
     top += [d["variable"] for d in worded if isinstance(d, dict) and isinstance(d.get("variable"), str)]
     names = {c.feature for c in recorded}

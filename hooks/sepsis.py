@@ -27,7 +27,7 @@ from models import TRAINED_MAX_ICU_HOURS
 
 from .cards import Driver, RiskCardText, build_risk_card, format_percent
 from .consent import CONSENT_KEY, CONSENT_TEMPLATE
-from .drivers import ClinicalDriver, group_contributions, split_drivers
+from .drivers import ClinicalDriver, split_drivers
 from .scoring import Score, card_from_table
 from .service import (
     NON_ADHERENCE,
@@ -142,9 +142,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     encounter_id = encounter["id"] if is_fhir_id(encounter.get("id")) else None
 
     def card(score: Score) -> dict[str, Any]:
-        drivers, gaps = split_drivers(
-            group_contributions(score.explanation.contributions), TOP_DRIVERS, min_abs=0.01
-        )
+        drivers, gaps = split_drivers(score.drivers, TOP_DRIVERS, min_abs=0.01)
         return sepsis_card(
             card_uuid=inp.card_uuid,
             probability=score.probability,

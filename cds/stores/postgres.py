@@ -598,20 +598,7 @@ class PostgresStore:
         return await self._db(lambda conn: self._previous_of(conn, model))
 
     async def put_model_scores(self, scores: Sequence[ModelScore]) -> None:
-        rows = [
-            (
-                s.card_uuid,
-                s.version,
-                s.model,
-                s.service_id,
-                s.role,
-                s.probability,
-                s.band,
-                s.patient,
-                s.created,
-            )
-            for s in scores
-        ]
+        rows = [s.row() for s in scores]
 
         async def write(conn: Conn) -> None:
             async with conn.transaction(), conn.cursor() as cursor:

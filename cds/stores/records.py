@@ -115,6 +115,21 @@ class ModelScore:
     patient: str | None
     created: float
 
+    def row(self) -> tuple[str, str, str, str, str, float, str, str | None, float]:
+        """The values of a `model_score` row, in the column order both stores insert:
+        card_uuid, version, model, service_id, role, probability, band, patient, created."""
+        return (
+            self.card_uuid,
+            self.version,
+            self.model,
+            self.service_id,
+            self.role,
+            self.probability,
+            self.band,
+            self.patient,
+            self.created,
+        )
+
 
 @dataclass(frozen=True)
 class Erasure:

@@ -424,20 +424,7 @@ class SQLiteStore(SQLiteFile):
         return await self._run(lambda: self._previous_of(model))
 
     async def put_model_scores(self, scores: Sequence[ModelScore]) -> None:
-        rows = [
-            (
-                s.card_uuid,
-                s.version,
-                s.model,
-                s.service_id,
-                s.role,
-                s.probability,
-                s.band,
-                s.patient,
-                s.created,
-            )
-            for s in scores
-        ]
+        rows = [s.row() for s in scores]
 
         def write() -> None:
             self._db.executemany(
