@@ -491,6 +491,22 @@ def models_show(model: ModelName, version: str) -> None:
     typer.echo(json.dumps({**summary, "status": status, "history": history}, indent=2, default=str))
 
 
+def _gate_data(settings: Any, model: str, version: str) -> Path:
+    """The gate's default data: a site version is judged on the site table it was fitted on (its
+    held-out half, models/site.py `site_holdout`), any other on the training data's held-out split."""
+    from models import ModelError, ModelRegistry, model_task
+
+    try:
+        manifest = ModelRegistry(settings.model_dir).manifest(model, version)
+    except ModelError:
+        manifest = None  # promote says what is missing
+    if manifest is not None and "site_split_seed" in (manifest.training_data.get("lineage") or {}):
+        recorded = Path(str(manifest.training_data.get("path", "")))
+        if recorded != Path("") and recorded.exists():
+            return recorded
+    return Path(model_task(model).default_data(settings.data_dir))
+
+
 @models_app.command("promote")
 def models_promote(
     model: ModelName,
@@ -506,15 +522,16 @@ def models_promote(
 ) -> None:
     """Run the promotion gate (printed as a table) and, if it passes, set VERSION's status; every
     server switches within CDS_MODEL_POLL_S. Canary and active are compared with the active version
-    on the same held-out patients (--data: PhysioNet psv directory or parquet; default the training
+    on the same held-out patients (--data: PhysioNet psv directory or parquet; default: for a site
+    version the site table it was fitted on, judged on its held-out half; otherwise the training
     data's, split by the candidate's seed). Exit 3 when the gate refuses."""
-    from models import ModelError, ModelRegistry, PromotionRefused, model_task
+    from models import ModelError, ModelRegistry, PromotionRefused
 
     from .errors import BadRequest, StoreError
     from .model_versions import promote
 
     settings = _settings()
-    path = data or model_task(model.value).default_data(settings.data_dir)
+    path = data or _gate_data(settings, model.value, version)
 
     async def run() -> object:
         async with _store(settings) as store:

@@ -157,9 +157,10 @@ def run_gate(
         a, c, n = sepsis_held_out_pair(active, candidate, data, patients=patients)
     else:
         a, c, n = task_held_out_pair(task, active, candidate, data)
-    report.checks.append(
-        GateCheck("held-out patients", n, n, f"{data.name}, seed {candidate.manifest.seed}", n > 0)
-    )
+    site_seed = (candidate.manifest.training_data.get("lineage") or {}).get("site_split_seed")
+    where = f"site held-out half, seed {site_seed}" if site_seed is not None else None
+    where = where or f"seed {candidate.manifest.seed}"
+    report.checks.append(GateCheck("held-out patients", n, n, f"{data.name}, {where}", n > 0))
     judge(report, a, c, policy)
     return report
 
@@ -216,6 +217,16 @@ async def promote(
     change = await store.set_version_status(
         model, version, target, share=share if target == "canary" else 0.0, audit=audit
     )
+    file_champion = champion if target == "active" and champion != version else None
+    if file_champion is not None and change is not None and file_champion not in change.displaced:
+        # The champion came from the registry's ACTIVE file, so the store had no status to retire:
+        # record it, or `cds models list` would call the version it replaced a candidate.
+        await store.set_version_status(
+            model,
+            file_champion,
+            "retired",
+            audit={"actor": audit["actor"], "reason": audit["reason"], "action": "displaced", "by": version},
+        )
     return Promotion(report, change)
 
 

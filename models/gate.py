@@ -135,14 +135,19 @@ def sepsis_held_out_pair(
     patients: int | None = None,
     seed: int | None = None,
 ) -> tuple[dict[str, float | None] | None, dict[str, float | None], int]:
-    """Both versions scored on the same held-out patients of `data_path` (the development split
-    of the candidate's seed, or `seed`); returns (active metrics, candidate metrics, patients)."""
+    """Both versions scored on the same held-out patients of `data_path`: a site version's held-out
+    site patients (models/site.py `site_holdout`: the half its fit never saw, so the champion and
+    the candidate are judged where the site will use them), otherwise the development split's test
+    patients of the candidate's seed, or `seed`; returns (active metrics, candidate metrics, patients)."""
     from .datasets import read_physionet
     from .sepsis import development_split, load_sepsis_data
     from .sepsis_evaluation import sepsis_subgroups
+    from .site import site_holdout
 
     ids = read_physionet(data_path)["patient"].to_numpy()
-    held = development_split(ids, candidate.manifest.seed if seed is None else seed)[1]
+    held = site_holdout(candidate.manifest, data_path, ids) if seed is None else None
+    if held is None:
+        held = development_split(ids, candidate.manifest.seed if seed is None else seed)[1]
     if patients is not None:
         held = np.sort(held)[:patients]
     data = load_sepsis_data(data_path, candidate.spec, only=held)

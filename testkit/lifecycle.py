@@ -4,8 +4,10 @@ running server serves from its /metrics."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from demo_ehr import StayResources, icu_start_for_hour, patient_view_request, st
 from models import DEFAULT_REGISTRY, build_golden_set
 
 __all__ = [
+    "HookHammer",
     "call_sepsis",
     "card_version",
     "copy_version",
@@ -99,3 +102,45 @@ def wait_for(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+class HookHammer:
+    """Calls the sepsis hook of each server in turn, without pause, while a version switch happens
+    (a context manager); `answers` holds (status, version that answered or "none"), `failures`
+    the exceptions' names: a switch without a failed request leaves only 200s with a card."""
+
+    def __init__(self, urls: list[str], *, first_patient: int = 800_000) -> None:
+        self.stays = golden_stays("normal", 4, first_patient=first_patient)
+        self.urls = urls
+        self.answers: list[tuple[int, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=20) as client:
+            for i in itertools.count():
+                if self._stop.is_set():
+                    return
+                try:
+                    r = client.post(
+                        f"{self.urls[i % len(self.urls)]}/cds-services/sepsis-risk",
+                        json=patient_view_request(self.stays[i % len(self.stays)]),
+                    )
+                    body = r.json()
+                    self.answers.append(
+                        (r.status_code, card_version(body)[0] if body.get("cards") else "none")
+                    )
+                except Exception as exc:  # recorded, asserted on by the test
+                    self.failures.append(type(exc).__name__)
+
+    def versions(self) -> set[str]:
+        return {v for _, v in self.answers}
+
+    def __enter__(self) -> HookHammer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)

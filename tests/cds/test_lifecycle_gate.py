@@ -123,7 +123,14 @@ def test_a_weaker_candidate_is_refused_and_an_equal_one_promoted(
 
     active, entries = asyncio.run(audit())
     assert active == {"sepsis": "3"}
-    assert len(entries) == 1 and entries[0]["gate"]["passed"] and entries[0]["action"] == "promote"
+    assert len(entries) == 2 and entries[0]["gate"]["passed"] and entries[0]["action"] == "promote"
+    # v2 was active by the registry's ACTIVE file only: the promotion records it as retired.
+    assert (entries[1]["version"], entries[1]["status"], entries[1]["action"], entries[1]["by"]) == (
+        "2",
+        "retired",
+        "displaced",
+        "3",
+    )
     assert set(entries[0]["gate"]["checks"]) >= {
         "AUROC (hour)",
         "utility",

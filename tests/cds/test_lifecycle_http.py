@@ -11,7 +11,6 @@ import itertools
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from cds.stores import SQLiteStore
 from demo_ehr import LoopbackServer
 from testkit.helpers import feedback, serve_cds
 from testkit.lifecycle import (
+    HookHammer,
     call_sepsis,
     card_version,
     copy_version,
@@ -128,49 +128,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
             client.delete(*keys)
 
 
-class Hammer:
-    """Calls both servers without pause while a switch happens; every answer must be a card."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.stays = golden_stays("normal", 4, first_patient=800_000)
-        self.fleet = fleet
-        self.answers: list[tuple[int, str]] = []  # (status, version)
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=20) as client:
-            for i in itertools.count():
-                if self._stop.is_set():
-                    return
-                server = self.fleet.servers[i % 2]
-                from demo_ehr import patient_view_request
-
-                try:
-                    r = client.post(
-                        f"{server.url}/cds-services/sepsis-risk",
-                        json=patient_view_request(self.stays[i % len(self.stays)]),
-                    )
-                    body = r.json()
-                    self.answers.append(
-                        (r.status_code, card_version(body)[0] if body.get("cards") else "none")
-                    )
-                except Exception as exc:  # recorded, asserted on below
-                    self.failures.append(type(exc).__name__)
-
-    def __enter__(self) -> Hammer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 def test_shadow_scores_every_call_beside_the_champion_never_shown(fleet: Fleet) -> None:
     assert fleet.all_serve({"champion": "2"})
-    with Hammer(fleet) as hammer:
+    with HookHammer([s.url for s in fleet.servers]) as hammer:
         done = fleet.cds(
             "models", "promote", "sepsis", "3", "--to", "shadow", "--reason", "try v3", "--actor", "alice"
         )
@@ -366,7 +326,7 @@ def test_a_failing_canary_never_fails_a_call_and_is_rolled_back_on_its_error_rat
 
 
 def test_activation_and_rollback_switch_running_servers_without_a_failed_call(fleet: Fleet) -> None:
-    with Hammer(fleet) as hammer:
+    with HookHammer([s.url for s in fleet.servers]) as hammer:
         done = fleet.cds("models", "activate", "sepsis", "3")
         assert done.returncode == 0, done.stderr
         wait_for(lambda: all(serving(s.url).get("champion") == "3" for s in fleet.servers), what="v3 active")

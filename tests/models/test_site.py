@@ -12,6 +12,7 @@ import pytest
 
 from fhir_mappings import sepsis_feature_spec
 from models import (
+    ModelError,
     ModelRegistry,
     RiskModel,
     alert_burden,
@@ -21,8 +22,9 @@ from models import (
     train_sepsis,
     utility_table,
 )
-from models.calibration import fit_isotonic
+from models.calibration import calibration_intercept_slope, fit_isotonic, fit_platt
 from models.site import (
+    ISOTONIC_MIN_SEPTIC_PATIENTS,
     SiteData,
     adapt_site,
     base_development_data,
@@ -31,6 +33,7 @@ from models.site import (
     load_site,
     recalibrate_site,
     register_site_version,
+    site_holdout,
     site_split,
     threshold_for_alert_rate,
     validate_site,
@@ -103,7 +106,10 @@ def test_recalibration_learns_on_fit_patients_and_is_judged_on_the_others(
     assert d.label is not None
     fit, hold = np.isin(d.patient, result.split.fit), np.isin(d.patient, result.split.holdout)
     raw = 1 / (1 + np.exp(-model.margin(d.features)))
-    assert result.recalibration.calibration == fit_isotonic(raw[fit], d.label[fit])
+    septic = len(np.unique(d.patient[fit][d.label[fit] == 1]))
+    fitted = fit_isotonic if septic >= ISOTONIC_MIN_SEPTIC_PATIENTS else fit_platt
+    assert result.recalibration.calibration == fitted(raw[fit], d.label[fit])
+    assert result.recalibration.rule.startswith("isotonic" if fitted is fit_isotonic else "Platt")
     assert (
         result.comparison["patients"] == len(result.split.holdout) and result.comparison["rows"] == hold.sum()
     )
@@ -216,3 +222,51 @@ def test_the_simulated_site_blanks_only_what_it_says(site_frame: pd.DataFrame) -
     assert shifted[list(NEVER_REPORTED)].isna().all().all()
     untouched = [c for c in site_frame.columns if c not in (*VITALS, "Temp", *NEVER_REPORTED)]
     assert shifted[untouched].equals(site_frame[untouched])
+
+
+def test_a_small_site_gets_a_platt_map_that_holds_on_its_other_patients(
+    base: tuple[ModelRegistry, RiskModel], site: SiteData
+) -> None:
+    """400 site patients (~15 septic in the fit half): the isotonic map overfits them, Platt holds."""
+    _, model = base
+    result = recalibrate_site(model, site, seed=3, replicates=10)
+    d = site.data
+    assert d.label is not None
+    fit, hold = np.isin(d.patient, result.split.fit), np.isin(d.patient, result.split.holdout)
+    assert len(np.unique(d.patient[fit][d.label[fit] == 1])) < ISOTONIC_MIN_SEPTIC_PATIENTS
+    raw = 1 / (1 + np.exp(-model.margin(d.features)))
+
+    def held_slope(cal: object) -> float:
+        p = np.interp(raw[hold], cal.x, cal.y)  # type: ignore[attr-defined]
+        return calibration_intercept_slope(d.label[hold], p)[1]
+
+    platt, isotonic = result.recalibration.calibration, fit_isotonic(raw[fit], d.label[fit])
+    assert platt.method == "platt"
+    assert abs(held_slope(platt) - 1) < abs(held_slope(isotonic) - 1)
+
+
+def test_the_gate_re_derives_a_site_versions_held_out_half(
+    base: tuple[ModelRegistry, RiskModel], site_frame: pd.DataFrame, tmp_path: Path, set_a_path: Path
+) -> None:
+    registry, model = base
+    path = tmp_path / "site.parquet"
+    site_frame.to_parquet(path)
+    site = load_site(path, SPEC)
+    manifest = register_site_version(
+        registry, model, site, recalibrate_site(model, site, seed=5, replicates=5), command="test"
+    )
+    held = site_holdout(manifest, path, site.data.patient)
+    assert held is not None and np.array_equal(held, site_split(site.data.patient, 5).holdout)
+    assert site_holdout(model.manifest, path, site.data.patient) is None  # not a site version
+    with pytest.raises(ModelError, match="gate it on the site data it was fitted on"):
+        site_holdout(manifest, set_a_path, site.data.patient)
+    # Pseudonyms, as `cds site import` writes them, not integers.
+    renamed = site_frame.assign(patient=np.array([f"en-{p:08x}" for p in site_frame["patient"]]))
+    renamed.to_parquet(path)
+    named = load_site(path, SPEC)
+    manifest = register_site_version(
+        registry, model, named, recalibrate_site(model, named, seed=5, replicates=5), command="test"
+    )
+    held = site_holdout(manifest, path, named.data.patient)
+    assert held is not None and np.array_equal(held, site_split(named.data.patient, 5).holdout)
+    assert str(held[0]).startswith("en-")
