@@ -1399,6 +1399,7 @@ def site_retrain(
         frame,
         risk_model.spec.names,
         model_name="sepsis",
+        feature_spec_hash=risk_model.spec.spec_hash,
     )
     result = retrain_from_served(
         risk_model,

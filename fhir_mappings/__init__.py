@@ -147,7 +147,13 @@ from .variables import (
     drop_implausible,
     variable,
 )
-from .writeback import RECORDED_CONTRIBUTIONS, build_provenance, build_risk_assessment, provenance_id
+from .writeback import (
+    RECORDED_CONTRIBUTIONS,
+    build_provenance,
+    build_risk_assessment,
+    provenance_id,
+    recorded_feature_values,
+)
 
 __all__ = [
     "A1C_BANDS",
@@ -293,6 +299,7 @@ __all__ = [
     "readmission_feature_spec",
     "readmissions",
     "readmitted_within_30_days",
+    "recorded_feature_values",
     "reference_id",
     "reference_parts",
     "resolve_reference",

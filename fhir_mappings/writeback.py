@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
+import numpy as np
+import orjson
 from fhir.resources.R4B.provenance import Provenance
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "build_provenance",
     "build_risk_assessment",
     "provenance_id",
+    "recorded_feature_values",
 ]
 
 # Base of the identifiers (extensions, code systems) this product defines.
@@ -79,6 +82,8 @@ def build_risk_assessment(
     base_value: float,
     contributions: Sequence[Contribution],
     also_record: Collection[str] = (),
+    feature_values: np.ndarray | None = None,
+    feature_spec_hash: str | None = None,
 ) -> dict[str, Any]:
     """The largest RECORDED_CONTRIBUTIONS contributions one by one; those named in `also_record`
     (what the drivers need to say their value and time, even at 0) in one `shap-context` list of
@@ -128,6 +133,20 @@ def build_risk_assessment(
         extensions.append(
             {"url": f"{EXT}/shap-context", "valueString": json.dumps(rows, separators=(",", ":"))}
         )
+    if feature_values is not None and feature_spec_hash:
+        # The whole scored row (de-identified feature values; missing as null), so retraining from
+        # served records has every feature, not only the ones the contributions name. One compact
+        # JSON list: orjson writes a float32 row in ~10 us; nested extensions would cost ms.
+        values = orjson.dumps(np.asarray(feature_values), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        extensions.append(
+            {
+                "url": f"{EXT}/feature-values",
+                "extension": [
+                    {"url": "featureSpec", "valueString": feature_spec_hash},
+                    {"url": "values", "valueString": values},
+                ],
+            }
+        )
     if rest_of:
         # The rest in one sum, so base value + contributions still add up to the model's margin.
         rest = sum(float(c.shap) for c in rest_of)
@@ -143,6 +162,20 @@ def build_risk_assessment(
         "prediction": [prediction],
     }
     return resource
+
+
+def recorded_feature_values(resource: Mapping[str, Any], feature_spec_hash: str) -> np.ndarray | None:
+    """The scored row a RiskAssessment recorded (`feature-values`), as float32 with NaN for
+    missing; None when it has none or it was scored with another feature spec."""
+    for ext in resource.get("extension", ()):
+        if ext.get("url") != f"{EXT}/feature-values":
+            continue
+        parts = {e.get("url"): e.get("valueString") for e in ext.get("extension", ())}
+        if parts.get("featureSpec") != feature_spec_hash or not isinstance(parts.get("values"), str):
+            return None
+        values = json.loads(parts["values"])
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+    return None
 
 
 def provenance_id(card_uuid: str) -> str:

@@ -100,6 +100,8 @@ def card_from_table(
         base_value=explanation.base_value,
         contributions=recorded,
         also_record=context_features(top, names) | context_features(shown, names, ("last", "hours_since")),
+        feature_values=row[0],
+        feature_spec_hash=model.spec.spec_hash,
     )
     user = inp.context.get("userId")
     user_pseudonym = (

@@ -1,14 +1,14 @@
 """Retraining a live site from what it served: the RiskAssessments we recorded (their de-identified
 feature values), the clinicians' feedback Provenances and the outcomes, joined by pseudonym.
 
-Each RiskAssessment becomes one row: its recorded feature values (the largest SHAP contributions
-carry their values; every other feature is missing, which is a real limit of retraining from
-served records), the probability that was served, the model version, and the feedback joined as
-columns (`feedback`, `overridden`, `reason`). The label follows PhysioNet 2019: 1 when the card
-was issued at or after the Sepsis-3 onset minus 6 hours. Overrides are reported by reason, ICU
-unit and model version; they are used as training weights only when patient-grouped CV inside the
-served patients says that helps. Pure functions over parsed resources; reading files is the
-caller's.
+Each RiskAssessment becomes one row: its recorded feature values (the whole scored row, which
+RiskAssessments record since the `feature-values` extension; older ones give only the values
+their contributions carry, every other feature missing), the probability that was served, the
+model version, and the feedback joined as columns (`feedback`, `overridden`, `reason`). The label
+follows PhysioNet 2019: 1 when the card was issued at or after the Sepsis-3 onset minus 6 hours.
+Overrides are reported by reason, ICU unit and model version; they are used as training weights
+only when patient-grouped CV inside the served patients says that helps. Pure functions over
+parsed resources; reading files is the caller's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from fhir_mappings import recorded_feature_values
 
 from .calibration import fit_isotonic
 from .manifest import Calibration, ModelManifest
@@ -65,10 +67,13 @@ def served_table(
     *,
     model_name: str = "sepsis",
     horizon_hours: float = HORIZON_HOURS,
+    feature_spec_hash: str | None = None,
 ) -> pd.DataFrame:
     """One row per RiskAssessment of `model_name`, in (pseudonym, time) order. `outcomes`: columns
     `pseudonym` and `onset` (Sepsis-3 onset time, NaT when the stay had no sepsis); patients not in
-    it get label NaN (outcome unknown)."""
+    it get label NaN (outcome unknown). The features: the whole scored row where the RiskAssessment
+    recorded it with `feature_spec_hash` (`all_features` True), else the values its contributions
+    carry (the largest ones and the drivers' context), every other feature missing."""
     feedback: dict[str, tuple[str, str | None]] = {}
     for p in provenances:
         activity = (p.get("activity", {}).get("coding") or [{}])[0].get("code")
@@ -95,6 +100,15 @@ def served_table(
             if name in index and "value" in parts:
                 values[name] = float(parts["value"]["valueDecimal"])
                 x[index[name]] = values[name]
+        for context in _ext(ra, "shap-context"):
+            for name, _, value in json.loads(context.get("valueString") or "[]"):
+                if name in index and value is not None:
+                    values[name] = float(value)
+                    x[index[name]] = values[name]
+        whole = recorded_feature_values(ra, feature_spec_hash) if feature_spec_hash else None
+        if whole is not None and len(whole) == len(index):
+            x = whole
+            values.update({name: float(whole[j]) for name, j in index.items() if name.startswith("Unit")})
         hour = _ext(ra, "icu-hour")
         fb = feedback.get(str(ra.get("id")))
         rows.append(
@@ -109,6 +123,7 @@ def served_table(
                 "overridden": bool(fb and fb[0] == "overridden"),
                 "reason": fb[1] if fb else None,
                 "unit": _unit(values),
+                "all_features": whole is not None and len(whole) == len(index),
             }
         )
         vectors.append(x)

@@ -11,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import numpy as np
 import pytest
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from demo_ehr import patient_view_request
-from fhir_mappings import Pseudonymizer, build_risk_assessment
+from fhir_mappings import Pseudonymizer, build_risk_assessment, recorded_feature_values
 from fhir_mappings.writeback import RECORDED_CONTRIBUTIONS
 from hooks import SEPSIS, ScoredCard, ScoringInput, sepsis_bundle_suggestion
 from models import ModelRegistry, RiskModel, model_task
@@ -115,6 +116,12 @@ def test_a_scored_sepsis_card_carries_valid_fhir(septic_like: bool) -> None:
     assert isinstance(scored, ScoredCard)
     risk = RiskAssessment.model_validate(scored.risk_assessment)
     assert float(risk.prediction[0].probabilityDecimal) == pytest.approx(scored.probability, abs=1e-12)
+    # The whole scored row is recorded (for retraining from served records), bit for bit.
+    spec = _model().spec
+    recorded = recorded_feature_values(scored.risk_assessment, spec.spec_hash)
+    assert recorded is not None and scored.row is not None
+    np.testing.assert_array_equal(recorded, scored.row[0])
+    assert recorded_feature_values(scored.risk_assessment, "another-spec") is None
     for suggestion in scored.card.get("suggestions", ()):
         for action in suggestion["actions"]:
             ServiceRequest.model_validate(action["resource"])

@@ -64,6 +64,10 @@ def served(set_a_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                 horizon_hours=HORIZON_HOURS,
                 base_value=explanation.base_value,
                 contributions=explanation.contributions,
+                # Half recorded as the hook records them now (the whole scored row), half as
+                # RiskAssessments recorded before the feature-values extension.
+                feature_values=data.features[i] if n % 2 == 0 else None,
+                feature_spec_hash=SPEC.spec_hash,
             )
         )
         outcome = None
@@ -82,7 +86,9 @@ def served(set_a_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                     user_comment=None,
                 )
             )
-        expected.append((card, pseudonym, int(data.label[i]), outcome, explanation))
+        expected.append(
+            (card, pseudonym, int(data.label[i]), outcome, explanation, n % 2 == 0, data.features[i])
+        )
     outcomes = []
     for pid in np.unique(data.patient):
         rows = data.patient == pid
@@ -100,15 +106,25 @@ def served(set_a_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 
 def test_served_records_join_features_feedback_and_outcomes(served: dict[str, Any]) -> None:
-    table = served_table(served["risk_assessments"], served["provenances"], served["outcomes"], SPEC.names)
+    table = served_table(
+        served["risk_assessments"],
+        served["provenances"],
+        served["outcomes"],
+        SPEC.names,
+        feature_spec_hash=SPEC.spec_hash,
+    )
     assert len(table) == len(served["expected"])
     by_card = table.set_index("card")
-    for card, pseudonym, label, outcome, explanation in served["expected"]:
+    for card, pseudonym, label, outcome, explanation, whole, x in served["expected"]:
         row = by_card.loc[card]
         assert row["pseudonym"] == pseudonym
         assert row["label"] == label  # onset - 6 h reproduces SepsisLabel at the served hour
         assert (row["feedback"] if isinstance(row["feedback"], str) else None) == outcome
         assert row["overridden"] == (outcome == "overridden")
+        assert row["all_features"] == whole
+        if whole:  # the scored row itself, bit for bit
+            np.testing.assert_array_equal(row[list(SPEC.names)].to_numpy(np.float32), x)
+            continue
         recorded = sorted(explanation.contributions, key=lambda c: -abs(c.shap))[:20]
         for c in recorded:
             if c.value is not None:
@@ -205,3 +221,28 @@ def test_cds_site_retrain_reads_a_feedback_export(served: dict[str, Any], tmp_pa
     assert report["version"] in registry.versions("sepsis") and registry.active_version("sepsis") == active
     assert report["overrides"]["overridden"] == sum(1 for e in served["expected"] if e[3] == "overridden")
     assert (tmp_path / "out" / "retraining.json").is_file()
+
+
+def test_the_recorded_row_re_scores_to_the_served_probability(served: dict[str, Any]) -> None:
+    """With the whole row recorded, the base re-scored on served records is what was served; a row
+    recorded with another feature spec is not read as this one's."""
+    model = served["model"]
+    table = served_table(
+        served["risk_assessments"],
+        served["provenances"],
+        served["outcomes"],
+        SPEC.names,
+        feature_spec_hash=SPEC.spec_hash,
+    )
+    whole = table[table["all_features"]]
+    assert len(whole) > 0
+    rescored = model.predict(whole[list(SPEC.names)].to_numpy(np.float32))
+    np.testing.assert_allclose(rescored, whole["probability"].to_numpy(), rtol=0, atol=1e-7)
+    other = served_table(
+        served["risk_assessments"],
+        served["provenances"],
+        served["outcomes"],
+        SPEC.names,
+        feature_spec_hash="x",
+    )
+    assert not other["all_features"].any()
