@@ -1,7 +1,7 @@
 """Isotonic against Platt recalibration on the simulated second site (benchmarks/site_adaptation.py):
 both maps fitted on the site's fit half, judged on its held-out half (calibration slope and
 intercept, utility at the fit half's utility-maximising threshold). Why `cds site recalibrate`
-uses a Platt map below 200 septic fit patients (models/site.py `_fit_map`).
+uses a Platt map below 200 septic fit patients (models/calibration.py `fit_small_sample_map`).
 
     python -m benchmarks.calibration_maps [--data setA.parquet]
 """

@@ -16,16 +16,20 @@ from .manifest import Calibration
 
 __all__ = [
     "CalibrationReport",
+    "ISOTONIC_MIN_POSITIVE_GROUPS",
     "brier_score",
     "calibration_intercept_slope",
     "calibration_report",
     "expected_calibration_error",
     "fit_isotonic",
     "fit_platt",
+    "fit_small_sample_map",
     "reliability_curve",
 ]
 
 _EPS = 1e-6
+# Fewer patients with a positive outcome than this among those a map is fitted on: Platt, not isotonic.
+ISOTONIC_MIN_POSITIVE_GROUPS = 200
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -145,3 +149,20 @@ class CalibrationReport:
 def calibration_report(label: np.ndarray, p: np.ndarray) -> CalibrationReport:
     intercept, slope = calibration_intercept_slope(label, p)
     return CalibrationReport(brier_score(label, p), expected_calibration_error(label, p), intercept, slope)
+
+
+def fit_small_sample_map(raw: np.ndarray, label: np.ndarray, group: np.ndarray) -> tuple[Calibration, str]:
+    """Isotonic when the rows' groups (patients) have the events for it, else Platt (two
+    parameters), and which it was, in words: an isotonic map fitted on a small site's few septic
+    patients overfits them (measured: 28 septic fit patients of set A gave a held-out calibration
+    slope of 0.60, the Platt map 0.91; at 186 both hold, Platt a little closer to 1:
+    benchmarks/calibration_maps.py). Hours of one patient are not independent events, so the count
+    is of patients."""
+    label = np.asarray(label)
+    positive = int(len(np.unique(np.asarray(group)[label == 1])))
+    if positive >= ISOTONIC_MIN_POSITIVE_GROUPS:
+        return fit_isotonic(raw, label), f"isotonic map ({positive} patients with the outcome)"
+    return fit_platt(raw, label), (
+        f"Platt map ({positive} patients with the outcome, under the {ISOTONIC_MIN_POSITIVE_GROUPS} "
+        "an isotonic map needs)"
+    )

@@ -24,7 +24,7 @@ import pandas as pd
 
 from fhir_mappings import recorded_feature_values
 
-from .calibration import fit_isotonic
+from .calibration import fit_small_sample_map
 from .manifest import Calibration, ModelManifest
 from .metrics import bootstrap_by_group
 from .physionet2019 import challenge_auc
@@ -267,7 +267,7 @@ def retrain_from_served(
         device=device,
         progress=False,
     )
-    calibration = fit_isotonic(oof[chosen], yf)
+    calibration, _ = fit_small_sample_map(oof[chosen], yf, pf)
     served_p = data["probability"].to_numpy(dtype=np.float64)
     live_rate = float(np.mean(served_p[fit] >= model.threshold))
     cal_oof = np.interp(oof[chosen], calibration.x, calibration.y)

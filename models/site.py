@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .calibration import calibration_report, fit_isotonic, fit_platt
+from .calibration import calibration_report, fit_small_sample_map
 from .datasets import data_fingerprint, read_physionet
 from .distributed import train_on
 from .errors import DatasetError, ModelError
@@ -37,7 +37,6 @@ from .train import patient_split
 
 __all__ = [
     "CONTINUE_ROUNDS",
-    "ISOTONIC_MIN_SEPTIC_PATIENTS",
     "POOLED_SITE_WEIGHT",
     "SITE_FOLDS",
     "SITE_HOLDOUT_FRACTION",
@@ -65,7 +64,6 @@ SITE_HOLDOUT_FRACTION = 0.5
 SITE_FOLDS = 3
 CONTINUE_ROUNDS = (25, 50, 100, 150)  # extra rounds tried when continuing the base booster
 POOLED_SITE_WEIGHT = 3.0
-ISOTONIC_MIN_SEPTIC_PATIENTS = 200  # fewer septic fit patients: a Platt map (see _fit_map)
 
 
 # --- the site's data -----------------------------------------------------------------------------
@@ -436,24 +434,10 @@ class Recalibration:
     fit_utility: float
 
 
-def _fit_map(raw: np.ndarray, label: np.ndarray, patient: np.ndarray) -> tuple[Calibration, str]:
-    """Isotonic when the fit patients have the events for it, else Platt (two parameters): an
-    isotonic map fitted on a small site's few septic patients overfits (measured: 28 septic fit
-    patients of set A gave a held-out calibration slope of 0.60; the Platt map on the same patients
-    stays near 1), and the gate then rightly refuses the version."""
-    septic = int(len(np.unique(patient[np.asarray(label) == 1])))
-    if septic >= ISOTONIC_MIN_SEPTIC_PATIENTS:
-        return fit_isotonic(raw, label), f"isotonic map ({septic} septic fit patients)"
-    return fit_platt(raw, label), (
-        f"Platt map ({septic} septic fit patients, under the {ISOTONIC_MIN_SEPTIC_PATIENTS} "
-        "an isotonic map needs)"
-    )
-
-
 def _fit_map_and_threshold(
     raw: np.ndarray, label: np.ndarray, patient: np.ndarray, target_alerts: float | None
 ) -> Recalibration:
-    calibration, how = _fit_map(raw, label, patient)
+    calibration, how = fit_small_sample_map(raw, label, patient)
     p = _interp(calibration, raw)
     threshold, fit_utility = best_threshold(p, label, patient)
     rule = "utility-maximising on the site's fit patients"

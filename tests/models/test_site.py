@@ -22,9 +22,13 @@ from models import (
     train_sepsis,
     utility_table,
 )
-from models.calibration import calibration_intercept_slope, fit_isotonic, fit_platt
+from models.calibration import (
+    ISOTONIC_MIN_POSITIVE_GROUPS,
+    calibration_intercept_slope,
+    fit_isotonic,
+    fit_platt,
+)
 from models.site import (
-    ISOTONIC_MIN_SEPTIC_PATIENTS,
     SiteData,
     adapt_site,
     base_development_data,
@@ -107,7 +111,7 @@ def test_recalibration_learns_on_fit_patients_and_is_judged_on_the_others(
     fit, hold = np.isin(d.patient, result.split.fit), np.isin(d.patient, result.split.holdout)
     raw = 1 / (1 + np.exp(-model.margin(d.features)))
     septic = len(np.unique(d.patient[fit][d.label[fit] == 1]))
-    fitted = fit_isotonic if septic >= ISOTONIC_MIN_SEPTIC_PATIENTS else fit_platt
+    fitted = fit_isotonic if septic >= ISOTONIC_MIN_POSITIVE_GROUPS else fit_platt
     assert result.recalibration.calibration == fitted(raw[fit], d.label[fit])
     assert result.recalibration.rule.startswith("isotonic" if fitted is fit_isotonic else "Platt")
     assert (
@@ -233,7 +237,7 @@ def test_a_small_site_gets_a_platt_map_that_holds_on_its_other_patients(
     d = site.data
     assert d.label is not None
     fit, hold = np.isin(d.patient, result.split.fit), np.isin(d.patient, result.split.holdout)
-    assert len(np.unique(d.patient[fit][d.label[fit] == 1])) < ISOTONIC_MIN_SEPTIC_PATIENTS
+    assert len(np.unique(d.patient[fit][d.label[fit] == 1])) < ISOTONIC_MIN_POSITIVE_GROUPS
     raw = 1 / (1 + np.exp(-model.margin(d.features)))
 
     def held_slope(cal: object) -> float:
