@@ -1075,6 +1075,27 @@ def _site_data(model: RiskModel, data: Path) -> object:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def _steps(desc: str, names: list[str]) -> Any:
+    """A progress bar over a command's stages on stderr: `step(name)` when each begins."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(names), desc=desc, unit=" steps", file=sys.stderr)
+    started = [False]
+
+    def step(name: str) -> None:
+        if started[0]:
+            bar.update(1)
+        started[0] = True
+        bar.set_postfix_str(name)
+
+    try:
+        yield step
+        bar.update(bar.total - bar.n)
+    finally:
+        bar.close()
+
+
 def _with_progress(reader: Any) -> Any:
     """Progress bars on stderr: bytes read, then stays built."""
     from tqdm.auto import tqdm
@@ -1199,9 +1220,14 @@ def site_validate(
     from models.site import SiteData, validate_site
 
     risk_model = _site_model(model, version)
-    site = _site_data(risk_model, data)
-    assert isinstance(site, SiteData)
-    metrics = validate_site(risk_model, site, out, replicates=replicates)
+    with _steps(
+        "site validate", ["reading the site's data", f"evaluating ({replicates} bootstraps)"]
+    ) as step:
+        step("reading the site's data")
+        site = _site_data(risk_model, data)
+        assert isinstance(site, SiteData)
+        step(f"evaluating ({replicates} bootstraps)")
+        metrics = validate_site(risk_model, site, out, replicates=replicates)
     typer.echo(json.dumps({"out": str(out), **metrics["golive"]}))
 
 
@@ -1221,17 +1247,22 @@ def site_recalibrate(
     from models.site import SiteData, recalibrate_site, register_site_version, write_site_report
 
     risk_model = _site_model(model, version)
-    site = _site_data(risk_model, data)
-    assert isinstance(site, SiteData)
-    result = recalibrate_site(
-        risk_model, site, seed=seed, target_alerts_per_100_days=target_alerts, replicates=replicates
-    )
-    manifest = register_site_version(
-        ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site recalibrate"
-    )
-    write_site_report(
-        out, f"Site recalibration of sepsis v{risk_model.version} -> v{manifest.version}", result
-    )
+    stages = ["reading the site's data", f"fitting and comparing ({replicates} bootstraps)", "registering"]
+    with _steps("site recalibrate", stages) as step:
+        step(stages[0])
+        site = _site_data(risk_model, data)
+        assert isinstance(site, SiteData)
+        step(stages[1])
+        result = recalibrate_site(
+            risk_model, site, seed=seed, target_alerts_per_100_days=target_alerts, replicates=replicates
+        )
+        step(stages[2])
+        manifest = register_site_version(
+            ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site recalibrate"
+        )
+        write_site_report(
+            out, f"Site recalibration of sepsis v{risk_model.version} -> v{manifest.version}", result
+        )
     _track(manifest.version, result.comparison, {"command": "recalibrate", "seed": seed}, out)
     typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
 
@@ -1391,27 +1422,32 @@ def site_retrain(
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    frame = pd.read_csv(outcomes, dtype={"pseudonym": str})
-    frame["onset"] = pd.to_datetime(frame["onset"], utc=True, errors="coerce")
-    table = served_table(
-        read("RiskAssessment.ndjson"),
-        read("Provenance.ndjson"),
-        frame,
-        risk_model.spec.names,
-        model_name="sepsis",
-        feature_spec_hash=risk_model.spec.spec_hash,
-    )
-    result = retrain_from_served(
-        risk_model,
-        table,
-        seed=seed,
-        rounds=tuple(int(r) for r in rounds.split(",")),
-        replicates=replicates,
-        device=choose_device(_settings().device),
-    )
-    manifest = register_retrained(
-        ModelRegistry(_settings().model_dir), risk_model, result, data_label=f"served records in {export}"
-    )
+    stages = ["joining records, feedback and outcomes", "retraining (grouped CV)", "registering"]
+    with _steps("site retrain", stages) as step:
+        step(stages[0])
+        frame = pd.read_csv(outcomes, dtype={"pseudonym": str})
+        frame["onset"] = pd.to_datetime(frame["onset"], utc=True, errors="coerce")
+        table = served_table(
+            read("RiskAssessment.ndjson"),
+            read("Provenance.ndjson"),
+            frame,
+            risk_model.spec.names,
+            model_name="sepsis",
+            feature_spec_hash=risk_model.spec.spec_hash,
+        )
+        step(stages[1])
+        result = retrain_from_served(
+            risk_model,
+            table,
+            seed=seed,
+            rounds=tuple(int(r) for r in rounds.split(",")),
+            replicates=replicates,
+            device=choose_device(_settings().device),
+        )
+        step(stages[2])
+        manifest = register_retrained(
+            ModelRegistry(_settings().model_dir), risk_model, result, data_label=f"served records in {export}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "version": manifest.version,
