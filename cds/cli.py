@@ -1283,7 +1283,11 @@ def _site_summary(version: str, parent: str, comparison: dict[str, object], out:
             "status": "candidate",
             "out": str(out),
             "held_out_patients": comparison["patients"],
-            **{k: {"auroc": v["auroc"], "utility": v["utility"]} for k, v in models.items()},
+            # each version's bootstrapped metrics (sepsis: auroc, utility; readmission: auroc, auprc)
+            **{
+                k: {m: x for m, x in v.items() if isinstance(x, dict) and "estimate" in x}
+                for k, v in models.items()
+            },
         }
     )
 
