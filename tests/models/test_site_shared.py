@@ -113,3 +113,26 @@ def test_site_go_live_is_looked_up_by_model_name() -> None:
     assert READMISSION_SITE.development_data is None and SEPSIS_SITE.development_data is not None
     with pytest.raises(ModelError, match="readmission, sepsis only, not ecg"):
         site_task("ecg")
+
+
+def test_the_simulated_readmission_site_keeps_each_patient_on_one_side() -> None:
+    import pandas as pd
+
+    from benchmarks.readmission_site import by_first_intake
+    from fhir_mappings import readmission_cohort
+    from testkit.readmission_rows import row
+
+    frame = pd.DataFrame(
+        [
+            row(encounter_id=1, patient_nbr=10, admission_source_id=7),
+            row(encounter_id=2, patient_nbr=10, admission_source_id=1),  # later: patient 10 stays ER
+            row(encounter_id=3, patient_nbr=20, admission_source_id=1),
+            row(encounter_id=4, patient_nbr=20, admission_source_id=7),
+            row(encounter_id=5, patient_nbr=30, admission_source_id=4),
+            row(encounter_id=6, patient_nbr=40, admission_source_id=7),
+        ]
+    )
+    er, others = by_first_intake(frame)
+    assert er.tolist() == [10, 40] and others.tolist() == [20, 30]
+    site = readmission_cohort(frame[frame["patient_nbr"].isin(others)])
+    assert set(site["admission_source_id"]) == {1, 4}  # the cohort's first discharge of each is not ER
