@@ -9,10 +9,10 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -21,9 +21,12 @@ from .settings import Settings, get_settings
 if TYPE_CHECKING:
     from fhir_mappings import BundleMapping
     from models import RiskModel
+    from models.site import SiteData, SiteTask
 
     from .stores import RecordStore
     from .sweep import SweepOutcome
+
+_T = TypeVar("_T")
 
 app = typer.Typer(
     help="FHIR-native clinical decision support: sepsis and readmission risk over CDS Hooks.",
@@ -1038,7 +1041,9 @@ def _export_reader(export: Path, profile: str | None, site_map: Path | None, sou
 SiteDataOption = Annotated[
     Path,
     typer.Option(
-        "--data", help="the site's labelled hourly table: PhysioNet 2019 layout (.psv directory or parquet)"
+        "--data",
+        help="the site's labelled data: sepsis, its hourly table in PhysioNet 2019 layout (.psv directory "
+        "or parquet); readmission, its discharges in the Diabetes 130-US layout (csv, csv.gz or parquet)",
     ),
 ]
 SiteOutOption = Annotated[Path, typer.Option("--out", help="directory for the report files")]
@@ -1049,27 +1054,36 @@ TargetAlertsOption = Annotated[
     float | None,
     typer.Option(
         "--target-alerts",
-        help="threshold for at most this many alerts per 100 patient-days (default: utility-maximising)",
+        help="sepsis: threshold for at most this many alerts per 100 patient-days (default: "
+        "utility-maximising); readmission: flag this many of every 100 discharges "
+        "(default: the model's own share)",
     ),
 ]
 ReplicatesOption = Annotated[int, typer.Option(help="bootstrap replicates (by patient)")]
 
 
-def _site_model(model: ModelName, version: str | None) -> RiskModel:
-    if model is not ModelName.sepsis:
-        typer.echo(
-            f"error: site go-live is implemented for the sepsis model only, not {model.value}", err=True
-        )
-        raise typer.Exit(2)
-    return _load_model(model, version)
-
-
-def _site_data(model: RiskModel, data: Path) -> object:
-    from models import DatasetError
-    from models.site import load_site
+def _site_task(model: ModelName) -> SiteTask:
+    """The model's go-live value, or one line on stderr and exit 2."""
+    from models import ModelError
+    from models.site_tasks import site_task
 
     try:
-        return load_site(data, model.spec)
+        return site_task(model.value)
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _site_model(model: ModelName, version: str | None) -> tuple[RiskModel, SiteTask]:
+    task = _site_task(model)
+    return _load_model(model, version), task
+
+
+def _site_data(model: RiskModel, task: SiteTask, data: Path) -> SiteData:
+    from models import DatasetError
+
+    try:
+        return task.load(data, model.spec, "")
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -1217,17 +1231,13 @@ def site_validate(
 ) -> None:
     """Local validation: the full clinical evaluation of the model on the site's data, with the go-live
     checks, as golive.md/golive.html, model_card.md, metrics.json and plots in --out."""
-    from models.site import SiteData, validate_site
-
-    risk_model = _site_model(model, version)
-    with _steps(
-        "site validate", ["reading the site's data", f"evaluating ({replicates} bootstraps)"]
-    ) as step:
-        step("reading the site's data")
-        site = _site_data(risk_model, data)
-        assert isinstance(site, SiteData)
-        step(f"evaluating ({replicates} bootstraps)")
-        metrics = validate_site(risk_model, site, out, replicates=replicates)
+    risk_model, task = _site_model(model, version)
+    stages = ["reading the site's data", f"evaluating ({replicates} bootstraps)"]
+    with _steps(f"site validate {model.value}", stages) as step:
+        step(stages[0])
+        site = _site_data(risk_model, task, data)
+        step(stages[1])
+        metrics = task.validate(risk_model, site, out, replicates)
     typer.echo(json.dumps({"out": str(out), **metrics["golive"]}))
 
 
@@ -1244,31 +1254,52 @@ def site_recalibrate(
     """Local recalibration: calibration map and alert threshold refitted on half of the site's patients,
     compared with the base on the other half; registered as a candidate version."""
     from models import ModelRegistry
-    from models.site import SiteData, recalibrate_site, register_site_version, write_site_report
+    from models.site import recalibrate_site, register_site_version, write_site_report
 
-    risk_model = _site_model(model, version)
+    risk_model, task = _site_model(model, version)
     stages = ["reading the site's data", f"fitting and comparing ({replicates} bootstraps)", "registering"]
-    with _steps("site recalibrate", stages) as step:
+    with _steps(f"site recalibrate {model.value}", stages) as step:
         step(stages[0])
-        site = _site_data(risk_model, data)
-        assert isinstance(site, SiteData)
+        site = _site_data(risk_model, task, data)
         step(stages[1])
-        result = recalibrate_site(
-            risk_model, site, seed=seed, target_alerts_per_100_days=target_alerts, replicates=replicates
+        result = _site_step(
+            lambda: recalibrate_site(
+                risk_model,
+                site,
+                seed=seed,
+                target_alerts_per_100_days=target_alerts,
+                replicates=replicates,
+                task=task,
+            )
         )
         step(stages[2])
         manifest = register_site_version(
             ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site recalibrate"
         )
         write_site_report(
-            out, f"Site recalibration of sepsis v{risk_model.version} -> v{manifest.version}", result
+            out, f"Site recalibration of {model.value} v{risk_model.version} -> v{manifest.version}", result
         )
-    _track(manifest.version, result.comparison, {"command": "recalibrate", "seed": seed}, out)
+    _track(model.value, manifest.version, result.comparison, {"command": "recalibrate", "seed": seed}, out)
     typer.echo(_site_summary(manifest.version, risk_model.version, result.comparison, out))
 
 
+def _site_step(step: Callable[[], _T]) -> _T:
+    """A go-live step, with a data problem (too few patients, no outcomes) as one line and exit 2."""
+    from models import DatasetError
+
+    try:
+        return step()
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _track(
-    manifest_version: str, comparison: dict[str, object], params: dict[str, object], out: Path
+    model_name: str,
+    manifest_version: str,
+    comparison: dict[str, object],
+    params: dict[str, object],
+    out: Path,
 ) -> None:
     """Log the run to MLflow and mirror the candidate version there, when CDS_MLFLOW_TRACKING_URI is set."""
     settings = _settings()
@@ -1278,7 +1309,7 @@ def _track(
     from models.tracking import log_site_run
 
     registry = ModelRegistry(settings.model_dir)
-    manifest = registry.manifest("sepsis", manifest_version)
+    manifest = registry.manifest(model_name, manifest_version)
     log_site_run(
         settings.mlflow_tracking_uri,
         manifest,
@@ -1299,7 +1330,11 @@ def _site_summary(version: str, parent: str, comparison: dict[str, object], out:
             "status": "candidate",
             "out": str(out),
             "held_out_patients": comparison["patients"],
-            **{k: {"auroc": v["auroc"], "utility": v["utility"]} for k, v in models.items()},
+            # each version's bootstrapped metrics (sepsis: auroc, utility; readmission: auroc, auprc)
+            **{
+                k: {m: x for m, x in v.items() if isinstance(x, dict) and "estimate" in x}
+                for k, v in models.items()
+            },
         }
     )
 
@@ -1314,13 +1349,20 @@ def site_adapt(
     base_data: Annotated[
         Path | None,
         typer.Option(
-            help="the base model's training data for `pooled` (default: its recorded path, if present)"
+            help="the base model's training data for `pooled` (sepsis only; default: its recorded path, "
+            "if present)"
         ),
     ] = None,
     base_patients: Annotated[
         int | None, typer.Option(help="use this many of the base's development patients in `pooled`")
     ] = 4000,
-    rounds: Annotated[str, typer.Option(help="extra boosting rounds tried by `continue`")] = "25,50,100,150",
+    rounds: Annotated[
+        str | None,
+        typer.Option(
+            help="extra boosting rounds tried by `continue` (default: sepsis 25,50,100,150; "
+            "readmission 50,100,200,400)"
+        ),
+    ] = None,
     site_weight: Annotated[float, typer.Option(help="weight of site rows in `pooled`")] = 3.0,
     folds: Annotated[int, typer.Option(help="patient-grouped folds inside the site's fit patients")] = 3,
     target_alerts: TargetAlertsOption = None,
@@ -1333,45 +1375,51 @@ def site_adapt(
     weight; chosen by patient-grouped CV on the site's fit patients), compared with the base and the
     recalibrated base on the held-out site patients; registered as a candidate version."""
     from models import ModelRegistry, choose_device
-    from models.site import (
-        SiteData,
-        adapt_site,
-        base_development_data,
-        register_site_version,
-        write_site_report,
-    )
+    from models.site import adapt_site, register_site_version, write_site_report
 
-    risk_model = _site_model(model, version)
-    site = _site_data(risk_model, data)
-    assert isinstance(site, SiteData)
-    base_path = base_data or Path(str(risk_model.manifest.training_data.get("path", "")))
+    risk_model, task = _site_model(model, version)
+    site = _site_data(risk_model, task, data)
     base = None
-    if base_path.exists() and base_path != Path(""):
-        base = base_development_data(
-            risk_model, base_path, risk_model.spec, patients=base_patients, seed=seed
+    if task.development_data is None:
+        if base_data is not None:
+            typer.echo(
+                f"error: --base-data (the `pooled` strategy) is not implemented for {model.value}", err=True
+            )
+            raise typer.Exit(2)
+    else:
+        base_path = base_data or Path(str(risk_model.manifest.training_data.get("path", "")))
+        if base_path.exists() and base_path != Path(""):
+            base = task.development_data(risk_model, base_path, risk_model.spec, base_patients, seed)
+        elif base_data is not None:
+            typer.echo(f"error: dataset not found: {base_data}", err=True)
+            raise typer.Exit(2)
+    result = _site_step(
+        lambda: (
+            adapt_site(
+                risk_model,
+                site,
+                seed=seed,
+                base_data=base,
+                continue_rounds=tuple(int(r) for r in rounds.split(",")) if rounds else None,
+                site_weight=site_weight,
+                folds=folds,
+                target_alerts_per_100_days=target_alerts,
+                replicates=replicates,
+                device=choose_device(_settings().device),
+                progress=True,
+                scheduler=scheduler,
+                task=task,
+            ).site
         )
-    elif base_data is not None:
-        typer.echo(f"error: dataset not found: {base_data}", err=True)
-        raise typer.Exit(2)
-    result = adapt_site(
-        risk_model,
-        site,
-        seed=seed,
-        base_data=base,
-        continue_rounds=tuple(int(r) for r in rounds.split(",")),
-        site_weight=site_weight,
-        folds=folds,
-        target_alerts_per_100_days=target_alerts,
-        replicates=replicates,
-        device=choose_device(_settings().device),
-        progress=True,
-        scheduler=scheduler,
-    ).site
+    )
     manifest = register_site_version(
         ModelRegistry(_settings().model_dir), risk_model, site, result, command="cds site adapt"
     )
-    write_site_report(out, f"Site adaptation of sepsis v{risk_model.version} -> v{manifest.version}", result)
+    write_site_report(
+        out, f"Site adaptation of {model.value} v{risk_model.version} -> v{manifest.version}", result
+    )
     _track(
+        model.value,
         manifest.version,
         result.comparison,
         {
@@ -1412,7 +1460,14 @@ def site_retrain(
     from models import ModelRegistry, choose_device
     from models.retrain import register_retrained, retrain_from_served, served_table
 
-    risk_model = _site_model(model, version)
+    if not _site_task(model).retrains_from_served:
+        typer.echo(
+            f"error: cds site retrain (served records) is implemented for the sepsis model only, not "
+            f"{model.value}; a site with labelled discharges runs cds site adapt {model.value} --data ...",
+            err=True,
+        )
+        raise typer.Exit(2)
+    risk_model = _load_model(model, version)
 
     def read(name: str) -> list[dict[str, object]]:
         path = export / name
@@ -1459,6 +1514,7 @@ def site_retrain(
     }
     (out / "retraining.json").write_text(json.dumps(report, indent=2) + "\n")
     _track(
+        model.value,
         manifest.version,
         result.comparison,
         {"command": "retrain", "seed": seed, **result.selection["chosen"]},

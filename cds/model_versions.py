@@ -156,7 +156,10 @@ def run_gate(
     if model == "sepsis":
         a, c, n = sepsis_held_out_pair(active, candidate, data, patients=patients)
     else:
-        a, c, n = task_held_out_pair(task, active, candidate, data)
+        from models.site_readmission import readmission_site_pair
+
+        pair = readmission_site_pair(active, candidate, data) if model == "readmission" else None
+        a, c, n = pair if pair is not None else task_held_out_pair(task, active, candidate, data)
     site_seed = (candidate.manifest.training_data.get("lineage") or {}).get("site_split_seed")
     where = f"site held-out half, seed {site_seed}" if site_seed is not None else None
     where = where or f"seed {candidate.manifest.seed}"

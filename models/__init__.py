@@ -91,9 +91,11 @@ from .sepsis_evaluation import (
     write_sepsis_report,
 )
 from .site import (
+    SEPSIS_SITE,
     SiteData,
     SiteResult,
     SiteSplit,
+    SiteTask,
     adapt_site,
     compare_on_holdout,
     load_site,
@@ -102,6 +104,8 @@ from .site import (
     site_split,
     validate_site,
 )
+from .site_readmission import READMISSION_SITE, load_readmission_site, validate_readmission_site
+from .site_tasks import SITE_TASKS, site_task
 from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import TrainedBooster, default_params, patient_split, train_booster
 
@@ -144,6 +148,7 @@ __all__ = [
     "ModelRegistry",
     "PromotionRefused",
     "READMISSION_OUTCOME",
+    "READMISSION_SITE",
     "READMISSION_TASK",
     "ReadmissionData",
     "RiskBands",
@@ -152,11 +157,14 @@ __all__ = [
     "SEPSIS_OUTCOME",
     "SEPSIS_PARAMS",
     "SEPSIS_ROUNDS",
+    "SEPSIS_SITE",
     "SEPSIS_TASK",
+    "SITE_TASKS",
     "SepsisData",
     "SiteData",
     "SiteResult",
     "SiteSplit",
+    "SiteTask",
     "TRAINED_MAX_ICU_HOURS",
     "TrainOptions",
     "TrainedBooster",
@@ -191,6 +199,7 @@ __all__ = [
     "last_rows",
     "load_golden",
     "load_readmission_data",
+    "load_readmission_site",
     "load_sepsis_data",
     "load_site",
     "manifest_bands",
@@ -222,12 +231,14 @@ __all__ = [
     "serving_device",
     "shap_rows",
     "site_split",
+    "site_task",
     "task_held_out_pair",
     "train_booster",
     "train_readmission",
     "train_sepsis",
     "utility_by_patient_bootstrap",
     "utility_table",
+    "validate_readmission_site",
     "validate_site",
     "with_interrupt_band",
     "write_golden",

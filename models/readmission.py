@@ -2,7 +2,7 @@
 calibrated, with a report (intervals by patient, calibration, subgroups, LACE-style baseline).
 
 Cohort (Strack et al. 2014): each patient's first encounter, discharges to death or hospice
-removed; label `readmitted == "<30"`. Any file in the dataset's layout (csv or csv.gz) works.
+removed; label `readmitted == "<30"`. Any file in the dataset's layout (csv, csv.gz or parquet) works.
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ __all__ = [
     "evaluate_readmission",
     "load_readmission_data",
     "read_diabetes130",
+    "readmission_bands",
+    "readmission_data",
     "readmission_params",
+    "readmission_subgroups",
     "score_readmission",
     "train_readmission",
 ]
@@ -67,12 +70,19 @@ def read_diabetes130(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset not found: {path}")
-    if not path.name.lower().endswith((".csv", ".csv.gz")):
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        frame = pd.read_parquet(path)
+        # The csv's missing marker may have been kept as text; a real 'None' (test not done) stays.
+        text = frame.select_dtypes(include=["object", "string"]).columns
+        frame[text] = frame[text].replace({"?": np.nan, "": np.nan})
+    elif name.endswith((".csv", ".csv.gz")):
+        # '?' marks missing; 'None' is a real value (a test not done), not missing.
+        frame = pd.read_csv(path, keep_default_na=False, na_values=["?", ""], low_memory=False)
+    else:
         raise DatasetError(
-            f"unsupported dataset format: {path.name} (csv or csv.gz in the Diabetes 130-US layout)"
+            f"unsupported dataset format: {path.name} (csv, csv.gz or parquet in the Diabetes 130-US layout)"
         )
-    # '?' marks missing; 'None' is a real value (a test not done), not missing.
-    frame = pd.read_csv(path, keep_default_na=False, na_values=["?", ""], low_memory=False)
     if "patient_nbr" not in frame or "encounter_id" not in frame:
         raise DatasetError(f"{path} is not in the Diabetes 130-US layout: no patient_nbr/encounter_id column")
     return frame
@@ -95,7 +105,14 @@ class ReadmissionData:
 
 
 def load_readmission_data(path: Path | str, spec: FeatureSpec) -> ReadmissionData:
-    cohort = readmission_cohort(read_diabetes130(path))
+    return readmission_data(read_diabetes130(path), spec)
+
+
+def readmission_data(frame: pd.DataFrame, spec: FeatureSpec) -> ReadmissionData:
+    """The cohort, its discharge table and features from rows in the Diabetes 130-US layout."""
+    if "patient_nbr" not in frame or "encounter_id" not in frame:
+        raise DatasetError("not in the Diabetes 130-US layout: no patient_nbr/encounter_id column")
+    cohort = readmission_cohort(frame)
     table = diabetes130_to_table(cohort)
     label = readmitted_within_30_days(cohort) if "readmitted" in cohort else None
     return ReadmissionData(
@@ -121,7 +138,7 @@ def score_readmission(model: RiskModel, data: ReadmissionData) -> np.ndarray:
     return model.predict(data.features)
 
 
-def _subgroups(frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+def readmission_subgroups(frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
     race = (
         frame["race"].fillna("Unknown").astype(str)
         if "race" in frame
@@ -172,7 +189,7 @@ def readmission_report(
                 lambda i: auroc(y[i], probability[i]) - auroc(y[i], lace[i]), patient, replicates, seed
             ),
         },
-        "subgroups": subgroup_table(y, probability, _subgroups(data.frame), threshold),
+        "subgroups": subgroup_table(y, probability, readmission_subgroups(data.frame), threshold),
     }
     gaps = {k: v["largest_auroc_gap"] for k, v in report["subgroups"].items()}
     known = {k: v for k, v in gaps.items() if v is not None}
@@ -350,9 +367,7 @@ def train_readmission(
     p_valid = np.interp(raw(parts["valid"]), x, yv)
     threshold = float(np.float32(np.quantile(p_valid, 1 - FLAGGED_FRACTION)))
     prevalence = float(data.label[parts["train"]].mean())
-    bands = with_interrupt_band(
-        _base_bands(prevalence, threshold), p_valid, data.label[parts["valid"]], threshold
-    )
+    bands = readmission_bands(prevalence, threshold, p_valid, data.label[parts["valid"]])
     bands_measured = band_report(
         bands, p_valid, data.label[parts["valid"]], measured_on=_VALIDATION_WORDS.format(seed=seed)
     )
@@ -410,6 +425,14 @@ def _base_bands(prevalence: float, threshold: float) -> dict[str, float]:
     return {"low": 0.0, "moderate": round(min(prevalence, threshold * 0.75), 6), "high": threshold}
 
 
+def readmission_bands(
+    prevalence: float, threshold: float, probability: np.ndarray, label: np.ndarray
+) -> dict[str, float]:
+    """low / moderate (from the prevalence, below the threshold) / high (the threshold), and a
+    very-high band where the calibrated `probability` and `label` show one."""
+    return with_interrupt_band(_base_bands(prevalence, threshold), probability, label, threshold)
+
+
 def measure_readmission_bands(model: RiskModel, path: Path | str) -> tuple[dict[str, float], BandReport]:
     """For a registered version without a band report: its validation split (same data and seed
     as its training) scored by the registered model, as training measures it."""
@@ -422,7 +445,7 @@ def measure_readmission_bands(model: RiskModel, path: Path | str) -> tuple[dict[
     p_valid = score_readmission(model, data.subset(valid))
     prevalence = float(data.label[train].mean())
     threshold = model.threshold
-    bands = with_interrupt_band(_base_bands(prevalence, threshold), p_valid, data.label[valid], threshold)
+    bands = readmission_bands(prevalence, threshold, p_valid, data.label[valid])
     words = (
         _VALIDATION_WORDS.format(seed=seed) + "; measured after training by `cds models bands readmission`"
     )

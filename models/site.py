@@ -1,25 +1,32 @@
-"""Site go-live for the sepsis model: local validation, local recalibration and adaptation on a
-hospital's own labelled hourly table, each judged on site patients the fit never saw.
+"""Site go-live: local validation, local recalibration and adaptation of a model on a hospital's
+own labelled data, each judged on site patients the fit never saw.
 
-A site's table is the PhysioNet 2019 layout (`patient`, `hour`, the 40 variables, `SepsisLabel`):
-a file `read_physionet` reads, or the canonical hourly table a FHIR Bulk export maps to. The site's
-patients are split once by the site's seed into a fit part and a held-out part; recalibration and
-adaptation learn only from the fit part, and base / recalibrated / adapted are compared on the
-same held-out patients with paired patient-bootstrap intervals. Every result can be registered as
-a `candidate` version (never activated here) whose manifest carries its lineage.
+The machinery is shared by the models: the site's patients are split once by the site's seed into
+a fit part and a held-out part (`site_split`); recalibration and adaptation learn only from the fit
+part, and base / recalibrated / adapted are compared on the same held-out patients with paired
+patient-bootstrap intervals (`compare_on_holdout`); every result can be registered as a
+`candidate` version (never activated here) whose manifest carries its lineage
+(`register_site_version`). What differs per model is a `SiteTask` value: how its site table is
+read and validated, what the comparison measures, how the map and threshold are refitted and how
+adaptation ranks its candidates. This module holds the sepsis one (`SEPSIS_SITE`: the PhysioNet
+2019 layout, `patient`, `hour`, the 40 variables, `SepsisLabel`, as a file `read_physionet` reads
+or the canonical hourly table a FHIR Bulk export maps to); models/site_readmission.py the
+readmission one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+
+from fhir_mappings import FeatureSpec
 
 from .calibration import calibration_report, fit_small_sample_map
 from .datasets import data_fingerprint, read_physionet
@@ -38,18 +45,27 @@ from .train import patient_split
 __all__ = [
     "CONTINUE_ROUNDS",
     "POOLED_SITE_WEIGHT",
+    "SEPSIS_MEASURES",
+    "SEPSIS_SITE",
     "SITE_FOLDS",
     "SITE_HOLDOUT_FRACTION",
     "AdaptationResult",
+    "HoldoutMeasures",
     "Recalibration",
     "SiteData",
     "SiteResult",
+    "SiteRows",
     "SiteSplit",
+    "SiteTask",
+    "Statistic",
     "adapt_site",
     "base_development_data",
     "compare_on_holdout",
     "comparison_table",
+    "delta_text",
     "frame_fingerprint",
+    "golive_check",
+    "interval_text",
     "load_site",
     "recalibrate_site",
     "register_site_version",
@@ -57,6 +73,7 @@ __all__ = [
     "site_split",
     "threshold_for_alert_rate",
     "validate_site",
+    "write_golive",
     "write_site_report",
 ]
 
@@ -69,9 +86,20 @@ POOLED_SITE_WEIGHT = 3.0
 # --- the site's data -----------------------------------------------------------------------------
 
 
+class SiteRows(Protocol):
+    """What the shared go-live steps read of a task's site data (SepsisData, ReadmissionData)."""
+
+    @property
+    def features(self) -> np.ndarray: ...
+    @property
+    def label(self) -> np.ndarray | None: ...
+    @property
+    def patient(self) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class SiteData:
-    data: SepsisData
+    data: SiteRows
     fingerprint: str  # sha256 of the table (or of the file it was read from)
     label: str  # how reports name it (a path, never patient data)
 
@@ -161,9 +189,9 @@ def _subset(data: SepsisData, ids: np.ndarray) -> SepsisData:
     )
 
 
-def _labels(data: SepsisData) -> np.ndarray:
+def _labels(data: SiteRows) -> np.ndarray:
     if data.label is None:
-        raise DatasetError("the site's data has no SepsisLabel column")
+        raise DatasetError("the site's data has no outcome labels")
     return data.label
 
 
@@ -186,13 +214,19 @@ GOLIVE_SLOPE = (0.8, 1.25)  # calibration slope outside it: recalibration is rec
 GOLIVE_INTERCEPT = 0.25
 
 
+def golive_check(name: str, site: Any, reference: Any, ok: bool, advice: str) -> dict[str, Any]:
+    """One row of the go-live checks: the site's figure, the reference it is held to, and the next
+    command when it fails."""
+    return {"check": name, "site": site, "reference": reference, "ok": bool(ok), "if_not": advice}
+
+
 def _golive_checks(metrics: Mapping[str, Any], manifest: ModelManifest) -> list[dict[str, Any]]:
     own = manifest.metrics.get("test", {})
     cal = metrics["calibration"]
     checks: list[dict[str, Any]] = []
 
     def add(name: str, value: Any, reference: Any, ok: bool, advice: str) -> None:
-        checks.append({"check": name, "site": value, "reference": reference, "ok": ok, "if_not": advice})
+        checks.append(golive_check(name, value, reference, ok, advice))
 
     if "auroc" in own:
         add(
@@ -246,8 +280,48 @@ def validate_site(model: RiskModel, site: SiteData, out: Path, *, replicates: in
     """The full clinical evaluation of `model` on all of the site's patients (it never saw them),
     plus the go-live checks against the model's own held-out figures; writes metrics.json, the model
     card, the plots and golive.md / golive.html to `out`."""
+    assert isinstance(site.data, SepsisData)
     metrics = evaluate_sepsis(model, site.data, report=out, replicates=replicates, data_label=site.label)
     checks = _golive_checks(metrics, model.manifest)
+    pl, burden = metrics["patient_level"], metrics["alert_burden"]
+    write_golive(
+        out,
+        model,
+        site,
+        metrics,
+        checks,
+        intro=f"{metrics['rows']} hourly rows, {pl['patients']} patients, {pl['septic_patients']} septic; "
+        f"site data sha256 `{site.fingerprint[:16]}`. "
+        "Every hour is scored from data up to that hour only.",
+        headline=[
+            ["normalised utility", interval_text(metrics["utility_ci"])],
+            ["hour AUROC", interval_text(metrics["auroc_ci"])],
+            ["hour AUPRC", metrics["hour_level"]["auprc"]],
+            ["alerts per 100 patient-days", burden["alerts_per_100_patient_days"]],
+            ["patient sensitivity / PPV", f"{pl['sensitivity']} / {pl['ppv']}"],
+        ],
+        closing=[
+            "The full evaluation (calibration, subgroups, clinical baselines) is in model_card.md "
+            "and metrics.json.",
+            "![ROC](roc.png) ![calibration](calibration.png) ![utility](utility_vs_threshold.png)",
+        ],
+    )
+    return metrics
+
+
+def write_golive(
+    out: Path,
+    model: RiskModel,
+    site: SiteData,
+    metrics: dict[str, Any],
+    checks: list[dict[str, Any]],
+    *,
+    intro: str,
+    headline: Sequence[Sequence[Any]],
+    closing: Sequence[str],
+) -> None:
+    """Add the go-live block to `metrics` and write metrics.json, golive.md and golive.html: the
+    checks (with the next command for each failure), then the task's headline figures."""
     metrics["golive"] = {
         "model": f"{model.name}@{model.version}",
         "site_data_sha256": site.fingerprint,
@@ -256,47 +330,112 @@ def validate_site(model: RiskModel, site: SiteData, out: Path, *, replicates: in
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     rows = [[c["check"], c["site"], c["reference"], "yes" if c["ok"] else "NO", c["if_not"]] for c in checks]
-    pl, burden = metrics["patient_level"], metrics["alert_burden"]
     text = "\n\n".join(
         [
             f"# Go-live report: {model.manifest.title} v{model.version} on {site.label}",
-            f"{metrics['rows']} hourly rows, {pl['patients']} patients, {pl['septic_patients']} septic; "
-            f"site data sha256 `{site.fingerprint[:16]}`. "
-            "Every hour is scored from data up to that hour only.",
+            intro,
             "## Go-live checks",
             markdown_table(["check", "site", "model's own test", "passes", "if not"], rows),
             f"Ready without local changes: **{'yes' if metrics['golive']['ready'] else 'no'}**.",
             "## Headline figures (95 % patient-bootstrap intervals)",
-            markdown_table(
-                ["metric", "value"],
-                [
-                    ["normalised utility", _ci(metrics["utility_ci"])],
-                    ["hour AUROC", _ci(metrics["auroc_ci"])],
-                    ["hour AUPRC", metrics["hour_level"]["auprc"]],
-                    ["alerts per 100 patient-days", burden["alerts_per_100_patient_days"]],
-                    ["patient sensitivity / PPV", f"{pl['sensitivity']} / {pl['ppv']}"],
-                ],
-            ),
-            "The full evaluation (calibration, subgroups, clinical baselines) is in model_card.md "
-            "and metrics.json.",
-            "![ROC](roc.png) ![calibration](calibration.png) ![utility](utility_vs_threshold.png)",
+            markdown_table(["metric", "value"], [list(r) for r in headline]),
+            *closing,
         ]
     )
     (out / "golive.md").write_text(text + "\n")
     _write_html(out / "golive.md")
-    return metrics
 
 
-def _ci(ci: Mapping[str, Any]) -> str:
+def interval_text(ci: Mapping[str, Any]) -> str:
+    """An estimate with its 95 % interval, as the reports print it."""
     return f"{ci['estimate']:.3f} ({ci['ci95_low']:.3f}-{ci['ci95_high']:.3f})"
 
 
 # --- side-by-side comparison on held-out site patients ---------------------------------------------
 
 
+Statistic = Callable[[np.ndarray, np.ndarray], float]
+"""One metric of one version on a patient resample: (the resample's rows, each held-out patient's
+weight in it) -> the value; the estimate is the statistic on all rows with every weight 1."""
+
+
+@dataclass(frozen=True)
+class HoldoutMeasures:
+    """What a task's side-by-side comparison measures on held-out patients. `statistics(label,
+    patient)` returns, for one version's probabilities and threshold, its bootstrapped metrics (the
+    same patient resamples serve every version, so differences to the reference get paired
+    intervals); `point(label, patient, probability, threshold)` the figures shown without intervals;
+    `columns` the Markdown table's (header, cell from a version's entry); `rows` what one row is."""
+
+    statistics: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray, float], dict[str, Statistic]]]
+    point: Callable[[np.ndarray, np.ndarray, np.ndarray, float], dict[str, Any]]
+    columns: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...]
+    rows: str = "hours"
+
+
 def _patient_index(patient: np.ndarray) -> tuple[np.ndarray, int]:
     starts = np.r_[True, patient[1:] != patient[:-1]] if len(patient) else np.zeros(0, dtype=bool)
     return np.cumsum(starts) - 1, int(starts.sum())
+
+
+def _sepsis_statistics(
+    label: np.ndarray, patient: np.ndarray
+) -> Callable[[np.ndarray, float], dict[str, Statistic]]:
+    """Hour AUROC and normalised utility (per-patient utility sums, so a resample is a weighted sum)."""
+    table = utility_table(label, patient)
+    group, g = _patient_index(patient)
+    best = np.bincount(
+        group, weights=np.where(table.best == 1, table.if_positive, table.if_negative), minlength=g
+    )
+    inaction = np.bincount(group, weights=table.if_negative, minlength=g)
+
+    def for_model(p: np.ndarray, threshold: float) -> dict[str, Statistic]:
+        observed = np.bincount(
+            group, weights=np.where(p >= threshold, table.if_positive, table.if_negative), minlength=g
+        )
+
+        def auroc(rows: np.ndarray, w: np.ndarray) -> float:
+            y = label[rows]
+            return challenge_auc(y, p[rows])[0] if 0 < y.sum() < len(y) else float("nan")
+
+        def utility(rows: np.ndarray, w: np.ndarray) -> float:
+            d = w @ best - w @ inaction
+            return float((w @ observed - w @ inaction) / d) if d else float("nan")
+
+        return {"auroc": auroc, "utility": utility}
+
+    return for_model
+
+
+def _sepsis_point(label: np.ndarray, patient: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    alarm = p >= threshold
+    return {
+        "auprc": round(challenge_auc(label, p)[1], 4),
+        "calibration": calibration_report(label, p).as_dict(),
+        "alerts_per_100_patient_days": alert_burden(alarm, patient)["alerts_per_100_patient_days"],
+        "patient_sensitivity": patient_operating_point(label, alarm, patient)["sensitivity"],
+    }
+
+
+def delta_text(entry: Mapping[str, Any], metric: str) -> str:
+    """A version's paired difference to the reference in `metric` (empty for the reference itself)."""
+    delta = next((v for k, v in entry.items() if k.startswith("minus_")), None)
+    return interval_text(delta[metric]) if delta else ""
+
+
+SEPSIS_MEASURES = HoldoutMeasures(
+    statistics=_sepsis_statistics,
+    point=_sepsis_point,
+    columns=(
+        ("hour AUROC (95 % CI)", lambda m: interval_text(m["auroc"])),
+        ("utility (95 % CI)", lambda m: interval_text(m["utility"])),
+        ("utility minus base (paired CI)", lambda m: delta_text(m, "utility")),
+        ("AUPRC", lambda m: m["auprc"]),
+        ("cal. slope", lambda m: m["calibration"]["slope"]),
+        ("cal. intercept", lambda m: m["calibration"]["intercept"]),
+        ("alerts / 100 patient-days", lambda m: m["alerts_per_100_patient_days"]),
+    ),
+)
 
 
 def compare_on_holdout(
@@ -308,41 +447,31 @@ def compare_on_holdout(
     replicates: int = 200,
     seed: int = 0,
     reference: str = "base",
+    measures: HoldoutMeasures = SEPSIS_MEASURES,
 ) -> dict[str, Any]:
-    """Each model's hour AUROC and normalised utility with 95 % intervals from the same patient
-    resamples (so differences to `reference` get paired intervals), plus AUPRC, calibration and
-    alert burden. Rows in time order per patient."""
+    """Each model's bootstrapped metrics (sepsis: hour AUROC and normalised utility) with 95 %
+    intervals from the same patient resamples (so differences to `reference` get paired
+    intervals), plus the task's point figures (AUPRC, calibration, alert burden). A patient's rows
+    must be adjacent (in time order per patient for sepsis)."""
     label = np.asarray(label).astype(np.int8)
-    table = utility_table(label, patient)
-    group, g = _patient_index(patient)
-    best = np.bincount(
-        group, weights=np.where(table.best == 1, table.if_positive, table.if_negative), minlength=g
-    )
-    inaction = np.bincount(group, weights=table.if_negative, minlength=g)
-    observed = {
-        k: np.bincount(
-            group, weights=np.where(p >= thresholds[k], table.if_positive, table.if_negative), minlength=g
-        )
-        for k, p in probabilities.items()
-    }
+    patient = np.asarray(patient)
+    _, g = _patient_index(patient)
+    if g != len(np.unique(patient)):
+        raise DatasetError("the held-out rows must be grouped by patient")
     first = np.flatnonzero(np.r_[True, patient[1:] != patient[:-1]])
     ends = np.r_[first[1:], len(patient)]
-
-    def utility(k: str, w: np.ndarray) -> float:
-        d = w @ best - w @ inaction
-        return float((w @ observed[k] - w @ inaction) / d) if d else float("nan")
+    statistics = measures.statistics(label, patient)
+    per_model = {k: statistics(p, thresholds[k]) for k, p in probabilities.items()}
 
     rng = np.random.default_rng(seed)
-    boot: dict[str, dict[str, list[float]]] = {k: {"auroc": [], "utility": []} for k in probabilities}
+    boot: dict[str, dict[str, list[float]]] = {k: {m: [] for m in s} for k, s in per_model.items()}
     for _ in range(replicates):
         pick = rng.integers(0, g, g)
         w = np.bincount(pick, minlength=g).astype(np.float64)
         rows = np.concatenate([np.arange(first[i], ends[i]) for i in pick])
-        y = label[rows]
-        ok = 0 < y.sum() < len(y)
-        for k, p in probabilities.items():
-            boot[k]["auroc"].append(challenge_auc(y, p[rows])[0] if ok else float("nan"))
-            boot[k]["utility"].append(utility(k, w))
+        for k, stats in per_model.items():
+            for m, statistic in stats.items():
+                boot[k][m].append(statistic(rows, w))
 
     def interval(values: Sequence[float], estimate: float) -> dict[str, float]:
         v = np.asarray(values, dtype=np.float64)
@@ -355,59 +484,28 @@ def compare_on_holdout(
         }
 
     out: dict[str, Any] = {"patients": g, "rows": int(len(label)), "replicates": replicates, "models": {}}
-    ones = np.ones(g)
+    every, ones = np.arange(len(label)), np.ones(g)
     for k, p in probabilities.items():
-        auroc, auprc = challenge_auc(label, p)
-        alarm = p >= thresholds[k]
-        entry: dict[str, Any] = {
-            "threshold": float(thresholds[k]),
-            "auroc": interval(boot[k]["auroc"], auroc),
-            "utility": interval(boot[k]["utility"], utility(k, ones)),
-            "auprc": round(auprc, 4),
-            "calibration": calibration_report(label, p).as_dict(),
-            "alerts_per_100_patient_days": alert_burden(alarm, patient)["alerts_per_100_patient_days"],
-            "patient_sensitivity": patient_operating_point(label, alarm, patient)["sensitivity"],
-        }
+        entry: dict[str, Any] = {"threshold": float(thresholds[k])}
+        for m, statistic in per_model[k].items():
+            entry[m] = interval(boot[k][m], statistic(every, ones))
+        entry.update(measures.point(label, patient, p, thresholds[k]))
         if k != reference and reference in probabilities:
             entry["minus_" + reference] = {
                 m: interval(
                     np.subtract(boot[k][m], boot[reference][m]).tolist(),
                     entry[m]["estimate"] - out["models"][reference][m]["estimate"],
                 )
-                for m in ("auroc", "utility")
+                for m in per_model[k]
             }
         out["models"][k] = entry
     return out
 
 
-def comparison_table(comparison: Mapping[str, Any]) -> str:
-    """The side-by-side table (Markdown), one row per model."""
-    rows = []
-    for name, m in comparison["models"].items():
-        delta = next((v for k, v in m.items() if k.startswith("minus_")), None)
-        rows.append(
-            [
-                name,
-                _ci(m["auroc"]),
-                _ci(m["utility"]),
-                _ci(delta["utility"]) if delta else "",
-                m["auprc"],
-                m["calibration"]["slope"],
-                m["calibration"]["intercept"],
-                m["alerts_per_100_patient_days"],
-            ]
-        )
-    header = [
-        "model",
-        "hour AUROC (95 % CI)",
-        "utility (95 % CI)",
-        "utility minus base (paired CI)",
-        "AUPRC",
-        "cal. slope",
-        "cal. intercept",
-        "alerts / 100 patient-days",
-    ]
-    return markdown_table(header, rows)
+def comparison_table(comparison: Mapping[str, Any], measures: HoldoutMeasures = SEPSIS_MEASURES) -> str:
+    """The side-by-side table (Markdown), one row per model, in the task's columns."""
+    rows = [[name, *(cell(m) for _, cell in measures.columns)] for name, m in comparison["models"].items()]
+    return markdown_table(["model", *(header for header, _ in measures.columns)], rows)
 
 
 # --- 2. local recalibration ------------------------------------------------------------------------
@@ -431,7 +529,8 @@ class Recalibration:
     calibration: Calibration
     threshold: float
     rule: str  # which map, and how the threshold was chosen
-    fit_utility: float
+    fit_figures: dict[str, float]  # the threshold's figures on the fit patients (kept in the manifest)
+    bands: dict[str, float] | None = None  # the version's risk bands; None: low / threshold / 2 / threshold
 
 
 def _fit_map_and_threshold(
@@ -445,7 +544,33 @@ def _fit_map_and_threshold(
         threshold = threshold_for_alert_rate(p, patient, target_alerts)
         fit_utility = utility_table(label, patient).normalized(p >= threshold)
         rule = f"at most {target_alerts:g} alerts per 100 patient-days on the site's fit patients"
-    return Recalibration(calibration, threshold, f"{how}; threshold {rule}", round(float(fit_utility), 4))
+    return Recalibration(
+        calibration,
+        threshold,
+        f"{how}; threshold {rule}",
+        {"fit_utility_at_threshold": round(float(fit_utility), 4)},
+    )
+
+
+@dataclass(frozen=True)
+class SiteTask:
+    """What site go-live needs from one model: how its site table is read (`load(source, spec,
+    label)`) and validated (`validate(model, site, out, replicates)`), what the held-out comparison
+    measures, how the calibration map and threshold are refitted on fit patients (`refit(raw,
+    label, patient, target)`), and how adaptation ranks its candidates out of fold (`select(raw,
+    label, patient)`, higher is better, named `select_metric`)."""
+
+    name: str
+    load: Callable[[Path | str | pd.DataFrame, FeatureSpec, str], SiteData]
+    validate: Callable[[RiskModel, SiteData, Path, int], dict[str, Any]]
+    measures: HoldoutMeasures
+    refit: Callable[[np.ndarray, np.ndarray, np.ndarray, float | None], Recalibration]
+    select: Callable[[np.ndarray, np.ndarray, np.ndarray], float]
+    select_metric: str
+    continue_rounds: tuple[int, ...]
+    retrains_from_served: bool = False  # `cds site retrain` (served RiskAssessments + outcomes)
+    # (model, its training file, spec, patients, seed) -> its development rows for `pooled`; None: no `pooled`
+    development_data: Callable[[RiskModel, Path, FeatureSpec, int | None, int], SepsisData] | None = None
 
 
 @dataclass(frozen=True)
@@ -462,6 +587,7 @@ class SiteResult:
     device: str
     selection: dict[str, Any] = field(default_factory=dict)
     fit_rows: int = 0
+    measures: HoldoutMeasures = SEPSIS_MEASURES  # how `comparison` was measured (its table's columns)
 
 
 def recalibrate_site(
@@ -471,14 +597,17 @@ def recalibrate_site(
     seed: int = 2019,
     target_alerts_per_100_days: float | None = None,
     replicates: int = 200,
+    task: SiteTask | None = None,
 ) -> SiteResult:
-    """Refit the calibration map (isotonic, on the booster's raw output) and the alert threshold on
-    the site's fit patients; compare with the base model on the held-out patients."""
+    """Refit the calibration map (on the booster's raw output; sepsis: isotonic) and the alert
+    threshold on the site's fit patients; compare with the base model on the held-out patients.
+    `task`: the model's go-live value (default: sepsis)."""
+    task = task or SEPSIS_SITE
     data = site.data
     label = _labels(data)
     split = site_split(data.patient, seed)
     fit, hold = np.isin(data.patient, split.fit), np.isin(data.patient, split.holdout)
-    recal = _fit_map_and_threshold(
+    recal = task.refit(
         _raw(model, data.features[fit]), label[fit], data.patient[fit], target_alerts_per_100_days
     )
     raw_hold = _raw(model, data.features[hold])
@@ -488,6 +617,7 @@ def recalibrate_site(
         label[hold],
         data.patient[hold],
         replicates=replicates,
+        measures=task.measures,
     )
     return SiteResult(
         "recalibrated",
@@ -499,6 +629,7 @@ def recalibrate_site(
         model.manifest.num_boost_round,
         model.manifest.device,
         fit_rows=int(fit.sum()),
+        measures=task.measures,
     )
 
 
@@ -521,7 +652,7 @@ def adapt_site(
     *,
     seed: int = 2019,
     base_data: SepsisData | None = None,
-    continue_rounds: Sequence[int] = CONTINUE_ROUNDS,
+    continue_rounds: Sequence[int] | None = None,
     site_weight: float = POOLED_SITE_WEIGHT,
     folds: int = SITE_FOLDS,
     target_alerts_per_100_days: float | None = None,
@@ -529,14 +660,18 @@ def adapt_site(
     device: str | None = None,
     progress: bool = False,
     scheduler: str | None = None,
+    task: SiteTask | None = None,
 ) -> AdaptationResult:
     """Train a site candidate and choose how by patient-grouped CV inside the site's fit patients:
     `continue` (more boosting rounds from the base booster on site data; the number of rounds is
-    chosen too) against `pooled` (the base model's own development patients, `base_data`, plus the
-    site's with weight `site_weight`, trained afresh with the base's settings; skipped without
-    `base_data`). The winner by out-of-fold utility is refitted on all fit patients, calibrated and
-    thresholded on its out-of-fold probabilities, and compared with the base and the recalibrated
-    base on the held-out patients. `scheduler`: a Dask scheduler address to train on (xgboost.dask)."""
+    chosen too, default the task's) against `pooled` (the base model's own development patients,
+    `base_data`, plus the site's with weight `site_weight`, trained afresh with the base's settings;
+    skipped without `base_data`). The winner by the task's out-of-fold score (sepsis: utility) is
+    refitted on all fit patients, calibrated and thresholded on its out-of-fold probabilities, and
+    compared with the base and the recalibrated base on the held-out patients. `scheduler`: a Dask
+    scheduler address to train on (xgboost.dask). `task`: the model's go-live value (default: sepsis)."""
+    task = task or SEPSIS_SITE
+    continue_rounds = tuple(continue_rounds or task.continue_rounds)
     data = site.data
     label = _labels(data)
     split = site_split(data.patient, seed)
@@ -586,15 +721,16 @@ def adapt_site(
     candidates: dict[str, np.ndarray] = {f"continue+{r}": v for r, v in oof_continue.items()}
     if base_data is not None:
         candidates[f"pooled(w={site_weight:g})"] = oof_pooled
-    scores = {k: _best_utility(v, y, pid) for k, v in candidates.items()}
+    scores = {k: round(task.select(v, y, pid), 4) for k, v in candidates.items()}
     aurocs = {k: round(challenge_auc(y, v)[0], 4) for k, v in candidates.items()}
     chosen = max(scores, key=lambda k: (scores[k], aurocs[k]))
+    metric = task.select_metric
     selection = {
         "folds": folds,
-        "out_of_fold_utility": scores,
+        f"out_of_fold_{metric}": scores,
         "out_of_fold_auroc": aurocs,
         "base_on_fit_patients": {
-            "utility": _best_utility(base_raw_fit, y, pid),
+            metric: round(task.select(base_raw_fit, y, pid), 4),
             "auroc": round(challenge_auc(y, base_raw_fit)[0], 4),
         },
         "chosen": chosen,
@@ -627,8 +763,8 @@ def adapt_site(
             "site pooled final",
             scheduler,
         )
-    adapted = _fit_map_and_threshold(candidates[chosen], y, pid, target_alerts_per_100_days)
-    recal = _fit_map_and_threshold(base_raw_fit, y, pid, target_alerts_per_100_days)
+    adapted = task.refit(candidates[chosen], y, pid, target_alerts_per_100_days)
+    recal = task.refit(base_raw_fit, y, pid, target_alerts_per_100_days)
     xh = data.features[hold]
     raw_hold = _raw(model, xh)
     adapted_raw = np.asarray(final.booster.inplace_predict(xh, missing=np.nan), dtype=np.float64)
@@ -642,6 +778,7 @@ def adapt_site(
         label[hold],
         data.patient[hold],
         replicates=replicates,
+        measures=task.measures,
     )
     result = SiteResult(
         "adapted",
@@ -654,6 +791,7 @@ def adapt_site(
         trained_device,
         selection,
         int(fit.sum()),
+        task.measures,
     )
     return AdaptationResult(result, recal)
 
@@ -746,9 +884,9 @@ def register_site_version(
         params=result.params,
         num_boost_round=result.num_boost_round,
         threshold=threshold,
-        risk_bands={"low": 0.0, "moderate": threshold / 2, "high": threshold},
+        risk_bands=recal.bands or {"low": 0.0, "moderate": threshold / 2, "high": threshold},
         calibration=recal.calibration,
-        metrics={"site_holdout": result.comparison, "fit_utility_at_threshold": recal.fit_utility},
+        metrics={"site_holdout": result.comparison, **recal.fit_figures},
         device=result.device,
         seed=result.split.seed,
         activate=False,
@@ -772,10 +910,11 @@ def write_site_report(out: Path, title: str, result: SiteResult) -> Path:
     text = "\n\n".join(
         [
             f"# {title}",
-            f"Held-out site patients: {result.comparison['patients']} ({result.comparison['rows']} hours), "
+            f"Held-out site patients: {result.comparison['patients']} "
+            f"({result.comparison['rows']} {result.measures.rows}), "
             f"split seed {result.split.seed}; fitted on {len(result.split.fit)} other site patients. "
             f"Threshold rule: {result.recalibration.rule}.",
-            comparison_table(result.comparison),
+            comparison_table(result.comparison, result.measures),
             *(
                 [f"Selection (patient-grouped CV inside the fit patients): `{json.dumps(result.selection)}`"]
                 if result.selection
@@ -786,3 +925,35 @@ def write_site_report(out: Path, title: str, result: SiteResult) -> Path:
     path = out / "comparison.md"
     path.write_text(text + "\n")
     return path
+
+
+def _sepsis_select(raw: np.ndarray, label: np.ndarray, patient: np.ndarray) -> float:
+    return _best_utility(raw, label, patient)
+
+
+def _validate_sepsis(model: RiskModel, site: SiteData, out: Path, replicates: int) -> dict[str, Any]:
+    return validate_site(model, site, out, replicates=replicates)
+
+
+def _load_sepsis(source: Path | str | pd.DataFrame, spec: FeatureSpec, label: str) -> SiteData:
+    return load_site(source, spec, label=label)
+
+
+def _sepsis_development_data(
+    model: RiskModel, path: Path, spec: FeatureSpec, patients: int | None, seed: int
+) -> SepsisData:
+    return base_development_data(model, path, spec, patients=patients, seed=seed)
+
+
+SEPSIS_SITE = SiteTask(
+    name="sepsis",
+    load=_load_sepsis,
+    validate=_validate_sepsis,
+    measures=SEPSIS_MEASURES,
+    refit=_fit_map_and_threshold,
+    select=_sepsis_select,
+    select_metric="utility",
+    continue_rounds=CONTINUE_ROUNDS,
+    retrains_from_served=True,
+    development_data=_sepsis_development_data,
+)
