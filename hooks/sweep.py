@@ -27,22 +27,20 @@ from fhir_mappings import (
     CANONICAL_COLUMNS,
     CanonicalTable,
     MappingError,
-    PatientRecord,
     Pseudonymizer,
-    StayError,
     VendorProfile,
-    build_risk_assessment,
     parse_datetime,
     reference_id,
     select_encounter,
-    to_canonical,
 )
 from fhir_mappings.writeback import CANONICAL
-from models import TRAINED_MAX_ICU_HOURS, Contribution, RiskModel, model_task
+from models import RiskModel
 
 from .consent import ConsentDecision, consent_decision
+from .drivers import group_contributions
 from .readmission import READMISSION
-from .sepsis import NOT_APPLICABLE_REASON, SEPSIS
+from .scoring import recorded_risk_assessment, short_of_minimum
+from .sepsis import NOT_APPLICABLE_REASON, SEPSIS, card_drivers, sepsis_stay
 from .service import NoCard, ScoredCard, ScoringInput, feature_hash
 
 __all__ = [
@@ -168,43 +166,41 @@ def sepsis_stays(
     source: str,
     profile: VendorProfile,
 ) -> tuple[list[SweepStay], Counter[str]]:
-    """The stays a `sepsis-risk` call would score now, and why the others are not scored."""
+    """The stays a `sepsis-risk` call would score now (its own `sepsis_stay` and minimum data),
+    and why the others are not scored."""
     stays: list[SweepStay] = []
     skipped: Counter[str] = Counter()
-    minimum = SEPSIS.minimum_data
     for p in patients:
-        encounter = select_encounter(p.encounters, None, p.patient_id, profile=profile)
-        if encounter is None:
-            skipped[NO_STAY] += 1
-            continue
         consent = consent_decision(p.consents, p.patient_id, now)
-        if not consent.decision_support:
-            skipped[CONSENT_REFUSED] += 1
+        if not consent.decision_support:  # not mapped; counted as the hook would answer
+            in_hospital = select_encounter(p.encounters, None, p.patient_id, profile=profile) is not None
+            skipped[CONSENT_REFUSED if in_hospital else NO_STAY] += 1
             continue
-        record = PatientRecord(
-            patient_id=p.patient_id,
-            patient=p.patient,
-            encounter=encounter,
-            observations=list(p.observations.values()),
-            locations=dict(locations),
-        )
         try:
-            stay = to_canonical(
-                record,
-                as_of=now,
+            found = sepsis_stay(
+                p.encounters,
+                list(p.observations.values()),
+                locations,
+                patient_id=p.patient_id,
+                patient=p.patient,
+                encounter_id=None,
+                now=now,
                 pseudonymizer=pseudonymizer,
                 source=source,
                 profile=profile,
-                max_hours=TRAINED_MAX_ICU_HOURS,
             )
-        except StayError:
-            skipped[NOT_APPLICABLE_REASON] += 1
-            continue
         except MappingError:
             skipped[UNMAPPABLE] += 1
             continue
-        if minimum is not None and not minimum.assess(CANONICAL_COLUMNS, stay.table.values)[0]:
-            skipped[minimum.reason] += 1
+        if found is None:
+            skipped[NO_STAY] += 1
+            continue
+        if isinstance(found, NoCard):
+            skipped[found.reason] += 1
+            continue
+        stay = found[1]
+        if (short := short_of_minimum(SEPSIS, CANONICAL_COLUMNS, stay.table.values, {})) is not None:
+            skipped[short.reason] += 1
             continue
         assert stay.pseudonym is not None  # the patient id came from the EHR's resources
         stays.append(SweepStay(stay.pseudonym, stay.table, stay.current_hour, _unit(stay.table), consent))
@@ -222,6 +218,7 @@ class SweepRow:
     shap: np.ndarray  # (n_features,) log-odds
     base_value: float
     drivers: tuple[int, ...]  # feature indices, largest |SHAP| first
+    contributions: np.ndarray  # (n_features + 1,) float32 TreeSHAP as scored, the base value last
 
 
 def sweep_rows(
@@ -242,63 +239,49 @@ def sweep_rows(
         top = np.take_along_axis(top, order, axis=1)
     else:
         top = np.empty((len(stays), 0), dtype=np.int64)
-    bands = sorted(model.manifest.risk_bands.items(), key=lambda kv: kv[1])
     rows = []
     for i, stay in enumerate(stays):
         p = float(probabilities[i])
-        band = "low"
-        for name, lower in bands:
-            if p >= lower:
-                band = name
         rows.append(
             SweepRow(
                 stay,
                 features[i],
                 p,
-                band,
+                model.band(p),  # the served bands (a site's when it has its own), as a hook call's
                 shap[i],
                 float(contributions[i, -1]),
                 tuple(int(j) for j in top[i]),
+                contributions[i],
             )
         )
     return rows
 
 
 def sweep_risk_assessment(
-    model: RiskModel, row: SweepRow, *, now: datetime
+    model: RiskModel, row: SweepRow, *, now: datetime, assessment_id: str | None = None
 ) -> tuple[str, dict[str, Any], str]:
-    """(id, the RiskAssessment as a hook call records it, tagged `census-sweep`, the feature hash)."""
-    assessment_id = str(uuid.uuid4())
-    values = row.features
-    contributions = [
-        Contribution(
-            feature=f.name,
-            label=f.label,
-            unit=f.unit,
-            value=None if np.isnan(values[j]) else float(values[j]),
-            shap=float(row.shap[j]),
-        )
-        for j, f in enumerate(model.spec.features)
-        if row.shap[j] != 0.0
-    ]
-    task = model_task(SEPSIS.model_name)
-    resource = build_risk_assessment(
+    """(id, the RiskAssessment a `sepsis-risk` call would record for this patient now, tagged
+    `census-sweep`, the feature hash): the hook's own `recorded_risk_assessment` on the same
+    explanation, grouping and worded drivers, so only the id, the time and the tag tell them apart."""
+    assessment_id = assessment_id or str(uuid.uuid4())
+    explanation = model.explanation_of(row.features, row.contributions)
+    grouped = group_contributions(explanation.contributions)
+    drivers, gaps = card_drivers(grouped)
+    resource = recorded_risk_assessment(
         card_uuid=assessment_id,
-        service_id=SEPSIS.id,
+        service=SEPSIS,
+        model=model,
         pseudonym=row.stay.pseudonym,
         occurrence=now,
         icu_hour=row.stay.icu_hour,
-        model_name=model.name,
-        model_version=model.version,
         probability=row.probability,
         band=row.band,
-        outcome_code=task.outcome,
-        horizon_hours=model.manifest.horizon_hours,
-        base_value=row.base_value,
-        contributions=contributions,
+        explanation=explanation,
+        grouped=grouped,
+        worded=[d.variable for d in (*drivers, *gaps)],
     )
     resource["meta"] = {"tag": [dict(SWEEP_TAG)]}
-    return assessment_id, resource, feature_hash(values)
+    return assessment_id, resource, feature_hash(row.features)
 
 
 def unit_report(

@@ -90,3 +90,66 @@ def test_census_patients_groups_by_subject_and_keeps_one_observation_per_id() ->
     assert [p.patient_id for p in patients] == ["a"]
     assert len(patients[0].observations) == 2 and len(patients[0].consents) == 1
     assert list(locations) == ["icu"]
+
+
+def _hook_fetched(request: dict) -> dict:
+    return {
+        k: v if k == "patient" else [e["resource"] for e in v.get("entry", [])]
+        for k, v in request["prefetch"].items()
+    }
+
+
+@pytest.mark.parametrize("site_bands", [False, True])
+def test_the_sweep_records_the_risk_assessment_the_hook_records(model: RiskModel, site_bands: bool) -> None:
+    """The same patients' resources through a `sepsis-risk` call and through the census sweep
+    (grouped, mapped, scored and explained in one batch): the same RiskAssessment (contributions,
+    SHAP context, band, ICU hour, pseudonym) but for its id and the sweep's tag."""
+    import uuid
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from demo_ehr import patient_view_request
+    from fhir_mappings import GENERIC, Pseudonymizer
+    from hooks import SEPSIS, ScoredCard, ScoringInput
+    from hooks.sweep import SWEEP_TAG, sepsis_stays, sweep_risk_assessment
+    from testkit.helpers import synthetic_stay
+
+    if site_bands:  # a site's own bands (its go-live report) move the band of some of these patients
+        bands = model.bands
+        model = RiskModel(ModelRegistry().load("sepsis", model.spec), model.spec, nthread=1)
+        model.with_site_bands(replace(bands, bands=tuple(replace(b, lower=b.lower / 3) for b in bands.bands)))
+    stays = [
+        synthetic_stay(hours=h, patient=6000 + i, septic_like=i % 2 == 0)
+        for i, h in enumerate((5, 9, 17, 30, 47, 70))
+    ]
+    now = datetime.now(UTC).replace(microsecond=0)
+    pseudonymizer = Pseudonymizer(b"sweep-equals-hook-key-0123456789")
+    source = "https://ehr.example/fhir"
+    patients, locations = census_patients([r for s in stays for r in s.all()])
+    swept, skipped = sepsis_stays(
+        patients, locations, now=now, pseudonymizer=pseudonymizer, source=source, profile=GENERIC
+    )
+    assert not skipped and len(swept) == len(stays)
+    features = last_rows([s.table for s in swept], model.spec)
+    rows = sweep_rows(model, swept, features, predict_rows(model, features), shap_rows(model, features))
+    by_pseudonym = {r.stay.pseudonym: r for r in rows}
+    contexts = 0
+    for stay in stays:
+        request = patient_view_request(stay)
+        card_uuid = str(uuid.uuid4())
+        scored = SEPSIS.score(
+            ScoringInput(
+                request["context"], _hook_fetched(request), model, now, pseudonymizer, card_uuid, source
+            )
+        )
+        assert isinstance(scored, ScoredCard)
+        hook = scored.risk_assessment
+        row = by_pseudonym[hook["subject"]["identifier"]["value"]]
+        assessment_id, risk, digest = sweep_risk_assessment(model, row, now=now)
+        assert risk["meta"] == {"tag": [SWEEP_TAG]} and risk["id"] == assessment_id != card_uuid
+        assert {k: v for k, v in risk.items() if k not in ("id", "meta")} == {
+            k: v for k, v in hook.items() if k != "id"
+        }
+        assert digest == scored.features_sha256 and row.band == scored.band
+        contexts += any(e["url"].endswith("/shap-context") for e in risk["extension"])
+    assert contexts > 0  # the SHAP context the hook keeps is there, and the same
