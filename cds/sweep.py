@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +59,15 @@ from .privacy import NO_REUSE
 from .settings import Settings
 from .stores import CardRecord, RecordStore
 
-__all__ = ["SweepOutcome", "format_report", "run_sweep", "score_stays"]
+__all__ = [
+    "Assessed",
+    "SweepOutcome",
+    "card_record",
+    "format_report",
+    "record_assessments",
+    "run_sweep",
+    "score_stays",
+]
 
 log = logging.getLogger("cds.sweep")
 SERVICE_IDS = {"sepsis": "sepsis-risk", "readmission": "readmission-risk"}
@@ -92,6 +101,53 @@ class SweepOutcome:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "report": str(self.report_path) if self.report_path else None,
         }
+
+
+@dataclass(frozen=True)
+class Assessed:
+    """One patient's RiskAssessment as the sweep records it, with what its audit entry says."""
+
+    assessment_id: str
+    risk_assessment: dict[str, Any]
+    features_sha256: str | None
+    probability: float
+    band: str
+    consent: ConsentDecision
+
+
+def card_record(assessed: Assessed, model: RiskModel, service_id: str) -> CardRecord:
+    """The stored card of one swept patient: its RiskAssessment (marked no-reuse when the patient
+    refused training use) and its `card-scored` audit entry, as a hook call's."""
+    risk = assessed.risk_assessment
+    if not assessed.consent.training:
+        risk = {**risk, "meta": {**risk.get("meta", {}), "security": [NO_REUSE]}}
+    audit = card_audit(
+        service_id=service_id,
+        card_uuid=assessed.assessment_id,
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.manifest.model_sha256,
+        features_sha256=assessed.features_sha256,
+        probability=assessed.probability,
+        band=assessed.band,
+        issuer=None,
+        user_pseudonym=None,
+        consent=assessed.consent.code,
+    )
+    return CardRecord(
+        assessed.assessment_id, service_id, None, risk, time.time(), audit={**audit, "origin": "census-sweep"}
+    )
+
+
+async def record_assessments(
+    store: RecordStore, assessed: Sequence[Assessed], model: RiskModel, service_id: str
+) -> int:
+    """Every swept patient's card into the store; how many were written."""
+    written = 0
+    for a in assessed:
+        await store.put_card(card_record(a, model, service_id))
+        written += 1
+    return written
 
 
 def score_stays(model: RiskModel, stays: list[Any], device: str, seconds: dict[str, float]) -> list[SweepRow]:
@@ -205,7 +261,7 @@ async def run_sweep(
     profile = settings.vendor_profile(ehr.fhir_base)
     directory = settings.var_dir / "sweeps"
     previous = _previous(directory, model_name)
-    records: list[tuple[str, dict[str, Any], str | None, float, str, ConsentDecision]] = []
+    records: list[Assessed] = []
     outcome: SweepOutcome
     if model_name == "sepsis":
         stays, skipped = sepsis_stays(
@@ -227,7 +283,9 @@ async def run_sweep(
             for row in rows:
                 assessment_id, risk, features_sha256 = sweep_risk_assessment(model, row, now=at)
                 records.append(
-                    (assessment_id, risk, features_sha256, row.probability, row.band, row.stay.consent)
+                    Assessed(
+                        assessment_id, risk, features_sha256, row.probability, row.band, row.stay.consent
+                    )
                 )
     else:
         discharges, skipped = readmission_rows(
@@ -240,7 +298,7 @@ async def run_sweep(
         )
         for d in discharges:
             records.append(
-                (
+                Assessed(
                     str(d.risk_assessment["id"]),
                     d.risk_assessment,
                     d.features_sha256,
@@ -252,33 +310,7 @@ async def run_sweep(
 
     if write:
         t = time.perf_counter()
-        for assessment_id, risk, digest, probability, band, consent in records:
-            if not consent.training:
-                risk = {**risk, "meta": {**risk.get("meta", {}), "security": [NO_REUSE]}}
-            audit = card_audit(
-                service_id=SERVICE_IDS[model_name],
-                card_uuid=assessment_id,
-                model_name=model.name,
-                model_version=model.version,
-                model_sha256=model.manifest.model_sha256,
-                features_sha256=digest,
-                probability=probability,
-                band=band,
-                issuer=None,
-                user_pseudonym=None,
-                consent=consent.code,
-            )
-            await store.put_card(
-                CardRecord(
-                    assessment_id,
-                    SERVICE_IDS[model_name],
-                    None,
-                    risk,
-                    time.time(),
-                    audit={**audit, "origin": "census-sweep"},
-                )
-            )
-            outcome.written += 1
+        outcome.written = await record_assessments(store, records, model, SERVICE_IDS[model_name])
         seconds["record"] = time.perf_counter() - t
         outcome.report_path = _write_report(directory, at, outcome)
     log.info("census sweep done", extra={"sweep": outcome.summary()})
