@@ -53,7 +53,7 @@ from models import (
 from .audit import card_audit
 from .backend_services import BackendTokenSource
 from .census_fetch import CensusFetch, fetch_census, readmission_query
-from .errors import PreconditionFailed
+from .errors import PreconditionFailed, StoreError
 from .keys import pseudonym_key
 from .privacy import NO_REUSE
 from .settings import Settings
@@ -71,6 +71,7 @@ __all__ = [
 
 log = logging.getLogger("cds.sweep")
 SERVICE_IDS = {"sepsis": "sepsis-risk", "readmission": "readmission-risk"}
+WRITE_BATCH = 200  # RiskAssessments per store transaction (docs/performance.md measures it)
 
 
 @dataclass
@@ -140,13 +141,27 @@ def card_record(assessed: Assessed, model: RiskModel, service_id: str) -> CardRe
 
 
 async def record_assessments(
-    store: RecordStore, assessed: Sequence[Assessed], model: RiskModel, service_id: str
+    store: RecordStore,
+    assessed: Sequence[Assessed],
+    model: RiskModel,
+    service_id: str,
+    *,
+    batch: int = WRITE_BATCH,
 ) -> int:
-    """Every swept patient's card into the store; how many were written."""
+    """Every swept patient's card into the store, `batch` cards per transaction (one sync each,
+    not one per card); how many were written. A batch the store refuses stops the sweep with a
+    StoreError that says how many were recorded before it (those stay: each batch is all or none)."""
     written = 0
-    for a in assessed:
-        await store.put_card(card_record(a, model, service_id))
-        written += 1
+    for a in range(0, len(assessed), batch):
+        cards = [card_record(x, model, service_id) for x in assessed[a : a + batch]]
+        try:
+            await store.put_cards(cards)
+        except StoreError as exc:
+            raise StoreError(
+                f"the census sweep recorded {written} of {len(assessed)} RiskAssessments; "
+                f"a batch of {len(cards)} was not recorded and the rest not tried ({exc.message})"
+            ) from exc
+        written += len(cards)
     return written
 
 

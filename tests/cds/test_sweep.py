@@ -443,3 +443,44 @@ def test_the_cds_sweep_command_prints_the_ranked_report_and_a_summary(
     assert lines[0].startswith("unit") and len(lines) == 1 + 3 + 1  # header, 3 rows, summary
     for identifier in _identifiers(census):
         assert identifier not in done.output
+
+
+def test_the_sweep_writes_in_batches_and_a_refused_batch_stops_it_with_the_count(tmp_path: Path) -> None:
+    """`record_assessments`: one transaction per batch; the batch the store refuses is not kept
+    and the error says how many were recorded before it (no identifier in it)."""
+    import sqlite3
+
+    from cds.errors import StoreError
+    from cds.sweep import Assessed, record_assessments
+    from hooks import ConsentDecision
+
+    spec = model_task("sepsis").feature_spec()
+    model = RiskModel(ModelRegistry().load("sepsis", spec), spec, nthread=1)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    assessed = [
+        Assessed(i, {"resourceType": "RiskAssessment", "id": i}, "0" * 64, 0.5, "moderate", ConsentDecision())
+        for i in ids
+    ]
+    path = tmp_path / "cds.sqlite3"
+
+    async def write(records: list[Assessed]) -> int:
+        store = SQLiteStore(path)
+        try:
+            return await record_assessments(store, records, model, "sepsis-risk", batch=2)
+        finally:
+            await store.close()
+
+    assert asyncio.run(write(assessed[:3])) == 3
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON card WHEN NEW.card_uuid = '{ids[3]}'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        db.execute("DELETE FROM card")
+    with pytest.raises(StoreError, match="recorded 2 of 5 RiskAssessments; a batch of 2 was not recorded") as caught:
+        asyncio.run(write(assessed))
+    assert not any(i in str(caught.value) for i in ids)
+    with sqlite3.connect(path) as db:
+        assert {r[0] for r in db.execute("SELECT card_uuid FROM card")} == set(ids[:2])
+        scored = [r[0] for r in db.execute("SELECT details FROM audit_event WHERE kind = 'card-scored'")]
+    assert len(scored) == 3 + 2 and all('"origin":"census-sweep"' in d for d in scored)
