@@ -200,7 +200,12 @@ def _write_report(directory: Path, now: datetime, outcome: SweepOutcome) -> Path
         "patients": outcome.report,
         "probabilities": {r["pseudonym"]: r["probability"] for r in outcome.report},
     }
-    path = directory / f"{outcome.model}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    stem = f"{outcome.model}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    path = directory / f"{stem}.json"
+    n = 1
+    while path.exists():  # two sweeps in one second (a short --every): keep both
+        n += 1
+        path = directory / f"{stem}-{n}.json"
     text = json.dumps(body, indent=1)
     path.write_text(text)
     (directory / f"{outcome.model}-latest.json").write_text(text)
