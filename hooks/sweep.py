@@ -13,6 +13,7 @@ own `score` on what its prefetch would hold (a few patients a day: no batch path
 
 from __future__ import annotations
 
+import codecs
 import json
 import uuid
 from collections import Counter
@@ -45,11 +46,13 @@ from .service import NoCard, ScoredCard, ScoringInput, feature_hash
 
 __all__ = [
     "CensusPatient",
+    "NdjsonStream",
     "ReadmissionRow",
     "SWEEP_TAG",
     "SweepRow",
     "SweepStay",
     "census_patients",
+    "ndjson_resource",
     "parse_ndjson",
     "readmission_rows",
     "sepsis_stays",
@@ -65,22 +68,68 @@ NO_STAY = "no-stay"
 UNMAPPABLE = "unmappable"
 
 
+def ndjson_resource(line: str, n: int) -> dict[str, Any] | None:
+    """Line `n` of an NDJSON file: its FHIR resource, None when blank; MappingError (with its
+    line number, never its text) for a line that is not a JSON object with a resourceType."""
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise MappingError(f"NDJSON line {n} is not JSON", path=f"line {n}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        raise MappingError(f"NDJSON line {n} is not a FHIR resource", path=f"line {n}")
+    return value
+
+
 def parse_ndjson(data: bytes | str) -> list[dict[str, Any]]:
-    """One FHIR resource per line (Bulk Data NDJSON); blank lines skipped; a line that is not a
-    JSON object with a resourceType raises MappingError (with its line number, never its text)."""
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    """One FHIR resource per line (Bulk Data NDJSON); blank lines skipped (see `ndjson_resource`);
+    bytes that are not UTF-8 raise MappingError too."""
+    if isinstance(data, bytes):
+        stream = NdjsonStream()
+        return stream.feed(data) + stream.end()
+    return [r for n, line in enumerate(data.splitlines(), 1) if (r := ndjson_resource(line, n)) is not None]
+
+
+class NdjsonStream:
+    """`parse_ndjson` for a file read in chunks (a download): feed the bytes as they come, each
+    call gives the resources of the lines it completed; `end` the last line's. Whatever the chunks,
+    the resources, line numbers and errors are `parse_ndjson`'s for the whole file; only the lines
+    not yet complete are held, never the file."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._pending = ""
+        self._line = 0
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         try:
-            value = json.loads(line)
-        except ValueError:
-            raise MappingError(f"NDJSON line {n} is not JSON", path=f"line {n}") from None
-        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-            raise MappingError(f"NDJSON line {n} is not a FHIR resource", path=f"line {n}")
-        out.append(value)
-    return out
+            return self._lines(self._decoder.decode(chunk), final=False)
+        except UnicodeDecodeError:
+            raise MappingError("NDJSON is not UTF-8", path=f"line {self._line + 1}") from None
+
+    def end(self) -> list[dict[str, Any]]:
+        try:
+            return self._lines(self._decoder.decode(b"", final=True), final=True)
+        except UnicodeDecodeError:
+            raise MappingError("NDJSON is not UTF-8", path=f"line {self._line + 1}") from None
+
+    def _lines(self, text: str, *, final: bool) -> list[dict[str, Any]]:
+        lines = (self._pending + text).splitlines(keepends=True)
+        self._pending = ""
+        # The last line may go on in the next chunk (and a "\r" may be half of a "\r\n").
+        if lines and not final and (not lines[-1].endswith(_LINE_ENDS) or lines[-1].endswith("\r")):
+            self._pending = lines.pop()
+        out = []
+        for line in lines:
+            self._line += 1
+            if (r := ndjson_resource(line.rstrip("".join(_LINE_ENDS)), self._line)) is not None:
+                out.append(r)
+        return out
+
+
+# What str.splitlines splits on.
+_LINE_ENDS = ("\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
 
 @dataclass

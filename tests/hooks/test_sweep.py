@@ -153,3 +153,48 @@ def test_the_sweep_records_the_risk_assessment_the_hook_records(model: RiskModel
         assert digest == scored.features_sha256 and row.band == scored.band
         contexts += any(e["url"].endswith("/shap-context") for e in risk["extension"])
     assert contexts > 0  # the SHAP context the hook keeps is there, and the same
+
+
+def test_ndjson_read_in_any_chunks_is_the_whole_file_read_at_once() -> None:
+    """A download's chunks split lines, "\\r\\n" pairs and multi-byte characters anywhere: the
+    resources, and the line number of the first bad line, are those of the whole file."""
+    import random
+
+    from hooks.sweep import NdjsonStream
+
+    lines = [
+        '{"resourceType":"Patient","id":"a","name":[{"text":"Zoë Ångström 北"}]}',
+        "",
+        '{"resourceType":"Observation","id":"o1"}',
+        "   ",
+        '{"resourceType":"Observation","id":"o2","valueString":"x\\u2028y"}',
+    ]
+    text = (
+        "\r\n".join(lines[:3]) + "\n" + "\r".join(lines[3:]) + "\n\n" + '{"resourceType":"Consent","id":"c"}'
+    )
+    data = text.encode()
+    whole = parse_ndjson(data)
+    assert [r["id"] for r in whole] == ["a", "o1", "o2", "c"] and whole == parse_ndjson(text)
+    rng = random.Random(5)
+
+    def chunked(blob: bytes) -> list[bytes]:
+        cuts = sorted(rng.sample(range(1, len(blob)), rng.randint(1, 12)))
+        return [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+
+    for _ in range(200):
+        stream = NdjsonStream()
+        got = [r for chunk in chunked(data) for r in stream.feed(chunk)] + stream.end()
+        assert got == whole
+    bad = data.replace(b'{"resourceType":"Consent"', b'{"resourceType" "Consent"')
+    with pytest.raises(MappingError) as at_once:
+        parse_ndjson(bad)
+    for _ in range(50):
+        stream = NdjsonStream()
+        with pytest.raises(MappingError) as streamed:
+            for chunk in chunked(bad):
+                stream.feed(chunk)
+            stream.end()
+        assert streamed.value.message == at_once.value.message
+    assert "line 7" in at_once.value.message
+    with pytest.raises(MappingError, match="not UTF-8"):
+        parse_ndjson(b'{"resourceType":"Patient","id":"\xff"}\n')
