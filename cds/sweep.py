@@ -6,8 +6,9 @@ scored by `readmission-risk`'s own scoring, ranked for the discharge planners.
 Read the census (cds/census_fetch.py: SMART Backend Services token, Bulk Data `$export` or paged
 searches) -> the hook's mapping per patient (hooks/sweep.py) -> features for all patients at once
 -> probabilities and exact TreeSHAP in batches on the device `choose_device` picks (CDS_DEVICE)
--> one RiskAssessment per patient in the record store (tagged `census-sweep`, with its
-`card-scored` audit entry, de-identified as a hook's) -> a unit-level report: patients ranked by
+-> one RiskAssessment per patient in the record store, 200 per transaction (tagged
+`census-sweep`, with its `card-scored` audit entry, de-identified as a hook's; `cds sweep
+--every` repeats the sweep: cds/sweep_schedule.py) -> a unit-level report: patients ranked by
 risk within each ICU unit, with their top drivers and the change since the last sweep, written to
 `<var_dir>/sweeps/` under pseudonyms. The worklist is the report's patients above the model's
 alert threshold; no EHR identifier is written or logged.

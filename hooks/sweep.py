@@ -2,10 +2,13 @@
 searches) -> one canonical table per inpatient through the SAME mapping a `sepsis-risk` call uses
 -> the scored rows, their RiskAssessments and a unit-level report ranked by risk.
 
-A patient is scored when the hook would give a card: an in-progress inpatient Encounter chosen
-by `select_encounter`, `to_canonical` with the trained ICU-clock bound, the service's minimum data,
-and no Consent refusing decision support; every other patient is counted under the hook's reason.
-Identities stop here as in the hook: rows carry keyed pseudonyms, never EHR ids.
+A patient is scored when the hook would give a card, decided by the hook's own functions:
+`sepsis_stay` (the in-progress inpatient Encounter, `to_canonical` with the trained ICU-clock
+bound), `short_of_minimum` (the service's minimum data), and no Consent refusing decision support;
+every other patient is counted under the hook's reason. Its RiskAssessment is the hook's
+`recorded_risk_assessment` of the same explanation and worded drivers (only the id, the time and
+the `census-sweep` tag differ). Identities stop here as in the hook: rows carry keyed
+pseudonyms, never EHR ids.
 
 Readmission (`readmission_rows`): today's expected discharges, each scored by `readmission-risk`'s
 own `score` on what its prefetch would hold (a few patients a day: no batch path needed).
