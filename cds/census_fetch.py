@@ -21,15 +21,15 @@ import asyncio
 import email.utils
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from fhir_mappings import CDSError, is_fhir_id, read_search_page, reference_id
-from hooks.sweep import parse_ndjson
+from fhir_mappings import CDSError, MappingError, is_fhir_id, read_search_page, reference_id
+from hooks.sweep import NdjsonStream
 
 from .backend_services import BackendTokenSource
 from .errors import FHIRServerError, FHIRUnavailable
@@ -46,6 +46,7 @@ __all__ = [
     "sepsis_query",
 ]
 
+T = TypeVar("T")
 _NOT_OFFERED = frozenset({400, 403, 404, 405, 501})
 _RETRIED = frozenset({429, 503})
 
@@ -143,6 +144,34 @@ class PoliteClient:
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None
     ) -> httpx.Response:
+        """The EHR's answer, its body read whole (a JSON page, a status)."""
+        response, _ = await self._exchange(method, url, headers, None)
+        return response
+
+    async def ndjson(self, url: str) -> tuple[httpx.Response, list[dict[str, Any]]]:
+        """A Bulk Data file, parsed line by line as it arrives (`NdjsonStream`: only the lines not
+        yet complete are held, never the file); (the response, []) when it is not a 200. A
+        transport failure halfway reads the file again from the start, as any retried request."""
+
+        async def lines(response: httpx.Response) -> list[dict[str, Any]]:
+            stream = NdjsonStream()
+            found: list[dict[str, Any]] = []
+            async for chunk in response.aiter_bytes():
+                found += stream.feed(chunk)
+            return found + stream.end()
+
+        response, resources = await self._exchange("GET", url, {"Accept": "application/fhir+ndjson"}, lines)
+        return response, resources or []
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        body: Callable[[httpx.Response], Awaitable[T]] | None,
+    ) -> tuple[httpx.Response, T | None]:
+        """One request with the politeness rules; `body` reads a 200's body as it streams in
+        (within the request's concurrency slot), else the body is read whole."""
         if not same_base(self.ehr.fhir_base, url) or any(c in url for c in "\r\n\t "):
             raise FHIRServerError("refusing a URL outside the EHR's FHIR base")
         refreshed = False
@@ -154,20 +183,28 @@ class PoliteClient:
             async with self._slots:
                 self.stats.requests += 1
                 try:
-                    response = await self.http.request(method, url, headers=sent, timeout=self.ehr.timeout_s)
+                    request = self.http.build_request(method, url, headers=sent, timeout=self.ehr.timeout_s)
+                    response = await self.http.send(request, stream=body is not None)
+                    try:
+                        if body is not None and response.status_code == 200:
+                            return response, await body(response)
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+                        self.stats.bytes += response.num_bytes_downloaded
                 except httpx.TransportError as exc:
                     if attempt >= self.ehr.max_retries:
                         kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable"
                         raise FHIRUnavailable("the EHR could not be reached", kind=kind) from exc
                     self.stats.retries["transport"] += 1
+                    response = None
             if response is not None:
-                self.stats.bytes += len(response.content)
                 if response.status_code == 401 and not refreshed:
                     refreshed = True
                     self.tokens.invalidate()
                     continue
                 if response.status_code not in _RETRIED or attempt >= self.ehr.max_retries:
-                    return response
+                    return response, None
                 self.stats.retries[str(response.status_code)] += 1
             await asyncio.sleep(self._wait(attempt, response))
             attempt += 1
@@ -241,13 +278,13 @@ async def _bulk(client: PoliteClient, ehr: SweepEhr, query: CensusQuery) -> Cens
     ]
 
     async def download(entry: dict[str, Any]) -> list[dict[str, Any]]:
-        got = await client.request("GET", entry["url"], headers={"Accept": "application/fhir+ndjson"})
+        try:
+            got, resources = await client.ndjson(entry["url"])
+        except MappingError as exc:
+            raise FHIRServerError(f"an $export file is not NDJSON ({exc.message})") from exc
         if got.status_code != 200:
             raise FHIRServerError(f"an $export file answered {got.status_code}")
-        try:
-            return parse_ndjson(got.content)
-        except CDSError as exc:
-            raise FHIRServerError(f"an $export file is not NDJSON ({exc.message})") from exc
+        return resources
 
     parts = await asyncio.gather(*(download(o) for o in outputs))
     await client.request("DELETE", status_url)  # the EHR may free the files now

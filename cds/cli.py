@@ -245,12 +245,24 @@ def sweep(
     jwks: Annotated[
         bool, typer.Option("--jwks", help="print the public JWKS to register with the EHR, and stop")
     ] = False,
+    every: Annotated[
+        str | None,
+        typer.Option(
+            "--every",
+            help="sweep again at this interval (30s, 15m, 1h) until SIGINT/SIGTERM, which stop the loop "
+            "after the sweep under way; a failing sweep is logged and retried at the next tick",
+        ),
+    ] = None,
+    max_sweeps: Annotated[
+        int | None, typer.Option("--max-sweeps", min=1, help="with --every: stop after this many sweeps")
+    ] = None,
 ) -> None:
     """sepsis: score every current inpatient of the EHR in CDS_SWEEP_EHR (SMART Backend Services;
     Bulk Data $export, else paged searches) on the device CDS_DEVICE picks; readmission: today's
     expected discharges. Record one RiskAssessment per patient, write the report (ranked by unit,
     top drivers, change since the last sweep) to <var>/sweeps/ and print it (pseudonyms only),
-    then one JSON summary line."""
+    then one JSON summary line; with --every, the same for each sweep (exit status 1 when the last
+    one failed)."""
     from .errors import CDSError
     from .sweep import format_report, run_sweep
 
@@ -267,6 +279,17 @@ def sweep(
         key = load_signing_key(ehr.private_key_file, ehr.key_id, ehr.signing_alg)
         typer.echo(json.dumps(public_jwks(key, ehr.key_id, ehr.signing_alg)))
         return
+    if every is None and max_sweeps is not None:
+        typer.echo("error: --max-sweeps needs --every", err=True)
+        raise typer.Exit(2)
+
+    def show(outcome: SweepOutcome) -> None:
+        typer.echo(format_report(outcome, limit=limit))
+        typer.echo(json.dumps(outcome.summary()))
+
+    if every is not None:
+        _sweep_loop(settings, model.value, write, every, max_sweeps, show)
+        return
 
     async def run() -> SweepOutcome:
         async with _store(settings) as store:
@@ -277,8 +300,47 @@ def sweep(
     except CDSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(format_report(outcome, limit=limit))
-    typer.echo(json.dumps(outcome.summary()))
+    show(outcome)
+
+
+def _sweep_loop(
+    settings: Settings,
+    model: str,
+    write: bool,
+    every: str,
+    max_sweeps: int | None,
+    show: Callable[[SweepOutcome], None],
+) -> None:
+    from .sweep import run_sweep
+    from .sweep_schedule import SweepTick, parse_interval, stop_on_signals, sweep_every
+
+    try:
+        every_s = parse_interval(every)
+    except ValueError as exc:
+        typer.echo(f"error: --every: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    def tick(t: SweepTick) -> None:
+        if t.outcome is not None:
+            show(t.outcome)
+        else:
+            typer.echo(f"error: sweep {t.number} failed, retried at the next tick: {t.error}", err=True)
+
+    async def run() -> list[SweepTick]:
+        stop = asyncio.Event()
+        async with _store(settings) as store:
+            with stop_on_signals(stop):
+                return await sweep_every(
+                    lambda: run_sweep(settings, store, model_name=model, write=write),
+                    every_s=every_s,
+                    stop=stop,
+                    max_sweeps=max_sweeps,
+                    on_tick=tick,
+                )
+
+    ticks = asyncio.run(run())
+    if ticks and ticks[-1].outcome is None:
+        raise typer.Exit(1)
 
 
 @feedback_app.command("export")

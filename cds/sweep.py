@@ -6,8 +6,9 @@ scored by `readmission-risk`'s own scoring, ranked for the discharge planners.
 Read the census (cds/census_fetch.py: SMART Backend Services token, Bulk Data `$export` or paged
 searches) -> the hook's mapping per patient (hooks/sweep.py) -> features for all patients at once
 -> probabilities and exact TreeSHAP in batches on the device `choose_device` picks (CDS_DEVICE)
--> one RiskAssessment per patient in the record store (tagged `census-sweep`, with its
-`card-scored` audit entry, de-identified as a hook's) -> a unit-level report: patients ranked by
+-> one RiskAssessment per patient in the record store, 200 per transaction (tagged
+`census-sweep`, with its `card-scored` audit entry, de-identified as a hook's; `cds sweep
+--every` repeats the sweep: cds/sweep_schedule.py) -> a unit-level report: patients ranked by
 risk within each ICU unit, with their top drivers and the change since the last sweep, written to
 `<var_dir>/sweeps/` under pseudonyms. The worklist is the report's patients above the model's
 alert threshold; no EHR identifier is written or logged.
@@ -20,6 +21,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,16 +54,25 @@ from models import (
 from .audit import card_audit
 from .backend_services import BackendTokenSource
 from .census_fetch import CensusFetch, fetch_census, readmission_query
-from .errors import PreconditionFailed
+from .errors import PreconditionFailed, StoreError
 from .keys import pseudonym_key
 from .privacy import NO_REUSE
 from .settings import Settings
 from .stores import CardRecord, RecordStore
 
-__all__ = ["SweepOutcome", "format_report", "run_sweep", "score_stays"]
+__all__ = [
+    "Assessed",
+    "SweepOutcome",
+    "card_record",
+    "format_report",
+    "record_assessments",
+    "run_sweep",
+    "score_stays",
+]
 
 log = logging.getLogger("cds.sweep")
 SERVICE_IDS = {"sepsis": "sepsis-risk", "readmission": "readmission-risk"}
+WRITE_BATCH = 200  # RiskAssessments per store transaction (docs/performance.md measures it)
 
 
 @dataclass
@@ -92,6 +103,67 @@ class SweepOutcome:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "report": str(self.report_path) if self.report_path else None,
         }
+
+
+@dataclass(frozen=True)
+class Assessed:
+    """One patient's RiskAssessment as the sweep records it, with what its audit entry says."""
+
+    assessment_id: str
+    risk_assessment: dict[str, Any]
+    features_sha256: str | None
+    probability: float
+    band: str
+    consent: ConsentDecision
+
+
+def card_record(assessed: Assessed, model: RiskModel, service_id: str) -> CardRecord:
+    """The stored card of one swept patient: its RiskAssessment (marked no-reuse when the patient
+    refused training use) and its `card-scored` audit entry, as a hook call's."""
+    risk = assessed.risk_assessment
+    if not assessed.consent.training:
+        risk = {**risk, "meta": {**risk.get("meta", {}), "security": [NO_REUSE]}}
+    audit = card_audit(
+        service_id=service_id,
+        card_uuid=assessed.assessment_id,
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.manifest.model_sha256,
+        features_sha256=assessed.features_sha256,
+        probability=assessed.probability,
+        band=assessed.band,
+        issuer=None,
+        user_pseudonym=None,
+        consent=assessed.consent.code,
+    )
+    return CardRecord(
+        assessed.assessment_id, service_id, None, risk, time.time(), audit={**audit, "origin": "census-sweep"}
+    )
+
+
+async def record_assessments(
+    store: RecordStore,
+    assessed: Sequence[Assessed],
+    model: RiskModel,
+    service_id: str,
+    *,
+    batch: int = WRITE_BATCH,
+) -> int:
+    """Every swept patient's card into the store, `batch` cards per transaction (one sync each,
+    not one per card); how many were written. A batch the store refuses stops the sweep with a
+    StoreError that says how many were recorded before it (those stay: each batch is all or none)."""
+    written = 0
+    for a in range(0, len(assessed), batch):
+        cards = [card_record(x, model, service_id) for x in assessed[a : a + batch]]
+        try:
+            await store.put_cards(cards)
+        except StoreError as exc:
+            raise StoreError(
+                f"the census sweep recorded {written} of {len(assessed)} RiskAssessments; "
+                f"a batch of {len(cards)} was not recorded and the rest not tried ({exc.message})"
+            ) from exc
+        written += len(cards)
+    return written
 
 
 def score_stays(model: RiskModel, stays: list[Any], device: str, seconds: dict[str, float]) -> list[SweepRow]:
@@ -129,7 +201,12 @@ def _write_report(directory: Path, now: datetime, outcome: SweepOutcome) -> Path
         "patients": outcome.report,
         "probabilities": {r["pseudonym"]: r["probability"] for r in outcome.report},
     }
-    path = directory / f"{outcome.model}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    stem = f"{outcome.model}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+    path = directory / f"{stem}.json"
+    n = 1
+    while path.exists():  # two sweeps in one second (a short --every): keep both
+        n += 1
+        path = directory / f"{stem}-{n}.json"
     text = json.dumps(body, indent=1)
     path.write_text(text)
     (directory / f"{outcome.model}-latest.json").write_text(text)
@@ -205,7 +282,7 @@ async def run_sweep(
     profile = settings.vendor_profile(ehr.fhir_base)
     directory = settings.var_dir / "sweeps"
     previous = _previous(directory, model_name)
-    records: list[tuple[str, dict[str, Any], str | None, float, str, ConsentDecision]] = []
+    records: list[Assessed] = []
     outcome: SweepOutcome
     if model_name == "sepsis":
         stays, skipped = sepsis_stays(
@@ -227,7 +304,9 @@ async def run_sweep(
             for row in rows:
                 assessment_id, risk, features_sha256 = sweep_risk_assessment(model, row, now=at)
                 records.append(
-                    (assessment_id, risk, features_sha256, row.probability, row.band, row.stay.consent)
+                    Assessed(
+                        assessment_id, risk, features_sha256, row.probability, row.band, row.stay.consent
+                    )
                 )
     else:
         discharges, skipped = readmission_rows(
@@ -240,7 +319,7 @@ async def run_sweep(
         )
         for d in discharges:
             records.append(
-                (
+                Assessed(
                     str(d.risk_assessment["id"]),
                     d.risk_assessment,
                     d.features_sha256,
@@ -252,33 +331,7 @@ async def run_sweep(
 
     if write:
         t = time.perf_counter()
-        for assessment_id, risk, digest, probability, band, consent in records:
-            if not consent.training:
-                risk = {**risk, "meta": {**risk.get("meta", {}), "security": [NO_REUSE]}}
-            audit = card_audit(
-                service_id=SERVICE_IDS[model_name],
-                card_uuid=assessment_id,
-                model_name=model.name,
-                model_version=model.version,
-                model_sha256=model.manifest.model_sha256,
-                features_sha256=digest,
-                probability=probability,
-                band=band,
-                issuer=None,
-                user_pseudonym=None,
-                consent=consent.code,
-            )
-            await store.put_card(
-                CardRecord(
-                    assessment_id,
-                    SERVICE_IDS[model_name],
-                    None,
-                    risk,
-                    time.time(),
-                    audit={**audit, "origin": "census-sweep"},
-                )
-            )
-            outcome.written += 1
+        outcome.written = await record_assessments(store, records, model, SERVICE_IDS[model_name])
         seconds["record"] = time.perf_counter() - t
         outcome.report_path = _write_report(directory, at, outcome)
     log.info("census sweep done", extra={"sweep": outcome.summary()})

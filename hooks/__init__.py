@@ -27,8 +27,8 @@ from .drivers import (
 from .fetch_plan import FetchPlan, Need, followup_needs, plan_fetch
 from .prefetch import CONTEXT_IDS, check_context_ids, render_template, template_tokens
 from .readmission import READMISSION, follow_up_request, readmission_card
-from .scoring import Score, card_from_table
-from .sepsis import SEPSIS, sepsis_bundle_suggestion, sepsis_card
+from .scoring import Score, card_from_table, recorded_risk_assessment, short_of_minimum
+from .sepsis import SEPSIS, card_drivers, sepsis_bundle_suggestion, sepsis_card, sepsis_stay
 from .service import (
     INSUFFICIENT_DATA,
     Fetched,
@@ -87,6 +87,7 @@ __all__ = [
     "SweepRow",
     "SweepStay",
     "build_risk_card",
+    "card_drivers",
     "card_from_table",
     "census_patients",
     "check_context_ids",
@@ -104,10 +105,13 @@ __all__ = [
     "plan_fetch",
     "readmission_card",
     "readmission_rows",
+    "recorded_risk_assessment",
     "render_template",
     "sepsis_bundle_suggestion",
     "sepsis_card",
+    "sepsis_stay",
     "sepsis_stays",
+    "short_of_minimum",
     "split_drivers",
     "strip_empty",
     "sweep_risk_assessment",

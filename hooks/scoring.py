@@ -6,9 +6,12 @@ words its card; everything after is here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+import numpy as np
 
 from fhir_mappings import RECORDED_CONTRIBUTIONS, build_risk_assessment
 from models import Explanation, RiskModel, model_task
@@ -17,7 +20,7 @@ from .cards import CARD_EXTENSION
 from .drivers import CONTEXT_SUFFIXES, ClinicalDriver, context_features, group_contributions, variable_of
 from .service import NoCard, ScoredCard, ScoringInput, Service, feature_hash
 
-__all__ = ["Score", "card_from_table"]
+__all__ = ["Score", "card_from_table", "recorded_risk_assessment", "short_of_minimum"]
 
 _CONTEXT = tuple(f"__{s}" for s in CONTEXT_SUFFIXES)
 CONTEXT_VARIABLES = 8  # clinical variables whose value and timing features the RiskAssessment keeps
@@ -49,6 +52,64 @@ class Score:
         }
 
 
+def short_of_minimum(
+    service: Service, columns: Sequence[str], values: Any, log: dict[str, Any]
+) -> NoCard | None:
+    """The service's no-card answer when the last row of one stay's table (`values`) is below its
+    minimum data; None when it may be scored (the hook and the sweep both ask here)."""
+    if service.minimum_data is None:
+        return None
+    enough, found = service.minimum_data.assess(columns, values)
+    return None if enough else NoCard(service.minimum_data.reason, {**log, "minimum": found})
+
+
+def recorded_risk_assessment(
+    *,
+    card_uuid: str,
+    service: Service,
+    model: RiskModel,
+    pseudonym: str,
+    occurrence: datetime,
+    icu_hour: int | None,
+    probability: float,
+    band: str,
+    explanation: Explanation,
+    grouped: Sequence[ClinicalDriver],
+    worded: Iterable[str],
+    feature_values: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The RiskAssessment we record for one score, the same whoever scored it (a hook call or the
+    census sweep): the largest contributions and, for the clinical variables the app and the card
+    word, the features that say the latest value and when (so the app words a driver as the card
+    did): the app's waterfall rows (`grouped`, largest first), the card's drivers (`worded`:
+    their variables), and every variable among the largest contributions; and the scored row
+    itself (`feature_values`), so retraining from served records has every feature."""
+    recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
+    top = [d.variable for d in grouped[:CONTEXT_VARIABLES]]
+    top += worded
+    names = {c.feature for c in recorded}
+    largest = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
+    shown = {variable_of(c.feature) for c in largest}
+    return build_risk_assessment(
+        card_uuid=card_uuid,
+        service_id=service.id,
+        pseudonym=pseudonym,
+        occurrence=occurrence,
+        icu_hour=icu_hour,
+        model_name=model.name,
+        model_version=model.version,
+        probability=probability,
+        band=band,
+        outcome_code=model_task(service.model_name).outcome,
+        horizon_hours=model.manifest.horizon_hours,
+        base_value=explanation.base_value,
+        contributions=recorded,
+        also_record=context_features(top, names) | context_features(shown, names, ("last", "hours_since")),
+        feature_values=feature_values,
+        feature_spec_hash=model.spec.spec_hash,
+    )
+
+
 def card_from_table(
     inp: ScoringInput,
     service: Service,
@@ -62,10 +123,8 @@ def card_from_table(
 ) -> ScoredCard | NoCard:
     """Score the last row of `table` (one patient's stay, `columns` its column names) and build the
     card with the service's `card`; below the service's minimum data, no card."""
-    if service.minimum_data is not None:
-        enough, found = service.minimum_data.assess(columns, table.values)
-        if not enough:
-            return NoCard(service.minimum_data.reason, {**log, "minimum": found})
+    if (short := short_of_minimum(service, columns, table.values, log)) is not None:
+        return short
     task = model_task(service.model_name)
     model = inp.model
     row = task.serving_row(table, model.spec)
@@ -74,34 +133,20 @@ def card_from_table(
     explanation = model.explain(row[0])
     grouped = group_contributions(explanation.contributions)
     built = card(Score(probability, band, explanation, model, model.band_level(band), grouped))
-    # The RiskAssessment keeps the largest contributions and, for the clinical variables the app
-    # and the card word, the features that say the latest value and when (so the app words a
-    # driver as the card did): the app's waterfall rows, the card's drivers, and every variable
-    # among the largest contributions.
-    recorded = [c for c in explanation.contributions if c.shap != 0.0 or c.feature.endswith(_CONTEXT)]
-    top = [d.variable for d in grouped[:CONTEXT_VARIABLES]]
     worded = built.get("extension", {}).get(CARD_EXTENSION, {}).get("shap", {}).get("drivers", [])
-    top += [d["variable"] for d in worded if isinstance(d, dict) and isinstance(d.get("variable"), str)]
-    names = {c.feature for c in recorded}
-    largest = sorted(recorded, key=lambda c: -abs(c.shap))[:RECORDED_CONTRIBUTIONS]
-    shown = {variable_of(c.feature) for c in largest}
-    risk = build_risk_assessment(
+    risk = recorded_risk_assessment(
         card_uuid=inp.card_uuid,
-        service_id=service.id,
+        service=service,
+        model=model,
         pseudonym=pseudonym,
         occurrence=inp.now,
         icu_hour=icu_hour,
-        model_name=model.name,
-        model_version=model.version,
         probability=probability,
         band=band,
-        outcome_code=task.outcome,
-        horizon_hours=model.manifest.horizon_hours,
-        base_value=explanation.base_value,
-        contributions=recorded,
-        also_record=context_features(top, names) | context_features(shown, names, ("last", "hours_since")),
+        explanation=explanation,
+        grouped=grouped,
+        worded=(d["variable"] for d in worded if isinstance(d, dict) and isinstance(d.get("variable"), str)),
         feature_values=row[0],
-        feature_spec_hash=model.spec.spec_hash,
     )
     user = inp.context.get("userId")
     user_pseudonym = (

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from fhir_mappings import (
     CANONICAL_COLUMNS,
     VITAL_VARIABLES,
     FhirQuery,
+    MappedStay,
     PatientRecord,
+    Pseudonymizer,
     StayError,
     VendorProfile,
     is_fhir_id,
@@ -42,7 +45,7 @@ from .service import (
     Service,
 )
 
-__all__ = ["SEPSIS", "sepsis_bundle_suggestion", "sepsis_card"]
+__all__ = ["SEPSIS", "card_drivers", "sepsis_bundle_suggestion", "sepsis_card", "sepsis_stay"]
 
 TOP_DRIVERS = 5
 TOP_GAPS = 3
@@ -99,13 +102,57 @@ def _followups(context: Mapping[str, Any], fetched: Fetched, profile: VendorProf
     return wanted
 
 
+def sepsis_stay(
+    encounters: Sequence[Any],
+    observations: Sequence[Mapping[str, Any]],
+    locations: Mapping[str, Mapping[str, Any]],
+    *,
+    patient_id: str,
+    patient: Mapping[str, Any] | None,
+    encounter_id: str | None,
+    now: datetime,
+    pseudonymizer: Pseudonymizer,
+    source: str,
+    profile: VendorProfile,
+) -> tuple[Mapping[str, Any], MappedStay] | NoCard | None:
+    """The ICU stay a `sepsis-risk` call scores now, the hook's and the census sweep's alike: the
+    in-progress inpatient Encounter (`encounter_id`'s when given) and the canonical table up to now
+    with the trained ICU-clock bound. None: not in hospital (nothing to say); NoCard: an ongoing
+    visit without an ICU clock, or a clock beyond any stay the model learned from. MappingError
+    (an unreadable Encounter) propagates."""
+    encounter = select_encounter(encounters, encounter_id, patient_id, profile=profile)
+    if encounter is None:
+        return None
+    record = PatientRecord(
+        patient_id=patient_id,
+        patient=patient,
+        encounter=encounter,
+        observations=observations,
+        locations=locations,
+    )
+    try:
+        stay = to_canonical(
+            record,
+            as_of=now,
+            pseudonymizer=pseudonymizer,
+            source=source,
+            profile=profile,
+            max_hours=TRAINED_MAX_ICU_HOURS,
+        )
+    except StayError as exc:
+        return NoCard(NOT_APPLICABLE_REASON, {"stay": exc.reason})
+    return encounter, stay
+
+
+def card_drivers(grouped: Sequence[ClinicalDriver]) -> tuple[list[ClinicalDriver], list[ClinicalDriver]]:
+    """(the drivers, the gaps) a sepsis card words: what its RiskAssessment keeps the context of."""
+    drivers, gaps = split_drivers(grouped, TOP_DRIVERS, min_abs=0.01)
+    return drivers, gaps[:TOP_GAPS]
+
+
 def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     fetched = inp.fetched
     patient_id = str(inp.context["patientId"])
-    encounters = _resources(fetched.get("encounters")) + _resources(fetched.get("encounter"))
-    encounter = select_encounter(encounters, inp.context.get("encounterId"), patient_id, profile=inp.profile)
-    if encounter is None:
-        return None  # not in hospital (or no stay of this patient's): nothing to say
     # One entry per Observation id (the same one may come in vitals and labs); id-less ones apart.
     observations: dict[Any, dict[str, Any]] = {}
     locations: dict[str, dict[str, Any]] = {}
@@ -119,30 +166,26 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
             elif r.get("resourceType") == "Location" and isinstance(r.get("id"), str):
                 locations[r["id"]] = r
     patient = fetched.get("patient")
-    record = PatientRecord(
+    found = sepsis_stay(
+        _resources(fetched.get("encounters")) + _resources(fetched.get("encounter")),
+        list(observations.values()),
+        locations,
         patient_id=patient_id,
         patient=patient if isinstance(patient, dict) else None,
-        encounter=encounter,
-        observations=list(observations.values()),
-        locations=locations,
+        encounter_id=inp.context.get("encounterId"),
+        now=inp.now,
+        pseudonymizer=inp.pseudonymizer,
+        source=inp.source,
+        profile=inp.profile,
     )
-    try:
-        stay = to_canonical(
-            record,
-            as_of=inp.now,
-            pseudonymizer=inp.pseudonymizer,
-            source=inp.source,
-            profile=inp.profile,
-            max_hours=TRAINED_MAX_ICU_HOURS,
-        )
-    except StayError as exc:
-        # An ongoing visit without an ICU clock, or a clock beyond any stay the model learned from.
-        return NoCard(NOT_APPLICABLE_REASON, {"stay": exc.reason})
+    if not isinstance(found, tuple):
+        return found  # None: not in hospital (or no stay of this patient's); NoCard: no ICU clock
+    encounter, stay = found
     log = {"icu_hour": stay.current_hour, **stay.report.as_dict()}
     encounter_id = encounter["id"] if is_fhir_id(encounter.get("id")) else None
 
     def card(score: Score) -> dict[str, Any]:
-        drivers, gaps = split_drivers(score.drivers, TOP_DRIVERS, min_abs=0.01)
+        drivers, gaps = card_drivers(score.drivers)
         return sepsis_card(
             card_uuid=inp.card_uuid,
             probability=score.probability,
@@ -154,7 +197,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
             model_label=score.model.manifest.title,
             model_version=score.model.version,
             drivers=drivers,
-            gaps=gaps[:TOP_GAPS],
+            gaps=gaps,
             all_contributions=score.explanation.contributions,
             base_value=score.explanation.base_value,
             patient_id=patient_id,

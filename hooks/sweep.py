@@ -2,10 +2,13 @@
 searches) -> one canonical table per inpatient through the SAME mapping a `sepsis-risk` call uses
 -> the scored rows, their RiskAssessments and a unit-level report ranked by risk.
 
-A patient is scored when the hook would give a card: an in-progress inpatient Encounter chosen
-by `select_encounter`, `to_canonical` with the trained ICU-clock bound, the service's minimum data,
-and no Consent refusing decision support; every other patient is counted under the hook's reason.
-Identities stop here as in the hook: rows carry keyed pseudonyms, never EHR ids.
+A patient is scored when the hook would give a card, decided by the hook's own functions:
+`sepsis_stay` (the in-progress inpatient Encounter, `to_canonical` with the trained ICU-clock
+bound), `short_of_minimum` (the service's minimum data), and no Consent refusing decision support;
+every other patient is counted under the hook's reason. Its RiskAssessment is the hook's
+`recorded_risk_assessment` of the same explanation and worded drivers (only the id, the time and
+the `census-sweep` tag differ). Identities stop here as in the hook: rows carry keyed
+pseudonyms, never EHR ids.
 
 Readmission (`readmission_rows`): today's expected discharges, each scored by `readmission-risk`'s
 own `score` on what its prefetch would hold (a few patients a day: no batch path needed).
@@ -13,6 +16,7 @@ own `score` on what its prefetch would hold (a few patients a day: no batch path
 
 from __future__ import annotations
 
+import codecs
 import json
 import uuid
 from collections import Counter
@@ -27,31 +31,31 @@ from fhir_mappings import (
     CANONICAL_COLUMNS,
     CanonicalTable,
     MappingError,
-    PatientRecord,
     Pseudonymizer,
-    StayError,
     VendorProfile,
-    build_risk_assessment,
     parse_datetime,
     reference_id,
     select_encounter,
-    to_canonical,
 )
 from fhir_mappings.writeback import CANONICAL
-from models import TRAINED_MAX_ICU_HOURS, Contribution, RiskModel, model_task
+from models import RiskModel
 
 from .consent import ConsentDecision, consent_decision
+from .drivers import group_contributions
 from .readmission import READMISSION
-from .sepsis import NOT_APPLICABLE_REASON, SEPSIS
+from .scoring import recorded_risk_assessment, short_of_minimum
+from .sepsis import NOT_APPLICABLE_REASON, SEPSIS, card_drivers, sepsis_stay
 from .service import NoCard, ScoredCard, ScoringInput, feature_hash
 
 __all__ = [
     "CensusPatient",
+    "NdjsonStream",
     "ReadmissionRow",
     "SWEEP_TAG",
     "SweepRow",
     "SweepStay",
     "census_patients",
+    "ndjson_resource",
     "parse_ndjson",
     "readmission_rows",
     "sepsis_stays",
@@ -67,22 +71,68 @@ NO_STAY = "no-stay"
 UNMAPPABLE = "unmappable"
 
 
+def ndjson_resource(line: str, n: int) -> dict[str, Any] | None:
+    """Line `n` of an NDJSON file: its FHIR resource, None when blank; MappingError (with its
+    line number, never its text) for a line that is not a JSON object with a resourceType."""
+    if not line.strip():
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise MappingError(f"NDJSON line {n} is not JSON", path=f"line {n}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        raise MappingError(f"NDJSON line {n} is not a FHIR resource", path=f"line {n}")
+    return value
+
+
 def parse_ndjson(data: bytes | str) -> list[dict[str, Any]]:
-    """One FHIR resource per line (Bulk Data NDJSON); blank lines skipped; a line that is not a
-    JSON object with a resourceType raises MappingError (with its line number, never its text)."""
-    text = data.decode("utf-8") if isinstance(data, bytes) else data
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    """One FHIR resource per line (Bulk Data NDJSON); blank lines skipped (see `ndjson_resource`);
+    bytes that are not UTF-8 raise MappingError too."""
+    if isinstance(data, bytes):
+        stream = NdjsonStream()
+        return stream.feed(data) + stream.end()
+    return [r for n, line in enumerate(data.splitlines(), 1) if (r := ndjson_resource(line, n)) is not None]
+
+
+class NdjsonStream:
+    """`parse_ndjson` for a file read in chunks (a download): feed the bytes as they come, each
+    call gives the resources of the lines it completed; `end` the last line's. Whatever the chunks,
+    the resources, line numbers and errors are `parse_ndjson`'s for the whole file; only the lines
+    not yet complete are held, never the file."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._pending = ""
+        self._line = 0
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         try:
-            value = json.loads(line)
-        except ValueError:
-            raise MappingError(f"NDJSON line {n} is not JSON", path=f"line {n}") from None
-        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
-            raise MappingError(f"NDJSON line {n} is not a FHIR resource", path=f"line {n}")
-        out.append(value)
-    return out
+            return self._lines(self._decoder.decode(chunk), final=False)
+        except UnicodeDecodeError:
+            raise MappingError("NDJSON is not UTF-8", path=f"line {self._line + 1}") from None
+
+    def end(self) -> list[dict[str, Any]]:
+        try:
+            return self._lines(self._decoder.decode(b"", final=True), final=True)
+        except UnicodeDecodeError:
+            raise MappingError("NDJSON is not UTF-8", path=f"line {self._line + 1}") from None
+
+    def _lines(self, text: str, *, final: bool) -> list[dict[str, Any]]:
+        lines = (self._pending + text).splitlines(keepends=True)
+        self._pending = ""
+        # The last line may go on in the next chunk (and a "\r" may be half of a "\r\n").
+        if lines and not final and (not lines[-1].endswith(_LINE_ENDS) or lines[-1].endswith("\r")):
+            self._pending = lines.pop()
+        out = []
+        for line in lines:
+            self._line += 1
+            if (r := ndjson_resource(line.rstrip("".join(_LINE_ENDS)), self._line)) is not None:
+                out.append(r)
+        return out
+
+
+# What str.splitlines splits on.
+_LINE_ENDS = ("\n", "\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 
 
 @dataclass
@@ -168,43 +218,41 @@ def sepsis_stays(
     source: str,
     profile: VendorProfile,
 ) -> tuple[list[SweepStay], Counter[str]]:
-    """The stays a `sepsis-risk` call would score now, and why the others are not scored."""
+    """The stays a `sepsis-risk` call would score now (its own `sepsis_stay` and minimum data),
+    and why the others are not scored."""
     stays: list[SweepStay] = []
     skipped: Counter[str] = Counter()
-    minimum = SEPSIS.minimum_data
     for p in patients:
-        encounter = select_encounter(p.encounters, None, p.patient_id, profile=profile)
-        if encounter is None:
-            skipped[NO_STAY] += 1
-            continue
         consent = consent_decision(p.consents, p.patient_id, now)
-        if not consent.decision_support:
-            skipped[CONSENT_REFUSED] += 1
+        if not consent.decision_support:  # not mapped; counted as the hook would answer
+            in_hospital = select_encounter(p.encounters, None, p.patient_id, profile=profile) is not None
+            skipped[CONSENT_REFUSED if in_hospital else NO_STAY] += 1
             continue
-        record = PatientRecord(
-            patient_id=p.patient_id,
-            patient=p.patient,
-            encounter=encounter,
-            observations=list(p.observations.values()),
-            locations=dict(locations),
-        )
         try:
-            stay = to_canonical(
-                record,
-                as_of=now,
+            found = sepsis_stay(
+                p.encounters,
+                list(p.observations.values()),
+                locations,
+                patient_id=p.patient_id,
+                patient=p.patient,
+                encounter_id=None,
+                now=now,
                 pseudonymizer=pseudonymizer,
                 source=source,
                 profile=profile,
-                max_hours=TRAINED_MAX_ICU_HOURS,
             )
-        except StayError:
-            skipped[NOT_APPLICABLE_REASON] += 1
-            continue
         except MappingError:
             skipped[UNMAPPABLE] += 1
             continue
-        if minimum is not None and not minimum.assess(CANONICAL_COLUMNS, stay.table.values)[0]:
-            skipped[minimum.reason] += 1
+        if found is None:
+            skipped[NO_STAY] += 1
+            continue
+        if isinstance(found, NoCard):
+            skipped[found.reason] += 1
+            continue
+        stay = found[1]
+        if (short := short_of_minimum(SEPSIS, CANONICAL_COLUMNS, stay.table.values, {})) is not None:
+            skipped[short.reason] += 1
             continue
         assert stay.pseudonym is not None  # the patient id came from the EHR's resources
         stays.append(SweepStay(stay.pseudonym, stay.table, stay.current_hour, _unit(stay.table), consent))
@@ -222,6 +270,7 @@ class SweepRow:
     shap: np.ndarray  # (n_features,) log-odds
     base_value: float
     drivers: tuple[int, ...]  # feature indices, largest |SHAP| first
+    contributions: np.ndarray  # (n_features + 1,) float32 TreeSHAP as scored, the base value last
 
 
 def sweep_rows(
@@ -242,63 +291,50 @@ def sweep_rows(
         top = np.take_along_axis(top, order, axis=1)
     else:
         top = np.empty((len(stays), 0), dtype=np.int64)
-    bands = sorted(model.manifest.risk_bands.items(), key=lambda kv: kv[1])
     rows = []
     for i, stay in enumerate(stays):
         p = float(probabilities[i])
-        band = "low"
-        for name, lower in bands:
-            if p >= lower:
-                band = name
         rows.append(
             SweepRow(
                 stay,
                 features[i],
                 p,
-                band,
+                model.band(p),  # the served bands (a site's when it has its own), as a hook call's
                 shap[i],
                 float(contributions[i, -1]),
                 tuple(int(j) for j in top[i]),
+                contributions[i],
             )
         )
     return rows
 
 
 def sweep_risk_assessment(
-    model: RiskModel, row: SweepRow, *, now: datetime
+    model: RiskModel, row: SweepRow, *, now: datetime, assessment_id: str | None = None
 ) -> tuple[str, dict[str, Any], str]:
-    """(id, the RiskAssessment as a hook call records it, tagged `census-sweep`, the feature hash)."""
-    assessment_id = str(uuid.uuid4())
-    values = row.features
-    contributions = [
-        Contribution(
-            feature=f.name,
-            label=f.label,
-            unit=f.unit,
-            value=None if np.isnan(values[j]) else float(values[j]),
-            shap=float(row.shap[j]),
-        )
-        for j, f in enumerate(model.spec.features)
-        if row.shap[j] != 0.0
-    ]
-    task = model_task(SEPSIS.model_name)
-    resource = build_risk_assessment(
+    """(id, the RiskAssessment a `sepsis-risk` call would record for this patient now, tagged
+    `census-sweep`, the feature hash): the hook's own `recorded_risk_assessment` on the same
+    explanation, grouping and worded drivers, so only the id, the time and the tag tell them apart."""
+    assessment_id = assessment_id or str(uuid.uuid4())
+    explanation = model.explanation_of(row.features, row.contributions)
+    grouped = group_contributions(explanation.contributions)
+    drivers, gaps = card_drivers(grouped)
+    resource = recorded_risk_assessment(
         card_uuid=assessment_id,
-        service_id=SEPSIS.id,
+        service=SEPSIS,
+        model=model,
         pseudonym=row.stay.pseudonym,
         occurrence=now,
         icu_hour=row.stay.icu_hour,
-        model_name=model.name,
-        model_version=model.version,
         probability=row.probability,
         band=row.band,
-        outcome_code=task.outcome,
-        horizon_hours=model.manifest.horizon_hours,
-        base_value=row.base_value,
-        contributions=contributions,
+        explanation=explanation,
+        grouped=grouped,
+        worded=[d.variable for d in (*drivers, *gaps)],
+        feature_values=row.features,
     )
     resource["meta"] = {"tag": [dict(SWEEP_TAG)]}
-    return assessment_id, resource, feature_hash(values)
+    return assessment_id, resource, feature_hash(row.features)
 
 
 def unit_report(

@@ -128,12 +128,18 @@ class RiskModel:
         """TreeSHAP for one feature row (shape (n_features,) or (1, n_features))."""
         x = np.asarray(row, dtype=np.float32).reshape(1, -1)
         dmatrix = xgb.DMatrix(x, missing=np.nan, nthread=self._nthread)
-        contribs = self.booster.predict(dmatrix, pred_contribs=True)[0]
+        return self.explanation_of(x[0], self.booster.predict(dmatrix, pred_contribs=True)[0])
+
+    def explanation_of(self, row: np.ndarray, contribs: np.ndarray) -> Explanation:
+        """The Explanation of one feature row from its TreeSHAP values (float32, base value last:
+        one row of `pred_contribs`), with the values as the model read them (float32), so a row
+        of the sweep's batch SHAP gives what `explain` gives a hook call."""
         shap = contribs.tolist()  # Python floats at once: ~250 numpy scalar reads cost ~1 ms
+        values = np.asarray(row, dtype=np.float32).reshape(-1).tolist()
         out = tuple(
             Contribution(
                 feature=name, label=label, unit=unit, value=None if value != value else value, shap=shap[j]
             )
-            for j, ((name, label, unit), value) in enumerate(zip(self._names, x[0].tolist(), strict=True))
+            for j, ((name, label, unit), value) in enumerate(zip(self._names, values, strict=True))
         )
         return Explanation(base_value=shap[-1], margin=float(contribs.sum()), contributions=out)

@@ -76,6 +76,15 @@ _OUTAGE = (TimeoutError, OSError, psycopg.OperationalError, psycopg.InterfaceErr
 
 _CARD_COLUMNS = CARD_COLUMNS
 _INSERT_CARD = f"INSERT INTO card ({CARD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+_UPSERT_CARD = (
+    _INSERT_CARD + " ON CONFLICT (card_uuid) DO UPDATE SET service_id = excluded.service_id,"
+    " user_pseudonym = excluded.user_pseudonym, resource = excluded.resource,"
+    " created = excluded.created, suggestions = excluded.suggestions,"
+    " identity_hashes = excluded.identity_hashes"
+)
+# A batch of cards (`put_cards`) may take this much longer than one, per card, before the store
+# counts PostgreSQL as unavailable (a 200-card batch: timeout_s + 2 s).
+PER_CARD_S = 0.01
 _PATIENT_OF = "(resource::jsonb #>> '{subject,identifier,value}')"
 _UPSERT_FEEDBACK = """
 INSERT INTO feedback AS f (provenance_id, card_uuid, resource, recorded) VALUES (%s, %s, %s, %s)
@@ -236,14 +245,7 @@ class PostgresStore:
 
             async def insert(conn: Conn) -> tuple[int, str] | None:
                 async with conn.transaction():
-                    await conn.execute(
-                        _INSERT_CARD
-                        + " ON CONFLICT (card_uuid) DO UPDATE SET service_id = excluded.service_id,"
-                        " user_pseudonym = excluded.user_pseudonym, resource = excluded.resource,"
-                        " created = excluded.created, suggestions = excluded.suggestions,"
-                        " identity_hashes = excluded.identity_hashes",
-                        card_row(record),
-                    )
+                    await conn.execute(_UPSERT_CARD, card_row(record))
                     if record.audit is None:
                         return None
                     return await self._append(conn, "card-scored", record.audit)
@@ -257,6 +259,34 @@ class PostgresStore:
         await self.spool.put(record)
         self._spooled_total += 1
         self._spool_backlog += 1
+
+    async def put_cards(self, records: Sequence[CardRecord]) -> None:
+        """Many cards (a census sweep's) and their audit entries in one transaction; while
+        PostgreSQL is unavailable, all of them into the spool in one (none is lost either way)."""
+        if records:
+            batch = list(records)
+            await asyncio.shield(self._track(asyncio.ensure_future(self._record_cards(batch))))
+
+    async def _record_cards(self, records: list[CardRecord]) -> None:
+        if not self._degraded:
+            rows = [card_row(r) for r in records]
+            audits = [r.audit for r in records if r.audit is not None]
+
+            async def insert(conn: Conn) -> tuple[int, str] | None:
+                async with conn.transaction():
+                    async with conn.cursor() as cursor:
+                        await cursor.executemany(_UPSERT_CARD, rows)
+                    return await self._append_many(conn, "card-scored", audits)
+
+            try:
+                await self._ensure_schema()
+                self._anchor(await self._op(insert, timeout_s=self.timeout_s + PER_CARD_S * len(records)))
+                return
+            except StoreUnavailable:
+                pass
+        await self.spool.put_many(records)
+        self._spooled_total += len(records)
+        self._spool_backlog += len(records)
 
     async def get_cards(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
         if not card_uuids:
@@ -385,6 +415,35 @@ class PostgresStore:
         row = await cursor.fetchone()
         assert row is not None
         return int(row[0]), digest
+
+    @staticmethod
+    async def _append_many(
+        conn: Conn, kind: str, entries: Sequence[Mapping[str, Any]]
+    ) -> tuple[int, str] | None:
+        """Several entries of one kind, chained in order, under one lock and one head read (inside
+        a transaction, as `_append`); the new head, or None when there are none."""
+        if not entries:
+            return None
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
+        cursor = await conn.execute("SELECT hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+        last = await cursor.fetchone()
+        prev = last[0] if last and last[0] else GENESIS
+        rows = []
+        for details in entries:
+            at, text = time.time(), audit_json(details)
+            digest = entry_hash(prev, at, kind, text)
+            rows.append((at, kind, text, prev, digest))
+            prev = digest
+        async with conn.cursor() as many:
+            await many.executemany(
+                "INSERT INTO audit_event (at, kind, details, prev_hash, hash) VALUES (%s, %s, %s, %s, %s)",
+                rows,
+            )
+        # Under the lock every append is ours until commit: the newest entry is the last one of these.
+        cursor = await conn.execute("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")
+        row = await cursor.fetchone()
+        assert row is not None and row[1] == prev
+        return int(row[0]), prev
 
     async def append_audit(self, kind: str, details: Mapping[str, Any]) -> int:
         async def write(conn: Conn) -> tuple[int, str]:

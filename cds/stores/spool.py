@@ -47,6 +47,18 @@ class CardSpool(SQLiteFile):
             )
         )
 
+    async def put_many(self, records: Sequence[CardRecord]) -> None:
+        """Several cards in one transaction (all or none), each with its audit entry."""
+        rows = [(*card_row(r), json.dumps(dict(r.audit)) if r.audit is not None else None) for r in records]
+
+        def insert() -> None:
+            marks = ", ".join("?" * 8)
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO spooled_card ({CARD_COLUMNS}, audit) VALUES ({marks})", rows
+            )
+
+        await self._run(self._transaction, insert)
+
     async def get(self, card_uuids: Sequence[str]) -> dict[str, CardRecord]:
         return await self._run(lambda: cards_by_uuid(self._db, "spooled_card", card_uuids))
 

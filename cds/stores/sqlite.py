@@ -8,7 +8,8 @@ Cards are group-committed: the cards of hook calls that arrive while a commit is
 in a bounded queue and go in the next transaction together (one sync for all of them, at most
 `CARD_BATCH` each); `put_card` returns only once its card's transaction has committed, so an
 answered card is as durable as before. A full queue holds new callers back (each caller's own
-deadline bounds the wait) instead of growing.
+deadline bounds the wait) instead of growing. `put_cards` (the census sweep) writes a batch it
+already holds in one transaction: all of it or, with StoreError, none.
 """
 
 from __future__ import annotations
@@ -165,6 +166,12 @@ class SQLiteStore(SQLiteFile):
             self._room = None  # nobody waits for room while no commit runs; a new one is of this loop
             self._committer = loop.create_task(self._commit_cards())
         await asyncio.shield(done)  # a caller that gives up does not withdraw its card
+
+    async def put_cards(self, records: Sequence[CardRecord]) -> None:
+        """Many cards (a census sweep's) and their audit entries in one transaction: all of them
+        committed when this returns, or none of them and StoreError."""
+        if records:
+            await self._run(self._transaction, partial(self._write_cards, list(records)))
 
     async def _commit_cards(self) -> None:
         """Commit what is queued, batch after batch, until the queue is empty."""

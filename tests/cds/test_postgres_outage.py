@@ -182,3 +182,37 @@ def test_a_store_opened_while_postgres_is_down_spools_and_another_worker_drains_
     assert _rows(database, "SELECT card_uuid FROM card") == {a, b, c}
     assert _rows(database, "SELECT card_uuid FROM feedback") == {c}
     assert _rows(database, "SELECT COUNT(*) FROM schema_migrations") == {len(POSTGRES_MIGRATIONS)}
+
+
+def test_a_sweeps_batch_written_during_an_outage_is_spooled_whole_and_drained_once(
+    private_postgres: PrivatePostgres, database: str, tmp_path: Path
+) -> None:
+    """`put_cards` while PostgreSQL is down: the whole batch into the spool (nothing lost, no
+    error), then drained into PostgreSQL with one `card-scored` entry per card, chained."""
+    from dataclasses import replace
+
+    batch = [replace(card(new_id()), audit={"card": str(i)}) for i in range(7)]
+
+    async def sweep_during_outage() -> None:
+        store = await PostgresStore.open(database, spool_path=tmp_path / "spool.sqlite3", timeout_s=0.5)
+        await store.append_audit("before", {})
+        private_postgres.stop()
+        try:
+            await store.put_cards(batch)
+            assert store.health().degraded and store.health().spooled_total == 7
+            await store.put_cards(batch[:2])  # already degraded: straight to the spool, replaced
+            assert await store.spool.count() == 7
+        finally:
+            private_postgres.start()
+        for _ in range(600):
+            if not store.health().degraded and await store.spool.count() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await store.spool.count() == 0
+        await store.close()
+
+    asyncio.run(sweep_during_outage())
+    assert _rows(database, "SELECT card_uuid FROM card") == {c.card_uuid for c in batch}
+    entries = asyncio.run(_audit(database, tmp_path))
+    assert verify_chain(entries).ok
+    assert sorted(e.details["card"] for e in entries if e.kind == "card-scored") == [str(i) for i in range(7)]

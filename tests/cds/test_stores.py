@@ -178,6 +178,52 @@ def test_postgres_rolls_back_a_batch_the_database_refuses_halfway(postgres_url: 
     asyncio.run(scenario())
 
 
+_REFUSE_CARD = {
+    "sqlite": "CREATE TRIGGER refuse_card BEFORE INSERT ON card WHEN NEW.card_uuid = 'refused-card'"
+    " BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    "postgres": "CREATE FUNCTION refuse_card() RETURNS trigger AS $$ BEGIN IF NEW.card_uuid = 'refused-card'"
+    " THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql;"
+    " CREATE TRIGGER refuse_card BEFORE INSERT ON card FOR EACH ROW EXECUTE FUNCTION refuse_card()",
+}
+
+
+def test_a_batch_of_cards_is_written_with_its_chained_audit_entries_all_or_none(backend: Backend) -> None:
+    """`put_cards` (the census sweep's writes): every card and its `card-scored` entry, chained in
+    order after what was there; a batch the database refuses halfway leaves nothing of itself."""
+    from dataclasses import replace
+
+    from cds.audit import verify_chain
+
+    first = [replace(card(new_id(), created=float(i)), audit={"n": i}) for i in range(5)]
+
+    async def write_first() -> None:
+        store = await backend.open()
+        await store.append_audit("before", {})
+        await store.put_cards(first)
+        await store.put_cards([])
+        await store.close()
+
+    async def write_refused() -> None:
+        store = await backend.open()
+        with pytest.raises(StoreError, match="failed"):
+            await store.put_cards(
+                [card(new_id()), replace(card("refused-card"), audit={"n": 9}), card(new_id())]
+            )
+        assert store.health().spooled_total == 0 and not store.health().degraded  # refused, not an outage
+        cards = await store.get_cards([c.card_uuid for c in first])
+        assert [cards[c.card_uuid].risk_assessment for c in first] == [c.risk_assessment for c in first]
+        events = [e async for e in store.iter_audit()]
+        assert [e.kind for e in events] == ["before"] + ["card-scored"] * 5
+        assert [e.details for e in events[1:]] == [{"n": i} for i in range(5)]
+        assert verify_chain(events).ok
+        await store.close()
+
+    asyncio.run(write_first())
+    backend.sql(_REFUSE_CARD[backend.name])
+    asyncio.run(write_refused())
+    assert backend.sql("SELECT COUNT(*) FROM card") == [(5,)]
+
+
 def test_store_survives_reopening(backend: Backend) -> None:
     async def scenario() -> None:
         first = await backend.open()

@@ -443,3 +443,148 @@ def test_the_cds_sweep_command_prints_the_ranked_report_and_a_summary(
     assert lines[0].startswith("unit") and len(lines) == 1 + 3 + 1  # header, 3 rows, summary
     for identifier in _identifiers(census):
         assert identifier not in done.output
+
+
+def test_the_sweep_writes_in_batches_and_a_refused_batch_stops_it_with_the_count(tmp_path: Path) -> None:
+    """`record_assessments`: one transaction per batch; the batch the store refuses is not kept
+    and the error says how many were recorded before it (no identifier in it)."""
+    import sqlite3
+
+    from cds.errors import StoreError
+    from cds.sweep import Assessed, record_assessments
+    from hooks import ConsentDecision
+
+    spec = model_task("sepsis").feature_spec()
+    model = RiskModel(ModelRegistry().load("sepsis", spec), spec, nthread=1)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    assessed = [
+        Assessed(i, {"resourceType": "RiskAssessment", "id": i}, "0" * 64, 0.5, "moderate", ConsentDecision())
+        for i in ids
+    ]
+    path = tmp_path / "cds.sqlite3"
+
+    async def write(records: list[Assessed]) -> int:
+        store = SQLiteStore(path)
+        try:
+            return await record_assessments(store, records, model, "sepsis-risk", batch=2)
+        finally:
+            await store.close()
+
+    assert asyncio.run(write(assessed[:3])) == 3
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON card WHEN NEW.card_uuid = '{ids[3]}'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+        db.execute("DELETE FROM card")
+    with pytest.raises(
+        StoreError, match="recorded 2 of 5 RiskAssessments; a batch of 2 was not recorded"
+    ) as caught:
+        asyncio.run(write(assessed))
+    assert not any(i in str(caught.value) for i in ids)
+    with sqlite3.connect(path) as db:
+        assert {r[0] for r in db.execute("SELECT card_uuid FROM card")} == set(ids[:2])
+        scored = [r[0] for r in db.execute("SELECT details FROM audit_event WHERE kind = 'card-scored'")]
+    assert len(scored) == 3 + 2 and all('"origin":"census-sweep"' in d for d in scored)
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, var: Path, ehr_json: dict, args: list[str]):  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cds.cli import app
+    from cds.settings import get_settings
+
+    monkeypatch.setenv("CDS_SWEEP_EHR", json.dumps({**ehr_json, "client_id": CLIENT_ID, "key_id": KID}))
+    monkeypatch.setenv("CDS_VAR_DIR", str(var))
+    monkeypatch.setenv("CDS_PSEUDONYM_KEY", "sweep-test-key-0123456789")
+    monkeypatch.setenv("CDS_DEVICE", "cpu")
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, args)
+    finally:
+        get_settings.cache_clear()
+
+
+def _reports(var: Path) -> list[dict]:
+    """The sweeps' reports, oldest first (not the `-latest` copy)."""
+    found = sorted(p for p in (var / "sweeps").glob("sepsis-*.json") if not p.name.endswith("-latest.json"))
+    return [json.loads(p.read_text()) for p in sorted(found, key=lambda p: p.stat().st_mtime_ns)]
+
+
+def test_the_sweep_loop_sweeps_every_interval_and_the_second_report_has_the_change(
+    tmp_path: Path,
+    census: Census,
+    backend_base: str,
+    keys: Keys,
+    ehr: tuple[DemoFhirServer, LoopbackServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ehr_json = {"fhir_base": backend_base, "private_key_file": str(keys.jwks_file)}
+    done = _cli(
+        monkeypatch, tmp_path / "var", ehr_json, ["sweep", "sepsis", "--every", "1s", "--max-sweeps", "2"]
+    )
+    assert done.exit_code == 0, done.output
+    summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [s["scored"] for s in summaries] == [len(census.scored)] * 2
+    assert all(s["written"] == len(census.scored) for s in summaries)
+    first, second = _reports(tmp_path / "var")
+    assert first["at"] < second["at"]
+    assert all(p["change"] is None for p in first["patients"])  # nothing to compare with yet
+    pseudonyms = {p["pseudonym"] for p in first["patients"]}
+    assert {p["pseudonym"] for p in second["patients"]} == pseudonyms
+    for p in second["patients"]:
+        assert p["change"] == round(p["probability"] - first["probabilities"][p["pseudonym"]], 4)
+    for identifier in _identifiers(census):
+        assert identifier not in done.output
+
+
+def test_a_failing_sweep_is_logged_and_retried_at_the_next_tick(
+    tmp_path: Path,
+    census: Census,
+    backend_base: str,
+    keys: Keys,
+    ehr: tuple[DemoFhirServer, LoopbackServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The EHR answers the first sweep's first request with 503 (no retries allowed): that sweep
+    fails, is logged, and the loop sweeps again at the next tick; the status is the last sweep's."""
+    server, running = ehr
+    ehr_json = {
+        "fhir_base": running.url,
+        "private_key_file": str(keys.jwks_file),
+        "token_endpoint": backend_base.removesuffix("/fhir") + "/auth/token",
+        "bulk": "never",
+        "max_retries": 0,
+    }
+    server.throttle = [503]
+    try:
+        with caplog.at_level("WARNING", logger="cds.sweep"):
+            done = _cli(
+                monkeypatch,
+                tmp_path / "var",
+                ehr_json,
+                ["sweep", "sepsis", "--every", "1s", "--max-sweeps", "2"],
+            )
+    finally:
+        server.throttle = []
+    assert done.exit_code == 0, done.output
+    assert "error: sweep 1 failed, retried at the next tick: FHIRServerError" in done.stderr
+    (summary,) = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert summary["scored"] == len(census.scored) and summary["read_by"] == "search"
+    (failed,) = [r for r in caplog.records if r.getMessage().startswith("census sweep failed")]
+    assert failed.sweep == {"number": 1, "error": "FHIRServerError", "code": "fhir-server-error"}  # type: ignore[attr-defined]
+    (report,) = _reports(tmp_path / "var")
+    assert len(report["patients"]) == len(census.scored)
+
+    server.throttle = [503] * 50  # every sweep fails: the loop still ends by itself, status 1
+    try:
+        again = _cli(
+            monkeypatch,
+            tmp_path / "var2",
+            ehr_json,
+            ["sweep", "sepsis", "--every", "0.2s", "--max-sweeps", "2"],
+        )
+    finally:
+        server.throttle = []
+    assert again.exit_code == 1 and again.stderr.count("failed, retried at the next tick") == 2

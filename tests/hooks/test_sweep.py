@@ -90,3 +90,111 @@ def test_census_patients_groups_by_subject_and_keeps_one_observation_per_id() ->
     assert [p.patient_id for p in patients] == ["a"]
     assert len(patients[0].observations) == 2 and len(patients[0].consents) == 1
     assert list(locations) == ["icu"]
+
+
+def _hook_fetched(request: dict) -> dict:
+    return {
+        k: v if k == "patient" else [e["resource"] for e in v.get("entry", [])]
+        for k, v in request["prefetch"].items()
+    }
+
+
+@pytest.mark.parametrize("site_bands", [False, True])
+def test_the_sweep_records_the_risk_assessment_the_hook_records(model: RiskModel, site_bands: bool) -> None:
+    """The same patients' resources through a `sepsis-risk` call and through the census sweep
+    (grouped, mapped, scored and explained in one batch): the same RiskAssessment (contributions,
+    SHAP context, band, ICU hour, pseudonym) but for its id and the sweep's tag."""
+    import uuid
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from demo_ehr import patient_view_request
+    from fhir_mappings import GENERIC, Pseudonymizer
+    from hooks import SEPSIS, ScoredCard, ScoringInput
+    from hooks.sweep import SWEEP_TAG, sepsis_stays, sweep_risk_assessment
+    from testkit.helpers import synthetic_stay
+
+    if site_bands:  # a site's own bands (its go-live report) move the band of some of these patients
+        bands = model.bands
+        model = RiskModel(ModelRegistry().load("sepsis", model.spec), model.spec, nthread=1)
+        model.with_site_bands(replace(bands, bands=tuple(replace(b, lower=b.lower / 3) for b in bands.bands)))
+    stays = [
+        synthetic_stay(hours=h, patient=6000 + i, septic_like=i % 2 == 0)
+        for i, h in enumerate((5, 9, 17, 30, 47, 70))
+    ]
+    now = datetime.now(UTC).replace(microsecond=0)
+    pseudonymizer = Pseudonymizer(b"sweep-equals-hook-key-0123456789")
+    source = "https://ehr.example/fhir"
+    patients, locations = census_patients([r for s in stays for r in s.all()])
+    swept, skipped = sepsis_stays(
+        patients, locations, now=now, pseudonymizer=pseudonymizer, source=source, profile=GENERIC
+    )
+    assert not skipped and len(swept) == len(stays)
+    features = last_rows([s.table for s in swept], model.spec)
+    rows = sweep_rows(model, swept, features, predict_rows(model, features), shap_rows(model, features))
+    by_pseudonym = {r.stay.pseudonym: r for r in rows}
+    contexts = 0
+    for stay in stays:
+        request = patient_view_request(stay)
+        card_uuid = str(uuid.uuid4())
+        scored = SEPSIS.score(
+            ScoringInput(
+                request["context"], _hook_fetched(request), model, now, pseudonymizer, card_uuid, source
+            )
+        )
+        assert isinstance(scored, ScoredCard)
+        hook = scored.risk_assessment
+        row = by_pseudonym[hook["subject"]["identifier"]["value"]]
+        assessment_id, risk, digest = sweep_risk_assessment(model, row, now=now)
+        assert risk["meta"] == {"tag": [SWEEP_TAG]} and risk["id"] == assessment_id != card_uuid
+        assert {k: v for k, v in risk.items() if k not in ("id", "meta")} == {
+            k: v for k, v in hook.items() if k != "id"
+        }
+        assert digest == scored.features_sha256 and row.band == scored.band
+        contexts += any(e["url"].endswith("/shap-context") for e in risk["extension"])
+    assert contexts > 0  # the SHAP context the hook keeps is there, and the same
+
+
+def test_ndjson_read_in_any_chunks_is_the_whole_file_read_at_once() -> None:
+    """A download's chunks split lines, "\\r\\n" pairs and multi-byte characters anywhere: the
+    resources, and the line number of the first bad line, are those of the whole file."""
+    import random
+
+    from hooks.sweep import NdjsonStream
+
+    lines = [
+        '{"resourceType":"Patient","id":"a","name":[{"text":"Zoë Ångström 北"}]}',
+        "",
+        '{"resourceType":"Observation","id":"o1"}',
+        "   ",
+        '{"resourceType":"Observation","id":"o2","valueString":"x\\u2028y"}',
+    ]
+    text = (
+        "\r\n".join(lines[:3]) + "\n" + "\r".join(lines[3:]) + "\n\n" + '{"resourceType":"Consent","id":"c"}'
+    )
+    data = text.encode()
+    whole = parse_ndjson(data)
+    assert [r["id"] for r in whole] == ["a", "o1", "o2", "c"] and whole == parse_ndjson(text)
+    rng = random.Random(5)
+
+    def chunked(blob: bytes) -> list[bytes]:
+        cuts = sorted(rng.sample(range(1, len(blob)), rng.randint(1, 12)))
+        return [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
+
+    for _ in range(200):
+        stream = NdjsonStream()
+        got = [r for chunk in chunked(data) for r in stream.feed(chunk)] + stream.end()
+        assert got == whole
+    bad = data.replace(b'{"resourceType":"Consent"', b'{"resourceType" "Consent"')
+    with pytest.raises(MappingError) as at_once:
+        parse_ndjson(bad)
+    for _ in range(50):
+        stream = NdjsonStream()
+        with pytest.raises(MappingError) as streamed:
+            for chunk in chunked(bad):
+                stream.feed(chunk)
+            stream.end()
+        assert streamed.value.message == at_once.value.message
+    assert "line 7" in at_once.value.message
+    with pytest.raises(MappingError, match="not UTF-8"):
+        parse_ndjson(b'{"resourceType":"Patient","id":"\xff"}\n')
