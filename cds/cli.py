@@ -71,7 +71,8 @@ DataOption = Annotated[
     Path | None,
     typer.Option(
         "--data",
-        help="sepsis: PhysioNet 2019 parquet or .psv directory; readmission: Diabetes 130-US csv(.gz)",
+        help="sepsis: PhysioNet 2019 parquet, .psv directory or a FHIR Bulk export directory; "
+        "readmission: Diabetes 130-US csv(.gz)",
     ),
 ]
 VersionOption = Annotated[str | None, typer.Option(help="registry version (default: the active one)")]
@@ -587,9 +588,9 @@ def models_promote(
 ) -> None:
     """Run the promotion gate (printed as a table) and, if it passes, set VERSION's status; every
     server switches within CDS_MODEL_POLL_S. Canary and active are compared with the active version
-    on the same held-out patients (--data: PhysioNet psv directory or parquet; default: for a site
-    version the site table it was fitted on, judged on its held-out half; otherwise the training
-    data's, split by the candidate's seed). Exit 3 when the gate refuses."""
+    on the same held-out patients (--data: PhysioNet psv directory, parquet or Bulk export;
+    default: for a site version the site table it was fitted on, judged on its held-out half;
+    otherwise the training data's, split by the candidate's seed). Exit 3 when the gate refuses."""
     from models import ModelError, ModelRegistry, PromotionRefused
 
     from .errors import BadRequest, StoreError
@@ -1105,7 +1106,8 @@ SiteDataOption = Annotated[
     typer.Option(
         "--data",
         help="the site's labelled data: sepsis, its hourly table in PhysioNet 2019 layout (.psv directory "
-        "or parquet); readmission, its discharges in the Diabetes 130-US layout (csv, csv.gz or parquet)",
+        "or parquet, e.g. from `cds site import`) or its FHIR Bulk export directory itself; readmission, "
+        "its discharges in the Diabetes 130-US layout (csv, csv.gz or parquet)",
     ),
 ]
 SiteOutOption = Annotated[Path, typer.Option("--out", help="directory for the report files")]

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "data_fingerprint",
     "default_sepsis_path",
+    "is_bulk_export",
     "read_physionet",
 ]
 
@@ -50,11 +51,36 @@ def _read_psv_dir(path: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def is_bulk_export(path: Path | str) -> bool:
+    """A directory of FHIR Bulk Data NDJSON files (`$export` output), not a table."""
+    path = Path(path)
+    return path.is_dir() and any(f.name.endswith((".ndjson", ".ndjson.gz")) for f in path.iterdir())
+
+
+def _read_bulk_export(path: Path) -> pd.DataFrame:
+    """The export's hourly table through the hook's mapping (fhir_mappings.read_export, generic
+    profile; a site with local codes runs `cds site import --site-map` instead). The stay ids are
+    pseudonyms under a key derived from the export's own fingerprint, so every command that reads
+    this export (adapt, then the gate; evaluate) re-derives the same ids and the same site split;
+    they live in memory only (a lineage keeps a hash of the whole id set, never an id)."""
+    from fhir_mappings import Pseudonymizer, read_export
+
+    key = hashlib.sha256(b"cds-ml export table\0" + data_fingerprint(path).encode()).digest()
+    frame, report = read_export(path, pseudonymizer=Pseudonymizer(key))
+    if frame.empty:
+        raise DatasetError(f"the export at {path} gave no ICU stay ({report.stays_skipped or 'none found'})")
+    return frame
+
+
 def read_physionet(path: Path | str) -> pd.DataFrame:
+    """A table in PhysioNet 2019 layout: parquet, one .psv, a directory of .psv, or a FHIR Bulk
+    export directory read through the hook's mapping."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
-    if path.is_dir():
+    if is_bulk_export(path):
+        frame = _read_bulk_export(path)
+    elif path.is_dir():
         frame = _read_psv_dir(path)
     elif path.suffix == ".parquet":
         frame = pd.read_parquet(path)

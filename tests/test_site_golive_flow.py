@@ -187,6 +187,15 @@ def test_export_to_promoted_version_with_the_server_switching_live(site: Site) -
     assert hammer.versions() == {"2", version}
     assert hammer.answers[-1][1] == version
 
+    # A second hospital's other half, scored as it was exported: `--data` takes the export itself.
+    on_export = site.cds("evaluate", "sepsis", "--data", "export", "--model", version)
+    on_table = site.cds("evaluate", "sepsis", "--data", "site.parquet", "--model", version)
+    assert on_export.returncode == 0 and on_table.returncode == 0, on_export.stderr + on_table.stderr
+    export_figures, table_figures = json.loads(on_export.stdout), json.loads(on_table.stdout)
+    assert export_figures["rows"] == table_figures["rows"] > 0
+    for figure in ("auroc", "utility"):  # the same hours and labels (the bootstrap's ids differ)
+        assert export_figures[figure] == table_figures[figure], figure
+
     listed = site.cds("models", "list", "sepsis")
     rows = {line.split()[1]: line.split()[2] for line in listed.stdout.splitlines()[2:] if line.strip()}
     assert (rows["2"], rows["3"], rows[version]) == ("retired", "candidate", "active"), listed.stdout
