@@ -34,6 +34,8 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 _QUOTE = ord('"')
+_OPEN = ord("{")
+_CLOSE = ord("}")
 
 
 def is_json_media_type(content_type: str | None) -> bool:
@@ -70,22 +72,25 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 _STRUCTURE = b'{}[]"'
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in _STRUCTURE)
-_STEP = np.zeros(256, dtype=np.int32)
-_STEP[[ord("{"), ord("[")]] = 1
-_STEP[[ord("}"), ord("]")]] = -1
 
 
 def json_depth(raw: bytes) -> int:
-    """The deepest nesting of objects and arrays in a JSON text (brackets inside strings excluded)."""
+    """The deepest nesting of objects and arrays in a JSON text (brackets inside strings excluded).
+
+    Only the structural bytes are kept (`{}[]"`, a C-speed filter), then numpy: a bracket counts
+    where the quotes before it are even in number. Element-wise arithmetic throughout (no table
+    look-up or masked assignment, which cost as much as the filter on a 450 kB prefetch)."""
     if b"\\" in raw:
         # An escaped backslash, then an escaped quote, can neither open nor close a string.
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     marks = np.frombuffer(raw.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
     if not len(marks):
         return 0
-    step = _STEP[marks]
-    step[(np.cumsum(marks == _QUOTE, dtype=np.int32) & 1) == 1] = 0  # inside a string
-    return max(0, int(np.cumsum(step).max()))
+    folded = marks | 0x20  # "[" -> "{", "]" -> "}"; a quote stays a quote
+    step = (folded == _OPEN).view(np.int8) - (folded == _CLOSE).view(np.int8)
+    outside = (np.cumsum(marks == _QUOTE, dtype=np.int32) & 1) == 0  # not inside a string
+    step *= outside.view(np.int8)
+    return max(0, int(np.cumsum(step, dtype=np.int32).max()))
 
 
 def parse_json(raw: bytes, *, max_depth: int, what: str = "request body") -> Any:
