@@ -26,7 +26,7 @@ from fhir_mappings import (
 from models import RiskModel, evaluate_readmission, load_readmission_data, read_diabetes130
 from models.datasets import export_key
 from models.registry import ModelRegistry
-from models.site_readmission import load_readmission_site
+from models.site_readmission import load_readmission_site, readmission_site_pair
 from testkit.synthea_export import bundle_resources, synthea_export, write_export
 from tests.conftest import DATA_DIR, need
 from tests.test_cli import cds
@@ -256,3 +256,13 @@ def test_site_validate_reads_an_export(patients: dict[str, list[dict[str, Any]]]
     assert json.dumps(json.loads(evaluated.stdout)["auroc"]) == json.dumps(expected["auroc"])
     site = load_readmission_site(export, SPEC)
     assert len(np.unique(site.data.patient)) == len({s["subject"]["reference"] for s in stays})
+
+    # A second command re-derives the export's ids: the gate finds recalibration's held-out half.
+    recal = cds("site", "recalibrate", "readmission", *args[:2], "--out", str(tmp_path / "r"), env=env)
+    assert recal.returncode == 0, recal.stderr
+    recalibrated = json.loads(recal.stdout)
+    candidate = RiskModel(ModelRegistry(tmp_path / "registry").load("readmission", SPEC, "2"), SPEC)
+    pair = readmission_site_pair(model, candidate, export)
+    assert (
+        recalibrated["version"] == "2" and pair is not None and pair[2] == recalibrated["held_out_patients"]
+    )
