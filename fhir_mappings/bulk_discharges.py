@@ -96,14 +96,14 @@ class _Stays:
         period = element(encounter, "period")
         self.periods.setdefault(patient_id, []).append((_time(period.get("start")), _time(period.get("end"))))
 
-    def of_stay(self, resource: Mapping[str, Any], patient_id: str) -> bool:
+    def of_stay(self, resource: Mapping[str, Any]) -> bool:
         return reference_id(resource.get("encounter"), "Encounter") in self.patient_of
 
     def lab_of_stay(self, obs: Mapping[str, Any], patient_id: str) -> bool:
         """A laboratory Observation the mapping could count: of a stay, or timed within one."""
         if patient_id not in self.periods or "laboratory" not in categories(obs):
             return False
-        if self.of_stay(obs, patient_id):
+        if self.of_stay(obs):
             return True
         try:
             when = observation_time(obs)
@@ -171,9 +171,9 @@ def read_discharge_export(
                 person(pid).encounters.append(resource if inpatient else trimmed(resource, _VISIT_KEYS))
             elif kind == "Condition" and pid in stays.periods:
                 person(pid).conditions.append(resource)
-            elif kind == "MedicationRequest" and stays.of_stay(resource, pid):
+            elif kind == "MedicationRequest" and stays.of_stay(resource):
                 person(pid).medication_requests.append(resource)
-            elif kind == "Procedure" and stays.of_stay(resource, pid):
+            elif kind == "Procedure" and stays.of_stay(resource):
                 person(pid).procedures.append(resource)
             elif kind == "Observation" and stays.lab_of_stay(resource, pid):
                 person(pid).observations.append(resource)
