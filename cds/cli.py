@@ -72,7 +72,7 @@ DataOption = Annotated[
     typer.Option(
         "--data",
         help="sepsis: PhysioNet 2019 parquet, .psv directory or a FHIR Bulk export directory; "
-        "readmission: Diabetes 130-US csv(.gz)",
+        "readmission: Diabetes 130-US csv(.gz) or a FHIR Bulk export directory",
     ),
 ]
 VersionOption = Annotated[str | None, typer.Option(help="registry version (default: the active one)")]
@@ -1107,7 +1107,8 @@ SiteDataOption = Annotated[
         "--data",
         help="the site's labelled data: sepsis, its hourly table in PhysioNet 2019 layout (.psv directory "
         "or parquet, e.g. from `cds site import`) or its FHIR Bulk export directory itself; readmission, "
-        "its discharges in the Diabetes 130-US layout (csv, csv.gz or parquet)",
+        "its discharges in the Diabetes 130-US layout (csv, csv.gz or parquet) or its FHIR Bulk export "
+        "directory (outcomes from its own later inpatient Encounters)",
     ),
 ]
 SiteOutOption = Annotated[Path, typer.Option("--out", help="directory for the report files")]

@@ -1,14 +1,23 @@
 """FHIR R4 resources -> de-identified canonical clinical table -> model features.
 
-Pure: no network, no clock, no files beyond the packaged code tables, except `bulk_files.py`, the
-one file edge (it reads a Bulk Data export directory and spills to temporary files; the mapping it
-runs is the pure one). Imports none of our other packages.
+Pure: no network, no clock, no files beyond the packaged code tables, except `bulk_files.py` and
+`bulk_discharges.py`, the file edges (they read a Bulk Data export directory, the first spilling to
+temporary files; the mappings they run are the pure ones). Imports none of our other packages.
 """
 
 from __future__ import annotations
 
 from .bulk import EXPORT_COLUMNS, ExportReport, SiteStay, hospital_encounters, patient_stays, stays_frame
-from .bulk_files import EXPORT_TYPES, ExportReader, export_files, iter_export, read_export, write_stays
+from .bulk_discharges import DISCHARGE_EXPORT_TYPES, DischargeExportReport, read_discharge_export
+from .bulk_files import (
+    EXPORT_TYPES,
+    ExportReader,
+    export_files,
+    iter_export,
+    ndjson_resources,
+    read_export,
+    write_stays,
+)
 from .bundle import SearchPage, next_link, read_search_page
 from .bundle_map import NO_ROW, BundleMapping, UnmappedCode, bundle_entries, map_bundle, unmapped_reason
 from .clinical_scores import SCORE_INPUTS, mews, news2, qsofa, shock_index, sirs, sofa_partial
@@ -33,6 +42,15 @@ from .diagnoses import (
     DiagnosisCoder,
     charlson_score,
     default_diagnosis_coder,
+)
+from .discharge_export import (
+    INPATIENT_CLASSES,
+    US_CORE_RACE,
+    ExportDischarge,
+    PatientResources,
+    is_inpatient,
+    patient_discharges,
+    us_core_race,
 )
 from .discharge_fhir import (
     A1C_CODES,
@@ -177,10 +195,12 @@ __all__ = [
     "DIABETES130_REQUIRED",
     "DIAGNOSIS_GROUPS",
     "DISCHARGE_COLUMNS",
+    "DISCHARGE_EXPORT_TYPES",
     "DISCHARGE_GROUPS",
     "DRUG_COLUMNS",
     "DRUG_STATUSES",
     "DiagnosisCoder",
+    "DischargeExportReport",
     "DischargeRecord",
     "DischargeTable",
     "DrugRow",
@@ -191,6 +211,7 @@ __all__ = [
     "EXPORT_TYPES",
     "EncounterClasses",
     "EncounterCodes",
+    "ExportDischarge",
     "ExportReader",
     "ExportReport",
     "FEATURE_CODE_VERSION",
@@ -203,6 +224,7 @@ __all__ = [
     "HospitalStay",
     "ICD10",
     "ICD9",
+    "INPATIENT_CLASSES",
     "IcuClock",
     "InvalidIdError",
     "InvalidResourceError",
@@ -223,6 +245,7 @@ __all__ = [
     "PLAUSIBLE_RANGES",
     "PROFILES",
     "PatientRecord",
+    "PatientResources",
     "Pseudonymizer",
     "READMISSION_FEATURE_VERSION",
     "RECORDED_CONTRIBUTIONS",
@@ -237,6 +260,7 @@ __all__ = [
     "SiteStay",
     "StayError",
     "TabularTable",
+    "US_CORE_RACE",
     "UnitError",
     "UnitTable",
     "UnmappedCode",
@@ -274,6 +298,7 @@ __all__ = [
     "icu_episodes",
     "identity_tokens",
     "is_fhir_id",
+    "is_inpatient",
     "is_resource_type",
     "is_sepsis_condition",
     "iter_export",
@@ -281,6 +306,7 @@ __all__ = [
     "map_bundle",
     "measurements_from_observation",
     "mews",
+    "ndjson_resources",
     "news2",
     "next_link",
     "objects",
@@ -289,10 +315,12 @@ __all__ = [
     "parse_date",
     "parse_datetime",
     "parse_reference",
+    "patient_discharges",
     "patient_stays",
     "physionet_to_table",
     "provenance_id",
     "qsofa",
+    "read_discharge_export",
     "read_export",
     "read_search_page",
     "readmission_cohort",
@@ -320,6 +348,7 @@ __all__ = [
     "subject_mismatch",
     "to_canonical",
     "unmapped_reason",
+    "us_core_race",
     "validate_resource",
     "validate_resources",
     "variable",

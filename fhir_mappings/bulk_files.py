@@ -28,7 +28,8 @@ import pickle
 import re
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -46,7 +47,15 @@ from .profiles import GENERIC, PROFILES, VendorProfile
 from .resources import reference_id
 from .stay import NOT_A_STAY_STATUSES
 
-__all__ = ["EXPORT_TYPES", "ExportReader", "export_files", "iter_export", "read_export", "write_stays"]
+__all__ = [
+    "EXPORT_TYPES",
+    "ExportReader",
+    "export_files",
+    "iter_export",
+    "ndjson_resources",
+    "read_export",
+    "write_stays",
+]
 
 # Read in this order: Observations last, once every stay and patient is known.
 EXPORT_TYPES = ("Patient", "Location", "Encounter", "Condition", "Observation")
@@ -69,8 +78,10 @@ _BATCH = 4096
 Progress = Callable[[int, int], None]  # (bytes read so far, bytes in all files)
 
 
-def export_files(path: Path | str) -> tuple[dict[str, list[Path]], list[str]]:
-    """The NDJSON files of an export by resource type, and the names of files of other types."""
+def export_files(
+    path: Path | str, types: Sequence[str] = EXPORT_TYPES
+) -> tuple[dict[str, list[Path]], list[str]]:
+    """The NDJSON files of an export by resource type (of `types`), and the names of the others."""
     found: dict[str, list[Path]] = {}
     ignored: list[str] = []
     for file in sorted(Path(path).iterdir()):
@@ -78,7 +89,7 @@ def export_files(path: Path | str) -> tuple[dict[str, list[Path]], list[str]]:
             continue
         m = _NAME.match(file.name)
         kind = m["type"] if m else None
-        if kind in EXPORT_TYPES:
+        if kind is not None and kind in types:
             found.setdefault(kind, []).append(file)
         else:
             ignored.append(file.name)
@@ -158,6 +169,38 @@ class _Spill:
         return grouped
 
 
+def ndjson_resources(
+    file: Path,
+    kind: str,
+    read: Counter[str],
+    bad_lines: Counter[str],
+    done: int = 0,
+    total: int = 0,
+    progress: Progress | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The `kind` resources of one NDJSON file (gzip when it ends in .gz), one line at a time;
+    lines that are not JSON or not of `kind` are counted in `bad_lines`, never echoed."""
+    with open(file, "rb") as raw:
+        stream: Any = gzip.GzipFile(fileobj=raw) if file.name.endswith(".gz") else raw
+        for n, line in enumerate(stream):
+            if not line.strip():
+                continue
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad_lines[kind] += 1
+                continue
+            if not isinstance(resource, dict) or resource.get("resourceType") != kind:
+                bad_lines[kind] += 1  # never echoed: it could be anything
+                continue
+            read[kind] += 1
+            if progress is not None and n % 20_000 == 0:
+                progress(done + raw.tell(), total)
+            yield resource
+    if progress is not None:
+        progress(done + file.stat().st_size, total)
+
+
 @dataclass
 class ExportReader:
     """One pass over an export: `stays()` yields each ICU stay, `report` fills as it goes."""
@@ -206,25 +249,8 @@ class ExportReader:
             yield from self._tables(spill, patients, locations, encounters, onsets)
 
     def _resources(self, kind: str, file: Path, done: int, total: int) -> Iterator[dict[str, Any]]:
-        with open(file, "rb") as raw:
-            stream: Any = gzip.GzipFile(fileobj=raw) if file.name.endswith(".gz") else raw
-            for n, line in enumerate(stream):
-                if not line.strip():
-                    continue
-                try:
-                    resource = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    self.report.bad_lines[kind] += 1
-                    continue
-                if not isinstance(resource, dict) or resource.get("resourceType") != kind:
-                    self.report.bad_lines[kind] += 1  # never echoed: it could be anything
-                    continue
-                self.report.resources[kind] += 1
-                if self.progress is not None and n % 20_000 == 0:
-                    self.progress(done + raw.tell(), total)
-                yield resource
-        if self.progress is not None:
-            self.progress(done + file.stat().st_size, total)
+        report = self.report
+        return ndjson_resources(file, kind, report.resources, report.bad_lines, done, total, self.progress)
 
     def _encounter(
         self,

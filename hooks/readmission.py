@@ -20,6 +20,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from fhir_mappings import (
     DISCHARGE_COLUMNS,
+    INPATIENT_CLASSES,
     DischargeRecord,
     discharge_to_table,
     string,
@@ -49,7 +50,6 @@ SNOMED = "http://snomed.info/sct"
 TOP_DRIVERS = 5
 TOP_GAPS = 2
 FOLLOW_UP_DAYS = 7
-_INPATIENT = {"IMP", "ACUTE", "NONAC"}
 _BAND_WORDS = {"very-high": "very high", "high": "high", "moderate": "elevated", "low": "low"}
 
 
@@ -100,7 +100,7 @@ def _score(inp: ScoringInput) -> ScoredCard | NoCard | None:
     why = subject_mismatch(encounter, patient_id)
     if why is not None:
         return NoCard("not-applicable", {"skipped": {f"Encounter:{why}": 1}})  # not this patient's stay
-    if string(encounter.get("class"), "code") not in _INPATIENT:
+    if string(encounter.get("class"), "code") not in INPATIENT_CLASSES:
         return None  # not a hospital stay
     period = encounter.get("period")
     if not (isinstance(period, Mapping) and period.get("start")):

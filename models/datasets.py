@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "data_fingerprint",
     "default_sepsis_path",
+    "export_key",
     "is_bulk_export",
     "read_physionet",
 ]
@@ -57,6 +58,12 @@ def is_bulk_export(path: Path | str) -> bool:
     return path.is_dir() and any(f.name.endswith((".ndjson", ".ndjson.gz")) for f in path.iterdir())
 
 
+def export_key(path: Path | str) -> bytes:
+    """The pseudonym key of an export read directly: derived from its fingerprint, so every command
+    that reads the same export re-derives the same ids (and so the same site split)."""
+    return hashlib.sha256(b"cds-ml export table\0" + data_fingerprint(path).encode()).digest()
+
+
 def _read_bulk_export(path: Path) -> pd.DataFrame:
     """The export's hourly table through the hook's mapping (fhir_mappings.read_export, generic
     profile; a site with local codes runs `cds site import --site-map` instead). The stay ids are
@@ -65,8 +72,7 @@ def _read_bulk_export(path: Path) -> pd.DataFrame:
     they live in memory only (a lineage keeps a hash of the whole id set, never an id)."""
     from fhir_mappings import Pseudonymizer, read_export
 
-    key = hashlib.sha256(b"cds-ml export table\0" + data_fingerprint(path).encode()).digest()
-    frame, report = read_export(path, pseudonymizer=Pseudonymizer(key))
+    frame, report = read_export(path, pseudonymizer=Pseudonymizer(export_key(path)))
     if frame.empty:
         raise DatasetError(f"the export at {path} gave no ICU stay ({report.stays_skipped or 'none found'})")
     return frame

@@ -28,12 +28,14 @@ from fhir_mappings import (
 
 from .bands import BandReport, band_report, with_interrupt_band
 from .calibration import calibration_report, fit_platt
+from .datasets import is_bulk_export
 from .device import choose_device
 from .drift_reference import holdout_source, reference_from
 from .errors import DatasetError, ModelError
 from .lace import LACE_DESCRIPTION, lace_score
 from .manifest import ModelManifest
 from .metrics import auprc, auroc, bootstrap_by_group, operating_point, subgroup_table
+from .readmission_export import EXPORT_COHORT, read_readmission_export
 from .registration import register_version
 from .registry import ModelRegistry
 from .report import markdown_table, plot_calibration, plot_pr, plot_roc, write_model_card
@@ -42,6 +44,7 @@ from .task import EvaluateOptions, RiskTask, TrainOptions
 from .train import default_params, patient_split, train_booster
 
 __all__ = [
+    "DIABETES130_COHORT",
     "READMISSION_OUTCOME",
     "ReadmissionData",
     "default_readmission_path",
@@ -52,6 +55,7 @@ __all__ = [
     "readmission_data",
     "readmission_params",
     "readmission_subgroups",
+    "require_both_outcomes",
     "score_readmission",
     "train_readmission",
 ]
@@ -88,24 +92,48 @@ def read_diabetes130(path: Path | str) -> pd.DataFrame:
     return frame
 
 
+DIABETES130_COHORT = (
+    "Cohort as in training: each patient's first discharge, deaths and hospice discharges removed; "
+    "features known at discharge only."
+)
+
+
 @dataclass(frozen=True)
 class ReadmissionData:
-    frame: pd.DataFrame  # the cohort rows, as read
+    frame: pd.DataFrame  # the cohort rows as read (an export's: race, gender, age for subgroups)
     table: DischargeTable
     features: np.ndarray
     label: np.ndarray | None
     patient: np.ndarray
+    cohort: str = DIABETES130_COHORT  # how reports describe the rows
 
     def subset(self, mask: np.ndarray) -> ReadmissionData:
         table = DischargeTable(self.table.patient[mask], self.table.encounter[mask], self.table.values[mask])
         label = self.label[mask] if self.label is not None else None
-        return ReadmissionData(
-            self.frame[mask].reset_index(drop=True), table, self.features[mask], label, self.patient[mask]
-        )
+        frame = self.frame[mask].reset_index(drop=True)
+        return ReadmissionData(frame, table, self.features[mask], label, self.patient[mask], self.cohort)
 
 
 def load_readmission_data(path: Path | str, spec: FeatureSpec) -> ReadmissionData:
+    """A file in the Diabetes 130-US layout, or a FHIR Bulk export directory (its discharges
+    mapped as the hook maps them, outcomes from its own later inpatient Encounters)."""
+    if is_bulk_export(path):
+        export = read_readmission_export(path)
+        table = export.table
+        features = build_readmission_features(table, spec)
+        return ReadmissionData(export.frame, table, features, export.label, table.patient, EXPORT_COHORT)
     return readmission_data(read_diabetes130(path), spec)
+
+
+def require_both_outcomes(label: np.ndarray, name: str) -> None:
+    """Discrimination and calibration need readmitted and not readmitted discharges; say so plainly."""
+    readmitted = int(np.sum(label))
+    if readmitted == 0 or readmitted == len(label):
+        raise DatasetError(
+            f"{name} has {len(label)} discharges with an outcome, {readmitted} readmitted within 30 days: "
+            "the evaluation (AUROC, calibration) needs at least one readmitted and one not readmitted "
+            "discharge"
+        )
 
 
 def readmission_data(frame: pd.DataFrame, spec: FeatureSpec) -> ReadmissionData:
@@ -156,7 +184,7 @@ def readmission_subgroups(frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray
     return {
         "race": {r: (race == r).to_numpy() for r in sorted(race.unique())},
         "sex": {s: (sex == s).to_numpy() for s in sorted(sex.unique())},
-        "age_band": {b: m.to_numpy() for b, m in bands.items()},
+        "age_band": {b: m.to_numpy() for b, m in bands.items() if m.any()},  # a small site may lack one
     }
 
 
@@ -499,6 +527,8 @@ def _holdout_rows(path: Path, spec: FeatureSpec, seed: int) -> np.ndarray:
 
 def _evaluate_readmission(model: RiskModel, path: Path, options: EvaluateOptions) -> dict[str, Any]:
     data = load_readmission_data(path, model.spec)
+    if data.label is not None:
+        require_both_outcomes(data.label, str(path))
     if options.holdout:
         # The same 70/10/20 patient split `train_readmission` makes with the model's seed.
         test_ids = patient_split(data.patient, (0.7, 0.1, 0.2), model.manifest.seed)[2]
@@ -512,7 +542,7 @@ READMISSION_TASK = RiskTask(
     feature_spec=readmission_feature_spec,
     serving_row=build_readmission_features,
     default_data=default_readmission_path,
-    data_help="Diabetes 130-US layout: diabetic_data.csv or .csv.gz",
+    data_help="Diabetes 130-US layout: diabetic_data.csv or .csv.gz, or a FHIR Bulk export directory",
     train=_train_readmission,
     score_lines=_score_readmission,
     evaluate=_evaluate_readmission,

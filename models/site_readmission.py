@@ -3,7 +3,9 @@ models/site.py (split, comparison, registration, reports).
 
 A site's data is its discharges in the Diabetes 130-US layout (csv, csv.gz or parquet, with the
 `readmitted` outcome), read through the same cohort rules as training: one discharge per patient
-(the first), deaths and hospice discharges removed. The comparison measures AUROC and AUPRC with
+(the first), deaths and hospice discharges removed; or its FHIR Bulk export directory, every
+discharge mapped as the hook maps it, the outcome from the export's own later inpatient stays
+(models/readmission_export.py). The comparison measures AUROC and AUPRC with
 paired patient-bootstrap intervals, calibration and the share of discharges flagged at the
 threshold (the follow-up workload). Recalibration refits the Platt map (the model's own method)
 and a threshold that flags the model's own share of the site's fit discharges, or the share the
@@ -21,7 +23,7 @@ import pandas as pd
 from fhir_mappings import FeatureSpec
 
 from .calibration import calibration_report, fit_platt
-from .datasets import data_fingerprint
+from .datasets import data_fingerprint, is_bulk_export
 from .errors import DatasetError
 from .gate import GatePolicy
 from .manifest import ModelManifest
@@ -30,10 +32,12 @@ from .readmission import (
     FLAGGED_FRACTION,
     ReadmissionData,
     evaluate_readmission,
+    load_readmission_data,
     read_diabetes130,
     readmission_bands,
     readmission_data,
     readmission_subgroups,
+    require_both_outcomes,
 )
 from .score import RiskModel
 from .site import (
@@ -75,7 +79,14 @@ FLAGGED_SHARE_TOLERANCE = 0.5
 def load_readmission_site(
     source: Path | str | pd.DataFrame, spec: FeatureSpec, *, label: str = ""
 ) -> SiteData:
-    """A site's discharges (Diabetes 130-US layout, with outcomes) from a file or a DataFrame."""
+    """A site's discharges with outcomes: a Diabetes 130-US file or DataFrame, or a FHIR Bulk export
+    directory (`load_readmission_data`: the hook's mapping, outcomes from its later inpatient stays)."""
+    if not isinstance(source, pd.DataFrame) and is_bulk_export(source):
+        name = label or str(source)
+        data = load_readmission_data(source, spec)
+        assert data.label is not None
+        require_both_outcomes(data.label, f"the export at {name}")
+        return SiteData(data, data_fingerprint(source), name)
     if isinstance(source, pd.DataFrame):
         frame, fingerprint, name = source, frame_fingerprint(source), label or "site table"
     else:
@@ -262,8 +273,7 @@ def validate_readmission_site(
         checks,
         intro=f"{metrics['encounters']} discharges of {metrics['patients']} patients, "
         f"{metrics['readmitted_30d']} readmitted within 30 days (prevalence {metrics['prevalence']}); "
-        f"site data sha256 `{site.fingerprint[:16]}`. Cohort as in training: each patient's first "
-        "discharge, deaths and hospice discharges removed; features known at discharge only.",
+        f"site data sha256 `{site.fingerprint[:16]}`. {data.cohort}",
         headline=[
             ["AUROC", interval_text(metrics["auroc"])],
             ["AUPRC", interval_text(metrics["auprc"])],
