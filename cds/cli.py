@@ -561,12 +561,13 @@ def _gate_data(settings: Any, model: str, version: str) -> Path:
     """The gate's default data: a site version is judged on the site table it was fitted on (its
     held-out half, models/site.py `site_holdout`), any other on the training data's held-out split."""
     from models import ModelError, ModelRegistry, model_task
+    from models.site import site_table_seed
 
     try:
         manifest = ModelRegistry(settings.model_dir).manifest(model, version)
     except ModelError:
         manifest = None  # promote says what is missing
-    if manifest is not None and "site_split_seed" in (manifest.training_data.get("lineage") or {}):
+    if manifest is not None and site_table_seed(manifest) is not None:
         recorded = Path(str(manifest.training_data.get("path", "")))
         if recorded != Path("") and recorded.exists():
             return recorded

@@ -35,6 +35,7 @@ from models import (
     serving_device,
     task_held_out_pair,
 )
+from models.site import site_table_seed
 
 from .errors import BadRequest, StoreError
 from .logs import scrub_message
@@ -160,7 +161,7 @@ def run_gate(
 
         pair = readmission_site_pair(active, candidate, data) if model == "readmission" else None
         a, c, n = pair if pair is not None else task_held_out_pair(task, active, candidate, data)
-    site_seed = (candidate.manifest.training_data.get("lineage") or {}).get("site_split_seed")
+    site_seed = site_table_seed(candidate.manifest)
     where = f"site held-out half, seed {site_seed}" if site_seed is not None else None
     where = where or f"seed {candidate.manifest.seed}"
     report.checks.append(GateCheck("held-out patients", n, n, f"{data.name}, {where}", n > 0))

@@ -109,8 +109,11 @@ def held_out_metrics(
     patient: np.ndarray,
     threshold: float,
     subgroups: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    utility: bool = True,
 ) -> dict[str, float | None]:
-    """What the gate compares, for one version on the held-out rows."""
+    """What the gate compares, for one version on the held-out rows (`utility`: the PhysioNet
+    utility, the sepsis task's; None for another model)."""
     label = np.asarray(label).astype(np.int8)
     p = np.asarray(probability, dtype=np.float64)
     auroc, _ = challenge_auc(label, p)
@@ -120,7 +123,7 @@ def held_out_metrics(
     found = [float(g) for g in gaps if g is not None]
     return {
         "auroc": round(float(auroc), 4),
-        "utility": round(utility_table(label, patient).normalized(p >= threshold), 4),
+        "utility": round(utility_table(label, patient).normalized(p >= threshold), 4) if utility else None,
         "calibration_slope": round(float(cal.slope), 4),
         "calibration_intercept": round(float(cal.intercept), 4),
         "subgroup_auroc_gap": round(max(found), 4) if found else None,
@@ -140,17 +143,18 @@ def sepsis_held_out_pair(
     the candidate are judged where the site will use them), otherwise the development split's test
     patients of the candidate's seed, or `seed`; returns (active metrics, candidate metrics, patients)."""
     from .datasets import read_physionet
-    from .sepsis import development_split, load_sepsis_data
+    from .sepsis import development_split, sepsis_data
     from .sepsis_evaluation import sepsis_subgroups
     from .site import site_holdout
 
-    ids = read_physionet(data_path)["patient"].to_numpy()
+    frame = read_physionet(data_path)  # once: a Bulk export is mapped on every read
+    ids = frame["patient"].to_numpy()
     held = site_holdout(candidate.manifest, data_path, ids) if seed is None else None
     if held is None:
         held = development_split(ids, candidate.manifest.seed if seed is None else seed)[1]
     if patients is not None:
         held = np.sort(held)[:patients]
-    data = load_sepsis_data(data_path, candidate.spec, only=held)
+    data = sepsis_data(frame[frame["patient"].isin(held)].reset_index(drop=True), candidate.spec)
     if data.label is None:
         raise ModelError("the gate's data has no SepsisLabel column")
     columns = {c: data.frame[c].to_numpy(dtype=np.float64) for c in ("Gender", "Age", "Unit1", "Unit2")}

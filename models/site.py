@@ -71,6 +71,7 @@ __all__ = [
     "register_site_version",
     "site_holdout",
     "site_split",
+    "site_table_seed",
     "threshold_for_alert_rate",
     "validate_site",
     "write_golive",
@@ -157,21 +158,32 @@ def site_split(patient: np.ndarray, seed: int, holdout_fraction: float = SITE_HO
     return SiteSplit(seed, fit, holdout)
 
 
+def site_table_seed(manifest: ModelManifest) -> int | None:
+    """The site split seed of a version fitted on a site table (`cds site recalibrate|adapt`); None
+    for any other, a version retrained from served records included (its held-out patients are
+    served records, not a table's: the gate judges it as a trained version)."""
+    lineage = manifest.training_data.get("lineage") or {}
+    if "site_split_seed" in lineage and "site_data_sha256" in lineage:
+        return int(lineage["site_split_seed"])
+    return None
+
+
 def site_holdout(manifest: ModelManifest, data_path: Path | str, patient: np.ndarray) -> np.ndarray | None:
     """The held-out site patients of a site version (the half its recalibration or adaptation never
     saw), re-derived from its lineage, for judging it (`cds models promote`'s gate); None when the
     version is not a site version. Other data is refused: the version's fit patients are known only
     by their fingerprint, so on any other table the gate could not keep them out."""
-    lineage = manifest.training_data.get("lineage") or {}
-    if "site_split_seed" not in lineage:
+    seed = site_table_seed(manifest)
+    if seed is None:
         return None
+    lineage = manifest.training_data["lineage"]
     if data_fingerprint(data_path) != lineage.get("site_data_sha256"):
         raise ModelError(
             f"v{manifest.version} was fitted on site data {manifest.training_data.get('path')!s} "
             f"(sha256 {str(lineage.get('site_data_sha256'))[:12]}...); {data_path} is not that table, so its "
             "fit patients could not be kept out: gate it on the site data it was fitted on"
         )
-    split = site_split(patient, int(lineage["site_split_seed"]))
+    split = site_split(patient, seed)
     if _ids_fingerprint(split.holdout) != lineage.get("holdout_patients_sha256"):
         raise ModelError(f"the held-out site patients of v{manifest.version} could not be re-derived")
     return split.holdout

@@ -25,9 +25,9 @@ from fhir_mappings import FeatureSpec
 from .calibration import calibration_report, fit_platt
 from .datasets import data_fingerprint, is_bulk_export
 from .errors import DatasetError
-from .gate import GatePolicy
+from .gate import GatePolicy, held_out_metrics
 from .manifest import ModelManifest
-from .metrics import auprc, auroc, operating_point, subgroup_table
+from .metrics import auprc, auroc, operating_point
 from .readmission import (
     FLAGGED_FRACTION,
     ReadmissionData,
@@ -54,6 +54,7 @@ from .site import (
     golive_check,
     interval_text,
     site_holdout,
+    site_table_seed,
     write_golive,
 )
 
@@ -318,7 +319,7 @@ def readmission_site_pair(
     """The gate's comparison for a readmission site version: both versions on the held-out half of
     the site table it was fitted on (`site_holdout`: other data refused); None when the candidate
     is not a site version. Utility is the sepsis task's, so None here."""
-    if "site_split_seed" not in (candidate.manifest.training_data.get("lineage") or {}):
+    if site_table_seed(candidate.manifest) is None:
         return None
     site = load_readmission_site(data_path, candidate.spec)
     held = site_holdout(candidate.manifest, data_path, site.data.patient)
@@ -329,18 +330,9 @@ def readmission_site_pair(
     x, y = data.features[keep], data.label[keep].astype(np.int8)
     groups = readmission_subgroups(data.frame[keep].reset_index(drop=True))
 
+    patient = data.patient[keep]
+
     def metrics(model: RiskModel) -> dict[str, float | None]:
-        p = model.predict(x)
-        cal = calibration_report(y, p)
-        table = subgroup_table(y, p, groups, model.threshold)
-        found = [g.get("largest_auroc_gap") for g in table.values() if isinstance(g, dict)]
-        gaps = [float(g) for g in found if g is not None]
-        return {
-            "auroc": round(float(auroc(y, p)), 4),
-            "utility": None,
-            "calibration_slope": round(float(cal.slope), 4),
-            "calibration_intercept": round(float(cal.intercept), 4),
-            "subgroup_auroc_gap": round(max(gaps), 4) if gaps else None,
-        }
+        return held_out_metrics(model.predict(x), y, patient, model.threshold, groups, utility=False)
 
     return (metrics(active) if active is not None else None), metrics(candidate), int(len(np.unique(held)))

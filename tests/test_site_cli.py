@@ -189,7 +189,8 @@ def test_readmission_site_go_live_end_to_end(tmp_path: Path) -> None:
     assert json.dumps(json.loads(evaluated.stdout), sort_keys=True) == json.dumps(expected, sort_keys=True)
 
     # The gate judges the site version on the site's held-out half, where `adapt` compared it.
-    gated = cds("models", "promote", "readmission", "3", "--to", "active", "--reason", "go-live", env=env)
+    store = {**env, "CDS_VAR_DIR": str(tmp_path / "var")}  # the promotion's record store, not ./var
+    gated = cds("models", "promote", "readmission", "3", "--to", "active", "--reason", "go-live", env=store)
     assert gated.returncode in (0, 3), gated.stderr
     lines = {line.split("  ")[0].strip(): line.split() for line in gated.stdout.splitlines()[2:]}
     assert "site held-out half, seed 2019" in " ".join(lines["held-out patients"])
