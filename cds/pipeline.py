@@ -72,7 +72,7 @@ from .errors import (
 from .fhir_client import FetchBudget, FhirClient
 from .lifecycle import Lifecycle, Lineup, in_canary, patient_day
 from .metrics import Metrics
-from .privacy import NO_REUSE
+from .privacy import labelled_no_reuse
 from .schemas import HookRequest, canonical_uuid
 from .stores import CardRecord, ModelScore, RecordStore
 
@@ -382,13 +382,7 @@ async def run_hook(
 
     risk = scored.risk_assessment
     if not consent.training:
-        risk = {
-            **risk,
-            "meta": {
-                **risk.get("meta", {}),
-                "security": [*risk.get("meta", {}).get("security", ()), NO_REUSE],
-            },
-        }
+        risk = labelled_no_reuse(risk)
     identities: tuple[str, ...] = ()
     if deps.keep_identity_hashes:
         patient = fetched.get("patient")

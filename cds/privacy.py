@@ -7,7 +7,7 @@ from typing import Any
 
 from fhir_mappings import Pseudonymizer
 
-__all__ = ["NO_REUSE", "patient_pseudonyms", "training_use_refused"]
+__all__ = ["NO_REUSE", "labelled_no_reuse", "patient_pseudonyms", "training_use_refused"]
 
 NO_REUSE_CODE = "NOREUSE"
 # The security label on a RiskAssessment whose patient refused training use (HL7 v3 ActCode
@@ -17,6 +17,13 @@ NO_REUSE = {
     "code": NO_REUSE_CODE,
     "display": "no reuse beyond purpose of use",
 }
+
+
+def labelled_no_reuse(risk_assessment: Mapping[str, Any]) -> dict[str, Any]:
+    """The RiskAssessment with the NOREUSE security label added (its patient refused training use),
+    whoever recorded it: a hook call or the census sweep."""
+    meta = risk_assessment.get("meta", {})
+    return {**risk_assessment, "meta": {**meta, "security": [*meta.get("security", ()), NO_REUSE]}}
 
 
 def training_use_refused(risk_assessment: Mapping[str, Any]) -> bool:

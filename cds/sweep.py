@@ -56,7 +56,7 @@ from .backend_services import BackendTokenSource
 from .census_fetch import CensusFetch, fetch_census, readmission_query
 from .errors import PreconditionFailed, StoreError
 from .keys import pseudonym_key
-from .privacy import NO_REUSE
+from .privacy import labelled_no_reuse
 from .settings import Settings
 from .stores import CardRecord, RecordStore
 
@@ -122,7 +122,7 @@ def card_record(assessed: Assessed, model: RiskModel, service_id: str) -> CardRe
     refused training use) and its `card-scored` audit entry, as a hook call's."""
     risk = assessed.risk_assessment
     if not assessed.consent.training:
-        risk = {**risk, "meta": {**risk.get("meta", {}), "security": [NO_REUSE]}}
+        risk = labelled_no_reuse(risk)
     audit = card_audit(
         service_id=service_id,
         card_uuid=assessed.assessment_id,
