@@ -136,7 +136,8 @@ def build_risk_assessment(
     if feature_values is not None and feature_spec_hash:
         # The whole scored row (de-identified feature values; missing as null), so retraining from
         # served records has every feature, not only the ones the contributions name. One compact
-        # JSON list: orjson writes a float32 row in ~10 us; nested extensions would cost ms.
+        # JSON list: orjson wrote a 252-feature float32 row in 33 us (a loaded machine); nested
+        # extensions would cost ms.
         values = orjson.dumps(np.asarray(feature_values), option=orjson.OPT_SERIALIZE_NUMPY).decode()
         extensions.append(
             {
